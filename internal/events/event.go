@@ -7,9 +7,10 @@ import (
 	"fmt"
 )
 
-// Event is a parsed, immutable PDU. The raw JSON is kept verbatim (minus
-// "unsigned" handling decided by the caller) because hashes and signatures are
-// computed over it, not over a re-encoding of the parsed fields.
+// Event is a parsed, immutable PDU. The raw JSON is kept in canonical form
+// (as Parse produced it; "unsigned" replaced only via SetUnsigned) because
+// hashes and signatures are computed over exactly those bytes, not over a
+// re-encoding of the parsed fields.
 type Event struct {
 	raw     []byte
 	id      string
@@ -65,11 +66,8 @@ func (e *Event) StateKeyEquals(s string) bool {
 // key before room v11, content.redacts from v11 on (v11 events may carry both).
 func (e *Event) Redacts() string {
 	if e.version != nil && e.version.RedactsInContent {
-		var c struct {
-			Redacts string `json:"redacts"`
-		}
-		if json.Unmarshal(e.fields.Content, &c) == nil && c.Redacts != "" {
-			return c.Redacts
+		if s, ok := contentString(e.fields.Content, "redacts"); ok && s != "" {
+			return s
 		}
 	}
 	return e.fields.Redacts
@@ -80,11 +78,23 @@ func (e *Event) Membership() string {
 	if e.fields.Type != "m.room.member" {
 		return ""
 	}
-	var c struct {
-		Membership string `json:"membership"`
+	s, _ := contentString(e.fields.Content, "membership")
+	return s
+}
+
+// contentString reads a string from the event's (canonical) content by exact
+// key. encoding/json would also match "Membership" or "MEMBERSHIP", which
+// other servers do not treat as the same key.
+func contentString(content []byte, key string) (string, bool) {
+	c, err := parseObject(content)
+	if err != nil {
+		return "", false
 	}
-	_ = json.Unmarshal(e.fields.Content, &c)
-	return c.Membership
+	v, ok := c.get(key)
+	if !ok {
+		return "", false
+	}
+	return unquote(v)
 }
 
 func (e *Event) String() string {

@@ -1,0 +1,410 @@
+// Package accounts owns users, devices, access tokens, passwords, profiles
+// and user-interactive authentication.
+package accounts
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"ganglion/internal/mxhttp"
+	"ganglion/internal/storage"
+)
+
+// Requester is the authenticated user behind a request.
+type Requester struct {
+	UserID   string
+	DeviceID string
+	Admin    bool
+	// TokenHash identifies the access token, for logout.
+	TokenHash string
+}
+
+// Settings are the account-related config values.
+type Settings struct {
+	ServerName                string
+	EnableRegistration        bool
+	RegistrationWithoutVerify bool
+	RegistrationSharedSecret  string
+	BcryptRounds              int
+}
+
+// RoomHooks is what accounts needs from rooms: profile changes are
+// propagated into member events and deactivation leaves every room. Wired at
+// start-up to break the import cycle.
+type RoomHooks interface {
+	ProfileChanged(ctx context.Context, userID string, p Profile) error
+	LeaveAllRooms(ctx context.Context, userID string) error
+}
+
+// Service is the accounts domain.
+type Service struct {
+	db    *storage.DB
+	log   *slog.Logger
+	cfg   Settings
+	hooks RoomHooks
+	now   func() time.Time
+}
+
+func NewService(db *storage.DB, cfg Settings, log *slog.Logger) *Service {
+	if cfg.BcryptRounds == 0 {
+		cfg.BcryptRounds = 12
+	}
+	return &Service{db: db, log: log, cfg: cfg, now: time.Now}
+}
+
+// SetRoomHooks wires the rooms domain in.
+func (s *Service) SetRoomHooks(h RoomHooks) { s.hooks = h }
+
+// ServerName is the homeserver's name.
+func (s *Service) ServerName() string { return s.cfg.ServerName }
+
+func (s *Service) nowMS() int64 { return s.now().UnixMilli() }
+
+// UserID builds a local user id.
+func (s *Service) UserID(localpart string) string { return "@" + localpart + ":" + s.cfg.ServerName }
+
+// Session is what register and login return.
+type Session struct {
+	UserID      string `json:"user_id"`
+	AccessToken string `json:"access_token,omitempty"`
+	DeviceID    string `json:"device_id,omitempty"`
+	HomeServer  string `json:"home_server,omitempty"`
+}
+
+var errUserInUse = mxhttp.WithCode(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken.")
+
+// CheckUsername validates a localpart for registration.
+func (s *Service) CheckUsername(ctx context.Context, localpart string) error {
+	if !ValidLocalpart(localpart) {
+		return mxhttp.WithCode(http.StatusBadRequest, "M_INVALID_USERNAME",
+			"User ID can only contain characters a-z, 0-9, or '=_-./+'")
+	}
+	if len(s.UserID(localpart)) > 255 {
+		return mxhttp.WithCode(http.StatusBadRequest, "M_INVALID_USERNAME", "User ID may not be longer than 255 characters")
+	}
+	var one int
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT 1 FROM users WHERE user_id = $1`, s.UserID(localpart)).Scan(&one)
+	switch {
+	case err == nil:
+		return errUserInUse
+	case errors.Is(err, sql.ErrNoRows):
+		return nil
+	default:
+		return fmt.Errorf("check username %s: %w", localpart, err)
+	}
+}
+
+// HashPassword bcrypt-hashes a password with the configured cost.
+func (s *Service) HashPassword(pw string) (string, error) {
+	if len(pw) > 72 {
+		// bcrypt ignores bytes past 72; refuse rather than silently truncate.
+		return "", mxhttp.WithCode(http.StatusBadRequest, "M_WEAK_PASSWORD", "Password too long (72 bytes at most)")
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), s.cfg.BcryptRounds)
+	if err != nil {
+		return "", fmt.Errorf("hash password: %w", err)
+	}
+	return string(h), nil
+}
+
+// NewUser describes a registration.
+type NewUser struct {
+	Localpart    string
+	Password     string // empty: no password login
+	Admin        bool
+	UserType     string
+	DisplayName  string
+	DeviceID     string
+	DeviceName   string
+	InhibitLogin bool
+}
+
+// Register creates the user and, unless InhibitLogin, a device and token.
+func (s *Service) Register(ctx context.Context, u NewUser) (Session, error) {
+	if err := s.CheckUsername(ctx, u.Localpart); err != nil {
+		return Session{}, err
+	}
+	var hash sql.NullString
+	if u.Password != "" {
+		h, err := s.HashPassword(u.Password)
+		if err != nil {
+			return Session{}, err
+		}
+		hash = sql.NullString{String: h, Valid: true}
+	}
+	userID := s.UserID(u.Localpart)
+	display := u.DisplayName
+	if display == "" {
+		display = u.Localpart
+	}
+	sess := Session{UserID: userID, HomeServer: s.cfg.ServerName}
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO users (user_id, password_hash, created_ts, admin, user_type) VALUES ($1, $2, $3, $4, $5)`,
+			userID, hash, s.nowMS(), u.Admin, nullString(u.UserType))
+		if err != nil {
+			if storage.IsUniqueViolation(err) {
+				return errUserInUse
+			}
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)`, userID, display); err != nil {
+			return err
+		}
+		if u.InhibitLogin {
+			return nil
+		}
+		sess.DeviceID, sess.AccessToken, err = s.createDeviceTx(ctx, tx, userID, u.Localpart, u.DeviceID, u.DeviceName)
+		return err
+	})
+	if err != nil {
+		var me *mxhttp.Error
+		if errors.As(err, &me) {
+			return Session{}, err
+		}
+		return Session{}, fmt.Errorf("register %s: %w", userID, err)
+	}
+	s.log.Info("registered user", "user_id", userID)
+	return sess, nil
+}
+
+// createDeviceTx makes (or reuses) a device and issues a new token for it.
+// Logging in again with an existing device id replaces that device's tokens,
+// as the spec says re-using a device id invalidates its old token.
+func (s *Service) createDeviceTx(ctx context.Context, tx *sql.Tx, userID, localpart, deviceID, name string) (string, string, error) {
+	if deviceID == "" {
+		deviceID = NewDeviceID()
+	}
+	now := s.nowMS()
+	_, err := tx.ExecContext(ctx, `INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts)
+		VALUES ($1, $2, $3, $4, $4)
+		ON CONFLICT (user_id, device_id) DO UPDATE SET last_seen_ts = excluded.last_seen_ts,
+		display_name = COALESCE(excluded.display_name, devices.display_name)`,
+		userID, deviceID, nullString(name), now)
+	if err != nil {
+		return "", "", fmt.Errorf("create device: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2`, userID, deviceID); err != nil {
+		return "", "", fmt.Errorf("replace device tokens: %w", err)
+	}
+	token := NewAccessToken(localpart)
+	_, err = tx.ExecContext(ctx, `INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)`,
+		HashToken(token), userID, deviceID, now)
+	if err != nil {
+		return "", "", fmt.Errorf("store access token: %w", err)
+	}
+	return deviceID, token, nil
+}
+
+// CreateSession logs an existing user in on a (new or given) device.
+func (s *Service) CreateSession(ctx context.Context, userID, deviceID, deviceName string) (Session, error) {
+	local, _, _ := SplitUserID(userID)
+	sess := Session{UserID: userID, HomeServer: s.cfg.ServerName}
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		sess.DeviceID, sess.AccessToken, err = s.createDeviceTx(ctx, tx, userID, local, deviceID, deviceName)
+		return err
+	})
+	if err != nil {
+		return Session{}, fmt.Errorf("create session for %s: %w", userID, err)
+	}
+	return sess, nil
+}
+
+// user is a row of users.
+type user struct {
+	passwordHash sql.NullString
+	admin        bool
+	deactivated  bool
+}
+
+func (s *Service) getUser(ctx context.Context, userID string) (*user, error) {
+	var u user
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT password_hash, admin, deactivated FROM users WHERE user_id = $1`, userID).
+		Scan(&u.passwordHash, &u.admin, &u.deactivated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load user %s: %w", userID, err)
+	}
+	return &u, nil
+}
+
+// UserExists reports whether a local user is registered (deactivated ones count).
+func (s *Service) UserExists(ctx context.Context, userID string) (bool, error) {
+	u, err := s.getUser(ctx, userID)
+	return u != nil, err
+}
+
+var errBadLogin = mxhttp.Forbidden("Invalid username or password")
+
+// CheckPassword verifies a user's password; the returned error is always
+// the same M_FORBIDDEN so responses do not reveal which users exist.
+func (s *Service) CheckPassword(ctx context.Context, userID, password string) error {
+	u, err := s.getUser(ctx, userID)
+	if err != nil {
+		return err
+	}
+	if u == nil || !u.passwordHash.Valid || u.deactivated {
+		// Spend bcrypt time anyway so timing does not reveal existence.
+		_ = bcrypt.CompareHashAndPassword([]byte("$2a$04$invalidinvalidinvalidinvalidinvalidinvalidinvalidinva"), []byte(password))
+		if u != nil && u.deactivated {
+			return mxhttp.WithCode(http.StatusForbidden, "M_USER_DEACTIVATED", "This account has been deactivated")
+		}
+		return errBadLogin
+	}
+	if bcrypt.CompareHashAndPassword([]byte(u.passwordHash.String), []byte(password)) != nil {
+		return errBadLogin
+	}
+	return nil
+}
+
+// QualifyUser turns a login identifier (localpart or full id) into a local
+// user id, lowercasing the localpart as Synapse does.
+func (s *Service) QualifyUser(ident string) (string, error) {
+	if strings.HasPrefix(ident, "@") {
+		local, server, ok := SplitUserID(ident)
+		if !ok {
+			return "", mxhttp.InvalidParam("Invalid user id %q", ident)
+		}
+		if server != s.cfg.ServerName {
+			return "", errBadLogin
+		}
+		ident = local
+	}
+	return s.UserID(strings.ToLower(ident)), nil
+}
+
+// Authenticate resolves an access token.
+func (s *Service) Authenticate(ctx context.Context, token string) (*Requester, error) {
+	if token == "" {
+		return nil, mxhttp.MissingToken()
+	}
+	if !tokenChecksumOK(token) {
+		return nil, mxhttp.UnknownToken(false)
+	}
+	h := HashToken(token)
+	var r Requester
+	var deactivated bool
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT t.user_id, t.device_id, u.admin, u.deactivated
+		FROM access_tokens t JOIN users u ON u.user_id = t.user_id WHERE t.token_hash = $1`, h).
+		Scan(&r.UserID, &r.DeviceID, &r.Admin, &deactivated)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && deactivated) {
+		return nil, mxhttp.UnknownToken(false)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up access token: %w", err)
+	}
+	r.TokenHash = h
+	return &r, nil
+}
+
+// TokenFromRequest extracts the access token from the Authorization header
+// or the deprecated access_token query parameter.
+func TokenFromRequest(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+			return strings.TrimSpace(t)
+		}
+		return ""
+	}
+	return r.URL.Query().Get("access_token")
+}
+
+// AuthedHandler is an endpoint that needs a logged-in user.
+type AuthedHandler func(w http.ResponseWriter, r *http.Request, req *Requester) error
+
+// Auth adapts an AuthedHandler, answering M_MISSING_TOKEN/M_UNKNOWN_TOKEN.
+func (s *Service) Auth(h AuthedHandler) mxhttp.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		req, err := s.Authenticate(r.Context(), TokenFromRequest(r))
+		if err != nil {
+			return err
+		}
+		return h(w, r, req)
+	}
+}
+
+// Logout deletes the device behind the requester's token (and so the token).
+func (s *Service) Logout(ctx context.Context, req *Requester) error {
+	return s.DeleteDevices(ctx, req.UserID, []string{req.DeviceID})
+}
+
+// LogoutAll deletes every device of the user.
+func (s *Service) LogoutAll(ctx context.Context, userID string) error {
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE user_id = $1`, userID); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE user_id = $1`, userID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("log out all devices of %s: %w", userID, err)
+	}
+	return nil
+}
+
+// ChangePassword sets a new password; unless keepDevices, every other
+// device is logged out (the spec's logout_devices, default true).
+func (s *Service) ChangePassword(ctx context.Context, userID, newPassword string, logoutDevices bool, keepDevice string) error {
+	h, err := s.HashPassword(newPassword)
+	if err != nil {
+		return err
+	}
+	err = s.db.Tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE users SET password_hash = $1 WHERE user_id = $2`, h, userID); err != nil {
+			return err
+		}
+		if !logoutDevices {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2`, userID, keepDevice); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE user_id = $1 AND device_id <> $2`, userID, keepDevice)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("change password of %s: %w", userID, err)
+	}
+	return nil
+}
+
+// Deactivate locks the account: password removed, devices and tokens
+// deleted, every room left, profile cleared.
+func (s *Service) Deactivate(ctx context.Context, userID string) error {
+	if s.hooks != nil {
+		if err := s.hooks.LeaveAllRooms(ctx, userID); err != nil {
+			return fmt.Errorf("deactivate %s: leave rooms: %w", userID, err)
+		}
+	}
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		for _, q := range []string{
+			`UPDATE users SET deactivated = TRUE, password_hash = NULL WHERE user_id = $1`,
+			`DELETE FROM access_tokens WHERE user_id = $1`,
+			`DELETE FROM devices WHERE user_id = $1`,
+			`UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = $1`,
+		} {
+			if _, err := tx.ExecContext(ctx, q, userID); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("deactivate %s: %w", userID, err)
+	}
+	s.log.Info("deactivated user", "user_id", userID)
+	return nil
+}
+
+func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }

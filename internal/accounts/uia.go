@@ -1,0 +1,204 @@
+package accounts
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"ganglion/internal/mxhttp"
+)
+
+// User-interactive authentication (spec: client-server "User-Interactive
+// Authentication API"). Sessions live in the database so that the stages of
+// one session may hit different workers.
+
+const (
+	StageDummy    = "m.login.dummy"
+	StagePassword = "m.login.password"
+)
+
+// uiaSessionTTL bounds how long a client may take between stages.
+const uiaSessionTTL = 30 * time.Minute
+
+// AuthDict is the "auth" object of a UIA request.
+type AuthDict struct {
+	Type       string          `json:"type"`
+	Session    string          `json:"session"`
+	Password   string          `json:"password"`
+	Identifier *Identifier     `json:"identifier"`
+	User       string          `json:"user"` // deprecated form of identifier
+	Extra      json.RawMessage `json:"-"`
+}
+
+// Identifier is the spec's user identifier object.
+type Identifier struct {
+	Type string `json:"type"`
+	User string `json:"user"`
+}
+
+// Flows lists alternative stage sequences.
+type Flows [][]string
+
+func (f Flows) body(session string, completed []string) map[string]any {
+	flows := make([]map[string]any, len(f))
+	for i, st := range f {
+		flows[i] = map[string]any{"stages": st}
+	}
+	b := map[string]any{"flows": flows, "params": map[string]any{}, "session": session}
+	if len(completed) > 0 {
+		b["completed"] = completed
+	}
+	return b
+}
+
+func (f Flows) done(completed []string) bool {
+	for _, st := range f {
+		all := true
+		for _, s := range st {
+			if !slices.Contains(completed, s) {
+				all = false
+				break
+			}
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// RunUIA checks the auth dict of a request against flows. It returns nil
+// once a flow is complete; otherwise a 401 carrying the flows (and, after a
+// failed stage, the stage's errcode). userID is the account the stages must
+// prove (empty for registration).
+func (s *Service) RunUIA(ctx context.Context, auth *AuthDict, flows Flows, userID string) error {
+	if auth == nil || auth.Type == "" {
+		id, err := s.newUIASession(ctx, userID)
+		if err != nil {
+			return err
+		}
+		if auth != nil && auth.Session != "" {
+			id = auth.Session
+		}
+		return &mxhttp.Error{Status: http.StatusUnauthorized, Code: "M_UNKNOWN", Message: "Authentication required",
+			Raw: flows.body(id, nil)}
+	}
+	sessionID := auth.Session
+	var completed []string
+	if sessionID == "" {
+		id, err := s.newUIASession(ctx, userID)
+		if err != nil {
+			return err
+		}
+		sessionID = id
+	} else {
+		c, owner, err := s.loadUIASession(ctx, sessionID)
+		if err != nil {
+			return err
+		}
+		if owner != "" && owner != userID {
+			return mxhttp.Forbidden("UIA session belongs to another user")
+		}
+		completed = c
+	}
+	allowed := false
+	for _, st := range flows {
+		if slices.Contains(st, auth.Type) {
+			allowed = true
+		}
+	}
+	if !allowed {
+		e := &mxhttp.Error{Status: http.StatusUnauthorized, Code: "M_UNRECOGNIZED", Message: "Unknown auth type " + auth.Type,
+			Extra: flows.body(sessionID, completed)}
+		return e
+	}
+	if err := s.checkStage(ctx, auth, userID); err != nil {
+		var me *mxhttp.Error
+		if errors.As(err, &me) && me.Status < 500 {
+			extra := flows.body(sessionID, completed)
+			return &mxhttp.Error{Status: http.StatusUnauthorized, Code: me.Code, Message: me.Message, Extra: extra}
+		}
+		return err
+	}
+	if !slices.Contains(completed, auth.Type) {
+		completed = append(completed, auth.Type)
+	}
+	if flows.done(completed) {
+		_, _ = s.db.Exec(ctx, `DELETE FROM uia_sessions WHERE session_id = $1`, sessionID)
+		return nil
+	}
+	js, _ := json.Marshal(completed)
+	if _, err := s.db.Exec(ctx, `UPDATE uia_sessions SET completed = $1 WHERE session_id = $2`, string(js), sessionID); err != nil {
+		return fmt.Errorf("update UIA session: %w", err)
+	}
+	return &mxhttp.Error{Status: http.StatusUnauthorized, Code: "M_UNKNOWN", Message: "More authentication required",
+		Raw: flows.body(sessionID, completed)}
+}
+
+func (s *Service) checkStage(ctx context.Context, auth *AuthDict, userID string) error {
+	switch auth.Type {
+	case StageDummy:
+		return nil
+	case StagePassword:
+		ident := auth.User
+		if auth.Identifier != nil {
+			if auth.Identifier.Type != "m.id.user" {
+				return mxhttp.Unknown("Unsupported identifier type %q", auth.Identifier.Type)
+			}
+			ident = auth.Identifier.User
+		}
+		if ident == "" {
+			ident = userID
+		}
+		qualified, err := s.QualifyUser(ident)
+		if err != nil {
+			return err
+		}
+		if userID != "" && qualified != userID {
+			return mxhttp.Forbidden("Authenticated user does not match the requester")
+		}
+		return s.CheckPassword(ctx, qualified, auth.Password)
+	default:
+		return mxhttp.Unknown("Unsupported auth type %q", auth.Type)
+	}
+}
+
+func (s *Service) newUIASession(ctx context.Context, userID string) (string, error) {
+	id := randomString(24, alnum)
+	now := s.nowMS()
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		// Expire old sessions opportunistically; there is no other cleanup.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM uia_sessions WHERE created_ts < $1`, now-uiaSessionTTL.Milliseconds()); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO uia_sessions (session_id, created_ts, user_id) VALUES ($1, $2, $3)`,
+			id, now, nullString(userID))
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("create UIA session: %w", err)
+	}
+	return id, nil
+}
+
+func (s *Service) loadUIASession(ctx context.Context, id string) ([]string, string, error) {
+	var completedJSON string
+	var owner sql.NullString
+	var created int64
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT completed, user_id, created_ts FROM uia_sessions WHERE session_id = $1`, id).
+		Scan(&completedJSON, &owner, &created)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && created < s.nowMS()-uiaSessionTTL.Milliseconds()) {
+		return nil, "", mxhttp.WithCode(http.StatusBadRequest, "M_UNKNOWN", "Unknown or expired UIA session")
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("load UIA session: %w", err)
+	}
+	var completed []string
+	_ = json.Unmarshal([]byte(completedJSON), &completed)
+	return completed, owner.String, nil
+}

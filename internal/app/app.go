@@ -1,0 +1,321 @@
+// Package app wires one Ganglion process from its config: which modules
+// run, which stream writers are local, which listeners serve what. Nothing
+// else in the code base knows how a process is assembled.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"ganglion/internal/accounts"
+	"ganglion/internal/config"
+	"ganglion/internal/events"
+	"ganglion/internal/mxhttp"
+	"ganglion/internal/ratelimit"
+	"ganglion/internal/rooms"
+	"ganglion/internal/storage"
+	"ganglion/internal/streams"
+)
+
+// Process is one running Ganglion instance.
+type Process struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	db        *storage.DB
+	reg       *streams.Registry
+	persister *rooms.Persister
+	handler   http.Handler
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	servers   []*http.Server
+}
+
+// New builds the process: opens the database (migrating it on the main
+// process), loads the signing key, and wires the domains.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, error) {
+	p := &Process{cfg: cfg, log: log}
+	if cfg.WorkerRole() != config.RoleMain {
+		return nil, fmt.Errorf("worker role %q: running workers arrives with the workers issue; run the main process", cfg.WorkerRole())
+	}
+	engine := storage.SQLite
+	if cfg.Database.Engine() == config.EnginePostgres {
+		engine = storage.Postgres
+	}
+	db, err := storage.Open(ctx, storage.Options{Engine: engine, DSN: cfg.Database.DSN(), MaxConns: cfg.Database.Args.CPMax}, log)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	p.db = db
+	if err := db.Migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrate database: %w", err)
+	}
+	key, err := loadOrCreateSigningKey(cfg.SigningKeyPath, log)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+
+	writers := map[streams.Name][]string{}
+	for _, d := range streams.AllDefs() {
+		writers[d.Name] = cfg.StreamWriters(string(d.Name))
+	}
+	reg, err := streams.NewRegistry(cfg.InstanceName(), streams.AllDefs(), writers, streams.NewNotifier())
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	p.reg = reg
+
+	acc := accounts.NewService(db, accounts.Settings{
+		ServerName:                cfg.ServerName,
+		EnableRegistration:        cfg.EnableRegistration,
+		RegistrationWithoutVerify: cfg.EnableRegistrationWithoutVerification,
+		RegistrationSharedSecret:  cfg.RegistrationSecret(),
+		BcryptRounds:              cfg.BcryptRounds,
+	}, log)
+
+	persister, err := rooms.NewPersister(ctx, db, reg, cfg.ServerName, key, log)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	p.persister = persister
+	rl := func(r config.RateLimit) *ratelimit.Limiter {
+		return ratelimit.New(ratelimit.Rule{PerSecond: r.PerSecond, BurstCount: r.BurstCount}, nil)
+	}
+	roomSvc := rooms.NewService(rooms.Config{ServerName: cfg.ServerName, DefaultRoomVersion: cfg.DefaultRoomVersion},
+		rooms.NewStore(db), persister, acc, reg, rl(cfg.RCMessage), log)
+	acc.SetRoomHooks(roomSvc)
+
+	mux := mxhttp.NewMux()
+	srv := mxhttp.NewServer(log)
+	acc.Routes(mux, srv, accounts.Limits{
+		Registration:       rl(cfg.RCRegistration),
+		LoginAddress:       rl(cfg.RCLogin.Address),
+		LoginAccount:       rl(cfg.RCLogin.Account),
+		LoginFailedAttempt: rl(cfg.RCLogin.FailedAttempts),
+	})
+	roomSvc.Routes(mux, srv, acc, cfg.AllowPublicRoomsWithoutAuth)
+	infoRoutes(mux, srv, cfg, acc)
+	p.handler = mux
+	return p, nil
+}
+
+// loadOrCreateSigningKey reads the server's ed25519 key, creating it on
+// first start so a fresh demo needs no set-up.
+func loadOrCreateSigningKey(path string, log *slog.Logger) (events.SigningKey, error) {
+	data, err := os.ReadFile(path)
+	if err == nil {
+		k, err := events.ParseSigningKeyFile(data)
+		if err != nil {
+			return events.SigningKey{}, fmt.Errorf("signing key %s: %w", path, err)
+		}
+		return k, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return events.SigningKey{}, fmt.Errorf("read signing key: %w", err)
+	}
+	k, err := events.GenerateSigningKey()
+	if err != nil {
+		return events.SigningKey{}, fmt.Errorf("generate signing key: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return events.SigningKey{}, fmt.Errorf("create signing key directory: %w", err)
+	}
+	if err := os.WriteFile(path, events.FormatSigningKeyFile(k), 0o600); err != nil {
+		return events.SigningKey{}, fmt.Errorf("write signing key: %w", err)
+	}
+	log.Info("generated a new signing key", "path", path, "key_id", k.ID)
+	return k, nil
+}
+
+// Handler is the process's full HTTP handler (all resources), for tests.
+func (p *Process) Handler() http.Handler { return p.handler }
+
+// resourceOf maps a request path to the listener resource that serves it.
+func resourceOf(path string) string {
+	switch {
+	case strings.HasPrefix(path, "/_matrix/client"), strings.HasPrefix(path, "/_synapse/admin"),
+		strings.HasPrefix(path, "/_synapse/client"):
+		return "client"
+	case strings.HasPrefix(path, "/_matrix/federation"):
+		return "federation"
+	case strings.HasPrefix(path, "/_matrix/key"):
+		return "keys"
+	case strings.HasPrefix(path, "/_matrix/media"):
+		return "media"
+	case strings.HasPrefix(path, "/_synapse/replication"):
+		return "replication"
+	case path == "/metrics" || strings.HasPrefix(path, "/_synapse/metrics"):
+		return "metrics"
+	case path == "/health":
+		return "health"
+	case strings.HasPrefix(path, "/.well-known/matrix/client"):
+		return "client"
+	}
+	return ""
+}
+
+// listenerHandler serves only the resources a listener names; everything
+// else is an unknown endpoint there. /health is on every listener, as in
+// Synapse.
+func (p *Process) listenerHandler(l config.Listener) http.Handler {
+	allowed := map[string]bool{"health": true}
+	for _, r := range l.Resources {
+		for _, n := range r.Names {
+			allowed[n] = true
+			if n == "federation" {
+				allowed["keys"] = true // Synapse's federation resource includes keys
+			}
+		}
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if l.XForwarded {
+			if fwd := r.Header.Get("X-Forwarded-For"); fwd != "" {
+				first := strings.TrimSpace(strings.Split(fwd, ",")[0])
+				if net.ParseIP(first) != nil {
+					r.RemoteAddr = net.JoinHostPort(first, "0")
+				}
+			}
+		}
+		if !allowed[resourceOf(r.URL.Path)] {
+			mxhttp.WriteError(w, mxhttp.Unrecognized(http.StatusNotFound, "Unrecognized request"))
+			return
+		}
+		p.handler.ServeHTTP(w, r)
+	})
+}
+
+// Listen opens every configured listener. Separate from Serve so callers
+// (and tests) know the ports are bound before they connect.
+func (p *Process) Listen() error {
+	for _, l := range p.cfg.Listeners() {
+		if l.Type != "" && l.Type != "http" {
+			continue
+		}
+		h := p.listenerHandler(l)
+		boundAny := false
+		for _, addr := range l.Addresses() {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				// "::" is dual-stack on Linux, so Synapse's default pair
+				// ["::", "0.0.0.0"] collides on the second; as in Synapse,
+				// that is fine when the first bound.
+				if boundAny && strings.HasPrefix(addr, "0.0.0.0:") && errors.Is(err, syscall.EADDRINUSE) {
+					continue
+				}
+				p.closeListeners()
+				return fmt.Errorf("listen on %s: %w", addr, err)
+			}
+			if strings.HasPrefix(addr, "[::]:") {
+				boundAny = true
+			}
+			srv := &http.Server{
+				Handler:           h,
+				ReadHeaderTimeout: 30 * time.Second,
+				IdleTimeout:       2 * time.Minute,
+				MaxHeaderBytes:    64 << 10,
+				ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
+			}
+			p.mu.Lock()
+			p.listeners = append(p.listeners, ln)
+			p.servers = append(p.servers, srv)
+			p.mu.Unlock()
+			p.log.Info("listening", "addr", ln.Addr().String(), "resources", resourceNames(l))
+		}
+	}
+	return nil
+}
+
+func resourceNames(l config.Listener) string {
+	var names []string
+	for _, r := range l.Resources {
+		names = append(names, r.Names...)
+	}
+	return strings.Join(names, ",")
+}
+
+func (p *Process) closeListeners() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ln := range p.listeners {
+		ln.Close()
+	}
+}
+
+// Addrs lists the bound listener addresses.
+func (p *Process) Addrs() []net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]net.Addr, len(p.listeners))
+	for i, ln := range p.listeners {
+		out[i] = ln.Addr()
+	}
+	return out
+}
+
+// Run serves until ctx ends, then shuts down in order: stop accepting,
+// let requests finish (bounded), save stream positions, close the DB.
+func (p *Process) Run(ctx context.Context) error {
+	errc := make(chan error, len(p.servers)+1)
+	for i, srv := range p.servers {
+		go func(srv *http.Server, ln net.Listener) {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve %s: %w", ln.Addr(), err)
+			}
+		}(srv, p.listeners[i])
+	}
+	go p.savePositions(ctx)
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	p.log.Info("shutting down")
+	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	for _, srv := range p.servers {
+		_ = srv.Shutdown(shutCtx)
+	}
+	if err := p.persister.SavePosition(shutCtx); err != nil {
+		p.log.Warn("could not save stream position", "err", err)
+	}
+	if err := p.db.Close(); err != nil {
+		p.log.Warn("close database", "err", err)
+	}
+	return runErr
+}
+
+// savePositions persists this writer's stream positions now and then, so
+// other processes starting up learn them without scanning tables.
+func (p *Process) savePositions(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var last int64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if pos := p.persister.Position(); pos != last {
+				if err := p.persister.SavePosition(ctx); err != nil {
+					p.log.Warn("could not save stream position", "err", err)
+					continue
+				}
+				last = pos
+			}
+		}
+	}
+}

@@ -1,0 +1,234 @@
+package rooms
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+
+	"ganglion/internal/accounts"
+	"ganglion/internal/events"
+	"ganglion/internal/mxhttp"
+)
+
+// CreateRoomRequest is the body of POST /createRoom.
+type CreateRoomRequest struct {
+	Visibility                string                     `json:"visibility"`
+	RoomAliasName             string                     `json:"room_alias_name"`
+	Name                      *string                    `json:"name"`
+	Topic                     *string                    `json:"topic"`
+	Invite                    []string                   `json:"invite"`
+	Invite3PID                []json.RawMessage          `json:"invite_3pid"`
+	RoomVersion               string                     `json:"room_version"`
+	CreationContent           map[string]json.RawMessage `json:"creation_content"`
+	InitialState              []InitialStateEvent        `json:"initial_state"`
+	Preset                    string                     `json:"preset"`
+	IsDirect                  bool                       `json:"is_direct"`
+	PowerLevelContentOverride map[string]json.RawMessage `json:"power_level_content_override"`
+}
+
+// InitialStateEvent is one entry of createRoom's initial_state.
+type InitialStateEvent struct {
+	Type     string          `json:"type"`
+	StateKey string          `json:"state_key"`
+	Content  json.RawMessage `json:"content"`
+}
+
+// presetState is what each preset sets (spec: createRoom "preset").
+var presets = map[string]struct{ joinRule, history, guest string }{
+	"private_chat":         {"invite", "shared", "can_join"},
+	"trusted_private_chat": {"invite", "shared", "can_join"},
+	"public_chat":          {"public", "shared", "forbidden"},
+}
+
+// CreateRoom creates a room; all of its initial events are persisted in one
+// batch by the room's persister, so a half-created room never exists.
+func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r CreateRoomRequest) (string, error) {
+	if err := s.checkMessageRate(req); err != nil {
+		return "", err
+	}
+	version := r.RoomVersion
+	if version == "" {
+		version = s.cfg.DefaultRoomVersion
+	}
+	rv, ok := events.LookupRoomVersion(version)
+	if !ok {
+		return "", mxhttp.WithCode(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Your homeserver does not support room version %q", version)
+	}
+	switch r.Visibility {
+	case "", "private", "public":
+	default:
+		return "", mxhttp.BadJSON("visibility must be public or private")
+	}
+	preset := r.Preset
+	if preset == "" {
+		preset = "private_chat"
+		if r.Visibility == "public" {
+			preset = "public_chat"
+		}
+	}
+	ps, ok := presets[preset]
+	if !ok {
+		return "", mxhttp.BadJSON("Unknown preset %q", preset)
+	}
+	if len(r.Invite3PID) > 0 {
+		return "", mxhttp.WithCode(http.StatusBadRequest, "M_UNKNOWN", "invite_3pid needs an identity server, which this server does not use")
+	}
+	for _, u := range r.Invite {
+		if !validUserID(u) {
+			return "", mxhttp.InvalidParam("Invalid user id %q in invite", u)
+		}
+		if _, server, _ := accounts.SplitUserID(u); server != s.cfg.ServerName {
+			return "", mxhttp.Forbidden("Inviting users on other servers needs federation, which this server does not run yet")
+		}
+		exists, err := s.accounts.UserExists(ctx, u)
+		if err != nil {
+			return "", err
+		}
+		if !exists {
+			return "", mxhttp.NotFound("Unknown user %s", u)
+		}
+	}
+	var alias string
+	if r.RoomAliasName != "" {
+		alias = "#" + r.RoomAliasName + ":" + s.cfg.ServerName
+		if err := validateAliasLocalpart(r.RoomAliasName); err != nil {
+			return "", err
+		}
+		if existing, err := s.ResolveAlias(ctx, alias); err != nil {
+			return "", err
+		} else if existing != "" {
+			return "", mxhttp.WithCode(http.StatusBadRequest, "M_ROOM_IN_USE", "Room alias %s already taken", alias)
+		}
+	}
+	for _, st := range r.InitialState {
+		if st.Type == "" {
+			return "", mxhttp.BadJSON("initial_state events need a type")
+		}
+		if err := checkContent(st.Content); err != nil {
+			return "", err
+		}
+	}
+
+	roomID := "!" + randomID(18) + ":" + s.cfg.ServerName
+	creator := req.UserID
+	empty := ""
+	var drafts []Draft
+	add := func(typ string, stateKey *string, content any) {
+		drafts = append(drafts, Draft{Type: typ, StateKey: stateKey, Sender: creator, Content: mustJSON(content), DeviceID: req.DeviceID})
+	}
+
+	createContent := map[string]json.RawMessage{}
+	for k, v := range r.CreationContent {
+		createContent[k] = v
+	}
+	delete(createContent, "creator")
+	if !rv.ImplicitRoomCreator {
+		createContent["creator"] = mustJSON(creator)
+	}
+	createContent["room_version"] = mustJSON(rv.ID)
+	drafts = append(drafts, Draft{Type: "m.room.create", StateKey: &empty, Sender: creator, Content: mustJSON(createContent),
+		RoomVersion: rv.ID, DeviceID: req.DeviceID})
+
+	member := map[string]any{"membership": "join"}
+	if err := s.profileContent(ctx, creator, member); err != nil {
+		return "", err
+	}
+	if r.IsDirect {
+		member["is_direct"] = true
+	}
+	add("m.room.member", &creator, member)
+
+	users := map[string]any{creator: 100}
+	if preset == "trusted_private_chat" {
+		for _, u := range r.Invite {
+			users[u] = 100
+		}
+	}
+	invite := 0
+	if preset == "public_chat" {
+		invite = 50
+	}
+	pl := map[string]any{
+		"users": users, "users_default": 0, "events_default": 0, "state_default": 50,
+		"ban": 50, "kick": 50, "redact": 50, "invite": invite,
+		"events": map[string]any{
+			"m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+			"m.room.server_acl": 100, "m.room.encryption": 100,
+		},
+		"notifications": map[string]any{"room": 50},
+	}
+	for k, v := range r.PowerLevelContentOverride {
+		var x any
+		if err := json.Unmarshal(v, &x); err != nil {
+			return "", mxhttp.BadJSON("Invalid power_level_content_override")
+		}
+		pl[k] = x
+	}
+	add("m.room.power_levels", &empty, pl)
+
+	if alias != "" {
+		add("m.room.canonical_alias", &empty, map[string]any{"alias": alias})
+	}
+	initial := map[string]bool{}
+	for _, st := range r.InitialState {
+		initial[st.Type+"\x00"+st.StateKey] = true
+	}
+	if !initial["m.room.join_rules\x00"] {
+		add("m.room.join_rules", &empty, map[string]any{"join_rule": ps.joinRule})
+	}
+	if !initial["m.room.history_visibility\x00"] {
+		add("m.room.history_visibility", &empty, map[string]any{"history_visibility": ps.history})
+	}
+	if ps.guest == "can_join" && !initial["m.room.guest_access\x00"] {
+		add("m.room.guest_access", &empty, map[string]any{"guest_access": "can_join"})
+	}
+	for _, st := range r.InitialState {
+		switch st.Type {
+		case "m.room.create", "m.room.member", "m.room.power_levels":
+			// Spec: these are set by the server and would be overridden.
+			continue
+		}
+		sk := st.StateKey
+		drafts = append(drafts, Draft{Type: st.Type, StateKey: &sk, Sender: creator, Content: st.Content, DeviceID: req.DeviceID})
+	}
+	if r.Name != nil {
+		add("m.room.name", &empty, map[string]any{"name": *r.Name})
+	}
+	if r.Topic != nil {
+		add("m.room.topic", &empty, map[string]any{"topic": *r.Topic})
+	}
+	seen := []string{creator}
+	for _, u := range r.Invite {
+		if slices.Contains(seen, u) {
+			continue
+		}
+		seen = append(seen, u)
+		c := map[string]any{"membership": "invite"}
+		if err := s.profileContent(ctx, u, c); err != nil {
+			return "", err
+		}
+		if r.IsDirect {
+			c["is_direct"] = true
+		}
+		uu := u
+		add("m.room.member", &uu, c)
+	}
+	if _, err := s.send(ctx, roomID, drafts...); err != nil {
+		return "", fmt.Errorf("create room: %w", err)
+	}
+	if alias != "" {
+		if err := s.createAlias(ctx, alias, roomID, creator); err != nil {
+			return "", err
+		}
+	}
+	if r.Visibility == "public" {
+		if err := s.setPublished(ctx, roomID, true); err != nil {
+			return "", err
+		}
+	}
+	s.log.Info("created room", "room_id", roomID, "user_id", creator, "room_version", rv.ID)
+	return roomID, nil
+}

@@ -1,0 +1,345 @@
+package rooms
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"ganglion/internal/eventauth"
+	"ganglion/internal/events"
+	"ganglion/internal/storage"
+)
+
+// StoredEvent is an event as read back, with what clients need beside it.
+type StoredEvent struct {
+	Event          *events.Event
+	StreamOrdering int64
+	ReplacesState  string
+	SenderDevice   string
+	TxnID          string
+	RedactedBy     string // the redaction event's id, when redacted
+}
+
+// Store reads rooms and events. Writes go only through the Persister.
+type Store struct {
+	db *storage.DB
+}
+
+func NewStore(db *storage.DB) *Store { return &Store{db: db} }
+
+const eventColumns = `e.stream_ordering, e.json, e.replaces_state, e.sender_device, e.txn_id, e.room_id,
+	(SELECT r.event_id FROM redactions r WHERE r.redacts = e.event_id LIMIT 1)`
+
+func (s *Store) scanEvents(ctx context.Context, rows *sql.Rows) ([]*StoredEvent, error) {
+	defer rows.Close()
+	var out []*StoredEvent
+	versions := map[string]*events.RoomVersion{}
+	for rows.Next() {
+		var se StoredEvent
+		var raw, roomID string
+		var repl, dev, txn, red sql.NullString
+		if err := rows.Scan(&se.StreamOrdering, &raw, &repl, &dev, &txn, &roomID, &red); err != nil {
+			return nil, err
+		}
+		rv := versions[roomID]
+		if rv == nil {
+			var err error
+			if rv, err = s.RoomVersion(ctx, roomID); err != nil {
+				return nil, err
+			}
+			versions[roomID] = rv
+		}
+		ev, err := events.Parse([]byte(raw), rv)
+		if err != nil {
+			return nil, fmt.Errorf("parse stored event: %w", err)
+		}
+		se.Event, se.ReplacesState, se.SenderDevice, se.TxnID, se.RedactedBy = ev, repl.String, dev.String, txn.String, red.String
+		out = append(out, &se)
+	}
+	return out, rows.Err()
+}
+
+// RoomVersion returns the version of a known room.
+func (s *Store) RoomVersion(ctx context.Context, roomID string) (*events.RoomVersion, error) {
+	var v string
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT room_version FROM rooms WHERE room_id = $1`, roomID).Scan(&v)
+	if err != nil {
+		return nil, fmt.Errorf("room version of %s: %w", roomID, err)
+	}
+	rv, ok := events.LookupRoomVersion(v)
+	if !ok {
+		return nil, fmt.Errorf("room %s: unknown version %q", roomID, v)
+	}
+	return rv, nil
+}
+
+// RoomExists reports whether the room is known locally.
+func (s *Store) RoomExists(ctx context.Context, roomID string) (bool, error) {
+	var one int
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT 1 FROM rooms WHERE room_id = $1`, roomID).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up room %s: %w", roomID, err)
+	}
+	return true, nil
+}
+
+// Event loads one event by id; nil if unknown.
+func (s *Store) Event(ctx context.Context, eventID string) (*StoredEvent, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM events e WHERE e.event_id = $1`, eventID)
+	if err != nil {
+		return nil, fmt.Errorf("load event %s: %w", eventID, err)
+	}
+	evs, err := s.scanEvents(ctx, rows)
+	if err != nil {
+		return nil, fmt.Errorf("load event %s: %w", eventID, err)
+	}
+	if len(evs) == 0 {
+		return nil, nil
+	}
+	return evs[0], nil
+}
+
+// EventsByID loads several events (missing ones are skipped).
+func (s *Store) EventsByID(ctx context.Context, ids []string) (map[string]*StoredEvent, error) {
+	out := map[string]*StoredEvent{}
+	const chunk = 200
+	for i := 0; i < len(ids); i += chunk {
+		part := ids[i:min(i+chunk, len(ids))]
+		ph := make([]string, len(part))
+		args := make([]any, len(part))
+		for j, id := range part {
+			ph[j] = fmt.Sprintf("$%d", j+1)
+			args[j] = id
+		}
+		rows, err := s.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM events e WHERE e.event_id IN (`+strings.Join(ph, ",")+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("load events: %w", err)
+		}
+		evs, err := s.scanEvents(ctx, rows)
+		if err != nil {
+			return nil, fmt.Errorf("load events: %w", err)
+		}
+		for _, e := range evs {
+			out[e.Event.EventID()] = e
+		}
+	}
+	return out, nil
+}
+
+// RoomEvents pages through a room's timeline. Backwards returns events with
+// stream_ordering <= from (newest first) and > to; forwards returns events
+// with stream_ordering > from (oldest first) and <= to. to < 0 means no bound.
+func (s *Store) RoomEvents(ctx context.Context, roomID string, from, to int64, backwards bool, limit int) ([]*StoredEvent, error) {
+	var rows *sql.Rows
+	var err error
+	if backwards {
+		rows, err = s.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM events e
+			WHERE e.room_id = $1 AND e.stream_ordering <= $2 AND e.stream_ordering > $3
+			ORDER BY e.stream_ordering DESC LIMIT $4`, roomID, from, max(to, -1), limit)
+	} else {
+		upper := to
+		if upper < 0 {
+			upper = 1<<62 - 1
+		}
+		rows, err = s.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM events e
+			WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3
+			ORDER BY e.stream_ordering ASC LIMIT $4`, roomID, from, upper, limit)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("page events of %s: %w", roomID, err)
+	}
+	evs, err := s.scanEvents(ctx, rows)
+	if err != nil {
+		return nil, fmt.Errorf("page events of %s: %w", roomID, err)
+	}
+	return evs, nil
+}
+
+// MaxStreamOrdering is the highest stream position of any event in the
+// room (0 if none).
+func (s *Store) MaxStreamOrdering(ctx context.Context, roomID string) (int64, error) {
+	var so sql.NullInt64
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT max(stream_ordering) FROM events WHERE room_id = $1`, roomID).Scan(&so)
+	if err != nil {
+		return 0, fmt.Errorf("max stream ordering of %s: %w", roomID, err)
+	}
+	return so.Int64, nil
+}
+
+// CurrentStateEvent returns one current state event, or nil.
+func (s *Store) CurrentStateEvent(ctx context.Context, roomID, typ, stateKey string) (*StoredEvent, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM current_state cs
+		JOIN events e ON e.event_id = cs.event_id WHERE cs.room_id = $1 AND cs.type = $2 AND cs.state_key = $3`,
+		roomID, typ, stateKey)
+	if err != nil {
+		return nil, fmt.Errorf("load state %s of %s: %w", typ, roomID, err)
+	}
+	evs, err := s.scanEvents(ctx, rows)
+	if err != nil || len(evs) == 0 {
+		return nil, err
+	}
+	return evs[0], nil
+}
+
+// CurrentState returns the room's whole current state.
+func (s *Store) CurrentState(ctx context.Context, roomID string) ([]*StoredEvent, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM current_state cs
+		JOIN events e ON e.event_id = cs.event_id WHERE cs.room_id = $1 ORDER BY cs.type, cs.state_key`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("load state of %s: %w", roomID, err)
+	}
+	return s.scanEvents(ctx, rows)
+}
+
+// StateAt returns the room's state as of stream position pos (after the
+// event at pos). With types, only those (type, state_key) pairs (state_key
+// "*" meaning any) are returned.
+func (s *Store) StateAt(ctx context.Context, roomID string, pos int64, filter []eventauth.StateKey) ([]*StoredEvent, error) {
+	q := `SELECT ` + eventColumns + ` FROM state_log sl JOIN events e ON e.event_id = sl.event_id
+		WHERE sl.room_id = $1 AND sl.stream_ordering = (SELECT max(s2.stream_ordering) FROM state_log s2
+			WHERE s2.room_id = sl.room_id AND s2.type = sl.type AND s2.state_key = sl.state_key AND s2.stream_ordering <= $2)`
+	args := []any{roomID, pos}
+	if len(filter) > 0 {
+		var ors []string
+		for _, k := range filter {
+			args = append(args, k.Type)
+			cond := fmt.Sprintf("(sl.type = $%d", len(args))
+			if k.StateKey != "*" {
+				args = append(args, k.StateKey)
+				cond += fmt.Sprintf(" AND sl.state_key = $%d", len(args))
+			}
+			ors = append(ors, cond+")")
+		}
+		q += " AND (" + strings.Join(ors, " OR ") + ")"
+	}
+	rows, err := s.db.Reader().QueryContext(ctx, q+` ORDER BY sl.type, sl.state_key`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("load state of %s at %d: %w", roomID, pos, err)
+	}
+	return s.scanEvents(ctx, rows)
+}
+
+// MembershipAt is a user's membership in a room at a stream position ("" if
+// never a member).
+func (s *Store) MembershipAt(ctx context.Context, roomID, userID string, pos int64) (string, int64, error) {
+	var m sql.NullString
+	var so int64
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT membership, stream_ordering FROM state_log
+		WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 AND stream_ordering <= $3
+		ORDER BY stream_ordering DESC LIMIT 1`, roomID, userID, pos).Scan(&m, &so)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("membership of %s in %s: %w", userID, roomID, err)
+	}
+	return m.String, so, nil
+}
+
+// Membership is the user's current membership and the stream position of
+// that membership event ("" if none).
+func (s *Store) Membership(ctx context.Context, roomID, userID string) (string, int64, error) {
+	var m sql.NullString
+	var so int64
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT membership, stream_ordering FROM current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2`, roomID, userID).Scan(&m, &so)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("membership of %s in %s: %w", userID, roomID, err)
+	}
+	return m.String, so, nil
+}
+
+// stateChange is one row of the state log for a single key.
+type stateChange struct {
+	pos        int64
+	eventID    string
+	membership string
+}
+
+// stateHistory returns every change of one state key, oldest first.
+func (s *Store) stateHistory(ctx context.Context, roomID, typ, stateKey string) ([]stateChange, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT stream_ordering, event_id, membership FROM state_log
+		WHERE room_id = $1 AND type = $2 AND state_key = $3 ORDER BY stream_ordering`, roomID, typ, stateKey)
+	if err != nil {
+		return nil, fmt.Errorf("state history of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	var out []stateChange
+	for rows.Next() {
+		var c stateChange
+		var m sql.NullString
+		if err := rows.Scan(&c.pos, &c.eventID, &m); err != nil {
+			return nil, err
+		}
+		c.membership = m.String
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// RoomsForUser lists rooms where the user's current membership is one of
+// memberships.
+func (s *Store) RoomsForUser(ctx context.Context, userID string, memberships ...string) ([]string, error) {
+	ph := make([]string, len(memberships))
+	args := []any{userID}
+	for i, m := range memberships {
+		args = append(args, m)
+		ph[i] = fmt.Sprintf("$%d", i+2)
+	}
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT room_id FROM current_state WHERE type = 'm.room.member'
+		AND state_key = $1 AND membership IN (`+strings.Join(ph, ",")+`) ORDER BY room_id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("rooms of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	out := []string{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
+// JoinedMembers lists the room's joined users.
+func (s *Store) JoinedMembers(ctx context.Context, roomID string) ([]string, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT state_key FROM current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join' ORDER BY state_key`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("members of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	out := []string{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
+// StateContent decodes the content of a current state event into v; false
+// when the state is absent.
+func (s *Store) StateContent(ctx context.Context, roomID, typ, stateKey string, v any) (bool, error) {
+	se, err := s.CurrentStateEvent(ctx, roomID, typ, stateKey)
+	if err != nil || se == nil {
+		return false, err
+	}
+	if err := json.Unmarshal(se.Event.Content(), v); err != nil {
+		return false, nil // malformed content counts as absent for readers
+	}
+	return true, nil
+}

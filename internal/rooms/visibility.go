@@ -1,0 +1,123 @@
+package rooms
+
+import (
+	"context"
+	"encoding/json"
+	"sort"
+)
+
+// History visibility (spec: "History visibility"): which events a user may
+// see. It is decided per event from the room's history_visibility and the
+// user's membership just before the event, which the state log answers for
+// any position; one visibility object loads both histories once and then
+// decides a whole page of events in memory.
+type visibility struct {
+	userID  string
+	hv      []hvChange
+	members []stateChange
+}
+
+type hvChange struct {
+	pos   int64
+	value string
+}
+
+func (s *Service) visibilityFor(ctx context.Context, roomID, userID string) (*visibility, error) {
+	v := &visibility{userID: userID}
+	hist, err := s.store.stateHistory(ctx, roomID, "m.room.history_visibility", "")
+	if err != nil {
+		return nil, err
+	}
+	if len(hist) > 0 {
+		ids := make([]string, len(hist))
+		for i, h := range hist {
+			ids[i] = h.eventID
+		}
+		evs, err := s.store.EventsByID(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		for _, h := range hist {
+			value := "shared"
+			if se := evs[h.eventID]; se != nil {
+				var c struct {
+					HistoryVisibility string `json:"history_visibility"`
+				}
+				if json.Unmarshal(se.Event.Content(), &c) == nil && c.HistoryVisibility != "" {
+					value = c.HistoryVisibility
+				}
+			}
+			v.hv = append(v.hv, hvChange{pos: h.pos, value: value})
+		}
+	}
+	if v.members, err = s.store.stateHistory(ctx, roomID, "m.room.member", userID); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// historyVisibilityAt is the setting in force for an event at pos (the
+// state before it); "shared" is the spec's default.
+func (v *visibility) historyVisibilityAt(pos int64) string {
+	i := sort.Search(len(v.hv), func(i int) bool { return v.hv[i].pos >= pos })
+	if i == 0 {
+		return "shared"
+	}
+	return v.hv[i-1].value
+}
+
+func (v *visibility) membershipBefore(pos int64) string {
+	i := sort.Search(len(v.members), func(i int) bool { return v.members[i].pos >= pos })
+	if i == 0 {
+		return ""
+	}
+	return v.members[i-1].membership
+}
+
+func (v *visibility) joinedAtOrAfter(pos int64) bool {
+	for _, m := range v.members {
+		if m.pos >= pos && m.membership == "join" {
+			return true
+		}
+	}
+	return false
+}
+
+// canSee applies the spec's algorithm to one event.
+func (v *visibility) canSee(se *StoredEvent) bool {
+	ev := se.Event
+	if ev.Type() == "m.room.member" && ev.StateKeyEquals(v.userID) {
+		return true // users always see their own membership changes
+	}
+	pos := se.StreamOrdering
+	hv := v.historyVisibilityAt(pos)
+	if hv == "world_readable" {
+		return true
+	}
+	m := v.membershipBefore(pos)
+	if m == "join" {
+		return true
+	}
+	switch hv {
+	case "shared":
+		return v.joinedAtOrAfter(pos)
+	case "invited":
+		return m == "invite"
+	}
+	return false
+}
+
+func (v *visibility) filter(evs []*StoredEvent) []*StoredEvent {
+	out := evs[:0:0]
+	for _, se := range evs {
+		if v.canSee(se) {
+			out = append(out, se)
+		}
+	}
+	return out
+}
+
+// worldReadable reports whether the room's current setting lets anyone read.
+func (v *visibility) worldReadableNow() bool {
+	return len(v.hv) > 0 && v.hv[len(v.hv)-1].value == "world_readable"
+}

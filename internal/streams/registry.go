@@ -1,0 +1,248 @@
+package streams
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// Name is a stream's wire name.
+type Name string
+
+// The streams that exist. Their order is the order of sync tokens'
+// components (see Token).
+const (
+	Events      Name = "events"
+	Presence    Name = "presence"
+	Typing      Name = "typing"
+	Receipts    Name = "receipts"
+	AccountData Name = "account_data"
+	PushRules   Name = "push_rules"
+	ToDevice    Name = "to_device"
+	DeviceLists Name = "device_lists"
+	Caches      Name = "caches"
+)
+
+// Storage says where a stream's rows live.
+type Storage int
+
+const (
+	// InTable streams are read back from the database after a gap.
+	InTable Storage = iota
+	// InMemory streams (typing) live only in the writer's memory and reset
+	// when it restarts; readers catch up from the writer over HTTP.
+	InMemory
+)
+
+// Def declares one stream.
+type Def struct {
+	Name    Name
+	Storage Storage
+	// MultiWriter streams may have several writers; their current position
+	// for a reader is the minimum over writers.
+	MultiWriter bool
+}
+
+// Registry is the one place streams are declared and their positions kept.
+// Every process has one; positions advance from local commits (via a
+// Tracker) and, in a fleet, from replication.
+type Registry struct {
+	instance string
+	mu       sync.Mutex
+	streams  map[Name]*stream
+	notifier *Notifier
+}
+
+type stream struct {
+	def      Def
+	writers  []string
+	pos      map[string]int64 // writer → latest known position
+	changed  chan struct{}    // closed and replaced on every advance
+	trackers map[string]*Tracker
+}
+
+// NewRegistry builds the registry for one process. writers maps each stream
+// to its configured writer instances; a stream missing from it is written by
+// "main".
+func NewRegistry(instance string, defs []Def, writers map[Name][]string, notifier *Notifier) (*Registry, error) {
+	r := &Registry{instance: instance, streams: map[Name]*stream{}, notifier: notifier}
+	for _, d := range defs {
+		w := writers[d.Name]
+		if len(w) == 0 {
+			w = []string{"main"}
+		}
+		if len(w) > 1 && !d.MultiWriter {
+			return nil, fmt.Errorf("stream %s: only one writer allowed, got %d", d.Name, len(w))
+		}
+		s := &stream{def: d, writers: slices.Clone(w), pos: map[string]int64{}, changed: make(chan struct{}),
+			trackers: map[string]*Tracker{}}
+		r.streams[d.Name] = s
+	}
+	return r, nil
+}
+
+// Notifier returns the process's notifier.
+func (r *Registry) Notifier() *Notifier { return r.notifier }
+
+// Instance is this process's instance name.
+func (r *Registry) Instance() string { return r.instance }
+
+func (r *Registry) get(name Name) *stream {
+	s, ok := r.streams[name]
+	if !ok {
+		panic(fmt.Sprintf("streams: unknown stream %q", name)) // a programming error, caught by tests
+	}
+	return s
+}
+
+// Writers lists a stream's writers in configured order.
+func (r *Registry) Writers(name Name) []string { return r.get(name).writers }
+
+// IsWriter reports whether this process writes the stream.
+func (r *Registry) IsWriter(name Name) bool {
+	return slices.Contains(r.get(name).writers, r.instance)
+}
+
+// LocalTracker creates the tracker for this process's writes to a stream,
+// starting at pos. Advances of the tracker advance the registry.
+func (r *Registry) LocalTracker(name Name, pos int64) *Tracker {
+	s := r.get(name)
+	t := NewTracker(pos, func(p int64) { r.Advance(name, r.instance, p) })
+	r.mu.Lock()
+	s.trackers[r.instance] = t
+	r.mu.Unlock()
+	r.Advance(name, r.instance, pos)
+	return t
+}
+
+// Advance records that writer has reached pos on the stream (from a local
+// commit or from replication) and wakes position waiters. Positions never
+// move backwards, except for in-memory streams, which the caller resets with
+// Reset when their writer restarts.
+func (r *Registry) Advance(name Name, writer string, pos int64) {
+	s := r.get(name)
+	r.mu.Lock()
+	if pos <= s.pos[writer] {
+		r.mu.Unlock()
+		return
+	}
+	s.pos[writer] = pos
+	close(s.changed)
+	s.changed = make(chan struct{})
+	r.mu.Unlock()
+}
+
+// Reset sets a writer's position even if it goes backwards (in-memory
+// streams whose writer restarted).
+func (r *Registry) Reset(name Name, writer string, pos int64) {
+	s := r.get(name)
+	r.mu.Lock()
+	s.pos[writer] = pos
+	close(s.changed)
+	s.changed = make(chan struct{})
+	r.mu.Unlock()
+}
+
+// Current is the position a reader may read up to: the minimum over the
+// stream's writers, since rows below a lagging writer's position may still
+// be committing.
+func (r *Registry) Current(name Name) int64 {
+	s := r.get(name)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return s.currentLocked()
+}
+
+func (s *stream) currentLocked() int64 {
+	first := true
+	var m int64
+	for _, w := range s.writers {
+		p := s.pos[w]
+		if first || p < m {
+			m, first = p, false
+		}
+	}
+	return m
+}
+
+// WriterPosition is the latest known position of one writer.
+func (r *Registry) WriterPosition(name Name, writer string) int64 {
+	s := r.get(name)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return s.pos[writer]
+}
+
+// Vector returns the current minimum and every writer's position.
+func (r *Registry) Vector(name Name) (min int64, writers map[string]int64) {
+	s := r.get(name)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	writers = make(map[string]int64, len(s.writers))
+	for _, w := range s.writers {
+		writers[w] = s.pos[w]
+	}
+	return s.currentLocked(), writers
+}
+
+// WaitForWriter blocks until writer's position on the stream reaches pos or
+// ctx ends. Used for read-your-writes across processes.
+func (r *Registry) WaitForWriter(ctx context.Context, name Name, writer string, pos int64) error {
+	s := r.get(name)
+	for {
+		r.mu.Lock()
+		reached := s.pos[writer] >= pos
+		ch := s.changed
+		r.mu.Unlock()
+		if reached {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s position %d of %s: %w", name, pos, writer, ctx.Err())
+		}
+	}
+}
+
+// Changed returns a channel closed at the stream's next advance.
+func (r *Registry) Changed(name Name) <-chan struct{} {
+	s := r.get(name)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return s.changed
+}
+
+// Defs lists the declared streams.
+func (r *Registry) Defs() []Def {
+	out := make([]Def, 0, len(r.streams))
+	for _, s := range r.streams {
+		out = append(out, s.def)
+	}
+	slices.SortFunc(out, func(a, b Def) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// AllDefs is every stream Ganglion knows, with its storage and writer model.
+func AllDefs() []Def {
+	return []Def{
+		{Name: Events, Storage: InTable, MultiWriter: true},
+		{Name: Presence, Storage: InTable},
+		{Name: Typing, Storage: InMemory},
+		{Name: Receipts, Storage: InTable, MultiWriter: true},
+		{Name: AccountData, Storage: InTable},
+		{Name: PushRules, Storage: InTable},
+		{Name: ToDevice, Storage: InTable},
+		{Name: DeviceLists, Storage: InTable, MultiWriter: true},
+		{Name: Caches, Storage: InTable, MultiWriter: true},
+	}
+}
