@@ -100,7 +100,7 @@ type NotAllowedError struct {
 
 func (e *NotAllowedError) Error() string { return "event not allowed: " + e.Reason }
 
-func reject(format string) *NotAllowedError { return &NotAllowedError{Reason: format} }
+func reject(reason string) *NotAllowedError { return &NotAllowedError{Reason: reason} }
 
 // Check applies the authorization rules of ev's room version to ev, with
 // auth providing the state the rules consult (m.room.create,

@@ -171,7 +171,7 @@ func createLiteral(rv *events.RoomVersion, extra string) string {
 }
 
 // baseState is the test room: invite-only, alice 100, mod 50, bob and mod
-// joined, eve banned. createExtra adds create content (e.g. m.federate).
+// joined, eve banned (the create event is built separately).
 func baseState() []string {
 	return []string{
 		`{"type":"m.room.member","state_key":"@alice:a.test","sender":"@alice:a.test","content":{"membership":"join"}}`,
@@ -185,9 +185,9 @@ func baseState() []string {
 
 // roomSetup says how a case's room differs from the base room.
 type roomSetup struct {
-	createExtra string              // extra m.room.create content members
-	bare        bool                // only the create event, nothing else
-	state       []string            // added or replacing (by type and state_key)
+	createExtra string               // extra m.room.create content members
+	bare        bool                 // only the create event, nothing else
+	state       []string             // added or replacing (by type and state_key)
 	omit        []eventauth.StateKey // removed from the base state
 }
 

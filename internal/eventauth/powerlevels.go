@@ -91,15 +91,28 @@ func DefaultPowerLevels(create *events.Event) PowerLevels {
 // integer; before v10 levels are read as Synapse's Python int() reads them
 // (integers, strings such as " 50" or "+1_0", floats truncated toward zero,
 // booleans as 0/1). users keys must look like user ids. Values outside int64
-// are errors. Absent keys take their defaults.
+// are errors (Python has no such limit; no real room needs one). Before v6,
+// malformed notifications entries are dropped instead. Absent keys take
+// their defaults.
 func ParsePowerLevels(content json.RawMessage, rv *events.RoomVersion) (PowerLevels, error) {
 	if rv == nil {
 		return PowerLevels{}, errors.New("parse power levels: no room version")
 	}
-	raw, err := parseRawLevels(content, rv.EnforceIntPowerLevels, false)
+	if rv.LimitNotificationsPowerLevels {
+		raw, err := parseRawLevels(content, rv.EnforceIntPowerLevels, false)
+		if err != nil {
+			return PowerLevels{}, err
+		}
+		return raw.withDefaults(), nil
+	}
+	// Before v6 the auth rules never read notifications, so a malformed
+	// value there is dropped rather than failing the whole event.
+	raw, err := parseRawLevels(withoutKey(content, "notifications"), rv.EnforceIntPowerLevels, false)
 	if err != nil {
 		return PowerLevels{}, err
 	}
+	lenient, _ := parseRawLevels(content, rv.EnforceIntPowerLevels, true)
+	raw.notifications = lenient.notifications
 	return raw.withDefaults(), nil
 }
 

@@ -67,6 +67,9 @@ func TestParsePowerLevels(t *testing.T) {
 		{name: "integral float rejected (v10)", version: "10", content: `{"ban":50.0}`, wantErr: true},
 		{name: "boolean rejected (v10)", version: "10", content: `{"ban":true}`, wantErr: true},
 		{name: "string in events rejected (v10)", version: "10", content: `{"events":{"m.x":"1"}}`, wantErr: true},
+		{name: "malformed notifications dropped before v6", version: "5", content: `{"ban":1,"notifications":{"room":null,"x":"2"}}`,
+			want: with(func(p *eventauth.PowerLevels) { p.Ban, p.Notifications = 1, map[string]int64{"room": 50, "x": 2} })},
+		{name: "malformed notifications rejected from v6", version: "6", content: `{"notifications":{"room":null}}`, wantErr: true},
 		{name: "string in notifications rejected (v11)", version: "11", content: `{"notifications":{"room":"1"}}`, wantErr: true},
 	}
 	for _, tc := range tests {

@@ -107,7 +107,7 @@ func TestParseAccepts(t *testing.T) {
 				t.Error("not a state event with empty state key")
 			}
 		}},
-		{"pretty and unsorted is canonicalised", "10", "{\n \"type\": \"m.room.message\", " + basePDU[1:], func(t *testing.T, e *events.Event) {
+		{"pretty and unsorted is canonicalised", "10", "{\n \"type\": \"m.room.message\",\n " + strings.ReplaceAll(pdu(t, basePDU, "type", "-")[1:], ",", " ,\n\t"), func(t *testing.T, e *events.Event) {
 			if want := canonical(t, basePDU); string(e.JSON()) != want {
 				t.Errorf("JSON %s, want %s", e.JSON(), want)
 			}

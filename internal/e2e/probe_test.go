@@ -1,0 +1,9 @@
+package e2e_test
+
+import (
+	"testing"
+
+	"maunium.net/go/mautrix"
+)
+
+func TestProbe(t *testing.T) { _, _ = mautrix.NewClient("http://x", "", "") }

@@ -1,0 +1,328 @@
+package rooms_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"ganglion/internal/eventauth"
+	"ganglion/internal/events"
+	"ganglion/internal/mxhttp"
+	"ganglion/internal/rooms"
+	"ganglion/internal/storage"
+	"ganglion/internal/storage/storagetest"
+	"ganglion/internal/streams"
+)
+
+const server = "test.local"
+
+func newPersister(t *testing.T, db *storage.DB) (*rooms.Persister, *streams.Registry) {
+	t.Helper()
+	reg, err := streams.NewRegistry("main", streams.AllDefs(), nil, streams.NewNotifier())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := events.GenerateSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := rooms.NewPersister(context.Background(), db, reg, server, key, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, reg
+}
+
+func ptr(s string) *string { return &s }
+
+func raw(v any) json.RawMessage {
+	b, _ := json.Marshal(v)
+	return b
+}
+
+// createDrafts is the smallest valid room: create, creator join, power
+// levels, public join rule.
+func createDrafts(creator, version string) []rooms.Draft {
+	return []rooms.Draft{
+		{Type: "m.room.create", StateKey: ptr(""), Sender: creator, RoomVersion: version,
+			Content: raw(map[string]any{"creator": creator, "room_version": version})},
+		{Type: "m.room.member", StateKey: ptr(creator), Sender: creator, Content: raw(map[string]any{"membership": "join"})},
+		{Type: "m.room.power_levels", StateKey: ptr(""), Sender: creator,
+			Content: raw(map[string]any{"users": map[string]int{creator: 100}, "state_default": 50, "events_default": 0})},
+		{Type: "m.room.join_rules", StateKey: ptr(""), Sender: creator, Content: raw(map[string]any{"join_rule": "public"})},
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestPersisterCreatesAndLinksEvents(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := ctxT(t)
+		p, reg := newPersister(t, db)
+		store := rooms.NewStore(db)
+		room := "!r1:" + server
+		alice := "@alice:" + server
+		res, err := p.SendEvents(ctx, room, createDrafts(alice, "10"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res) != 4 {
+			t.Fatalf("got %d results", len(res))
+		}
+		for i := 1; i < len(res); i++ {
+			if res[i].StreamPos <= res[i-1].StreamPos {
+				t.Fatalf("stream positions not increasing: %v", res)
+			}
+		}
+		if got := reg.Current(streams.Events); got != res[3].StreamPos {
+			t.Fatalf("registry position %d, want %d", got, res[3].StreamPos)
+		}
+		// Each event's prev_events is exactly the previous event: a line.
+		byID, err := store.EventsByID(ctx, []string{res[0].EventID, res[1].EventID, res[2].EventID, res[3].EventID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i < 4; i++ {
+			ev := byID[res[i].EventID].Event
+			if prev := ev.PrevEventIDs(); len(prev) != 1 || prev[0] != res[i-1].EventID {
+				t.Fatalf("event %d prev_events = %v, want [%s]", i, prev, res[i-1].EventID)
+			}
+			if ev.Depth() != int64(i+1) {
+				t.Fatalf("event %d depth = %d", i, ev.Depth())
+			}
+			if err := events.CheckContentHash(ev); err != nil {
+				t.Fatalf("content hash: %v", err)
+			}
+		}
+		m, _, err := store.Membership(ctx, room, alice)
+		if err != nil || m != "join" {
+			t.Fatalf("membership = %q, %v", m, err)
+		}
+	})
+}
+
+func TestPersisterEnforcesAuthRules(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := ctxT(t)
+		p, _ := newPersister(t, db)
+		room := "!r2:" + server
+		alice, bob := "@alice:"+server, "@bob:"+server
+		if _, err := p.SendEvents(ctx, room, createDrafts(alice, "10")); err != nil {
+			t.Fatal(err)
+		}
+		// bob is not joined: may not send.
+		_, err := p.SendEvents(ctx, room, []rooms.Draft{{Type: "m.room.message", Sender: bob, Content: raw(map[string]string{"body": "hi"})}})
+		var me *mxhttp.Error
+		if !errors.As(err, &me) || me.Code != "M_FORBIDDEN" {
+			t.Fatalf("send by non-member: err = %v, want M_FORBIDDEN", err)
+		}
+		// bob joins (public room), then may not set the name (state_default 50).
+		if _, err := p.SendEvents(ctx, room, []rooms.Draft{{Type: "m.room.member", StateKey: &bob, Sender: bob,
+			Content: raw(map[string]string{"membership": "join"})}}); err != nil {
+			t.Fatal(err)
+		}
+		_, err = p.SendEvents(ctx, room, []rooms.Draft{{Type: "m.room.name", StateKey: ptr(""), Sender: bob, Content: raw(map[string]string{"name": "x"})}})
+		if !errors.As(err, &me) || me.Code != "M_FORBIDDEN" {
+			t.Fatalf("name by unprivileged member: err = %v, want M_FORBIDDEN", err)
+		}
+		// A failed batch is all-or-nothing: a valid event before an invalid one is not stored.
+		before, _ := rooms.NewStore(db).MaxStreamOrdering(ctx, room)
+		_, err = p.SendEvents(ctx, room, []rooms.Draft{
+			{Type: "m.room.message", Sender: bob, Content: raw(map[string]string{"body": "ok"})},
+			{Type: "m.room.name", StateKey: ptr(""), Sender: bob, Content: raw(map[string]string{"name": "x"})},
+		})
+		if err == nil {
+			t.Fatal("batch with a forbidden event succeeded")
+		}
+		after, _ := rooms.NewStore(db).MaxStreamOrdering(ctx, room)
+		if after != before {
+			t.Fatalf("failed batch left events behind: max %d → %d", before, after)
+		}
+		// A second create for the same room is refused.
+		if _, err := p.SendEvents(ctx, room, createDrafts(alice, "10")[:1]); err == nil {
+			t.Fatal("second create accepted")
+		}
+		// Unknown room.
+		if _, err := p.SendEvents(ctx, "!nope:"+server, []rooms.Draft{{Type: "m.room.message", Sender: alice, Content: raw(map[string]string{})}}); !errors.As(err, &me) || me.Code != "M_NOT_FOUND" {
+			t.Fatalf("unknown room: %v", err)
+		}
+	})
+}
+
+func TestPersisterTxnIDsAreIdempotent(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := ctxT(t)
+		p, _ := newPersister(t, db)
+		room := "!r3:" + server
+		alice := "@alice:" + server
+		if _, err := p.SendEvents(ctx, room, createDrafts(alice, "10")); err != nil {
+			t.Fatal(err)
+		}
+		d := rooms.Draft{Type: "m.room.message", Sender: alice, Content: raw(map[string]string{"body": "once"}), TxnID: "t1", DeviceID: "DEV"}
+		a, err := p.SendEvents(ctx, room, []rooms.Draft{d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := p.SendEvents(ctx, room, []rooms.Draft{d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a[0].EventID != b[0].EventID || !b[0].Deduplicated {
+			t.Fatalf("txn retry gave %v then %v", a, b)
+		}
+		d.DeviceID = "OTHER" // another device's txn ids are its own
+		c, err := p.SendEvents(ctx, room, []rooms.Draft{d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c[0].EventID == a[0].EventID {
+			t.Fatal("txn id shared across devices")
+		}
+	})
+}
+
+func TestPersisterConcurrentSendersStayLinear(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := ctxT(t)
+		p, _ := newPersister(t, db)
+		store := rooms.NewStore(db)
+		room := "!r4:" + server
+		alice := "@alice:" + server
+		if _, err := p.SendEvents(ctx, room, createDrafts(alice, "10")); err != nil {
+			t.Fatal(err)
+		}
+		const senders, each = 6, 15
+		var wg sync.WaitGroup
+		errs := make(chan error, senders*each)
+		for s := 0; s < senders; s++ {
+			wg.Add(1)
+			go func(s int) {
+				defer wg.Done()
+				for i := 0; i < each; i++ {
+					_, err := p.SendEvents(ctx, room, []rooms.Draft{{Type: "m.room.message", Sender: alice,
+						Content: raw(map[string]string{"body": fmt.Sprintf("%d-%d", s, i)})}})
+					if err != nil {
+						errs <- err
+					}
+				}
+			}(s)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		evs, err := store.RoomEvents(ctx, room, 0, -1, false, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) != 4+senders*each {
+			t.Fatalf("got %d events", len(evs))
+		}
+		// No fork: every event after the first points at its predecessor.
+		for i := 1; i < len(evs); i++ {
+			prev := evs[i].Event.PrevEventIDs()
+			if len(prev) != 1 || prev[0] != evs[i-1].Event.EventID() {
+				t.Fatalf("event %d forks: prev %v, predecessor %s", i, prev, evs[i-1].Event.EventID())
+			}
+		}
+	})
+}
+
+func TestStateLogAnswersHistoricalState(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := ctxT(t)
+		p, _ := newPersister(t, db)
+		store := rooms.NewStore(db)
+		room := "!r5:" + server
+		alice, bob := "@alice:"+server, "@bob:"+server
+		if _, err := p.SendEvents(ctx, room, createDrafts(alice, "10")); err != nil {
+			t.Fatal(err)
+		}
+		name := func(n string) int64 {
+			r, err := p.SendEvents(ctx, room, []rooms.Draft{{Type: "m.room.name", StateKey: ptr(""), Sender: alice, Content: raw(map[string]string{"name": n})}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r[0].StreamPos
+		}
+		p1 := name("one")
+		join, err := p.SendEvents(ctx, room, []rooms.Draft{{Type: "m.room.member", StateKey: &bob, Sender: bob, Content: raw(map[string]string{"membership": "join"})}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p2 := name("two")
+		if _, err := p.SendEvents(ctx, room, []rooms.Draft{{Type: "m.room.member", StateKey: &bob, Sender: bob, Content: raw(map[string]string{"membership": "leave"})}}); err != nil {
+			t.Fatal(err)
+		}
+		at := func(pos int64) string {
+			evs, err := store.StateAt(ctx, room, pos, []eventauth.StateKey{{Type: "m.room.name", StateKey: ""}})
+			if err != nil || len(evs) != 1 {
+				t.Fatalf("state at %d: %v %d", pos, err, len(evs))
+			}
+			var c struct{ Name string }
+			_ = json.Unmarshal(evs[0].Event.Content(), &c)
+			return c.Name
+		}
+		if at(p1) != "one" || at(p2-1) != "one" || at(p2) != "two" {
+			t.Fatalf("names at %d/%d/%d: %s %s %s", p1, p2-1, p2, at(p1), at(p2-1), at(p2))
+		}
+		for pos, want := range map[int64]string{p1: "", join[0].StreamPos: "join", p2: "join", p2 + 1: "leave"} {
+			m, _, err := store.MembershipAt(ctx, room, bob, pos)
+			if err != nil || m != want {
+				t.Fatalf("bob at %d = %q (%v), want %q", pos, m, err, want)
+			}
+		}
+		all, err := store.StateAt(ctx, room, p2, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(all) != 6 { // create, 2 members, power levels, join rules, name
+			t.Fatalf("full state at %d has %d events", p2, len(all))
+		}
+	})
+}
+
+func TestPersisterResumesPositionAfterRestart(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := ctxT(t)
+		p, _ := newPersister(t, db)
+		room := "!r6:" + server
+		res, err := p.SendEvents(ctx, room, createDrafts("@alice:"+server, "11"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := res[len(res)-1].StreamPos
+		// A new persister over the same database (a restart, without the
+		// position ever having been saved) resumes at the last committed id
+		// and keeps the room's DAG linear.
+		p2, reg2 := newPersister(t, db)
+		if got := reg2.Current(streams.Events); got != last {
+			t.Fatalf("resumed at %d, want %d", got, last)
+		}
+		r2, err := p2.SendEvents(ctx, room, []rooms.Draft{{Type: "m.room.message", Sender: "@alice:" + server, Content: raw(map[string]string{"body": "after"})}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := rooms.NewStore(db).Event(ctx, r2[0].EventID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if prev := ev.Event.PrevEventIDs(); len(prev) != 1 || prev[0] != res[len(res)-1].EventID {
+			t.Fatalf("after restart prev_events = %v", prev)
+		}
+		if err := p2.SavePosition(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -1,0 +1,167 @@
+package streams_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"ganglion/internal/streams"
+)
+
+func TestTrackerPositionWaitsForLowerIDs(t *testing.T) {
+	var advanced []int64
+	tr := streams.NewTracker(10, func(p int64) { advanced = append(advanced, p) })
+	a, b := tr.Reserve(), tr.Reserve()
+	a.Add(11)
+	b.Add(12)
+	b.Done()
+	if got := tr.Position(); got != 10 {
+		t.Fatalf("position after 12 finished but 11 in flight = %d, want 10", got)
+	}
+	a.Done()
+	if got := tr.Position(); got != 12 {
+		t.Fatalf("position after both finished = %d, want 12", got)
+	}
+	if len(advanced) != 1 || advanced[0] != 12 {
+		t.Fatalf("onAdvance calls = %v, want [12]", advanced)
+	}
+}
+
+func TestTrackerReservationBeforeIDHoldsPosition(t *testing.T) {
+	// A reservation that has not learnt its id yet must stop the position
+	// from passing ids above the floor: the id it gets may be lower than ids
+	// another reservation already finished.
+	tr := streams.NewTracker(0, nil)
+	slow := tr.Reserve() // asked the sequence, no answer yet
+	fast := tr.Reserve()
+	fast.Add(2)
+	fast.Done()
+	if got := tr.Position(); got != 0 {
+		t.Fatalf("position with an unresolved reservation = %d, want 0", got)
+	}
+	slow.Add(1)
+	slow.Done()
+	if got := tr.Position(); got != 2 {
+		t.Fatalf("position = %d, want 2", got)
+	}
+}
+
+func TestTrackerRolledBackIDsDoNotBlock(t *testing.T) {
+	tr := streams.NewTracker(0, nil)
+	r := tr.Reserve()
+	r.Add(1)
+	r.Done() // rolled back: still done
+	r2 := tr.Reserve()
+	r2.Add(2)
+	r2.Done()
+	r2.Done() // idempotent
+	if got := tr.Position(); got != 2 {
+		t.Fatalf("position = %d, want 2", got)
+	}
+}
+
+func TestTrackerConcurrent(t *testing.T) {
+	tr := streams.NewTracker(0, nil)
+	var mu sync.Mutex
+	next := int64(0)
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				r := tr.Reserve()
+				mu.Lock()
+				next++
+				id := next
+				mu.Unlock()
+				r.Add(id)
+				r.Done()
+			}
+		}()
+	}
+	wg.Wait()
+	if got := tr.Position(); got != 1600 {
+		t.Fatalf("position = %d, want 1600", got)
+	}
+}
+
+func TestRegistryMinimumOverWriters(t *testing.T) {
+	reg, err := streams.NewRegistry("p1", streams.AllDefs(), map[streams.Name][]string{streams.Events: {"p1", "p2"}}, streams.NewNotifier())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Advance(streams.Events, "p1", 10)
+	reg.Advance(streams.Events, "p2", 7)
+	if got := reg.Current(streams.Events); got != 7 {
+		t.Fatalf("current = %d, want 7", got)
+	}
+	reg.Advance(streams.Events, "p2", 5) // never backwards
+	if got := reg.WriterPosition(streams.Events, "p2"); got != 7 {
+		t.Fatalf("writer position went backwards to %d", got)
+	}
+	min, vec := reg.Vector(streams.Events)
+	if min != 7 || vec["p1"] != 10 || vec["p2"] != 7 {
+		t.Fatalf("vector = %d %v", min, vec)
+	}
+	if !reg.IsWriter(streams.Events) || reg.IsWriter(streams.Typing) {
+		t.Fatal("IsWriter wrong")
+	}
+}
+
+func TestRegistryRejectsTwoWritersForSingleWriterStream(t *testing.T) {
+	_, err := streams.NewRegistry("main", streams.AllDefs(), map[streams.Name][]string{streams.Typing: {"a", "b"}}, streams.NewNotifier())
+	if err == nil {
+		t.Fatal("expected an error for two typing writers")
+	}
+}
+
+func TestWaitForWriter(t *testing.T) {
+	reg, _ := streams.NewRegistry("main", streams.AllDefs(), nil, streams.NewNotifier())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- reg.WaitForWriter(ctx, streams.Events, "main", 3) }()
+	reg.Advance(streams.Events, "main", 2)
+	reg.Advance(streams.Events, "main", 3)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	short, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	if err := reg.WaitForWriter(short, streams.Events, "main", 100); err == nil {
+		t.Fatal("expected an error when the context ends first")
+	}
+}
+
+func TestNotifierWakesOnlyMatchingKeys(t *testing.T) {
+	n := streams.NewNotifier()
+	room := n.Listen(streams.RoomKey("!a:x"))
+	user := n.Listen(streams.UserKey("@u:x"))
+	defer room.Close()
+	defer user.Close()
+	n.Wake(streams.RoomKey("!a:x"))
+	select {
+	case <-room.C:
+	default:
+		t.Fatal("room listener not woken")
+	}
+	select {
+	case <-user.C:
+		t.Fatal("user listener woken by a room key")
+	default:
+	}
+	// A wake before the waiter selects is kept (one-slot buffer).
+	n.Wake(streams.UserKey("@u:x"))
+	n.Wake(streams.UserKey("@u:x"))
+	select {
+	case <-user.C:
+	default:
+		t.Fatal("wake lost")
+	}
+	user.Close()
+	if got := n.Listening(streams.UserKey("@u:x")); got != 0 {
+		t.Fatalf("listeners after close = %d", got)
+	}
+}
