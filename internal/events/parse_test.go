@@ -25,7 +25,7 @@ func pdu(tb testing.TB, base string, overrides ...string) string {
 	b.WriteString("{")
 	first := true
 	for _, part := range splitTopLevel(s[1:]) {
-		key := part[1:strings.Index(part[1:], `"`)+1]
+		key := part[1 : strings.Index(part[1:], `"`)+1]
 		if drop[key] {
 			continue
 		}
