@@ -89,7 +89,8 @@ func Canonicalize(raw []byte, strict bool) ([]byte, error) {
 }
 
 // Append is Canonicalize appending to dst, for callers that reuse buffers.
-// On error dst's contents beyond its original length are unspecified.
+// On error it returns nil, and dst's backing array past len(dst) may have
+// been overwritten.
 func Append(dst, raw []byte, strict bool) ([]byte, error) {
 	s := state{in: raw, strict: strict}
 	s.keys, s.members, s.str = s.keysBuf[:0], s.membersBuf[:0], s.strBuf[:0]

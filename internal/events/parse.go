@@ -48,8 +48,8 @@ func fromCanonical(canon []byte, rv *RoomVersion, id string) (*Event, error) {
 		Sender:         p.str("sender", true),
 		Type:           p.str("type", true),
 		Content:        p.obj("content", true),
-		Depth:          p.int("depth"),
-		OriginServerTS: p.int("origin_server_ts"),
+		Depth:          p.integer("depth"),
+		OriginServerTS: p.integer("origin_server_ts"),
 		PrevEvents:     p.refs("prev_events"),
 		AuthEvents:     p.refs("auth_events"),
 		Redacts:        p.str("redacts", false),
@@ -131,7 +131,7 @@ func (p *fieldParser) obj(key string, required bool) json.RawMessage {
 	return v
 }
 
-func (p *fieldParser) int(key string) int64 {
+func (p *fieldParser) integer(key string) int64 {
 	v, ok := p.lookup(key, true)
 	if !ok {
 		return 0
