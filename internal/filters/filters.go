@@ -161,3 +161,5 @@ func (f *RoomEventFilter) MatchesEvent(roomID, typ, sender string, content json.
 	}
 	return true
 }
+
+func jsonValid(b []byte) bool { return json.Valid(b) }

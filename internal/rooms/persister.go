@@ -470,6 +470,13 @@ func (p *Persister) insert(ctx context.Context, tx *sql.Tx, ev *events.Event, so
 			return fmt.Errorf("insert redaction: %w", err)
 		}
 	}
+	if ev.Type() == "m.room.member" && ev.StateKey() != nil {
+		// A new membership un-forgets the room (forgetting applies to the
+		// membership the user had when they forgot it).
+		if _, err := tx.ExecContext(ctx, `DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2`, *ev.StateKey(), roomID); err != nil {
+			return fmt.Errorf("clear forgotten room: %w", err)
+		}
+	}
 	if ev.IsState() {
 		_, err := tx.ExecContext(ctx, `INSERT INTO current_state (room_id, type, state_key, event_id, stream_ordering, membership)
 			VALUES ($1, $2, $3, $4, $5, $6)

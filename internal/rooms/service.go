@@ -443,12 +443,12 @@ func (s *Service) Event(ctx context.Context, req *accounts.Requester, roomID, ev
 	if se == nil || se.Event.RoomID() != roomID {
 		return nil, errNotFoundEvent
 	}
-	v, err := s.visibilityFor(ctx, roomID, req.UserID)
+	v, err := s.VisibilityFor(ctx, roomID, req.UserID)
 	if err != nil {
 		return nil, err
 	}
-	if !v.canSee(se) {
-		if m, _, _ := s.store.Membership(ctx, roomID, req.UserID); m == "" && !v.worldReadableNow() {
+	if !v.CanSee(se) {
+		if m, _, _ := s.store.Membership(ctx, roomID, req.UserID); m == "" && !v.WorldReadableNow() {
 			return nil, errNotInRoom(req.UserID, roomID)
 		}
 		return nil, errNotFoundEvent
@@ -471,11 +471,11 @@ func (s *Service) readPosition(ctx context.Context, req *accounts.Requester, roo
 	if m == "join" {
 		return 0, true, nil
 	}
-	v, err := s.visibilityFor(ctx, roomID, req.UserID)
+	v, err := s.VisibilityFor(ctx, roomID, req.UserID)
 	if err != nil {
 		return 0, false, err
 	}
-	if v.worldReadableNow() {
+	if v.WorldReadableNow() {
 		return 0, true, nil
 	}
 	if m == "leave" || m == "ban" {

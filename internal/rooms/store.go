@@ -343,3 +343,172 @@ func (s *Store) StateContent(ctx context.Context, roomID, typ, stateKey string, 
 	}
 	return true, nil
 }
+
+// MembershipRecord is one change of a user's membership.
+type MembershipRecord struct {
+	RoomID     string
+	Membership string
+	Pos        int64
+	EventID    string
+}
+
+// MembershipChanges lists a user's membership changes with stream position
+// in (from, to], oldest first.
+func (s *Store) MembershipChanges(ctx context.Context, userID string, from, to int64) ([]MembershipRecord, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT room_id, membership, stream_ordering, event_id FROM state_log
+		WHERE type = 'm.room.member' AND state_key = $1 AND stream_ordering > $2 AND stream_ordering <= $3
+		ORDER BY stream_ordering`, userID, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("membership changes of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	var out []MembershipRecord
+	for rows.Next() {
+		var c MembershipRecord
+		var m sql.NullString
+		if err := rows.Scan(&c.RoomID, &m, &c.Pos, &c.EventID); err != nil {
+			return nil, err
+		}
+		c.Membership = m.String
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// CurrentMemberships maps each room the user has a membership in to that
+// membership and its position.
+func (s *Store) CurrentMemberships(ctx context.Context, userID string) (map[string]MembershipRecord, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT room_id, membership, stream_ordering, event_id FROM current_state
+		WHERE type = 'm.room.member' AND state_key = $1`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("memberships of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	out := map[string]MembershipRecord{}
+	for rows.Next() {
+		var c MembershipRecord
+		var m sql.NullString
+		if err := rows.Scan(&c.RoomID, &m, &c.Pos, &c.EventID); err != nil {
+			return nil, err
+		}
+		c.Membership = m.String
+		out[c.RoomID] = c
+	}
+	return out, rows.Err()
+}
+
+// RoomsWithEvents returns, for rooms that got events with position in
+// (from, to], the highest such position.
+func (s *Store) RoomsWithEvents(ctx context.Context, from, to int64) (map[string]int64, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT room_id, max(stream_ordering) FROM events
+		WHERE stream_ordering > $1 AND stream_ordering <= $2 GROUP BY room_id`, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("rooms with events: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var id string
+		var pos int64
+		if err := rows.Scan(&id, &pos); err != nil {
+			return nil, err
+		}
+		out[id] = pos
+	}
+	return out, rows.Err()
+}
+
+// StateKeysChanged lists the state keys of a room changed in (from, to].
+func (s *Store) StateKeysChanged(ctx context.Context, roomID string, from, to int64) ([]eventauth.StateKey, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT DISTINCT type, state_key FROM state_log
+		WHERE room_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3`, roomID, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("changed state of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	var out []eventauth.StateKey
+	for rows.Next() {
+		var k eventauth.StateKey
+		if err := rows.Scan(&k.Type, &k.StateKey); err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// StateAtKeys is StateAt for an explicit (possibly long) key list.
+func (s *Store) StateAtKeys(ctx context.Context, roomID string, pos int64, keys []eventauth.StateKey) ([]*StoredEvent, error) {
+	var out []*StoredEvent
+	const chunk = 100
+	for i := 0; i < len(keys); i += chunk {
+		evs, err := s.StateAt(ctx, roomID, pos, keys[i:min(i+chunk, len(keys))])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, evs...)
+	}
+	return out, nil
+}
+
+// MemberCounts counts joined and invited members.
+func (s *Store) MemberCounts(ctx context.Context, roomID string) (joined, invited int, err error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT membership, count(*) FROM current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND membership IN ('join', 'invite') GROUP BY membership`, roomID)
+	if err != nil {
+		return 0, 0, fmt.Errorf("member counts of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var m string
+		var n int
+		if err := rows.Scan(&m, &n); err != nil {
+			return 0, 0, err
+		}
+		if m == "join" {
+			joined = n
+		} else {
+			invited = n
+		}
+	}
+	return joined, invited, rows.Err()
+}
+
+// Heroes picks up to n members other than userID for the room summary,
+// joined and invited first, in a stable order.
+func (s *Store) Heroes(ctx context.Context, roomID, userID string, n int) ([]string, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT state_key FROM current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND state_key <> $2 AND membership IN ('join', 'invite')
+		ORDER BY stream_ordering LIMIT $3`, roomID, userID, n)
+	if err != nil {
+		return nil, fmt.Errorf("heroes of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	out := []string{}
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// ForgottenRooms lists the rooms the user forgot.
+func (s *Store) ForgottenRooms(ctx context.Context, userID string) (map[string]bool, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT room_id FROM forgotten_rooms WHERE user_id = $1`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("forgotten rooms of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out[id] = true
+	}
+	return out, rows.Err()
+}

@@ -70,12 +70,12 @@ func (s *Service) Messages(ctx context.Context, req *accounts.Requester, roomID 
 	if err := s.requireRoom(ctx, roomID); err != nil {
 		return nil, err
 	}
-	v, err := s.visibilityFor(ctx, roomID, req.UserID)
+	v, err := s.VisibilityFor(ctx, roomID, req.UserID)
 	if err != nil {
 		return nil, err
 	}
 	everMember := len(v.members) > 0
-	if !everMember && !v.worldReadableNow() {
+	if !everMember && !v.WorldReadableNow() {
 		return nil, errNotInRoom(req.UserID, roomID)
 	}
 	var from int64
@@ -120,7 +120,7 @@ func (s *Service) Messages(ctx context.Context, req *accounts.Requester, roomID 
 			} else {
 				cursor = se.StreamOrdering
 			}
-			if v.canSee(se) && mr.Filter.MatchesEvent(roomID, se.Event.Type(), se.Event.Sender(), se.Event.Content()) {
+			if v.CanSee(se) && mr.Filter.MatchesEvent(roomID, se.Event.Type(), se.Event.Sender(), se.Event.Content()) {
 				kept = append(kept, se)
 				if len(kept) == limit {
 					// Stop exactly after the last returned event so the
@@ -191,12 +191,12 @@ func (s *Service) Context(ctx context.Context, req *accounts.Requester, roomID, 
 	if se == nil || se.Event.RoomID() != roomID {
 		return nil, errNotFoundEvent
 	}
-	v, err := s.visibilityFor(ctx, roomID, req.UserID)
+	v, err := s.VisibilityFor(ctx, roomID, req.UserID)
 	if err != nil {
 		return nil, err
 	}
-	if !v.canSee(se) {
-		if len(v.members) == 0 && !v.worldReadableNow() {
+	if !v.CanSee(se) {
+		if len(v.members) == 0 && !v.WorldReadableNow() {
 			return nil, errNotInRoom(req.UserID, roomID)
 		}
 		return nil, errNotFoundEvent
@@ -229,7 +229,7 @@ func (s *Service) Context(ctx context.Context, req *accounts.Requester, roomID, 
 				} else {
 					cursor = e.StreamOrdering
 				}
-				if v.canSee(e) && filter.MatchesEvent(roomID, e.Event.Type(), e.Event.Sender(), e.Event.Content()) {
+				if v.CanSee(e) && filter.MatchesEvent(roomID, e.Event.Type(), e.Event.Sender(), e.Event.Content()) {
 					kept = append(kept, e)
 					if len(kept) == n {
 						break

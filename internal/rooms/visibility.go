@@ -11,7 +11,7 @@ import (
 // user's membership just before the event, which the state log answers for
 // any position; one visibility object loads both histories once and then
 // decides a whole page of events in memory.
-type visibility struct {
+type Visibility struct {
 	userID  string
 	hv      []hvChange
 	members []stateChange
@@ -22,8 +22,8 @@ type hvChange struct {
 	value string
 }
 
-func (s *Service) visibilityFor(ctx context.Context, roomID, userID string) (*visibility, error) {
-	v := &visibility{userID: userID}
+func (s *Service) VisibilityFor(ctx context.Context, roomID, userID string) (*Visibility, error) {
+	v := &Visibility{userID: userID}
 	hist, err := s.store.stateHistory(ctx, roomID, "m.room.history_visibility", "")
 	if err != nil {
 		return nil, err
@@ -58,7 +58,7 @@ func (s *Service) visibilityFor(ctx context.Context, roomID, userID string) (*vi
 
 // historyVisibilityAt is the setting in force for an event at pos (the
 // state before it); "shared" is the spec's default.
-func (v *visibility) historyVisibilityAt(pos int64) string {
+func (v *Visibility) historyVisibilityAt(pos int64) string {
 	i := sort.Search(len(v.hv), func(i int) bool { return v.hv[i].pos >= pos })
 	if i == 0 {
 		return "shared"
@@ -66,7 +66,7 @@ func (v *visibility) historyVisibilityAt(pos int64) string {
 	return v.hv[i-1].value
 }
 
-func (v *visibility) membershipBefore(pos int64) string {
+func (v *Visibility) membershipBefore(pos int64) string {
 	i := sort.Search(len(v.members), func(i int) bool { return v.members[i].pos >= pos })
 	if i == 0 {
 		return ""
@@ -74,7 +74,7 @@ func (v *visibility) membershipBefore(pos int64) string {
 	return v.members[i-1].membership
 }
 
-func (v *visibility) joinedAtOrAfter(pos int64) bool {
+func (v *Visibility) joinedAtOrAfter(pos int64) bool {
 	for _, m := range v.members {
 		if m.pos >= pos && m.membership == "join" {
 			return true
@@ -83,8 +83,8 @@ func (v *visibility) joinedAtOrAfter(pos int64) bool {
 	return false
 }
 
-// canSee applies the spec's algorithm to one event.
-func (v *visibility) canSee(se *StoredEvent) bool {
+// CanSee applies the spec's algorithm to one event.
+func (v *Visibility) CanSee(se *StoredEvent) bool {
 	ev := se.Event
 	if ev.Type() == "m.room.member" && ev.StateKeyEquals(v.userID) {
 		return true // users always see their own membership changes
@@ -107,17 +107,17 @@ func (v *visibility) canSee(se *StoredEvent) bool {
 	return false
 }
 
-func (v *visibility) filter(evs []*StoredEvent) []*StoredEvent {
+func (v *Visibility) Filter(evs []*StoredEvent) []*StoredEvent {
 	out := evs[:0:0]
 	for _, se := range evs {
-		if v.canSee(se) {
+		if v.CanSee(se) {
 			out = append(out, se)
 		}
 	}
 	return out
 }
 
-// worldReadable reports whether the room's current setting lets anyone read.
-func (v *visibility) worldReadableNow() bool {
+// WorldReadableNow reports whether the room's current setting lets anyone read.
+func (v *Visibility) WorldReadableNow() bool {
 	return len(v.hv) > 0 && v.hv[len(v.hv)-1].value == "world_readable"
 }

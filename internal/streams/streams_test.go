@@ -165,3 +165,42 @@ func TestNotifierWakesOnlyMatchingKeys(t *testing.T) {
 		t.Fatalf("listeners after close = %d", got)
 	}
 }
+
+func TestTokenRoundTrip(t *testing.T) {
+	tok := streams.Token{Events: 12, Presence: 3, Typing: 4, Receipts: 5, AccountData: 6, PushRules: 7, ToDevice: 8, DeviceLists: 9}
+	s := tok.String()
+	if s != "s12_3_4_5_6_7_8_9" {
+		t.Fatalf("token = %s", s)
+	}
+	back, err := streams.ParseToken(s)
+	if err != nil || back != tok {
+		t.Fatalf("round trip: %+v %v", back, err)
+	}
+	short, err := streams.ParseToken("s42")
+	if err != nil || short.Events != 42 || short.ToDevice != 0 {
+		t.Fatalf("short token: %+v %v", short, err)
+	}
+	for _, bad := range []string{"", "s", "x1_2", "s1_x", "s-1", "s1__2", "garbage"} {
+		if _, err := streams.ParseToken(bad); err == nil {
+			t.Errorf("ParseToken(%q) accepted", bad)
+		}
+	}
+	if !(streams.Token{Events: 5}).Ahead(streams.Token{Events: 4}) || (streams.Token{Events: 4}).Ahead(streams.Token{Events: 4}) {
+		t.Fatal("Ahead wrong")
+	}
+}
+
+func FuzzParseToken(f *testing.F) {
+	f.Add("s1_2_3_4_5_6_7_8")
+	f.Add("s0")
+	f.Fuzz(func(t *testing.T, s string) {
+		tok, err := streams.ParseToken(s)
+		if err != nil {
+			return
+		}
+		again, err := streams.ParseToken(tok.String())
+		if err != nil || again != tok {
+			t.Fatalf("%q → %s → %+v %v", s, tok, again, err)
+		}
+	})
+}

@@ -1,0 +1,603 @@
+package sync
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"ganglion/internal/eventauth"
+	"ganglion/internal/filters"
+	"ganglion/internal/rooms"
+	"ganglion/internal/streams"
+)
+
+// request is one sync computation: a user's device, its filter, and the
+// window (since, now] of every stream.
+type request struct {
+	userID    string
+	deviceID  string
+	filter    *filters.Filter
+	since     *streams.Token // nil: initial sync
+	now       streams.Token
+	fullState bool
+	ignored   map[string]bool
+	fmtr      *rooms.Formatter
+	// joined is filled by compute with the rooms the user is joined to at
+	// now, so the long-poll can listen on them.
+	joined []string
+}
+
+func (r *request) sinceOr0(f func(streams.Token) int64) int64 {
+	if r.since == nil {
+		return 0
+	}
+	return f(*r.since)
+}
+
+const defaultTimelineLimit = 10
+
+// compute builds the response for (since, now].
+func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
+	resp := newResponse()
+	next := r.now
+	sinceE := r.sinceOr0(func(t streams.Token) int64 { return t.Events })
+	nowE := r.now.Events
+
+	ignored, err := s.AccountData.IgnoredUsers(ctx, r.userID)
+	if err != nil {
+		return nil, err
+	}
+	r.ignored = ignored
+
+	atNow, err := s.membershipsAt(ctx, r.userID, nowE)
+	if err != nil {
+		return nil, err
+	}
+	changed := map[string]bool{}
+	if r.since != nil {
+		changes, err := s.store.MembershipChanges(ctx, r.userID, sinceE, nowE)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range changes {
+			changed[c.RoomID] = true
+		}
+	}
+	var joined []string
+	for roomID, m := range atNow {
+		if m.Membership == "join" {
+			joined = append(joined, roomID)
+		}
+	}
+	slices.Sort(joined)
+	r.joined = joined
+
+	// Which joined rooms have something to say, and whether each needs its
+	// full state (initial sync, full_state, or joined during the window).
+	type plan struct{ full bool }
+	plans := map[string]*plan{}
+	for _, roomID := range joined {
+		if !r.filter.RoomAllowed(roomID) {
+			continue
+		}
+		switch {
+		case r.since == nil || r.fullState:
+			plans[roomID] = &plan{full: true}
+		case changed[roomID]:
+			before, _, err := s.store.MembershipAt(ctx, roomID, r.userID, sinceE)
+			if err != nil {
+				return nil, err
+			}
+			plans[roomID] = &plan{full: before != "join"}
+		}
+	}
+	if r.since != nil {
+		withEvents, err := s.store.RoomsWithEvents(ctx, sinceE, nowE)
+		if err != nil {
+			return nil, err
+		}
+		for _, roomID := range joined {
+			if _, ok := withEvents[roomID]; ok && plans[roomID] == nil && r.filter.RoomAllowed(roomID) {
+				plans[roomID] = &plan{}
+			}
+		}
+	}
+
+	// Ephemeral data and room account data can put a room in the response
+	// on their own.
+	ephemeral, err := s.ephemeral(ctx, r, joined)
+	if err != nil {
+		return nil, err
+	}
+	globalAD, roomAD, err := s.AccountData.Since(ctx, r.userID, r.sinceOr0(func(t streams.Token) int64 { return t.AccountData }), r.now.AccountData)
+	if err != nil {
+		return nil, err
+	}
+	for _, roomID := range joined {
+		if plans[roomID] == nil && r.filter.RoomAllowed(roomID) && (len(ephemeral[roomID]) > 0 || len(roomAD[roomID]) > 0) {
+			plans[roomID] = &plan{}
+		}
+	}
+
+	for roomID, p := range plans {
+		from := sinceE
+		if p.full {
+			from = 0
+		}
+		jr, err := s.joinedRoom(ctx, r, roomID, from, nowE, p.full)
+		if err != nil {
+			return nil, fmt.Errorf("sync room %s: %w", roomID, err)
+		}
+		for _, e := range ephemeral[roomID] {
+			jr.Ephemeral.Events = append(jr.Ephemeral.Events, e)
+		}
+		jr.AccountData.Events = accountDataEvents(roomAD[roomID], r.filter.RoomAccountData())
+		resp.Rooms.Join[roomID] = jr
+	}
+
+	for roomID, m := range atNow {
+		if !r.filter.RoomAllowed(roomID) {
+			continue
+		}
+		inWindow := r.since == nil || changed[roomID]
+		switch m.Membership {
+		case "invite":
+			if inWindow && !r.ignored[m.Sender] {
+				inv, err := s.invitedRoom(ctx, roomID, r.userID, m)
+				if err != nil {
+					return nil, err
+				}
+				resp.Rooms.Invite[roomID] = inv
+			}
+		case "knock":
+			if inWindow {
+				kn, err := s.knockedRoom(ctx, roomID, r.userID, m)
+				if err != nil {
+					return nil, err
+				}
+				resp.Rooms.Knock[roomID] = kn
+			}
+		case "leave", "ban":
+			if (r.since == nil && r.filter.IncludeLeave() && !m.Forgotten) || (r.since != nil && changed[roomID]) {
+				lr, err := s.leftRoom(ctx, r, roomID, sinceE, m.Pos)
+				if err != nil {
+					return nil, err
+				}
+				lr.AccountData.Events = accountDataEvents(roomAD[roomID], r.filter.RoomAccountData())
+				resp.Rooms.Leave[roomID] = lr
+			}
+		}
+	}
+
+	resp.AccountData.Events = accountDataEvents(globalAD, toRoomFilter(r.filter.AccountDataFilter()))
+	pres, err := s.Presence.Since(ctx, r.userID, r.sinceOr0(func(t streams.Token) int64 { return t.Presence }), r.now.Presence)
+	if err != nil {
+		return nil, err
+	}
+	pf := r.filter.PresenceFilter()
+	for _, p := range pres {
+		var head struct {
+			Type   string `json:"type"`
+			Sender string `json:"sender"`
+		}
+		_ = json.Unmarshal(p, &head)
+		if pf.Matches(head.Type, head.Sender) && !r.ignored[head.Sender] {
+			resp.Presence.Events = append(resp.Presence.Events, p)
+		}
+	}
+	if limit := pf.LimitOr(-1); limit >= 0 && len(resp.Presence.Events) > limit {
+		resp.Presence.Events = resp.Presence.Events[:limit]
+	}
+
+	toDevFrom := r.sinceOr0(func(t streams.Token) int64 { return t.ToDevice })
+	if r.deviceID != "" {
+		msgs, upTo, err := s.ToDevice.Messages(ctx, r.userID, r.deviceID, toDevFrom, r.now.ToDevice, 100)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			resp.ToDevice.Events = append(resp.ToDevice.Events, m)
+		}
+		next.ToDevice = upTo
+	}
+	resp.NextBatch = next.String()
+	return resp, nil
+}
+
+// membership is a user's membership in a room as of the sync's now.
+type membership struct {
+	Membership string
+	Pos        int64
+	EventID    string
+	Sender     string
+	Forgotten  bool
+}
+
+// membershipsAt returns the user's membership in every room as of pos. The
+// current_state rows are right except where the membership changed after
+// pos (committed since the token was taken): those are looked up in the
+// state log.
+func (s *Service) membershipsAt(ctx context.Context, userID string, pos int64) (map[string]membership, error) {
+	cur, err := s.store.CurrentMemberships(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	forgotten, err := s.store.ForgottenRooms(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]membership, len(cur))
+	for roomID, m := range cur {
+		if m.Pos > pos {
+			mm, p, err := s.store.MembershipAt(ctx, roomID, userID, pos)
+			if err != nil {
+				return nil, err
+			}
+			if mm == "" {
+				continue
+			}
+			m.Membership, m.Pos = mm, p
+			m.EventID = ""
+		}
+		out[roomID] = membership{Membership: m.Membership, Pos: m.Pos, EventID: m.EventID, Forgotten: forgotten[roomID]}
+	}
+	// Senders of invites are needed to hide invites from ignored users.
+	for roomID, m := range out {
+		if m.Membership == "invite" || m.Membership == "knock" {
+			ev, err := s.memberEvent(ctx, roomID, userID, m)
+			if err != nil {
+				return nil, err
+			}
+			if ev != nil {
+				m.Sender = ev.Event.Sender()
+				m.EventID = ev.Event.EventID()
+				out[roomID] = m
+			}
+		}
+	}
+	return out, nil
+}
+
+func (s *Service) memberEvent(ctx context.Context, roomID, userID string, m membership) (*rooms.StoredEvent, error) {
+	if m.EventID != "" {
+		return s.store.Event(ctx, m.EventID)
+	}
+	evs, err := s.store.StateAt(ctx, roomID, m.Pos, []eventauth.StateKey{{Type: "m.room.member", StateKey: userID}})
+	if err != nil || len(evs) == 0 {
+		return nil, err
+	}
+	return evs[0], nil
+}
+
+func toRoomFilter(f *filters.EventFilter) *filters.RoomEventFilter {
+	if f == nil {
+		return nil
+	}
+	return &filters.RoomEventFilter{EventFilter: *f}
+}
+
+func accountDataEvents(evs []AccountDataEvent, f *filters.RoomEventFilter) []any {
+	out := []any{}
+	for _, e := range evs {
+		if f == nil || f.EventFilter.Matches(e.Type, "") {
+			out = append(out, e)
+		}
+	}
+	if f != nil && f.Limit != nil && len(out) > *f.Limit {
+		out = out[:*f.Limit]
+	}
+	return out
+}
+
+// ephemeral gathers typing and receipts per joined room in the window.
+func (s *Service) ephemeral(ctx context.Context, r *request, joined []string) (map[string][]any, error) {
+	out := map[string][]any{}
+	ef := r.filter.Ephemeral()
+	typingFrom := r.sinceOr0(func(t streams.Token) int64 { return t.Typing })
+	if typingFrom > r.now.Typing {
+		typingFrom = 0 // the typing writer restarted: its positions reset
+	}
+	isJoined := map[string]bool{}
+	for _, id := range joined {
+		isJoined[id] = true
+	}
+	var typingRooms []string
+	if r.since == nil || typingFrom == 0 {
+		typingRooms = joined
+	} else {
+		typingRooms = s.Typing.ChangedRooms(typingFrom, r.now.Typing)
+	}
+	if ef.Matches("m.typing", "") {
+		for _, roomID := range typingRooms {
+			if !isJoined[roomID] || !ef.MatchesRoom(roomID) {
+				continue
+			}
+			users := s.Typing.Typing(roomID)
+			if len(users) == 0 && (r.since == nil || typingFrom == 0) {
+				continue
+			}
+			visible := make([]string, 0, len(users))
+			for _, u := range users {
+				if !r.ignored[u] {
+					visible = append(visible, u)
+				}
+			}
+			out[roomID] = append(out[roomID], map[string]any{"type": "m.typing", "content": map[string]any{"user_ids": visible}})
+		}
+	}
+	if ef.Matches("m.receipt", "") && len(joined) > 0 {
+		rec, err := s.Receipts.ForRooms(ctx, r.userID, joined, r.sinceOr0(func(t streams.Token) int64 { return t.Receipts }), r.now.Receipts)
+		if err != nil {
+			return nil, err
+		}
+		for roomID, content := range rec {
+			if ef.MatchesRoom(roomID) {
+				out[roomID] = append(out[roomID], map[string]any{"type": "m.receipt", "content": content})
+			}
+		}
+	}
+	return out, nil
+}
+
+// timeline returns up to limit events of the room in (from, to] that the
+// user may see and the filter keeps, oldest first, and whether older ones
+// were left out.
+func (s *Service) timeline(ctx context.Context, r *request, roomID string, from, to int64, limit int) ([]*rooms.StoredEvent, bool, error) {
+	vis, err := s.Rooms.VisibilityFor(ctx, roomID, r.userID)
+	if err != nil {
+		return nil, false, err
+	}
+	tf := r.filter.Timeline()
+	var kept []*rooms.StoredEvent
+	cursor := to
+	batch := max(limit+1, 20)
+	for len(kept) <= limit {
+		evs, err := s.store.RoomEvents(ctx, roomID, cursor, from, true, batch)
+		if err != nil {
+			return nil, false, err
+		}
+		for _, e := range evs {
+			cursor = e.StreamOrdering - 1
+			ev := e.Event
+			if !vis.CanSee(e) || !tf.MatchesEvent(roomID, ev.Type(), ev.Sender(), ev.Content()) {
+				continue
+			}
+			if r.ignored[ev.Sender()] && !ev.IsState() {
+				continue
+			}
+			kept = append(kept, e)
+			if len(kept) > limit {
+				break
+			}
+		}
+		if len(evs) < batch {
+			break
+		}
+	}
+	limited := len(kept) > limit
+	if limited {
+		kept = kept[:limit]
+	}
+	slices.Reverse(kept)
+	return kept, limited, nil
+}
+
+// roomState returns the state to send before a timeline starting at
+// start: everything (full) or what changed in (from, start-1], reduced by
+// the state filter and lazy loading of members.
+func (s *Service) roomState(ctx context.Context, r *request, roomID string, from, start int64, full bool, timeline []*rooms.StoredEvent) ([]*rooms.StoredEvent, error) {
+	at := start - 1
+	var evs []*rooms.StoredEvent
+	var err error
+	if full {
+		evs, err = s.store.StateAt(ctx, roomID, at, nil)
+	} else {
+		keys, kerr := s.store.StateKeysChanged(ctx, roomID, from, at)
+		if kerr != nil {
+			return nil, kerr
+		}
+		if len(keys) > 0 {
+			evs, err = s.store.StateAtKeys(ctx, roomID, at, keys)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	sf := r.filter.State()
+	lazy := r.filter.LazyLoadMembers()
+	var needed map[string]bool
+	if lazy {
+		needed = map[string]bool{r.userID: true}
+		for _, e := range timeline {
+			needed[e.Event.Sender()] = true
+		}
+		inTimeline := map[string]bool{}
+		for _, e := range timeline {
+			if e.Event.Type() == "m.room.member" && e.Event.StateKey() != nil {
+				inTimeline[*e.Event.StateKey()] = true
+			}
+		}
+		// Members needed by the timeline but whose member event changed
+		// before the window must come from the state before it.
+		var missing []eventauth.StateKey
+		have := map[string]bool{}
+		for _, e := range evs {
+			if e.Event.Type() == "m.room.member" {
+				have[*e.Event.StateKey()] = true
+			}
+		}
+		for u := range needed {
+			if !have[u] && !inTimeline[u] && !full {
+				missing = append(missing, eventauth.StateKey{Type: "m.room.member", StateKey: u})
+			}
+		}
+		if len(missing) > 0 {
+			more, err := s.store.StateAtKeys(ctx, roomID, at, missing)
+			if err != nil {
+				return nil, err
+			}
+			evs = append(evs, more...)
+		}
+	}
+	out := evs[:0:0]
+	for _, e := range evs {
+		ev := e.Event
+		if !sf.MatchesEvent(roomID, ev.Type(), ev.Sender(), ev.Content()) {
+			continue
+		}
+		if lazy && ev.Type() == "m.room.member" {
+			u := *ev.StateKey()
+			if !needed[u] {
+				continue
+			}
+			if !r.filter.IncludeRedundantMembers() && u != r.userID && s.lazy.sent(r.userID, r.deviceID, roomID, u, e.Event.EventID()) {
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	if lazy && !r.filter.IncludeRedundantMembers() {
+		for _, e := range out {
+			if e.Event.Type() == "m.room.member" {
+				s.lazy.remember(r.userID, r.deviceID, roomID, *e.Event.StateKey(), e.Event.EventID())
+			}
+		}
+		for _, e := range timeline {
+			if e.Event.Type() == "m.room.member" && e.Event.StateKey() != nil {
+				s.lazy.remember(r.userID, r.deviceID, roomID, *e.Event.StateKey(), e.Event.EventID())
+			}
+		}
+	}
+	return out, nil
+}
+
+func (s *Service) format(ctx context.Context, r *request, evs []*rooms.StoredEvent) ([]rooms.ClientEvent, error) {
+	out, err := r.fmtr.Format(ctx, evs)
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		out[i].RoomID = "" // sync's events omit room_id (ClientEventWithoutRoomID)
+	}
+	return out, nil
+}
+
+func (s *Service) joinedRoom(ctx context.Context, r *request, roomID string, from, to int64, full bool) (*JoinedRoom, error) {
+	limit := r.filter.TimelineLimit(defaultTimelineLimit)
+	tl, limited, err := s.timeline(ctx, r, roomID, from, to, limit)
+	if err != nil {
+		return nil, err
+	}
+	start := to + 1
+	if len(tl) > 0 {
+		start = tl[0].StreamOrdering
+	}
+	state, err := s.roomState(ctx, r, roomID, from, start, full, tl)
+	if err != nil {
+		return nil, err
+	}
+	jr := &JoinedRoom{}
+	if jr.Timeline.Events, err = s.format(ctx, r, tl); err != nil {
+		return nil, err
+	}
+	if jr.State.Events, err = s.format(ctx, r, state); err != nil {
+		return nil, err
+	}
+	jr.Timeline.Limited = limited
+	jr.Timeline.PrevBatch = rooms.FormatRoomToken(start - 1)
+	jr.Ephemeral.Events = []any{}
+	jr.AccountData.Events = []any{}
+	joinedN, invitedN, err := s.store.MemberCounts(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	jr.Summary.JoinedCount, jr.Summary.InvitedCount = &joinedN, &invitedN
+	if jr.Summary.Heroes, err = s.store.Heroes(ctx, roomID, r.userID, 5); err != nil {
+		return nil, err
+	}
+	return jr, nil
+}
+
+// leftRoom shows a room the user left: the timeline up to (and including)
+// the leave, and the state changes before it.
+func (s *Service) leftRoom(ctx context.Context, r *request, roomID string, from, leavePos int64) (*LeftRoom, error) {
+	limit := r.filter.TimelineLimit(defaultTimelineLimit)
+	full := r.since == nil || r.fullState
+	if full {
+		from = 0
+	}
+	tl, limited, err := s.timeline(ctx, r, roomID, from, leavePos, limit)
+	if err != nil {
+		return nil, err
+	}
+	start := leavePos + 1
+	if len(tl) > 0 {
+		start = tl[0].StreamOrdering
+	}
+	state, err := s.roomState(ctx, r, roomID, from, start, full, tl)
+	if err != nil {
+		return nil, err
+	}
+	lr := &LeftRoom{}
+	if lr.Timeline.Events, err = s.format(ctx, r, tl); err != nil {
+		return nil, err
+	}
+	if lr.State.Events, err = s.format(ctx, r, state); err != nil {
+		return nil, err
+	}
+	lr.Timeline.Limited = limited
+	lr.Timeline.PrevBatch = rooms.FormatRoomToken(start - 1)
+	lr.AccountData.Events = []any{}
+	return lr, nil
+}
+
+// strippedTypes is the state shared with invitees and knockers (Synapse's
+// room_prejoin_state defaults).
+var strippedTypes = []eventauth.StateKey{
+	{Type: "m.room.create"}, {Type: "m.room.join_rules"}, {Type: "m.room.name"}, {Type: "m.room.avatar"},
+	{Type: "m.room.canonical_alias"}, {Type: "m.room.encryption"}, {Type: "m.room.topic"},
+}
+
+func (s *Service) strippedState(ctx context.Context, roomID, userID string, m membership) ([]StrippedEvent, error) {
+	evs, err := s.store.StateAt(ctx, roomID, m.Pos, strippedTypes)
+	if err != nil {
+		return nil, err
+	}
+	own, err := s.memberEvent(ctx, roomID, userID, m)
+	if err != nil {
+		return nil, err
+	}
+	if own != nil {
+		evs = append(evs, own)
+	}
+	out := make([]StrippedEvent, 0, len(evs))
+	for _, e := range evs {
+		sk := ""
+		if e.Event.StateKey() != nil {
+			sk = *e.Event.StateKey()
+		}
+		out = append(out, StrippedEvent{Type: e.Event.Type(), StateKey: sk, Sender: e.Event.Sender(), Content: e.Event.Content()})
+	}
+	return out, nil
+}
+
+func (s *Service) invitedRoom(ctx context.Context, roomID, userID string, m membership) (*InvitedRoom, error) {
+	st, err := s.strippedState(ctx, roomID, userID, m)
+	if err != nil {
+		return nil, err
+	}
+	ir := &InvitedRoom{}
+	ir.InviteState.Events = st
+	return ir, nil
+}
+
+func (s *Service) knockedRoom(ctx context.Context, roomID, userID string, m membership) (*KnockedRoom, error) {
+	st, err := s.strippedState(ctx, roomID, userID, m)
+	if err != nil {
+		return nil, err
+	}
+	kr := &KnockedRoom{}
+	kr.KnockState.Events = st
+	return kr, nil
+}

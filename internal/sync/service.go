@@ -1,0 +1,192 @@
+package sync
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"ganglion/internal/accounts"
+	"ganglion/internal/filters"
+	"ganglion/internal/mxhttp"
+	"ganglion/internal/rooms"
+	"ganglion/internal/streams"
+)
+
+// Deps are the sources sync reads.
+type Deps struct {
+	Rooms       *rooms.Service
+	Registry    *streams.Registry
+	Filters     *filters.Store
+	Typing      TypingReader
+	Receipts    ReceiptsReader
+	AccountData AccountDataReader
+	ToDevice    ToDeviceReader
+	Presence    PresenceReader
+	// PresenceTracker may be nil when presence is disabled.
+	PresenceTracker PresenceTracker
+}
+
+// Service serves sync for one process.
+type Service struct {
+	Deps
+	store *rooms.Store
+	log   *slog.Logger
+	lazy  *lazyCache
+	// maxTimeout bounds a long-poll whatever the client asks.
+	maxTimeout time.Duration
+}
+
+func NewService(d Deps, log *slog.Logger) *Service {
+	return &Service{Deps: d, store: d.Rooms.Store(), log: log, lazy: newLazyCache(10000), maxTimeout: 5 * time.Minute}
+}
+
+// Params are /sync's query parameters.
+type Params struct {
+	Since       string
+	Timeout     time.Duration
+	FullState   bool
+	SetPresence string
+	Filter      string
+}
+
+// Sync answers one /sync request.
+func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (*Response, error) {
+	r := &request{userID: req.UserID, deviceID: req.DeviceID, fullState: p.FullState,
+		fmtr: s.Rooms.Formatter(req.UserID, req.DeviceID)}
+	var err error
+	if r.filter, err = s.Filters.Resolve(ctx, req.UserID, p.Filter); err != nil {
+		return nil, err
+	}
+	if p.Since != "" {
+		t, err := streams.ParseToken(p.Since)
+		if err != nil {
+			return nil, mxhttp.InvalidParam("Invalid since token: %v", err)
+		}
+		r.since = &t
+	}
+	switch p.SetPresence {
+	case "", "online", "unavailable", "offline":
+	default:
+		return nil, mxhttp.InvalidParam("set_presence must be online, unavailable or offline")
+	}
+	if s.PresenceTracker != nil {
+		if p.SetPresence != "offline" {
+			state := p.SetPresence
+			if state == "" {
+				state = "online"
+			}
+			if err := s.PresenceTracker.SetFromSync(ctx, req.UserID, state); err != nil {
+				s.log.Warn("could not update presence from sync", "user_id", req.UserID, "err", err)
+			}
+		}
+		s.PresenceTracker.SyncStarted(req.UserID)
+		defer s.PresenceTracker.SyncEnded(req.UserID)
+	}
+	if r.since == nil {
+		s.lazy.reset(req.UserID, req.DeviceID)
+	} else if req.DeviceID != "" {
+		// The client presenting since proves it received every to-device
+		// message up to since: delete them (exactly-once delivery).
+		if err := s.ToDevice.Ack(ctx, req.UserID, req.DeviceID, r.since.ToDevice); err != nil {
+			return nil, err
+		}
+	}
+
+	timeout := min(p.Timeout, s.maxTimeout)
+	var deadline <-chan time.Time
+	if r.since != nil && timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		deadline = t.C
+	}
+	var listenRooms []string
+	if r.since != nil && timeout > 0 {
+		if listenRooms, err = s.store.RoomsForUser(ctx, req.UserID, "join"); err != nil {
+			return nil, err
+		}
+	}
+	for {
+		// Listen before reading positions: a write that lands between the
+		// read and the wait still wakes us.
+		var l *streams.Listener
+		if deadline != nil {
+			keys := make([]string, 0, len(listenRooms)+1)
+			keys = append(keys, streams.UserKey(req.UserID))
+			for _, id := range listenRooms {
+				keys = append(keys, streams.RoomKey(id))
+			}
+			l = s.Registry.Notifier().Listen(keys...)
+		}
+		r.now = s.Registry.CurrentToken()
+		if r.since != nil && r.since.Typing > r.now.Typing {
+			// The typing writer restarted (its positions reset); the client's
+			// typing position is meaningless now.
+			r.since.Typing = 0
+		}
+		resp, err := s.compute(ctx, r)
+		if err != nil || deadline == nil || !resp.empty() {
+			if l != nil {
+				l.Close()
+			}
+			return resp, err
+		}
+		listenRooms = r.joined
+		select {
+		case <-l.C:
+			l.Close()
+		case <-deadline:
+			l.Close()
+			return resp, nil
+		case <-ctx.Done():
+			l.Close()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Routes registers /sync and the legacy endpoints.
+func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.Service) {
+	mux.HandleClient("GET", "/sync", srv.Handle(acc.Auth(s.handleSync)))
+	mux.HandleClient("GET", "/events", srv.Handle(acc.Auth(s.handleEvents)))
+	mux.HandleClient("GET", "/initialSync", srv.Handle(acc.Auth(s.handleInitialSync)))
+	mux.HandleClient("GET", "/rooms/{roomId}/initialSync", srv.Handle(acc.Auth(s.handleRoomInitialSync)))
+}
+
+func parseTimeout(q string) (time.Duration, error) {
+	if q == "" {
+		return 0, nil
+	}
+	ms, err := strconv.ParseInt(q, 10, 64)
+	if err != nil || ms < 0 {
+		return 0, mxhttp.InvalidParam("timeout must be a non-negative integer (milliseconds)")
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
+func (s *Service) handleSync(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
+	q := r.URL.Query()
+	timeout, err := parseTimeout(q.Get("timeout"))
+	if err != nil {
+		return err
+	}
+	var full bool
+	switch q.Get("full_state") {
+	case "", "false":
+	case "true":
+		full = true
+	default:
+		return mxhttp.InvalidParam("full_state must be true or false")
+	}
+	resp, err := s.Sync(r.Context(), req, Params{Since: q.Get("since"), Timeout: timeout, FullState: full,
+		SetPresence: q.Get("set_presence"), Filter: q.Get("filter")})
+	if err != nil {
+		if r.Context().Err() != nil {
+			return nil // the client went away; nothing to answer
+		}
+		return fmt.Errorf("sync for %s: %w", req.UserID, err)
+	}
+	return mxhttp.WriteJSON(w, 200, resp)
+}
