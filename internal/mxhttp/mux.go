@@ -23,7 +23,8 @@ func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h, pattern := m.ServeMux.Handler(r)
 	if pattern != "" {
-		h.ServeHTTP(w, r)
+		// Serve through the mux itself: only it fills in r.PathValue.
+		m.ServeMux.ServeHTTP(w, r)
 		return
 	}
 	// The stdlib handler decides between 404, 405 and redirects; capture its

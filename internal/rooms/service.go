@@ -117,7 +117,9 @@ func (s *Service) requireRoom(ctx context.Context, roomID string) error {
 		return err
 	}
 	if !ok {
-		return mxhttp.NotFound("Unknown room %s", roomID)
+		// 403, as Synapse answers: a non-member must not learn whether a
+		// room exists.
+		return mxhttp.Forbidden("Unknown room %s, or you are not in it", roomID)
 	}
 	return nil
 }
