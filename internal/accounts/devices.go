@@ -105,5 +105,6 @@ func (s *Service) DeleteDevices(ctx context.Context, userID string, deviceIDs []
 	if err != nil {
 		return fmt.Errorf("delete devices of %s: %w", userID, err)
 	}
+	s.devicesGone(ctx, userID, deviceIDs)
 	return nil
 }

@@ -44,13 +44,20 @@ type RoomHooks interface {
 	LeaveAllRooms(ctx context.Context, userID string) error
 }
 
+// DeviceHooks is told when devices go away, so per-device data kept by
+// other domains (the to-device inbox) goes with them.
+type DeviceHooks interface {
+	DeleteDeviceInbox(ctx context.Context, userID, deviceID string) error
+}
+
 // Service is the accounts domain.
 type Service struct {
-	db    *storage.DB
-	log   *slog.Logger
-	cfg   Settings
-	hooks RoomHooks
-	now   func() time.Time
+	db          *storage.DB
+	log         *slog.Logger
+	cfg         Settings
+	hooks       RoomHooks
+	deviceHooks DeviceHooks
+	now         func() time.Time
 }
 
 func NewService(db *storage.DB, cfg Settings, log *slog.Logger) *Service {
@@ -62,6 +69,37 @@ func NewService(db *storage.DB, cfg Settings, log *slog.Logger) *Service {
 
 // SetRoomHooks wires the rooms domain in.
 func (s *Service) SetRoomHooks(h RoomHooks) { s.hooks = h }
+
+// SetDeviceHooks wires the domains that keep per-device data.
+func (s *Service) SetDeviceHooks(h DeviceHooks) { s.deviceHooks = h }
+
+// devicesGone runs the device hooks for devices that were deleted; the
+// deletion itself is committed, so a hook failure is logged, not returned.
+func (s *Service) devicesGone(ctx context.Context, userID string, deviceIDs []string) {
+	if s.deviceHooks == nil {
+		return
+	}
+	for _, d := range deviceIDs {
+		if err := s.deviceHooks.DeleteDeviceInbox(ctx, userID, d); err != nil {
+			s.log.Warn("could not clean up after deleted device", "user_id", userID, "device_id", d, "err", err)
+		}
+	}
+}
+
+// deviceIDs lists a user's devices, except keep.
+func (s *Service) deviceIDs(ctx context.Context, userID, keep string) ([]string, error) {
+	ds, err := s.Devices(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, d := range ds {
+		if d.DeviceID != keep {
+			out = append(out, d.DeviceID)
+		}
+	}
+	return out, nil
+}
 
 // ServerName is the homeserver's name.
 func (s *Service) ServerName() string { return s.cfg.ServerName }
@@ -340,7 +378,11 @@ func (s *Service) Logout(ctx context.Context, req *Requester) error {
 
 // LogoutAll deletes every device of the user.
 func (s *Service) LogoutAll(ctx context.Context, userID string) error {
-	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+	gone, err := s.deviceIDs(ctx, userID, "")
+	if err != nil {
+		return err
+	}
+	err = s.db.Tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE user_id = $1`, userID); err != nil {
 			return err
 		}
@@ -350,6 +392,7 @@ func (s *Service) LogoutAll(ctx context.Context, userID string) error {
 	if err != nil {
 		return fmt.Errorf("log out all devices of %s: %w", userID, err)
 	}
+	s.devicesGone(ctx, userID, gone)
 	return nil
 }
 
@@ -359,6 +402,12 @@ func (s *Service) ChangePassword(ctx context.Context, userID, newPassword string
 	h, err := s.HashPassword(newPassword)
 	if err != nil {
 		return err
+	}
+	var gone []string
+	if logoutDevices {
+		if gone, err = s.deviceIDs(ctx, userID, keepDevice); err != nil {
+			return err
+		}
 	}
 	err = s.db.Tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `UPDATE users SET password_hash = $1 WHERE user_id = $2`, h, userID); err != nil {
@@ -376,6 +425,7 @@ func (s *Service) ChangePassword(ctx context.Context, userID, newPassword string
 	if err != nil {
 		return fmt.Errorf("change password of %s: %w", userID, err)
 	}
+	s.devicesGone(ctx, userID, gone)
 	return nil
 }
 
@@ -387,7 +437,11 @@ func (s *Service) Deactivate(ctx context.Context, userID string) error {
 			return fmt.Errorf("deactivate %s: leave rooms: %w", userID, err)
 		}
 	}
-	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+	gone, err := s.deviceIDs(ctx, userID, "")
+	if err != nil {
+		return err
+	}
+	err = s.db.Tx(ctx, func(tx *sql.Tx) error {
 		for _, q := range []string{
 			`UPDATE users SET deactivated = TRUE, password_hash = NULL WHERE user_id = $1`,
 			`DELETE FROM access_tokens WHERE user_id = $1`,
@@ -403,6 +457,7 @@ func (s *Service) Deactivate(ctx context.Context, userID string) error {
 	if err != nil {
 		return fmt.Errorf("deactivate %s: %w", userID, err)
 	}
+	s.devicesGone(ctx, userID, gone)
 	s.log.Info("deactivated user", "user_id", userID)
 	return nil
 }

@@ -13,32 +13,52 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
+	gosync "sync"
 	"syscall"
 	"time"
 
+	"ganglion/internal/accountdata"
 	"ganglion/internal/accounts"
 	"ganglion/internal/config"
 	"ganglion/internal/events"
+	"ganglion/internal/filters"
 	"ganglion/internal/mxhttp"
+	"ganglion/internal/presence"
 	"ganglion/internal/ratelimit"
+	"ganglion/internal/receipts"
 	"ganglion/internal/rooms"
 	"ganglion/internal/storage"
 	"ganglion/internal/streams"
+	"ganglion/internal/sync"
+	"ganglion/internal/todevice"
+	"ganglion/internal/typing"
 )
 
 // Process is one running Ganglion instance.
 type Process struct {
-	cfg       *config.Config
-	log       *slog.Logger
-	db        *storage.DB
-	reg       *streams.Registry
-	persister *rooms.Persister
-	handler   http.Handler
+	cfg     *config.Config
+	log     *slog.Logger
+	db      *storage.DB
+	reg     *streams.Registry
+	handler http.Handler
 
-	mu        sync.Mutex
+	// runners are the long-running modules (timers, periodic jobs); they
+	// run under Run's context and stop with it.
+	runners []func(ctx context.Context) error
+	// positions are the local stream writers whose positions are saved
+	// periodically and at shutdown.
+	positions []positionSaver
+	// onShutdown runs after the listeners stop, before the database closes.
+	onShutdown []func(ctx context.Context) error
+
+	mu        gosync.Mutex
 	listeners []net.Listener
 	servers   []*http.Server
+}
+
+type positionSaver interface {
+	Position() int64
+	SavePosition(ctx context.Context) error
 }
 
 // New builds the process: opens the database (migrating it on the main
@@ -57,14 +77,24 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, e
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	p.db = db
-	if err := db.Migrate(ctx); err != nil {
+	if err := p.wire(ctx); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("migrate database: %w", err)
+		return nil, err
+	}
+	return p, nil
+}
+
+// wire builds every domain of the process. Each stream's writer is local
+// here; the fleet (workers) swaps in remote writers behind the same
+// interfaces.
+func (p *Process) wire(ctx context.Context) error {
+	cfg, log, db := p.cfg, p.log, p.db
+	if err := db.Migrate(ctx); err != nil {
+		return fmt.Errorf("migrate database: %w", err)
 	}
 	key, err := loadOrCreateSigningKey(cfg.SigningKeyPath, log)
 	if err != nil {
-		db.Close()
-		return nil, err
+		return err
 	}
 
 	writers := map[streams.Name][]string{}
@@ -73,10 +103,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, e
 	}
 	reg, err := streams.NewRegistry(cfg.InstanceName(), streams.AllDefs(), writers, streams.NewNotifier())
 	if err != nil {
-		db.Close()
-		return nil, err
+		return err
 	}
 	p.reg = reg
+	rl := func(r config.RateLimit) *ratelimit.Limiter {
+		return ratelimit.New(ratelimit.Rule{PerSecond: r.PerSecond, BurstCount: r.BurstCount}, nil)
+	}
 
 	acc := accounts.NewService(db, accounts.Settings{
 		ServerName:                cfg.ServerName,
@@ -88,16 +120,66 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, e
 
 	persister, err := rooms.NewPersister(ctx, db, reg, cfg.ServerName, key, log)
 	if err != nil {
-		db.Close()
-		return nil, err
+		return err
 	}
-	p.persister = persister
-	rl := func(r config.RateLimit) *ratelimit.Limiter {
-		return ratelimit.New(ratelimit.Rule{PerSecond: r.PerSecond, BurstCount: r.BurstCount}, nil)
-	}
+	p.positions = append(p.positions, persister)
+	roomStore := rooms.NewStore(db)
 	roomSvc := rooms.NewService(rooms.Config{ServerName: cfg.ServerName, DefaultRoomVersion: cfg.DefaultRoomVersion},
-		rooms.NewStore(db), persister, acc, reg, rl(cfg.RCMessage), log)
+		roomStore, persister, acc, reg, rl(cfg.RCMessage), log)
 	acc.SetRoomHooks(roomSvc)
+
+	typingSvc, err := typing.NewService(reg, typing.Options{}, log)
+	if err != nil {
+		return err
+	}
+	p.runners = append(p.runners, typingSvc.Run)
+
+	receiptsSvc, err := receipts.NewService(ctx, db, reg, log)
+	if err != nil {
+		return err
+	}
+	p.positions = append(p.positions, receiptsSvc)
+
+	adWriter, err := accountdata.NewLocalWriter(ctx, db, reg, log)
+	if err != nil {
+		return err
+	}
+	p.positions = append(p.positions, adWriter)
+	adSvc := accountdata.NewService(db, reg, adWriter, log)
+
+	tdWriter, err := todevice.NewLocalWriter(ctx, db, reg, cfg.ServerName, log)
+	if err != nil {
+		return err
+	}
+	p.positions = append(p.positions, tdWriter)
+	tdSvc := todevice.NewService(db, reg, tdWriter, log)
+	acc.SetDeviceHooks(tdSvc)
+
+	var presWriter presence.Writer = presence.NoopWriter{}
+	if cfg.Presence.Enabled && !cfg.Presence.Untracked {
+		lw, err := presence.NewLocalWriter(ctx, db, reg, roomStore, presence.WriterOptions{}, log)
+		if err != nil {
+			return err
+		}
+		presWriter = lw
+		p.runners = append(p.runners, lw.Run)
+		p.onShutdown = append(p.onShutdown, lw.Flush)
+	}
+	presSvc := presence.NewService(db, reg, presWriter, roomStore,
+		presence.Options{Enabled: cfg.Presence.Enabled, ServerName: cfg.ServerName}, log)
+
+	filterStore := filters.NewStore(db)
+	syncSvc := sync.NewService(sync.Deps{
+		Rooms:          roomSvc,
+		Registry:       reg,
+		Filters:        filterStore,
+		Typing:         typingSvc,
+		Receipts:       receiptsSvc,
+		AccountData:    adSvc,
+		ToDevice:       tdSvc,
+		Presence:       presSvc,
+		PresenceWriter: presWriter,
+	}, log)
 
 	mux := mxhttp.NewMux()
 	srv := mxhttp.NewServer(log)
@@ -108,9 +190,17 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, e
 		LoginFailedAttempt: rl(cfg.RCLogin.FailedAttempts),
 	})
 	roomSvc.Routes(mux, srv, acc, cfg.AllowPublicRoomsWithoutAuth)
+	typing.NewHandlers(typingSvc, roomStore).Routes(mux, srv, acc)
+	receipts.NewHandlers(receiptsSvc, roomStore, roomSvc, adSvc).Routes(mux, srv, acc)
+	adSvc.Routes(mux, srv, acc)
+	tdSvc.Routes(mux, srv, acc)
+	presSvc.Routes(mux, srv, acc)
+	filterStore.Routes(mux, srv, acc)
+	syncSvc.Routes(mux, srv, acc)
 	infoRoutes(mux, srv, cfg, acc)
 	p.handler = mux
-	return p, nil
+	p.runners = append(p.runners, p.savePositions)
+	return nil
 }
 
 // loadOrCreateSigningKey reads the server's ed25519 key, creating it on
@@ -267,9 +357,10 @@ func (p *Process) Addrs() []net.Addr {
 }
 
 // Run serves until ctx ends, then shuts down in order: stop accepting,
-// let requests finish (bounded), save stream positions, close the DB.
+// let requests finish (bounded), stop the modules, save stream positions,
+// close the database.
 func (p *Process) Run(ctx context.Context) error {
-	errc := make(chan error, len(p.servers)+1)
+	errc := make(chan error, len(p.servers)+len(p.runners))
 	for i, srv := range p.servers {
 		go func(srv *http.Server, ln net.Listener) {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -277,7 +368,17 @@ func (p *Process) Run(ctx context.Context) error {
 			}
 		}(srv, p.listeners[i])
 	}
-	go p.savePositions(ctx)
+	modCtx, stopModules := context.WithCancel(ctx)
+	var modules gosync.WaitGroup
+	for _, run := range p.runners {
+		modules.Add(1)
+		go func() {
+			defer modules.Done()
+			if err := run(modCtx); err != nil && !errors.Is(err, context.Canceled) {
+				errc <- err
+			}
+		}()
+	}
 	var runErr error
 	select {
 	case <-ctx.Done():
@@ -289,8 +390,17 @@ func (p *Process) Run(ctx context.Context) error {
 	for _, srv := range p.servers {
 		_ = srv.Shutdown(shutCtx)
 	}
-	if err := p.persister.SavePosition(shutCtx); err != nil {
-		p.log.Warn("could not save stream position", "err", err)
+	stopModules()
+	modules.Wait()
+	for _, f := range p.onShutdown {
+		if err := f(shutCtx); err != nil {
+			p.log.Warn("shutdown step failed", "err", err)
+		}
+	}
+	for _, w := range p.positions {
+		if err := w.SavePosition(shutCtx); err != nil {
+			p.log.Warn("could not save stream position", "err", err)
+		}
 	}
 	if err := p.db.Close(); err != nil {
 		p.log.Warn("close database", "err", err)
@@ -298,23 +408,25 @@ func (p *Process) Run(ctx context.Context) error {
 	return runErr
 }
 
-// savePositions persists this writer's stream positions now and then, so
-// other processes starting up learn them without scanning tables.
-func (p *Process) savePositions(ctx context.Context) {
+// savePositions persists the local writers' stream positions now and
+// then, so other processes starting up learn them without scanning tables.
+func (p *Process) savePositions(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var last int64
+	last := make([]int64, len(p.positions))
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
-			if pos := p.persister.Position(); pos != last {
-				if err := p.persister.SavePosition(ctx); err != nil {
-					p.log.Warn("could not save stream position", "err", err)
-					continue
+			for i, w := range p.positions {
+				if pos := w.Position(); pos != last[i] {
+					if err := w.SavePosition(ctx); err != nil {
+						p.log.Warn("could not save stream position", "err", err)
+						continue
+					}
+					last[i] = pos
 				}
-				last = pos
 			}
 		}
 	}

@@ -113,7 +113,13 @@ func (p *Persister) startPosition(ctx context.Context) (int64, error) {
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("load stream_positions: %w", err)
 	}
-	return max(pos.Int64, saved.Int64), nil
+	// As in streams.NewTableWriter: nothing of ours is in flight at start,
+	// so the sequence's current value is safe for our own position.
+	seq, err := p.db.CurrentStreamSeq(ctx, string(streams.Events))
+	if err != nil {
+		return 0, fmt.Errorf("load events sequence: %w", err)
+	}
+	return max(pos.Int64, saved.Int64, seq), nil
 }
 
 // Position is this persister's committed position on the events stream.
@@ -169,7 +175,7 @@ func (p *Persister) SendEvents(ctx context.Context, roomID string, drafts []Draf
 	results := make([]Persisted, len(drafts))
 	var built []*events.Event
 	res := p.tracker.Reserve()
-	defer res.Done()
+	defer res.Abort() // no-op after Done
 	err = p.db.Tx(ctx, func(tx *sql.Tx) error {
 		// A retried transaction starts from the committed room again.
 		built = built[:0]

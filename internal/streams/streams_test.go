@@ -204,3 +204,22 @@ func FuzzParseToken(f *testing.F) {
 		}
 	})
 }
+
+func TestTrackerAbortDoesNotPassReusedID(t *testing.T) {
+	// SQLite hands a rolled-back id out again: the position must not pass
+	// it when the first use aborts.
+	tr := streams.NewTracker(4, nil)
+	r := tr.Reserve()
+	r.Add(5)
+	r.Abort()
+	if got := tr.Position(); got != 4 {
+		t.Fatalf("position after abort = %d, want 4", got)
+	}
+	r2 := tr.Reserve()
+	r2.Add(5)
+	r2.Done()
+	r2.Abort() // no-op after Done
+	if got := tr.Position(); got != 5 {
+		t.Fatalf("position = %d, want 5", got)
+	}
+}

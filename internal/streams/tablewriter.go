@@ -25,9 +25,9 @@ type TableWriter struct {
 
 var identRE = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
 
-// NewTableWriter resumes the stream at the larger of the saved position and
-// the highest id this instance wrote to table.column (ids of transactions
-// that died uncommitted are never reused, so the maximum is gap-free).
+// NewTableWriter resumes the stream at the largest of the saved position,
+// the highest id this instance wrote to table.column and the sequence's
+// current value.
 // instanceColumn may be "" for tables without one (single-writer streams).
 func NewTableWriter(ctx context.Context, db *storage.DB, reg *Registry, name Name, table, column, instanceColumn string) (*TableWriter, error) {
 	for _, id := range []string{table, column, instanceColumn} {
@@ -51,8 +51,17 @@ func NewTableWriter(ctx context.Context, db *storage.DB, reg *Registry, name Nam
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("load %s saved position: %w", name, err)
 	}
+	// Nothing of ours is in flight while we start, so every id the sequence
+	// has handed out that was ours is finished: its current value is a
+	// safe position too. It matters for streams whose rows get deleted
+	// (delivered to-device messages), where the table's maximum can fall
+	// below positions clients already hold.
+	seq, err := db.CurrentStreamSeq(ctx, string(name))
+	if err != nil {
+		return nil, fmt.Errorf("load %s sequence: %w", name, err)
+	}
 	w := &TableWriter{db: db, reg: reg, name: name}
-	w.tracker = reg.LocalTracker(name, max(maxID.Int64, saved.Int64))
+	w.tracker = reg.LocalTracker(name, max(maxID.Int64, saved.Int64, seq))
 	return w, nil
 }
 
@@ -60,7 +69,7 @@ func NewTableWriter(ctx context.Context, db *storage.DB, reg *Registry, name Nam
 // writes, then advances the position and wakes keys. It returns the id.
 func (w *TableWriter) Write(ctx context.Context, fn func(tx *sql.Tx, id int64) error, wake ...string) (int64, error) {
 	res := w.tracker.Reserve()
-	defer res.Done()
+	defer res.Abort() // no-op after Done
 	var id int64
 	err := w.db.Tx(ctx, func(tx *sql.Tx) error {
 		var err error

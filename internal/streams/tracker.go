@@ -109,6 +109,30 @@ func (t *Tracker) recompute() (bool, int64) {
 	return false, t.pos
 }
 
+// Abort ends a reservation whose transaction rolled back. Its ids are
+// forgotten without counting as finished: on SQLite the counter update
+// rolled back with the transaction and the same id will be handed out
+// again, so the position must not pass it now. (On PostgreSQL the id is
+// simply never used; later ids move the position past it.)
+func (r *Reservation) Abort() {
+	t := r.t
+	t.mu.Lock()
+	if r.done {
+		t.mu.Unlock()
+		return
+	}
+	r.done = true
+	delete(t.reserving, r)
+	for _, id := range r.ids {
+		delete(t.inFlight, id)
+	}
+	moved, pos := t.recompute()
+	t.mu.Unlock()
+	if moved && t.onAdvance != nil {
+		t.onAdvance(pos)
+	}
+}
+
 // Position is the writer's committed-without-gaps position.
 func (t *Tracker) Position() int64 {
 	t.mu.Lock()

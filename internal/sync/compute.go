@@ -2,10 +2,10 @@ package sync
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 
+	"ganglion/internal/accountdata"
 	"ganglion/internal/eventauth"
 	"ganglion/internal/filters"
 	"ganglion/internal/rooms"
@@ -177,12 +177,7 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	}
 	pf := r.filter.PresenceFilter()
 	for _, p := range pres {
-		var head struct {
-			Type   string `json:"type"`
-			Sender string `json:"sender"`
-		}
-		_ = json.Unmarshal(p, &head)
-		if pf.Matches(head.Type, head.Sender) && !r.ignored[head.Sender] {
+		if pf.Matches(p.Type, p.Sender) && !r.ignored[p.Sender] {
 			resp.Presence.Events = append(resp.Presence.Events, p)
 		}
 	}
@@ -277,7 +272,7 @@ func toRoomFilter(f *filters.EventFilter) *filters.RoomEventFilter {
 	return &filters.RoomEventFilter{EventFilter: *f}
 }
 
-func accountDataEvents(evs []AccountDataEvent, f *filters.RoomEventFilter) []any {
+func accountDataEvents(evs []accountdata.Event, f *filters.RoomEventFilter) []any {
 	out := []any{}
 	for _, e := range evs {
 		if f == nil || f.EventFilter.Matches(e.Type, "") {

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"ganglion/internal/accountdata"
 	"ganglion/internal/accounts"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/rooms"
@@ -134,7 +135,7 @@ func legacyLimit(r *http.Request) (int, error) {
 }
 
 // legacyRoomView renders one room for /initialSync.
-func (s *Service) legacyRoomView(ctx context.Context, req *accounts.Requester, roomID string, m membership, now streams.Token, limit int, ad map[string][]AccountDataEvent) (*legacyRoom, error) {
+func (s *Service) legacyRoomView(ctx context.Context, req *accounts.Requester, roomID string, m membership, now streams.Token, limit int, ad map[string][]accountdata.Event) (*legacyRoom, error) {
 	r := &request{userID: req.UserID, deviceID: req.DeviceID, fmtr: s.Rooms.Formatter(req.UserID, req.DeviceID)}
 	lr := &legacyRoom{RoomID: roomID, Membership: m.Membership}
 	if vis, err := s.Rooms.DirectoryVisibility(ctx, roomID); err == nil {

@@ -11,6 +11,7 @@ import (
 	"ganglion/internal/accounts"
 	"ganglion/internal/filters"
 	"ganglion/internal/mxhttp"
+	"ganglion/internal/presence"
 	"ganglion/internal/rooms"
 	"ganglion/internal/streams"
 )
@@ -25,8 +26,8 @@ type Deps struct {
 	AccountData AccountDataReader
 	ToDevice    ToDeviceReader
 	Presence    PresenceReader
-	// PresenceTracker may be nil when presence is disabled.
-	PresenceTracker PresenceTracker
+	// PresenceWriter learns about syncing users and set_presence.
+	PresenceWriter presence.Writer
 }
 
 // Service serves sync for one process.
@@ -72,18 +73,18 @@ func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (
 	default:
 		return nil, mxhttp.InvalidParam("set_presence must be online, unavailable or offline")
 	}
-	if s.PresenceTracker != nil {
+	if s.PresenceWriter != nil {
 		if p.SetPresence != "offline" {
 			state := p.SetPresence
 			if state == "" {
 				state = "online"
 			}
-			if err := s.PresenceTracker.SetFromSync(ctx, req.UserID, state); err != nil {
+			if _, err := s.PresenceWriter.SetPresence(ctx, req.UserID, state, "", false); err != nil {
 				s.log.Warn("could not update presence from sync", "user_id", req.UserID, "err", err)
 			}
 		}
-		s.PresenceTracker.SyncStarted(req.UserID)
-		defer s.PresenceTracker.SyncEnded(req.UserID)
+		s.PresenceWriter.SyncStarted(req.UserID)
+		defer s.PresenceWriter.SyncEnded(req.UserID)
 	}
 	if r.since == nil {
 		s.lazy.reset(req.UserID, req.DeviceID)

@@ -7,7 +7,10 @@ import (
 	"context"
 	"encoding/json"
 
+	"ganglion/internal/accountdata"
+	"ganglion/internal/presence"
 	"ganglion/internal/rooms"
+	"ganglion/internal/todevice"
 )
 
 // The streams sync reads are reached through these small interfaces, so the
@@ -28,44 +31,23 @@ type ReceiptsReader interface {
 	ForRooms(ctx context.Context, userID string, roomIDs []string, from, to int64) (map[string]json.RawMessage, error)
 }
 
-// AccountDataEvent is one account data entry.
-type AccountDataEvent struct {
-	Type    string          `json:"type"`
-	Content json.RawMessage `json:"content"`
-}
-
 // AccountDataReader is the account data stream's read side.
 type AccountDataReader interface {
-	Since(ctx context.Context, userID string, from, to int64) (global []AccountDataEvent, rooms map[string][]AccountDataEvent, err error)
+	Since(ctx context.Context, userID string, from, to int64) (global []accountdata.Event, rooms map[string][]accountdata.Event, err error)
 	IgnoredUsers(ctx context.Context, userID string) (map[string]bool, error)
-}
-
-// ToDeviceMessage is one to-device message.
-type ToDeviceMessage struct {
-	Sender  string          `json:"sender"`
-	Type    string          `json:"type"`
-	Content json.RawMessage `json:"content"`
 }
 
 // ToDeviceReader is the to-device stream's read side.
 type ToDeviceReader interface {
-	Messages(ctx context.Context, userID, deviceID string, from, to int64, limit int) ([]ToDeviceMessage, int64, error)
+	Messages(ctx context.Context, userID, deviceID string, from, to int64, limit int) ([]todevice.Message, int64, error)
 	// Ack deletes messages up to upTo: the client's since token proves it
 	// received them.
 	Ack(ctx context.Context, userID, deviceID string, upTo int64) error
 }
 
-// PresenceReader is the presence stream's read side plus the sync hooks.
+// PresenceReader is the presence stream's read side.
 type PresenceReader interface {
-	Since(ctx context.Context, forUser string, from, to int64) ([]json.RawMessage, error)
-}
-
-// PresenceTracker is told about syncing users (Synapse's USER_SYNC) and
-// set_presence.
-type PresenceTracker interface {
-	SyncStarted(userID string)
-	SyncEnded(userID string)
-	SetFromSync(ctx context.Context, userID, state string) error
+	Since(ctx context.Context, forUser string, from, to int64) ([]presence.Event, error)
 }
 
 // Response is the /sync body.
