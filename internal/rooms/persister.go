@@ -245,20 +245,23 @@ func (p *Persister) SendEvents(ctx context.Context, roomID string, drafts []Draf
 		delete(rc.missing, k)
 	}
 	res.Done()
-	p.wake(roomID, built)
+	if len(built) > 0 {
+		p.reg.WakeAt(streams.Events, results[len(results)-1].StreamPos, WakeKeys(roomID, built)...)
+	}
 	return results, nil
 }
 
-// wake tells local long-polls about new events: the room's listeners and,
-// for membership changes, the target user (whose set of rooms changed).
-func (p *Persister) wake(roomID string, evs []*events.Event) {
+// WakeKeys are the notifier keys new events wake: the room's listeners
+// and, for membership changes, the target user (whose set of rooms
+// changed).
+func WakeKeys(roomID string, evs []*events.Event) []string {
 	keys := []string{streams.RoomKey(roomID)}
 	for _, ev := range evs {
 		if ev.Type() == "m.room.member" && ev.StateKey() != nil {
 			keys = append(keys, streams.UserKey(*ev.StateKey()))
 		}
 	}
-	p.reg.Notifier().Wake(keys...)
+	return keys
 }
 
 func (p *Persister) forget(roomID string) {

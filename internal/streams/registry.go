@@ -60,6 +60,17 @@ type stream struct {
 	pos      map[string]int64 // writer → latest known position
 	changed  chan struct{}    // closed and replaced on every advance
 	trackers map[string]*Tracker
+	source   Source
+	// pending holds wake-ups for positions beyond the stream's current
+	// (minimum) position: on a multi-writer stream a row from one writer is
+	// not readable until every writer has passed it, so waking its
+	// listeners earlier would let them read nothing and sleep again.
+	pending []pendingWake
+}
+
+type pendingWake struct {
+	token int64
+	keys  []string
 }
 
 // NewRegistry builds the registry for one process. writers maps each stream
@@ -130,7 +141,62 @@ func (r *Registry) Advance(name Name, writer string, pos int64) {
 	s.pos[writer] = pos
 	close(s.changed)
 	s.changed = make(chan struct{})
+	ready := s.releaseLocked()
 	r.mu.Unlock()
+	if len(ready) > 0 {
+		r.notifier.Wake(ready...)
+	}
+}
+
+// releaseLocked takes the pending wake-ups the current position covers.
+func (s *stream) releaseLocked() []string {
+	if len(s.pending) == 0 {
+		return nil
+	}
+	cur := s.currentLocked()
+	var keys []string
+	kept := s.pending[:0]
+	for _, p := range s.pending {
+		if p.token <= cur {
+			keys = append(keys, p.keys...)
+		} else {
+			kept = append(kept, p)
+		}
+	}
+	s.pending = kept
+	return keys
+}
+
+// WakeAt wakes keys once the stream's current position reaches token: at
+// once if it has, else when the lagging writers catch up.
+func (r *Registry) WakeAt(name Name, token int64, keys ...string) {
+	if len(keys) == 0 {
+		return
+	}
+	s := r.get(name)
+	r.mu.Lock()
+	if s.currentLocked() >= token {
+		r.mu.Unlock()
+		r.notifier.Wake(keys...)
+		return
+	}
+	s.pending = append(s.pending, pendingWake{token: token, keys: keys})
+	r.mu.Unlock()
+}
+
+// BumpLocal tells this process's tracker of a multi-writer stream that
+// another writer reached pos (see Tracker.Bump).
+func (r *Registry) BumpLocal(name Name, pos int64) {
+	s := r.get(name)
+	if !s.def.MultiWriter {
+		return
+	}
+	r.mu.Lock()
+	t := s.trackers[r.instance]
+	r.mu.Unlock()
+	if t != nil {
+		t.Bump(pos)
+	}
 }
 
 // Reset sets a writer's position even if it goes backwards (in-memory
@@ -141,7 +207,11 @@ func (r *Registry) Reset(name Name, writer string, pos int64) {
 	s.pos[writer] = pos
 	close(s.changed)
 	s.changed = make(chan struct{})
+	ready := s.releaseLocked()
 	r.mu.Unlock()
+	if len(ready) > 0 {
+		r.notifier.Wake(ready...)
+	}
 }
 
 // Current is the position a reader may read up to: the minimum over the

@@ -223,3 +223,44 @@ func TestTrackerAbortDoesNotPassReusedID(t *testing.T) {
 		t.Fatalf("position = %d, want 5", got)
 	}
 }
+
+func TestTrackerBumpWaitsForInFlight(t *testing.T) {
+	tr := streams.NewTracker(5, nil)
+	r := tr.Reserve()
+	r.Add(6)
+	tr.Bump(9) // another writer reached 9 while our 6 is in flight
+	if got := tr.Position(); got != 5 {
+		t.Fatalf("bumped past an in-flight id: %d", got)
+	}
+	r.Done()
+	if got := tr.Position(); got != 9 {
+		t.Fatalf("position after in-flight finished = %d, want the bump 9", got)
+	}
+	// A later reservation's floor is above the bump.
+	r2 := tr.Reserve()
+	r2.Add(10)
+	r2.Done()
+	if got := tr.Position(); got != 10 {
+		t.Fatalf("position = %d, want 10", got)
+	}
+}
+
+func TestWakeAtWaitsForTheMinimum(t *testing.T) {
+	n := streams.NewNotifier()
+	reg, _ := streams.NewRegistry("a", streams.AllDefs(), map[streams.Name][]string{streams.Events: {"a", "b"}}, n)
+	l := n.Listen(streams.RoomKey("!r:x"))
+	defer l.Close()
+	reg.Advance(streams.Events, "a", 10)
+	reg.WakeAt(streams.Events, 10, streams.RoomKey("!r:x"))
+	select {
+	case <-l.C:
+		t.Fatal("woken before writer b passed 10")
+	default:
+	}
+	reg.Advance(streams.Events, "b", 10)
+	select {
+	case <-l.C:
+	default:
+		t.Fatal("not woken once the minimum reached 10")
+	}
+}

@@ -83,9 +83,7 @@ func (w *TableWriter) Write(ctx context.Context, fn func(tx *sql.Tx, id int64) e
 		return 0, err
 	}
 	res.Done()
-	if len(wake) > 0 {
-		w.reg.Notifier().Wake(wake...)
-	}
+	w.reg.WakeAt(w.name, id, wake...)
 	return id, nil
 }
 

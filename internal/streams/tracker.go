@@ -25,6 +25,9 @@ type Tracker struct {
 	inFlight  map[int64]struct{}
 	reserving map[*Reservation]int64 // reservation → floor
 	onAdvance func(pos int64)
+	// bumpTo is a position another writer of the stream reached, to be
+	// taken as ours once nothing of ours is in flight (see Bump).
+	bumpTo int64
 }
 
 // NewTracker starts a tracker at pos (read from stream_positions or the
@@ -92,6 +95,14 @@ func (r *Reservation) Done() {
 
 func (t *Tracker) recompute() (bool, int64) {
 	limit := t.maxDone
+	if len(t.inFlight) == 0 && len(t.reserving) == 0 && t.bumpTo > limit {
+		// Idle: every id we allocated is finished, and any id we allocate
+		// later comes after bumpTo, which the shared sequence already
+		// handed to another writer.
+		limit = t.bumpTo
+		t.maxDone = max(t.maxDone, t.bumpTo)
+		t.maxSeen = max(t.maxSeen, t.bumpTo)
+	}
 	for id := range t.inFlight {
 		if id-1 < limit {
 			limit = id - 1
@@ -140,21 +151,21 @@ func (t *Tracker) Position() int64 {
 	return t.pos
 }
 
-// Bump moves the position forward without an id of our own, used when the
-// writer learns that the shared sequence moved past ids it will never use
-// (so an idle writer does not hold back the stream's minimum).
+// Bump moves the position forward without an id of our own: another
+// writer of the same multi-writer stream reached to, so once nothing of
+// ours is in flight our position may be to as well. Without this an idle
+// writer would hold back the stream's minimum (Synapse #8499). If ids of
+// ours are in flight, the bump is applied when they finish.
 func (t *Tracker) Bump(to int64) {
 	t.mu.Lock()
-	if len(t.inFlight) > 0 || len(t.reserving) > 0 || to <= t.pos {
+	if to <= t.bumpTo {
 		t.mu.Unlock()
 		return
 	}
-	t.pos, t.maxDone = to, max(t.maxDone, to)
-	if to > t.maxSeen {
-		t.maxSeen = to
-	}
+	t.bumpTo = to
+	moved, pos := t.recompute()
 	t.mu.Unlock()
-	if t.onAdvance != nil {
-		t.onAdvance(to)
+	if moved && t.onAdvance != nil {
+		t.onAdvance(pos)
 	}
 }

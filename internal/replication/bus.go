@@ -1,0 +1,238 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisOptions locate the Redis server.
+type RedisOptions struct {
+	Host     string
+	Port     int
+	Path     string // unix socket; overrides Host/Port
+	DB       int
+	Password string
+}
+
+// Bus is a process's link to the Redis pub/sub channel of its server: one
+// connection subscribes, another publishes (a subscribed connection cannot
+// publish). Redis is a lossy doorbell: anything missed while disconnected
+// is caught up from the database (or the writer) after the reconnect
+// handshake, never assumed delivered.
+type Bus struct {
+	channel string
+	log     *slog.Logger
+	opts    *redis.Options
+	pub     *redis.Client
+
+	// handler receives every command from other processes, in order, on the
+	// receive goroutine. onConnect runs after each (re)subscription and
+	// returns the handshake commands to publish.
+	handler   func(ctx context.Context, c Command)
+	onConnect func(ctx context.Context) []Command
+
+	connected  atomic.Bool
+	reconnects atomic.Int64
+	published  atomic.Int64
+	received   atomic.Int64
+	mu         sync.Mutex
+	lastErr    error
+	counts     map[string]*atomic.Int64 // per command name, received
+}
+
+// NewBus prepares a bus on channel (the server name). Call Run to connect.
+func NewBus(channel string, o RedisOptions, log *slog.Logger) *Bus {
+	opts := &redis.Options{
+		Network:      "tcp",
+		Addr:         net.JoinHostPort(o.Host, strconv.Itoa(o.Port)),
+		DB:           o.DB,
+		Password:     o.Password,
+		DialTimeout:  2 * time.Second,
+		ReadTimeout:  5 * time.Second,
+		WriteTimeout: 5 * time.Second,
+		// Our own loop reconnects with backoff and redoes the handshake;
+		// hidden client-side retries would only delay noticing an outage.
+		MaxRetries: 0,
+	}
+	if o.Path != "" {
+		opts.Network, opts.Addr = "unix", o.Path
+	}
+	return &Bus{channel: channel, log: log, opts: opts, pub: redis.NewClient(opts), counts: map[string]*atomic.Int64{}}
+}
+
+// OnCommand sets the handler of incoming commands.
+func (b *Bus) OnCommand(h func(ctx context.Context, c Command)) { b.handler = h }
+
+// OnConnect sets the handshake producer.
+func (b *Bus) OnConnect(f func(ctx context.Context) []Command) { b.onConnect = f }
+
+// Connected reports whether the subscription is live.
+func (b *Bus) Connected() bool { return b.connected.Load() }
+
+// Status is the bus's health, for status reports and metrics.
+type Status struct {
+	Connected  bool             `json:"connected"`
+	Reconnects int64            `json:"reconnects"`
+	Published  int64            `json:"published"`
+	Received   int64            `json:"received"`
+	LastError  string           `json:"last_error,omitempty"`
+	ByCommand  map[string]int64 `json:"received_by_command"`
+}
+
+// Status snapshots the bus's health.
+func (b *Bus) Status() Status {
+	st := Status{Connected: b.connected.Load(), Reconnects: b.reconnects.Load(), Published: b.published.Load(),
+		Received: b.received.Load(), ByCommand: map[string]int64{}}
+	b.mu.Lock()
+	if b.lastErr != nil {
+		st.LastError = b.lastErr.Error()
+	}
+	for k, v := range b.counts {
+		st.ByCommand[k] = v.Load()
+	}
+	b.mu.Unlock()
+	return st
+}
+
+func (b *Bus) setErr(err error) {
+	b.mu.Lock()
+	b.lastErr = err
+	b.mu.Unlock()
+}
+
+func (b *Bus) count(name string) {
+	b.mu.Lock()
+	c := b.counts[name]
+	if c == nil {
+		c = &atomic.Int64{}
+		b.counts[name] = c
+	}
+	b.mu.Unlock()
+	c.Add(1)
+}
+
+// Publish sends one command to every process (including, by echo, this
+// one; receivers drop their own echoes). A failed publish is not retried:
+// the next POSITION or the reconnect handshake repairs the gap.
+func (b *Bus) Publish(ctx context.Context, c Command) error {
+	line, err := Encode(c)
+	if err != nil {
+		return err
+	}
+	if err := b.pub.Publish(ctx, b.channel, line).Err(); err != nil {
+		return fmt.Errorf("publish %s: %w", c.Name(), err)
+	}
+	b.published.Add(1)
+	return nil
+}
+
+// Run keeps the subscription alive until ctx ends: subscribe, wait for the
+// acknowledgement, publish the handshake, then read commands. Any error
+// drops the connection and reconnects with backoff (capped at 5 s, as
+// Synapse does), redoing the handshake.
+func (b *Bus) Run(ctx context.Context) error {
+	defer b.pub.Close()
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := b.session(ctx)
+		b.connected.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		b.setErr(err)
+		b.log.Warn("redis replication link down; reconnecting", "err", err, "backoff", backoff)
+		jitter := time.Duration(rand.Int64N(int64(backoff) / 2))
+		t := time.NewTimer(backoff + jitter)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 5*time.Second)
+		b.reconnects.Add(1)
+	}
+	return nil
+}
+
+// session is one subscribed connection's life.
+func (b *Bus) session(ctx context.Context) error {
+	client := redis.NewClient(b.opts)
+	defer client.Close()
+	ps := client.Subscribe(ctx, b.channel)
+	defer ps.Close()
+	// Wait for the subscription to be acknowledged before announcing
+	// anything: a REPLICATE sent earlier could be answered before we
+	// listen, and those answers would be lost (Synapse #7427).
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, 5*time.Second)
+		if err != nil {
+			return fmt.Errorf("subscribe to %s: %w", b.channel, err)
+		}
+		if s, ok := msg.(*redis.Subscription); ok && s.Kind == "subscribe" {
+			break
+		}
+	}
+	b.connected.Store(true)
+	b.setErr(nil)
+	b.log.Info("redis replication link up", "channel", b.channel)
+	if b.onConnect != nil {
+		for _, c := range b.onConnect(ctx) {
+			if err := b.Publish(ctx, c); err != nil {
+				return err
+			}
+		}
+	}
+	lastPing := time.Now()
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, 10*time.Second)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Quiet channel: make sure the connection is still alive.
+				if err := ps.Ping(ctx); err != nil {
+					return fmt.Errorf("ping: %w", err)
+				}
+				lastPing = time.Now()
+				continue
+			}
+			return err
+		}
+		switch m := msg.(type) {
+		case *redis.Message:
+			b.received.Add(1)
+			c, err := Parse(m.Payload)
+			if err != nil {
+				if !errors.Is(err, ErrUnknownCommand) {
+					b.log.Warn("bad replication command", "err", err)
+				}
+				continue
+			}
+			b.count(c.Name())
+			if b.handler != nil {
+				b.handler(ctx, c)
+			}
+		case *redis.Pong:
+		case *redis.Subscription:
+			if m.Kind == "unsubscribe" {
+				return errors.New("unsubscribed by the server")
+			}
+		}
+		if time.Since(lastPing) > 30*time.Second {
+			if err := ps.Ping(ctx); err != nil {
+				return fmt.Errorf("ping: %w", err)
+			}
+			lastPing = time.Now()
+		}
+	}
+}
