@@ -57,6 +57,8 @@ type Service struct {
 	cfg         Settings
 	hooks       RoomHooks
 	deviceHooks DeviceHooks
+	invalidator Invalidator
+	tokens      *tokenCache
 	now         func() time.Time
 }
 
@@ -64,7 +66,7 @@ func NewService(db *storage.DB, cfg Settings, log *slog.Logger) *Service {
 	if cfg.BcryptRounds == 0 {
 		cfg.BcryptRounds = 12
 	}
-	return &Service{db: db, log: log, cfg: cfg, now: time.Now}
+	return &Service{db: db, log: log, cfg: cfg, now: time.Now, tokens: newTokenCache()}
 }
 
 // SetRoomHooks wires the rooms domain in.
@@ -76,6 +78,7 @@ func (s *Service) SetDeviceHooks(h DeviceHooks) { s.deviceHooks = h }
 // devicesGone runs the device hooks for devices that were deleted; the
 // deletion itself is committed, so a hook failure is logged, not returned.
 func (s *Service) devicesGone(ctx context.Context, userID string, deviceIDs []string) {
+	s.tokensChanged(ctx, userID)
 	if s.deviceHooks == nil {
 		return
 	}
@@ -253,6 +256,10 @@ func (s *Service) CreateSession(ctx context.Context, userID, deviceID, deviceNam
 	if err != nil {
 		return Session{}, fmt.Errorf("create session for %s: %w", userID, err)
 	}
+	if deviceID != "" {
+		// Re-using a device id replaced its old token.
+		s.tokensChanged(ctx, userID)
+	}
 	return sess, nil
 }
 
@@ -330,6 +337,9 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Requester, e
 		return nil, mxhttp.UnknownToken(false)
 	}
 	h := HashToken(token)
+	if cached, ok := s.tokens.get(h, s.now()); ok {
+		return cached, nil
+	}
 	var r Requester
 	var deactivated bool
 	err := s.db.Reader().QueryRowContext(ctx, `SELECT t.user_id, t.device_id, u.admin, u.deactivated
@@ -342,6 +352,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Requester, e
 		return nil, fmt.Errorf("look up access token: %w", err)
 	}
 	r.TokenHash = h
+	s.tokens.put(h, r, s.now())
 	return &r, nil
 }
 

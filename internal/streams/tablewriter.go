@@ -101,3 +101,6 @@ func (w *TableWriter) SavePosition(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Instance is the writing process's instance name.
+func (w *TableWriter) Instance() string { return w.reg.Instance() }

@@ -1,0 +1,79 @@
+package rooms
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+
+	"ganglion/internal/storage"
+	"ganglion/internal/streams"
+)
+
+// EventsSource is the events stream's replication source: rows are
+// Synapse's ["ev", [event_id, room_id, type, state_key, redacts,
+// relates_to, membership, rejected, outlier]], read from the events table
+// by the persister that wrote them.
+type EventsSource struct{ db *storage.DB }
+
+func NewEventsSource(db *storage.DB) *EventsSource { return &EventsSource{db: db} }
+
+var _ streams.Source = (*EventsSource)(nil)
+
+// Rows implements streams.Source.
+func (s *EventsSource) Rows(ctx context.Context, writer string, from, to int64, limit int) ([]streams.Row, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT stream_ordering, event_id, room_id, type, state_key, redacts, membership
+		FROM events WHERE instance_name = $1 AND stream_ordering > $2 AND stream_ordering <= $3
+		ORDER BY stream_ordering LIMIT $4`, writer, from, to, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read events rows of %s (%d, %d]: %w", writer, from, to, err)
+	}
+	defer rows.Close()
+	var out []streams.Row
+	for rows.Next() {
+		var so int64
+		var id, room, typ string
+		var sk, redacts, membership sql.NullString
+		if err := rows.Scan(&so, &id, &room, &typ, &sk, &redacts, &membership); err != nil {
+			return nil, fmt.Errorf("read events rows: %w", err)
+		}
+		data, err := json.Marshal([]any{"ev", []any{id, room, typ, nullable(sk), nullable(redacts), nil, nullable(membership), false, false}})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, streams.Row{Token: so, Data: data})
+	}
+	return out, rows.Err()
+}
+
+func nullable(s sql.NullString) any {
+	if !s.Valid {
+		return nil
+	}
+	return s.String
+}
+
+// Apply implements streams.Source: an event wakes its room, and a
+// membership change wakes its target user too.
+func (s *EventsSource) Apply(ctx context.Context, writer string, row streams.Row) []string {
+	var outer []json.RawMessage
+	if json.Unmarshal(row.Data, &outer) != nil || len(outer) != 2 {
+		return nil
+	}
+	var kind string
+	_ = json.Unmarshal(outer[0], &kind)
+	if kind != "ev" {
+		return nil
+	}
+	var f []any
+	if json.Unmarshal(outer[1], &f) != nil || len(f) < 7 {
+		return nil
+	}
+	room, _ := f[1].(string)
+	typ, _ := f[2].(string)
+	keys := []string{streams.RoomKey(room)}
+	if sk, ok := f[3].(string); ok && typ == "m.room.member" {
+		keys = append(keys, streams.UserKey(sk))
+	}
+	return keys
+}
