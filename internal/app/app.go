@@ -19,13 +19,17 @@ import (
 
 	"ganglion/internal/accountdata"
 	"ganglion/internal/accounts"
+	"ganglion/internal/background"
+	"ganglion/internal/caches"
 	"ganglion/internal/config"
 	"ganglion/internal/events"
 	"ganglion/internal/filters"
+	"ganglion/internal/locks"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/presence"
 	"ganglion/internal/ratelimit"
 	"ganglion/internal/receipts"
+	"ganglion/internal/replication"
 	"ganglion/internal/rooms"
 	"ganglion/internal/storage"
 	"ganglion/internal/streams"
@@ -36,11 +40,13 @@ import (
 
 // Process is one running Ganglion instance.
 type Process struct {
-	cfg     *config.Config
-	log     *slog.Logger
-	db      *storage.DB
-	reg     *streams.Registry
-	handler http.Handler
+	cfg        *config.Config
+	log        *slog.Logger
+	db         *storage.DB
+	reg        *streams.Registry
+	replicator *replication.Replicator // nil in a monolith without Redis
+	handler    http.Handler
+	started    time.Time
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -62,12 +68,10 @@ type positionSaver interface {
 }
 
 // New builds the process: opens the database (migrating it on the main
-// process), loads the signing key, and wires the domains.
+// process, waiting for the schema on workers), loads the signing key, and
+// wires the domains.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, error) {
-	p := &Process{cfg: cfg, log: log}
-	if cfg.WorkerRole() != config.RoleMain {
-		return nil, fmt.Errorf("worker role %q: running workers arrives with the workers issue; run the main process", cfg.WorkerRole())
-	}
+	p := &Process{cfg: cfg, log: log, started: time.Now()}
 	engine := storage.SQLite
 	if cfg.Database.Engine() == config.EnginePostgres {
 		engine = storage.Postgres
@@ -84,13 +88,22 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, e
 	return p, nil
 }
 
-// wire builds every domain of the process. Each stream's writer is local
-// here; the fleet (workers) swaps in remote writers behind the same
-// interfaces.
+// wire builds every domain of the process. For each stream, the writer is
+// local when this instance is the stream's configured writer, and a
+// replication client forwarding to the writer otherwise; readers are the
+// same everywhere. The monolith is the case where every writer is local.
 func (p *Process) wire(ctx context.Context) error {
 	cfg, log, db := p.cfg, p.log, p.db
-	if err := db.Migrate(ctx); err != nil {
-		return fmt.Errorf("migrate database: %w", err)
+	instance := cfg.InstanceName()
+	if cfg.IsMain() {
+		if err := db.Migrate(ctx); err != nil {
+			return fmt.Errorf("migrate database: %w", err)
+		}
+	} else {
+		log.Info("waiting for the main process to migrate the database")
+		if err := db.WaitForSchema(ctx); err != nil {
+			return fmt.Errorf("wait for database schema: %w", err)
+		}
 	}
 	key, err := loadOrCreateSigningKey(cfg.SigningKeyPath, log)
 	if err != nil {
@@ -101,7 +114,9 @@ func (p *Process) wire(ctx context.Context) error {
 	for _, d := range streams.AllDefs() {
 		writers[d.Name] = cfg.StreamWriters(string(d.Name))
 	}
-	reg, err := streams.NewRegistry(cfg.InstanceName(), streams.AllDefs(), writers, streams.NewNotifier())
+	// Every process writes its own rows of the caches stream.
+	writers[streams.Caches] = []string{instance}
+	reg, err := streams.NewRegistry(instance, streams.AllDefs(), writers, streams.NewNotifier())
 	if err != nil {
 		return err
 	}
@@ -109,6 +124,25 @@ func (p *Process) wire(ctx context.Context) error {
 	rl := func(r config.RateLimit) *ratelimit.Limiter {
 		return ratelimit.New(ratelimit.Rule{PerSecond: r.PerSecond, BurstCount: r.BurstCount}, nil)
 	}
+
+	// The fleet's plumbing: Redis doorbell, HTTP replication both ways.
+	fleet := cfg.Redis.Enabled
+	var (
+		rpcClient  *replication.Client
+		rpcServer  *replication.Server
+		replicator *replication.Replicator
+	)
+	if fleet {
+		rpcClient = replication.NewClient(replication.InstanceLookup(cfg.InstanceMap), cfg.ReplicationSecret(), instance, reg, log)
+		rpcServer = replication.NewServer(cfg.ReplicationSecret(), reg, log)
+		bus := replication.NewBus(cfg.ServerName, replication.RedisOptions{Host: cfg.Redis.Host, Port: cfg.Redis.Port,
+			Path: cfg.Redis.Path, DB: cfg.Redis.DBID, Password: cfg.Redis.EffectivePassword()}, log)
+		replicator = replication.NewReplicator(bus, reg, log)
+		p.replicator = replicator
+		p.runners = append(p.runners, replicator.Run)
+		p.onShutdown = append(p.onShutdown, func(context.Context) error { rpcClient.CloseIdleConnections(); return nil })
+	}
+	firstWriter := func(name streams.Name) string { return reg.Writers(name)[0] }
 
 	acc := accounts.NewService(db, accounts.Settings{
 		ServerName:                cfg.ServerName,
@@ -118,45 +152,115 @@ func (p *Process) wire(ctx context.Context) error {
 		BcryptRounds:              cfg.BcryptRounds,
 	}, log)
 
-	persister, err := rooms.NewPersister(ctx, db, reg, cfg.ServerName, key, log)
+	inv, err := caches.New(ctx, db, reg, log)
 	if err != nil {
 		return err
 	}
-	p.positions = append(p.positions, persister)
+	reg.SetSource(streams.Caches, inv)
+	inv.Register(accounts.TokenCacheName, acc.DropCachedTokens)
+	acc.SetInvalidator(inv)
+	p.positions = append(p.positions, inv)
+
+	// Events: the persister owns the rooms that hash to this instance.
 	roomStore := rooms.NewStore(db)
+	reg.SetSource(streams.Events, rooms.NewEventsSource(db))
+	var persister *rooms.Persister
+	if reg.IsWriter(streams.Events) {
+		if persister, err = rooms.NewPersister(ctx, db, reg, cfg.ServerName, key, log); err != nil {
+			return err
+		}
+		p.positions = append(p.positions, persister)
+		if fleet {
+			rooms.ServeSendEvents(rpcServer, persister)
+		}
+	}
+	var eventWriter rooms.EventWriter = persister
+	if fleet {
+		eventWriter = rooms.NewShardedWriter(instance, reg.Writers(streams.Events), persister, rpcClient)
+	}
 	roomSvc := rooms.NewService(rooms.Config{ServerName: cfg.ServerName, DefaultRoomVersion: cfg.DefaultRoomVersion},
-		roomStore, persister, acc, reg, rl(cfg.RCMessage), log)
+		roomStore, eventWriter, acc, reg, rl(cfg.RCMessage), log)
 	acc.SetRoomHooks(roomSvc)
 
-	typingSvc, err := typing.NewService(reg, typing.Options{}, log)
-	if err != nil {
-		return err
+	var typingWriter typing.Writer
+	var typingReader sync.TypingReader
+	if reg.IsWriter(streams.Typing) {
+		ts, err := typing.NewService(reg, typing.Options{}, log)
+		if err != nil {
+			return err
+		}
+		p.runners = append(p.runners, ts.Run)
+		reg.SetSource(streams.Typing, ts)
+		typingWriter, typingReader = ts, ts
+		if fleet {
+			typing.Serve(rpcServer, ts)
+			typing.ServeStreamUpdates(rpcServer, reg)
+		}
+	} else {
+		replica := typing.NewReplica(typing.FetchUpdates(rpcClient, streams.Typing, firstWriter(streams.Typing)))
+		reg.SetSource(streams.Typing, replica)
+		typingReader = replica
+		typingWriter = typing.NewRemoteWriter(rpcClient, firstWriter(streams.Typing))
 	}
-	p.runners = append(p.runners, typingSvc.Run)
 
-	receiptsSvc, err := receipts.NewService(ctx, db, reg, log)
-	if err != nil {
-		return err
+	reg.SetSource(streams.Receipts, receipts.NewSource(db))
+	receiptsStore := receipts.NewStore(db)
+	var receiptsWriter receipts.Writer
+	if reg.IsWriter(streams.Receipts) {
+		rs, err := receipts.NewService(ctx, db, reg, log)
+		if err != nil {
+			return err
+		}
+		p.positions = append(p.positions, rs)
+		receiptsWriter = rs
+		if fleet {
+			receipts.Serve(rpcServer, rs)
+		}
+	} else {
+		receiptsWriter = receipts.NewRemoteWriter(rpcClient, firstWriter(streams.Receipts))
 	}
-	p.positions = append(p.positions, receiptsSvc)
 
-	adWriter, err := accountdata.NewLocalWriter(ctx, db, reg, log)
-	if err != nil {
-		return err
+	reg.SetSource(streams.AccountData, accountdata.NewSource(db))
+	var adWriter accountdata.Writer
+	if reg.IsWriter(streams.AccountData) {
+		lw, err := accountdata.NewLocalWriter(ctx, db, reg, log)
+		if err != nil {
+			return err
+		}
+		p.positions = append(p.positions, lw)
+		adWriter = lw
+		if fleet {
+			accountdata.Serve(rpcServer, lw)
+		}
+	} else {
+		adWriter = accountdata.NewRemoteWriter(rpcClient, firstWriter(streams.AccountData))
 	}
-	p.positions = append(p.positions, adWriter)
 	adSvc := accountdata.NewService(db, reg, adWriter, log)
 
-	tdWriter, err := todevice.NewLocalWriter(ctx, db, reg, cfg.ServerName, log)
-	if err != nil {
-		return err
+	reg.SetSource(streams.ToDevice, todevice.NewSource(db))
+	var tdWriter todevice.Writer
+	if reg.IsWriter(streams.ToDevice) {
+		lw, err := todevice.NewLocalWriter(ctx, db, reg, cfg.ServerName, log)
+		if err != nil {
+			return err
+		}
+		p.positions = append(p.positions, lw)
+		tdWriter = lw
+		if fleet {
+			todevice.Serve(rpcServer, lw)
+		}
+	} else {
+		tdWriter = todevice.NewRemoteWriter(rpcClient, firstWriter(streams.ToDevice))
 	}
-	p.positions = append(p.positions, tdWriter)
 	tdSvc := todevice.NewService(db, reg, tdWriter, log)
 	acc.SetDeviceHooks(tdSvc)
 
+	reg.SetSource(streams.Presence, presence.NewSource(db, roomStore, log))
 	var presWriter presence.Writer = presence.NoopWriter{}
-	if cfg.Presence.Enabled && !cfg.Presence.Untracked {
+	tracked := cfg.Presence.Enabled && !cfg.Presence.Untracked
+	switch {
+	case !tracked:
+	case reg.IsWriter(streams.Presence):
 		lw, err := presence.NewLocalWriter(ctx, db, reg, roomStore, presence.WriterOptions{}, log)
 		if err != nil {
 			return err
@@ -164,17 +268,61 @@ func (p *Process) wire(ctx context.Context) error {
 		presWriter = lw
 		p.runners = append(p.runners, lw.Run)
 		p.onShutdown = append(p.onShutdown, lw.Flush)
+		if fleet {
+			presence.Serve(rpcServer, lw, lw.Position)
+			tracker := presence.NewSyncTracker(lw)
+			replicator.OnUserSync = tracker.UserSync
+			replicator.OnClearUserSync = tracker.Clear
+		}
+	default:
+		rw := presence.NewRemoteWriter(ctx, rpcClient, firstWriter(streams.Presence), replicator.Bus(), replicator.ProcessID(), log)
+		presWriter = rw
+		replicator.SyncingUsers = rw.Syncing
+		p.onShutdown = append(p.onShutdown, func(ctx context.Context) error {
+			return replicator.Bus().Publish(ctx, replication.ClearUserSync{InstanceID: replicator.ProcessID()})
+		})
 	}
 	presSvc := presence.NewService(db, reg, presWriter, roomStore,
 		presence.Options{Enabled: cfg.Presence.Enabled, ServerName: cfg.ServerName}, log)
+
+	// Locks and the periodic duties of the background-tasks instance.
+	lockOpts := locks.Options{}
+	if fleet {
+		lockOpts.OnRelease = func(name, key string) {
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = replicator.Bus().Publish(pctx, replication.LockReleased{Instance: instance, LockName: name, LockKey: key})
+		}
+	}
+	lk := locks.New(db, instance, lockOpts, log)
+	if fleet {
+		replicator.OnLockReleased = lk.Released
+	}
+	jobs := background.NewRunner(lk, cfg.RunsBackgroundTasks(), log, nil)
+	for _, j := range []struct {
+		name, table, column string
+		age                 time.Duration
+	}{
+		{"prune_uia_sessions", "uia_sessions", "created_ts", 30 * time.Minute},
+		{"prune_registration_nonces", "registration_nonces", "created_ts", time.Hour},
+		{"prune_to_device_txns", "to_device_txns", "created_ts", 24 * time.Hour},
+		{"prune_cache_invalidations", "cache_invalidations", "invalidation_ts", 7 * 24 * time.Hour},
+	} {
+		job, err := background.PruneTable(db, j.name, j.table, j.column, j.age)
+		if err != nil {
+			return err
+		}
+		jobs.Add(job)
+	}
+	p.runners = append(p.runners, jobs.Run)
 
 	filterStore := filters.NewStore(db)
 	syncSvc := sync.NewService(sync.Deps{
 		Rooms:          roomSvc,
 		Registry:       reg,
 		Filters:        filterStore,
-		Typing:         typingSvc,
-		Receipts:       receiptsSvc,
+		Typing:         typingReader,
+		Receipts:       receiptsStore,
 		AccountData:    adSvc,
 		ToDevice:       tdSvc,
 		Presence:       presSvc,
@@ -190,14 +338,19 @@ func (p *Process) wire(ctx context.Context) error {
 		LoginFailedAttempt: rl(cfg.RCLogin.FailedAttempts),
 	})
 	roomSvc.Routes(mux, srv, acc, cfg.AllowPublicRoomsWithoutAuth)
-	typing.NewHandlers(typingSvc, roomStore).Routes(mux, srv, acc)
-	receipts.NewHandlers(receiptsSvc, roomStore, roomSvc, adSvc).Routes(mux, srv, acc)
+	typing.NewHandlers(typingWriter, roomStore).Routes(mux, srv, acc)
+	receipts.NewHandlers(receiptsWriter, roomStore, roomSvc, adSvc).Routes(mux, srv, acc)
 	adSvc.Routes(mux, srv, acc)
 	tdSvc.Routes(mux, srv, acc)
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)
 	syncSvc.Routes(mux, srv, acc)
 	infoRoutes(mux, srv, cfg, acc)
+	if fleet {
+		p.serveStatus(rpcServer)
+		mux.Handle(replication.PathPrefix, rpcServer)
+	}
+	mux.Handle("GET /metrics", http.HandlerFunc(p.serveMetrics))
 	p.handler = mux
 	p.runners = append(p.runners, p.savePositions)
 	return nil
