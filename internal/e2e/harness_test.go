@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -54,7 +55,37 @@ type server struct {
 	url    string // base URL, http://127.0.0.1:PORT
 	engine string
 	http   *http.Client
+
+	// What restart needs to start the process again on the same data.
+	dir  string
+	db   map[string]any
+	opts []configOption
+	port int
+	logs *syncBuffer
+	// stop cancels the running process and waits for its Run to return.
+	stop func(t testing.TB)
+	// host is the listener's host:port, which the transport sends every
+	// request to: clients made before a restart keep working even if the
+	// restarted process had to take another port.
+	host atomic.Pointer[string]
 }
+
+// followServer is the test clients' transport: it sends each request to
+// the server's current address.
+type followServer struct {
+	s    *server
+	base *http.Transport
+}
+
+func (f followServer) RoundTrip(req *http.Request) (*http.Response, error) {
+	if host := *f.s.host.Load(); req.URL.Host != host {
+		req = req.Clone(req.Context())
+		req.URL.Host, req.Host = host, ""
+	}
+	return f.base.RoundTrip(req)
+}
+
+func (f followServer) CloseIdleConnections() { f.base.CloseIdleConnections() }
 
 // configOption edits the config document before it is written.
 type configOption func(cfg map[string]any)
@@ -209,17 +240,40 @@ func tail(s string, n int) string {
 func startServer(t *testing.T, engine string, opts ...configOption) *server {
 	t.Helper()
 	dir := t.TempDir()
-	db := databaseSection(t, engine, dir)
-	logs := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	s := &server{
+		engine: engine,
+		dir:    dir,
+		db:     databaseSection(t, engine, dir),
+		opts:   opts,
+		logs:   &syncBuffer{},
+	}
+	s.http = &http.Client{Timeout: 30 * time.Second,
+		Transport: followServer{s: s, base: http.DefaultTransport.(*http.Transport).Clone()}}
+	s.launch(t)
+	t.Cleanup(func() {
+		s.stop(t)
+		if t.Failed() {
+			t.Logf("server log (%s):\n%s", engine, tail(s.logs.String(), 16<<10))
+		}
+	})
+	return s
+}
 
+// launch starts the process on s's directory and database: on a free port
+// the first time, on the same port if it is still free after a restart.
+func (s *server) launch(t testing.TB) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	for attempt := 1; ; attempt++ {
-		port := freePort(t)
-		cfgDoc := baseConfig(dir, db, port)
-		for _, o := range opts {
+		port := s.port
+		if port == 0 || attempt > 1 {
+			port = freePort(t)
+		}
+		cfgDoc := baseConfig(s.dir, s.db, port)
+		for _, o := range s.opts {
 			o(cfgDoc)
 		}
-		path := writeConfig(t, dir, cfgDoc)
+		path := writeConfig(t, s.dir, cfgDoc)
 		cfg, err := config.Load([]string{path}, nil)
 		if err != nil {
 			t.Fatalf("load config: %v", err)
@@ -228,7 +282,7 @@ func startServer(t *testing.T, engine string, opts ...configOption) *server {
 		p, err := app.New(ctx, cfg, log)
 		if err != nil {
 			cancel()
-			t.Fatalf("start server: %v\n%s", err, logs)
+			t.Fatalf("start server: %v\n%s", err, s.logs)
 		}
 		if err := p.Listen(); err != nil {
 			// Run on a cancelled context is the only way to release what
@@ -242,7 +296,12 @@ func startServer(t *testing.T, engine string, opts ...configOption) *server {
 		}
 		done := make(chan error, 1)
 		go func() { done <- p.Run(ctx) }()
-		t.Cleanup(func() {
+		stopped := false
+		s.stop = func(t testing.TB) {
+			if stopped {
+				return
+			}
+			stopped = true
 			cancel()
 			select {
 			case err := <-done:
@@ -252,20 +311,28 @@ func startServer(t *testing.T, engine string, opts ...configOption) *server {
 			case <-time.After(30 * time.Second):
 				t.Errorf("server did not stop within 30s")
 			}
-			if t.Failed() {
-				t.Logf("server log (%s):\n%s", engine, tail(logs.String(), 16<<10))
-			}
-		})
+		}
 		addrs := p.Addrs()
 		if len(addrs) == 0 {
 			t.Fatalf("server has no listener")
 		}
-		return &server{
-			url:    "http://" + addrs[0].String(),
-			engine: engine,
-			http:   &http.Client{Timeout: 30 * time.Second},
-		}
+		s.port = addrs[0].(*net.TCPAddr).Port
+		host := addrs[0].String()
+		s.host.Store(&host)
+		s.url = "http://" + host
+		return
 	}
+}
+
+// restart stops the process (an orderly shutdown: positions saved, database
+// closed) and starts a new one on the same config and data. Nothing may be
+// in flight.
+func (s *server) restart(t testing.TB) {
+	t.Helper()
+	s.stop(t)
+	// Connections to the old process are dead; do not let a request try one.
+	s.http.CloseIdleConnections()
+	s.launch(t)
 }
 
 // forEachEngine runs fn as subtests "sqlite" and "postgres", each with its

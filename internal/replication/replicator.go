@@ -287,6 +287,15 @@ func (r *Replicator) onPosition(ctx context.Context, c Position) {
 		r.reg.Reset(name, c.Instance, 0)
 		cur = 0
 	}
+	if c.Prev > cur && src != nil && isInMemory(r.reg, name) && cur > 0 {
+		// A gap in an in-memory stream: the writer may have restarted and
+		// lost state we still hold, so start over from its full state.
+		if rs, ok := src.(Resetter); ok {
+			rs.Reset(c.Instance)
+		}
+		r.reg.Reset(name, c.Instance, 0)
+		cur = 0
+	}
 	if c.Prev > cur && src != nil {
 		if err := r.catchUp(ctx, name, src, c.Instance, cur, c.New); err != nil {
 			// Leave the position where it is: the next POSITION retries.

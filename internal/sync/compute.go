@@ -26,6 +26,9 @@ type request struct {
 	// joined is filled by compute with the rooms the user is joined to at
 	// now, so the long-poll can listen on them.
 	joined []string
+	// lazySent collects the member events a lazy-loading response carries,
+	// recorded against its next_batch once it is complete.
+	lazySent []lazyEntry
 }
 
 func (r *request) sinceOr0(f func(streams.Token) int64) int64 {
@@ -40,6 +43,7 @@ const defaultTimelineLimit = 10
 // compute builds the response for (since, now].
 func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	resp := newResponse()
+	r.lazySent = r.lazySent[:0]
 	next := r.now
 	sinceE := r.sinceOr0(func(t streams.Token) int64 { return t.Events })
 	nowE := r.now.Events
@@ -197,6 +201,7 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 		next.ToDevice = upTo
 	}
 	resp.NextBatch = next.String()
+	s.lazy.record(r.userID, r.deviceID, resp.NextBatch, r.lazySent)
 	return resp, nil
 }
 
@@ -289,6 +294,12 @@ func accountDataEvents(evs []accountdata.Event, f *filters.RoomEventFilter) []an
 func (s *Service) ephemeral(ctx context.Context, r *request, joined []string) (map[string][]any, error) {
 	out := map[string][]any{}
 	ef := r.filter.Ephemeral()
+	// ef's type lists; ef may be nil (no filter), and the promoted
+	// EventFilter.Matches would dereference it.
+	var types *filters.EventFilter
+	if ef != nil {
+		types = &ef.EventFilter
+	}
 	typingFrom := r.sinceOr0(func(t streams.Token) int64 { return t.Typing })
 	if typingFrom > r.now.Typing {
 		typingFrom = 0 // the typing writer restarted: its positions reset
@@ -303,7 +314,7 @@ func (s *Service) ephemeral(ctx context.Context, r *request, joined []string) (m
 	} else {
 		typingRooms = s.Typing.ChangedRooms(typingFrom, r.now.Typing)
 	}
-	if ef.Matches("m.typing", "") {
+	if types.Matches("m.typing", "") {
 		for _, roomID := range typingRooms {
 			if !isJoined[roomID] || !ef.MatchesRoom(roomID) {
 				continue
@@ -321,7 +332,7 @@ func (s *Service) ephemeral(ctx context.Context, r *request, joined []string) (m
 			out[roomID] = append(out[roomID], map[string]any{"type": "m.typing", "content": map[string]any{"user_ids": visible}})
 		}
 	}
-	if ef.Matches("m.receipt", "") && len(joined) > 0 {
+	if types.Matches("m.receipt", "") && len(joined) > 0 {
 		rec, err := s.Receipts.ForRooms(ctx, r.userID, joined, r.sinceOr0(func(t streams.Token) int64 { return t.Receipts }), r.now.Receipts)
 		if err != nil {
 			return nil, err
@@ -401,6 +412,16 @@ func (s *Service) roomState(ctx context.Context, r *request, roomID string, from
 	}
 	sf := r.filter.State()
 	lazy := r.filter.LazyLoadMembers()
+	// In an incremental sync, evs so far is the state that changed between
+	// since and the timeline, which the client saw nowhere else: lazy
+	// loading must not drop its member events (spec: joins, leaves and
+	// profile changes in the gap are not lost), redundant or not.
+	inGap := map[string]bool{}
+	if !full {
+		for _, e := range evs {
+			inGap[e.Event.EventID()] = true
+		}
+	}
 	var needed map[string]bool
 	if lazy {
 		needed = map[string]bool{r.userID: true}
@@ -441,12 +462,14 @@ func (s *Service) roomState(ctx context.Context, r *request, roomID string, from
 		if !sf.MatchesEvent(roomID, ev.Type(), ev.Sender(), ev.Content()) {
 			continue
 		}
-		if lazy && ev.Type() == "m.room.member" {
+		if lazy && ev.Type() == "m.room.member" && !inGap[ev.EventID()] {
 			u := *ev.StateKey()
 			if !needed[u] {
 				continue
 			}
-			if !r.filter.IncludeRedundantMembers() && u != r.userID && s.lazy.sent(r.userID, r.deviceID, roomID, u, e.Event.EventID()) {
+			// The user's own member event is always sent with full state
+			// (the spec's MUST); otherwise it is redundant like any other.
+			if !r.filter.IncludeRedundantMembers() && !(full && u == r.userID) && s.lazy.sent(r.userID, r.deviceID, roomID, u, e.Event.EventID()) {
 				continue
 			}
 		}
@@ -455,12 +478,12 @@ func (s *Service) roomState(ctx context.Context, r *request, roomID string, from
 	if lazy && !r.filter.IncludeRedundantMembers() {
 		for _, e := range out {
 			if e.Event.Type() == "m.room.member" {
-				s.lazy.remember(r.userID, r.deviceID, roomID, *e.Event.StateKey(), e.Event.EventID())
+				r.lazySent = append(r.lazySent, lazyEntry{roomID, *e.Event.StateKey(), e.Event.EventID()})
 			}
 		}
 		for _, e := range timeline {
 			if e.Event.Type() == "m.room.member" && e.Event.StateKey() != nil {
-				s.lazy.remember(r.userID, r.deviceID, roomID, *e.Event.StateKey(), e.Event.EventID())
+				r.lazySent = append(r.lazySent, lazyEntry{roomID, *e.Event.StateKey(), e.Event.EventID()})
 			}
 		}
 	}

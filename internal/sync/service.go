@@ -88,7 +88,10 @@ func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (
 	}
 	if r.since == nil {
 		s.lazy.reset(req.UserID, req.DeviceID)
-	} else if req.DeviceID != "" {
+	} else {
+		s.lazy.ack(req.UserID, req.DeviceID, p.Since)
+	}
+	if r.since != nil && req.DeviceID != "" {
 		// The client presenting since proves it received every to-device
 		// message up to since: delete them (exactly-once delivery).
 		if err := s.ToDevice.Ack(ctx, req.UserID, req.DeviceID, r.since.ToDevice); err != nil {

@@ -90,6 +90,9 @@ type Options struct {
 	// time.After). Tests substitute a manual clock for it and Now so that
 	// expiry fires exactly when they advance time.
 	After func(d time.Duration) <-chan time.Time
+	// Start, when set, is the first position (tests); by default positions
+	// start from the clock so a restarted writer never reuses old ones.
+	Start *int64
 }
 
 // Service is the local writer of the typing stream and its read side.
@@ -148,6 +151,16 @@ func NewService(reg *streams.Registry, opts Options, log *slog.Logger) (*Service
 	if s.after == nil {
 		s.after = time.After
 	}
+	// Positions live in memory, so a restarted writer must not count again
+	// from where an earlier run started: clients hold tokens with the old
+	// positions and would miss every change until the counter passed them.
+	// Starting from the clock (in 1/1000 ms, room for a thousand changes a
+	// millisecond) puts every run above the last one.
+	s.pos = s.now().UnixMilli() * 1000
+	if opts.Start != nil {
+		s.pos = *opts.Start
+	}
+	reg.Advance(streams.Typing, reg.Instance(), s.pos)
 	return s, nil
 }
 

@@ -74,7 +74,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	clock := newClock()
-	svc, err := typing.NewService(reg, typing.Options{Now: clock.Now, After: clock.After}, nil)
+	svc, err := typing.NewService(reg, typing.Options{Now: clock.Now, After: clock.After, Start: new(int64)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
