@@ -194,8 +194,15 @@ func (b *Bus) session(ctx context.Context) error {
 		}
 	}
 	lastPing := time.Now()
+	// Closing the subscription is what interrupts a blocked receive when
+	// the process stops.
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
+	defer stop()
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, 10*time.Second)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {

@@ -276,6 +276,42 @@ func (r *Registry) WaitForWriter(ctx context.Context, name Name, writer string, 
 	}
 }
 
+// WaitForCurrent blocks until the stream's current (minimum) position
+// reaches pos or ctx ends.
+func (r *Registry) WaitForCurrent(ctx context.Context, name Name, pos int64) error {
+	s := r.get(name)
+	for {
+		r.mu.Lock()
+		reached := s.currentLocked() >= pos
+		ch := s.changed
+		r.mu.Unlock()
+		if reached {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s to reach %d: %w", name, pos, ctx.Err())
+		}
+	}
+}
+
+// WaitForToken waits until every stream of t is readable here: a client
+// whose last sync was served by a process further ahead must not see time
+// go backwards on this one.
+func (r *Registry) WaitForToken(ctx context.Context, t Token) error {
+	for i, f := range t.fields() {
+		name := tokenStreams[i]
+		if d, _ := r.Def(name); d.Storage == InMemory {
+			continue // in-memory positions reset with their writer; sync copes
+		}
+		if err := r.WaitForCurrent(ctx, name, *f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Changed returns a channel closed at the stream's next advance.
 func (r *Registry) Changed(name Name) <-chan struct{} {
 	s := r.get(name)

@@ -38,10 +38,13 @@ type Service struct {
 	lazy  *lazyCache
 	// maxTimeout bounds a long-poll whatever the client asks.
 	maxTimeout time.Duration
+	// catchUpWait bounds the wait for replication when a client's token
+	// is ahead of this process.
+	catchUpWait time.Duration
 }
 
 func NewService(d Deps, log *slog.Logger) *Service {
-	return &Service{Deps: d, store: d.Rooms.Store(), log: log, lazy: newLazyCache(10000), maxTimeout: 5 * time.Minute}
+	return &Service{Deps: d, store: d.Rooms.Store(), log: log, lazy: newLazyCache(10000), maxTimeout: 5 * time.Minute, catchUpWait: 10 * time.Second}
 }
 
 // Params are /sync's query parameters.
@@ -99,6 +102,22 @@ func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (
 		}
 	}
 
+	if r.since != nil {
+		if now := s.Registry.CurrentToken(); r.since.Ahead(now) {
+			// The token came from a process further ahead (or from before
+			// a restart of an in-memory writer). Wait, bounded, for
+			// replication to catch up rather than answer from the past.
+			wctx, cancel := context.WithTimeout(ctx, s.catchUpWait)
+			err := s.Registry.WaitForToken(wctx, *r.since)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn("sync token ahead of this process; answering empty", "user_id", req.UserID, "since", p.Since, "now", now.String())
+				resp := newResponse()
+				resp.NextBatch = p.Since
+				return resp, nil
+			}
+		}
+	}
 	timeout := min(p.Timeout, s.maxTimeout)
 	var deadline <-chan time.Time
 	if r.since != nil && timeout > 0 {
