@@ -121,6 +121,9 @@ func (p *Process) wire(ctx context.Context) error {
 		return err
 	}
 	p.reg = reg
+	if err := loadWriterPositions(ctx, db, reg); err != nil {
+		return err
+	}
 	rl := func(r config.RateLimit) *ratelimit.Limiter {
 		return ratelimit.New(ratelimit.Rule{PerSecond: r.PerSecond, BurstCount: r.BurstCount}, nil)
 	}
@@ -583,4 +586,33 @@ func (p *Process) savePositions(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// loadWriterPositions starts this process's view of other writers at the
+// positions they last saved, so a process answering before its first
+// replication handshake does not serve a stream from position 0. Saved
+// positions lag but are never ahead of what is committed; replication
+// brings them up to date.
+func loadWriterPositions(ctx context.Context, db *storage.DB, reg *streams.Registry) error {
+	rows, err := db.Reader().QueryContext(ctx, `SELECT stream_name, instance_name, stream_id FROM stream_positions`)
+	if err != nil {
+		return fmt.Errorf("load stream positions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, instance string
+		var pos int64
+		if err := rows.Scan(&name, &instance, &pos); err != nil {
+			return fmt.Errorf("load stream positions: %w", err)
+		}
+		n := streams.Name(name)
+		if !reg.Known(n) || instance == reg.Instance() {
+			continue
+		}
+		if d, _ := reg.Def(n); d.Storage == streams.InMemory {
+			continue
+		}
+		reg.Advance(n, instance, pos)
+	}
+	return rows.Err()
 }
