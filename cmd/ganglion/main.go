@@ -29,6 +29,14 @@ Commands:
                      ganglion generate-config --server-name example.org --config-path homeserver.yaml
   register         create a user through the shared-secret admin API
                      ganglion register -c homeserver.yaml --user alice --password secret [--admin]
+  up               start and supervise a whole fleet on this host from a deployment file
+                     ganglion up -c deployment.yaml
+                     ganglion up -c deployment.yaml --generate-only DIR   (only write the per-instance configs)
+  status           ask every instance of a fleet for its role, uptime, Redis link and stream lag
+                     ganglion status -c deployment.yaml [--json]
+                     ganglion status -c homeserver.yaml [-c more.yaml ...] [--json]   (instances from instance_map)
+  generate         write units for a service manager
+                     ganglion generate systemd -c deployment.yaml [--out DIR] [--binary PATH] [--user USER] [--env-file FILE]
 `
 
 func main() {
@@ -46,6 +54,12 @@ func main() {
 		err = generateConfig(os.Args[2:], os.Stdout)
 	case "register":
 		err = register(ctx, os.Args[2:], os.Stdout)
+	case "up":
+		err = up(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	case "status":
+		err = status(ctx, os.Args[2:], os.Stdout)
+	case "generate":
+		err = generate(os.Args[2:], os.Stdout)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return

@@ -40,6 +40,7 @@ type Replicator struct {
 	mu        sync.Mutex
 	connected map[streams.Name]bool          // a POSITION for the stream was applied on this connection
 	batches   map[string][]streams.Row       // "stream writer" → rows waiting for their token
+	dropped   map[string]bool                // "stream writer" → a batch row was dropped before connecting
 	lastSent  map[streams.Name]int64         // published up to, per stream written here
 	published map[streams.Name]chan struct{} // nudges a stream's publisher
 }
@@ -49,7 +50,7 @@ func NewReplicator(bus *Bus, reg *streams.Registry, log *slog.Logger) *Replicato
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	r := &Replicator{bus: bus, reg: reg, instance: reg.Instance(), processID: hex.EncodeToString(b), log: log,
-		connected: map[streams.Name]bool{}, batches: map[string][]streams.Row{}, lastSent: map[streams.Name]int64{},
+		connected: map[streams.Name]bool{}, batches: map[string][]streams.Row{}, dropped: map[string]bool{}, lastSent: map[streams.Name]int64{},
 		published: map[streams.Name]chan struct{}{}}
 	bus.OnCommand(r.handle)
 	bus.OnConnect(r.handshake)
@@ -87,6 +88,7 @@ func (r *Replicator) handshake(ctx context.Context) []Command {
 	r.mu.Lock()
 	r.connected = map[streams.Name]bool{}
 	r.batches = map[string][]streams.Row{}
+	r.dropped = map[string]bool{}
 	r.mu.Unlock()
 	var cmds []Command
 	if r.SyncingUsers != nil {
@@ -236,7 +238,12 @@ func (r *Replicator) onRData(ctx context.Context, c RData) {
 	r.mu.Lock()
 	if !r.connected[name] {
 		// Until a POSITION for the stream arrives on this connection we do
-		// not know what we missed; that POSITION will catch us up.
+		// not know what we missed; that POSITION will catch us up. A
+		// dropped batch row is remembered: the batch's last row may arrive
+		// after the POSITION, and applying it alone would lose the rest.
+		if c.Batch {
+			r.dropped[key] = true
+		}
 		r.mu.Unlock()
 		return
 	}
@@ -247,9 +254,18 @@ func (r *Replicator) onRData(ctx context.Context, c RData) {
 	}
 	rows := append(r.batches[key], streams.Row{Data: c.Row})
 	delete(r.batches, key)
+	partial := r.dropped[key]
+	delete(r.dropped, key)
 	r.mu.Unlock()
-	if c.Token <= r.reg.WriterPosition(name, c.Instance) {
+	cur := r.reg.WriterPosition(name, c.Instance)
+	if c.Token <= cur {
 		return // already have it (caught up from the source)
+	}
+	if partial {
+		if err := r.catchUp(ctx, name, src, c.Instance, cur, c.Token); err != nil {
+			r.log.Warn("catch-up failed", "stream", name, "writer", c.Instance, "err", err)
+		}
+		return
 	}
 	var keys []string
 	for _, row := range rows {

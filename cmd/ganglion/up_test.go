@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"ganglion/internal/storage/storagetest"
+)
+
+// envTestRedis names the Redis the fleet tests use (redis://host:port/db).
+const envTestRedis = "GANGLION_TEST_REDIS"
+
+func testRedisURL(t *testing.T) string {
+	t.Helper()
+	u := os.Getenv(envTestRedis)
+	if u != "" {
+		return u
+	}
+	msg := envTestRedis + " is not set: no Redis to run a fleet against (scripts/test starts one)"
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// buildGanglion builds this command into a temporary directory. The
+// caller's go test already holds any build lock, so none is taken here.
+func buildGanglion(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "ganglion")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+func healthy(port int) bool {
+	c := &http.Client{Timeout: time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/health", port))
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func startedPIDs(log, instance string) []int {
+	re := regexp.MustCompile(`msg="started instance" instance=` + regexp.QuoteMeta(instance) + ` pid=(\d+)`)
+	var out []int
+	for _, m := range re.FindAllStringSubmatch(log, -1) {
+		n, _ := strconv.Atoi(m[1])
+		out = append(out, n)
+	}
+	return out
+}
+
+// TestUpRunsAndSupervisesAFleet runs `ganglion up` for real: main and one
+// worker against PostgreSQL and Redis, `ganglion status`, a worker killed
+// with SIGKILL and restarted, and a clean SIGTERM shutdown.
+func TestUpRunsAndSupervisesAFleet(t *testing.T) {
+	redisURL := testRedisURL(t)
+	dbURL := storagetest.NewPostgresDatabase(t)
+	bin := buildGanglion(t)
+
+	dir := t.TempDir()
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	// The server name is the Redis channel: unique, so parallel runs on one
+	// Redis do not hear each other.
+	serverName := "up-" + hex.EncodeToString(rnd[:]) + ".test"
+	shared := fmt.Sprintf(`server_name: %s
+database: {name: psycopg2, args: {host: placeholder.invalid, database: overridden_by_env}}
+redis: {enabled: true}
+worker_replication_secret: up-test-secret
+signing_key_path: signing.key
+bcrypt_rounds: 4
+`, serverName)
+	mainRepl, workerClient, workerRepl := freePort(t), freePort(t), freePort(t)
+	deployment := fmt.Sprintf(`config: [homeserver.yaml]
+instances:
+  - name: main
+    listeners: [{port: %d, resources: [replication, metrics]}]
+  - name: worker1
+    app: synapse.app.generic_worker
+    listeners: [{port: %d, resources: [client]}, {port: %d, resources: [replication, metrics]}]
+    stream_writers: [typing]
+restart: {min_backoff: 100ms, max_backoff: 1s}
+startup_timeout: 90s
+stop_timeout: 15s
+`, mainRepl, workerClient, workerRepl)
+	for name, data := range map[string]string{"homeserver.yaml": shared, "deployment.yaml": deployment} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	depPath := filepath.Join(dir, "deployment.yaml")
+	env := append(os.Environ(), "GANGLION_DATABASE_URL="+dbURL, "GANGLION_REDIS_URL="+redisURL)
+
+	var stdout, stderr syncBuffer
+	up := exec.Command(bin, "up", "-c", depPath)
+	up.Env, up.Stdout, up.Stderr = env, &stdout, &stderr
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- up.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case <-exited:
+		default:
+			_ = up.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(30 * time.Second):
+				_ = up.Process.Kill()
+				<-exited
+			}
+		}
+		if t.Failed() {
+			t.Logf("ganglion up stderr:\n%s\nstdout:\n%s", stderr.String(), stdout.String())
+		}
+	})
+
+	eventually(t, 120*time.Second, "main and worker1 healthy", func() bool {
+		return healthy(mainRepl) && healthy(workerClient) && healthy(workerRepl)
+	})
+
+	// status, from the deployment file: both up, as JSON and as a table.
+	statusCmd := func(args ...string) (string, error) {
+		cmd := exec.Command(bin, append([]string{"status", "-c", depPath}, args...)...)
+		cmd.Env = env
+		out, err := cmd.Output()
+		return string(out), err
+	}
+	var reports []struct {
+		Instance string `json:"instance"`
+		Up       bool   `json:"up"`
+		Status   struct {
+			Role        string   `json:"role"`
+			WrittenHere []string `json:"written_here"`
+		} `json:"status"`
+	}
+	eventually(t, 30*time.Second, "status reports both up", func() bool {
+		out, err := statusCmd("--json")
+		if err != nil {
+			return false
+		}
+		if err := json.Unmarshal([]byte(out), &reports); err != nil {
+			t.Fatalf("status --json: %v\n%s", err, out)
+		}
+		return len(reports) == 2 && reports[0].Up && reports[1].Up
+	})
+	if reports[0].Instance != "main" || reports[0].Status.Role != "main" || reports[1].Instance != "worker1" ||
+		reports[1].Status.Role != "generic_worker" || !strings.Contains(strings.Join(reports[1].Status.WrittenHere, ","), "typing") {
+		t.Errorf("status reports %+v", reports)
+	}
+	table, err := statusCmd()
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, table)
+	}
+	if !regexp.MustCompile(`(?m)^worker1\s+generic_worker\s+up\s`).MatchString(table) ||
+		!regexp.MustCompile(`(?m)^typing\s+worker1\s`).MatchString(table) {
+		t.Errorf("status table:\n%s", table)
+	}
+
+	// Kill the worker; the supervisor must bring it back.
+	mainPIDs, workerPIDs := startedPIDs(stderr.String(), "main"), startedPIDs(stderr.String(), "worker1")
+	if len(mainPIDs) != 1 || len(workerPIDs) != 1 {
+		t.Fatalf("pids: main %v worker1 %v", mainPIDs, workerPIDs)
+	}
+	if err := syscall.Kill(workerPIDs[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "worker1 restarted and healthy", func() bool {
+		return len(startedPIDs(stderr.String(), "worker1")) == 2 && healthy(workerClient)
+	})
+	if !strings.Contains(stderr.String(), `msg="instance exited; restarting" instance=worker1 err="signal: killed"`) {
+		t.Errorf("restart not logged")
+	}
+	for _, want := range []string{"main    | ", "worker1 | "} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("stdout has no line prefixed %q", want)
+		}
+	}
+
+	// SIGTERM: every child stops, up exits 0.
+	if err := up.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err // for the cleanup
+		if err != nil {
+			t.Fatalf("ganglion up exited with %v", err)
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatal("ganglion up did not exit after SIGTERM")
+	}
+	for _, pid := range append(mainPIDs, startedPIDs(stderr.String(), "worker1")...) {
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("child %d still running after up exited (kill 0: %v)", pid, err)
+		}
+	}
+	if healthy(mainRepl) || healthy(workerClient) {
+		t.Error("a listener still answers after up exited")
+	}
+	// With the fleet gone, status says so and fails.
+	out, err := statusCmd("--timeout", "300ms")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !regexp.MustCompile(`(?m)^main\s+main\s+down`).MatchString(out) {
+		t.Errorf("status of a stopped fleet: %v\n%s", err, out)
+	}
+}

@@ -1,0 +1,415 @@
+package fleet
+
+import (
+	"bytes"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"ganglion/internal/config"
+)
+
+// Shared holds the fleet-wide keys that the shared config files already
+// set. A nil field means the files leave that key unset, so the overlay
+// generates it.
+type Shared struct {
+	InstanceMap   map[string]config.InstanceLocation
+	StreamWriters map[string][]string
+}
+
+// ReadShared reads instance_map and stream_writers from the shared config
+// files, later files overriding earlier ones entry by entry as config.Load
+// merges them.
+func ReadShared(paths []string) (Shared, error) {
+	var s Shared
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return Shared{}, fmt.Errorf("read shared config: %w", err)
+		}
+		var doc struct {
+			InstanceMap   map[string]config.InstanceLocation `yaml:"instance_map"`
+			StreamWriters map[string]config.StringList       `yaml:"stream_writers"`
+		}
+		if err := yaml.Unmarshal(data, &doc); err != nil {
+			return Shared{}, fmt.Errorf("read shared config %s: %w", p, err)
+		}
+		if doc.InstanceMap != nil && s.InstanceMap == nil {
+			s.InstanceMap = map[string]config.InstanceLocation{}
+		}
+		for k, v := range doc.InstanceMap {
+			s.InstanceMap[canonical(k)] = v
+		}
+		if doc.StreamWriters != nil && s.StreamWriters == nil {
+			s.StreamWriters = map[string][]string{}
+		}
+		for k, v := range doc.StreamWriters {
+			ws := make([]string, len(v))
+			for i, w := range v {
+				ws[i] = canonical(w)
+			}
+			s.StreamWriters[k] = ws
+		}
+	}
+	return s, nil
+}
+
+// canonical maps Synapse's "master" to "main".
+func canonical(name string) string {
+	if name == "master" {
+		return config.MainInstance
+	}
+	return name
+}
+
+// Plan is what `up` runs: the generated files and, per instance, how to
+// start and probe it.
+type Plan struct {
+	// Dir is where Files are to be written.
+	Dir       string
+	Files     []File
+	Instances []PlannedInstance
+}
+
+// File is one generated config file, named relative to Plan.Dir.
+type File struct {
+	Name string
+	Data []byte
+}
+
+// PlannedInstance is one process of the plan.
+type PlannedInstance struct {
+	Name string
+	Role string
+	// ConfigFiles are the -c arguments of `ganglion serve`, in order: the
+	// shared files, the overlay, the instance's own file.
+	ConfigFiles []string
+	// HealthURL is /health on the instance's first listener ("" if it has
+	// none).
+	HealthURL string
+	// Replication is the instance's entry in instance_map (nil without a
+	// replication listener).
+	Replication *config.InstanceLocation
+}
+
+// ServeArgs are the arguments after the binary that run the instance.
+func (p PlannedInstance) ServeArgs() []string {
+	args := []string{"serve"}
+	for _, f := range p.ConfigFiles {
+		args = append(args, "-c", f)
+	}
+	return args
+}
+
+// Generate turns a validated deployment into the overlay fleet.yaml (the
+// instance_map and stream_writers every instance shares) and one file per
+// instance (worker_app, worker_name, worker_listeners; listeners for
+// main), to be written into dir. Keys the shared config already sets are
+// left out of the overlay, after checking that they agree with the
+// deployment. It does no I/O.
+func Generate(d *Deployment, shared Shared, dir string) (*Plan, error) {
+	instanceMap := map[string]config.InstanceLocation{}
+	planned := make([]PlannedInstance, 0, len(d.Instances))
+	writers := map[string][]string{}
+	shared0 := d.ConfigPaths()
+	for _, in := range d.Instances {
+		pi := PlannedInstance{Name: in.Name, Role: in.Role(),
+			ConfigFiles: append(slices.Clone(shared0), filepath.Join(dir, OverlayFile), filepath.Join(dir, in.Name+".yaml"))}
+		if len(in.Listeners) > 0 {
+			l := in.Listeners[0]
+			pi.HealthURL = "http://" + net.JoinHostPort(connectHost(d.bind(l)), strconv.Itoa(l.Port)) + "/health"
+		}
+		if l, ok := in.replicationListener(); ok {
+			loc := config.InstanceLocation{Host: connectHost(d.bind(l)), Port: l.Port}
+			instanceMap[in.Name] = loc
+			pi.Replication = &loc
+		}
+		for _, s := range in.StreamWriters {
+			writers[s] = append(writers[s], in.Name)
+		}
+		planned = append(planned, pi)
+	}
+
+	var ps problems
+	overlay := overlayDoc{}
+	if shared.InstanceMap == nil {
+		overlay.InstanceMap = map[string]locationDoc{}
+		for name, loc := range instanceMap {
+			overlay.InstanceMap[name] = locationDoc{Host: loc.Host, Port: loc.Port}
+		}
+	} else {
+		compareInstanceMap(&ps, shared.InstanceMap, instanceMap)
+	}
+	if shared.StreamWriters == nil {
+		overlay.StreamWriters = writersDoc{
+			Events: writers[config.StreamEvents], Typing: writers[config.StreamTyping],
+			ToDevice: writers[config.StreamToDevice], AccountData: writers[config.StreamAccountData],
+			Receipts: writers[config.StreamReceipts], Presence: writers[config.StreamPresence],
+			PushRules: writers[config.StreamPushRules], DeviceLists: writers[config.StreamDeviceLists],
+		}
+	} else {
+		compareWriters(&ps, shared.StreamWriters, writers)
+	}
+	if len(ps) > 0 {
+		return nil, fmt.Errorf("the shared config disagrees with %s; fix it, or remove those keys from the shared "+
+			"config and let the deployment generate them:\n%w", d.File, &config.ValidationError{Problems: ps})
+	}
+
+	header := fmt.Sprintf("# Generated by `ganglion up` from %s; do not edit: change the deployment file and regenerate.\n", d.File)
+	files := []File{}
+	data, err := render(header, overlay)
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, File{Name: OverlayFile, Data: data})
+	for _, in := range d.Instances {
+		ls := make([]listenerDoc, len(in.Listeners))
+		for i, l := range in.Listeners {
+			ls[i] = listenerDoc{Type: "http", Port: l.Port, BindAddresses: []string{d.bind(l)}, XForwarded: l.XForwarded,
+				Resources: []resourceDoc{{Names: slices.Clone(l.Resources)}}}
+		}
+		var doc any
+		if in.IsMain() {
+			doc = mainDoc{Listeners: ls}
+		} else {
+			doc = workerDoc{App: in.Role(), Name: in.Name, Listeners: ls}
+		}
+		data, err := render(header, doc)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, File{Name: in.Name + ".yaml", Data: data})
+	}
+	return &Plan{Dir: dir, Files: files, Instances: planned}, nil
+}
+
+func (d *Deployment) bind(l Listener) string {
+	if l.BindAddress != "" {
+		return l.BindAddress
+	}
+	return d.BindAddress
+}
+
+// connectHost is where to connect to reach a listener bound to addr: the
+// loopback address for a wildcard bind (the fleet shares one host).
+func connectHost(addr string) string {
+	switch addr {
+	case "0.0.0.0", "":
+		return "127.0.0.1"
+	case "::":
+		return "::1"
+	}
+	return addr
+}
+
+func compareInstanceMap(ps *problems, shared, want map[string]config.InstanceLocation) {
+	for _, name := range slices.Sorted(maps.Keys(want)) {
+		w := want[name]
+		got, ok := shared[name]
+		switch {
+		case !ok:
+			ps.add("instance_map."+name, "missing from the shared config; the deployment gives %s", fmtLoc(w))
+		case got.Host != w.Host || got.Port != w.Port || got.Path != "" || got.TLS:
+			ps.add("instance_map."+name, "the shared config says %s, the deployment gives %s", fmtLoc(got), fmtLoc(w))
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(shared)) {
+		if _, ok := want[name]; !ok {
+			ps.add("instance_map."+name, "in the shared config but not an instance of the deployment with a replication listener")
+		}
+	}
+}
+
+func fmtLoc(l config.InstanceLocation) string {
+	if l.Path != "" {
+		return "unix:" + l.Path
+	}
+	s := net.JoinHostPort(l.Host, strconv.Itoa(l.Port))
+	if l.TLS {
+		s += " (tls)"
+	}
+	return s
+}
+
+func compareWriters(ps *problems, shared, want map[string][]string) {
+	orMain := func(ws []string) []string {
+		if ws == nil {
+			return []string{config.MainInstance}
+		}
+		return ws
+	}
+	for _, s := range streamNames() {
+		got, w := orMain(shared[s]), orMain(want[s])
+		if !slices.Equal(got, w) {
+			ps.add("stream_writers."+s, "the shared config says [%s], the deployment says [%s]",
+				strings.Join(got, ", "), strings.Join(w, ", "))
+		}
+	}
+}
+
+// The documents written, with keys in a readable order.
+type (
+	overlayDoc struct {
+		InstanceMap   map[string]locationDoc `yaml:"instance_map,omitempty"`
+		StreamWriters writersDoc             `yaml:"stream_writers,omitempty"`
+	}
+	locationDoc struct {
+		Host string `yaml:"host"`
+		Port int    `yaml:"port"`
+	}
+	writersDoc struct {
+		Events      []string `yaml:"events,omitempty"`
+		Typing      []string `yaml:"typing,omitempty"`
+		ToDevice    []string `yaml:"to_device,omitempty"`
+		AccountData []string `yaml:"account_data,omitempty"`
+		Receipts    []string `yaml:"receipts,omitempty"`
+		Presence    []string `yaml:"presence,omitempty"`
+		PushRules   []string `yaml:"push_rules,omitempty"`
+		DeviceLists []string `yaml:"device_lists,omitempty"`
+	}
+	mainDoc struct {
+		Listeners []listenerDoc `yaml:"listeners"`
+	}
+	workerDoc struct {
+		App       string        `yaml:"worker_app"`
+		Name      string        `yaml:"worker_name"`
+		Listeners []listenerDoc `yaml:"worker_listeners"`
+	}
+	listenerDoc struct {
+		Type          string        `yaml:"type"`
+		Port          int           `yaml:"port"`
+		BindAddresses []string      `yaml:"bind_addresses"`
+		XForwarded    bool          `yaml:"x_forwarded,omitempty"`
+		Resources     []resourceDoc `yaml:"resources"`
+	}
+	resourceDoc struct {
+		Names []string `yaml:"names"`
+	}
+)
+
+// render writes doc as YAML after header, one listener or instance per
+// line (flow style), as hand-written worker files usually are.
+func render(header string, doc any) ([]byte, error) {
+	var n yaml.Node
+	if err := n.Encode(doc); err != nil {
+		return nil, fmt.Errorf("encode generated config: %w", err)
+	}
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			v := n.Content[i+1]
+			switch v.Kind {
+			case yaml.SequenceNode:
+				for _, item := range v.Content {
+					item.Style = yaml.FlowStyle
+				}
+			case yaml.MappingNode:
+				for j := 1; j < len(v.Content); j += 2 {
+					v.Content[j].Style = yaml.FlowStyle
+				}
+			}
+		}
+	}
+	var b bytes.Buffer
+	b.WriteString(header)
+	if n.Kind == yaml.MappingNode && len(n.Content) == 0 {
+		b.WriteString("# (nothing: the shared config sets instance_map and stream_writers)\n")
+		return b.Bytes(), nil
+	}
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(&n); err != nil {
+		return nil, fmt.Errorf("encode generated config: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("encode generated config: %w", err)
+	}
+	return b.Bytes(), nil
+}
+
+// WriteFiles writes the plan's files into p.Dir, each atomically, so a
+// process starting meanwhile never reads half a file.
+func WriteFiles(p *Plan) error {
+	if err := os.MkdirAll(p.Dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", p.Dir, err)
+	}
+	for _, f := range p.Files {
+		path := filepath.Join(p.Dir, f.Name)
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, f.Data, 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// Prepare loads the deployment file at path, reads the shared config files
+// it names and plans the fleet with its files to be written into dir (""
+// means the deployment's run_dir).
+func Prepare(path, dir string) (*Deployment, *Plan, error) {
+	d, err := Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	shared, err := ReadShared(d.ConfigPaths())
+	if err != nil {
+		return nil, nil, err
+	}
+	if dir == "" {
+		dir = d.RunDirPath()
+	}
+	p, err := Generate(d, shared, dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return d, p, nil
+}
+
+// LoadConfigs loads every instance's config set, as `ganglion serve` will,
+// from the written plan files; env is usually os.Getenv. It reports the
+// problems of all instances at once.
+func LoadConfigs(p *Plan, env func(string) string) (map[string]*config.Config, error) {
+	out := map[string]*config.Config{}
+	var errs []string
+	for _, in := range p.Instances {
+		cfg, err := config.Load(in.ConfigFiles, env)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("instance %s (%s):\n%s", in.Name,
+				strings.Join(in.ConfigFiles, " + "), indent(err.Error())))
+			continue
+		}
+		out[in.Name] = cfg
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("generated configs do not load:\n%s", strings.Join(errs, "\n"))
+	}
+	return out, nil
+}
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
+}
+
+// IsDeployment reports whether the YAML file at path is a deployment file
+// (it has a top-level instances key) rather than a homeserver config.
+func IsDeployment(path string) (bool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", path, err)
+	}
+	var top map[string]yaml.Node
+	if err := yaml.Unmarshal(data, &top); err != nil {
+		return false, fmt.Errorf("parse %s: %w", path, err)
+	}
+	_, ok := top["instances"]
+	return ok, nil
+}
