@@ -43,6 +43,9 @@ func (ps *problems) add(path, format string, args ...any) {
 }
 
 // knownResources are the listener resource names Ganglion serves.
+// KnownResources lists the listener resource names Ganglion accepts.
+func KnownResources() []string { return knownResources() }
+
 func knownResources() []string {
 	return []string{"client", "federation", "media", "keys", "replication",
 		"metrics", "health", "static", "openid"}

@@ -197,12 +197,8 @@ func (in Instance) replicationListener() (Listener, bool) {
 	return Listener{}, false
 }
 
-// knownResources mirrors the listener resources config.Validate accepts.
-// TODO: use an exported list from internal/config once it has one.
-func knownResources() []string {
-	return []string{"client", "federation", "media", "keys", "replication",
-		"metrics", "health", "static", "openid"}
-}
+// knownResources are the listener resources config.Validate accepts.
+func knownResources() []string { return config.KnownResources() }
 
 // writerStreams are the streams that take writers, in config order, and
 // whether several instances may write each.
