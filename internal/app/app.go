@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -354,6 +355,12 @@ func (p *Process) wire(ctx context.Context) error {
 		mux.Handle(replication.PathPrefix, rpcServer)
 	}
 	mux.Handle("GET /metrics", http.HandlerFunc(p.serveMetrics))
+	// Profiles for finding slow paths under load (bench -pprof); only on
+	// listeners with the metrics resource, like the metrics themselves.
+	mux.Handle("GET /debug/pprof/", http.HandlerFunc(pprof.Index))
+	mux.Handle("GET /debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+	mux.Handle("GET /debug/pprof/trace", http.HandlerFunc(pprof.Trace))
+	mux.Handle("GET /debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
 	p.handler = mux
 	p.runners = append(p.runners, p.savePositions)
 	return nil
@@ -404,7 +411,7 @@ func resourceOf(path string) string {
 		return "media"
 	case strings.HasPrefix(path, "/_synapse/replication"):
 		return "replication"
-	case path == "/metrics" || strings.HasPrefix(path, "/_synapse/metrics"):
+	case path == "/metrics" || strings.HasPrefix(path, "/_synapse/metrics") || strings.HasPrefix(path, "/debug/pprof/"):
 		return "metrics"
 	case path == "/health":
 		return "health"
