@@ -44,3 +44,23 @@ func TestParseErrors(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseFilter(f *testing.F) {
+	for _, s := range []string{`{}`, `{"room":{"timeline":{"limit":5,"types":["m.*"]},"state":{"lazy_load_members":true}}}`,
+		`{"presence":{"not_senders":["@a:b"]}}`, `{"room":{"rooms":["!a:b"],"include_leave":true}}`, `[]`, `{"event_format":"x"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		flt, err := filters.Parse(raw)
+		if err != nil {
+			return
+		}
+		// A filter that parsed must be usable without panicking.
+		_ = flt.RoomAllowed("!r:x")
+		_ = flt.Timeline().MatchesEvent("!r:x", "m.room.message", "@u:x", []byte(`{"url":"mxc://a/b"}`))
+		_ = flt.State().MatchesEvent("!r:x", "m.room.member", "@u:x", nil)
+		_ = flt.PresenceFilter().Matches("m.presence", "@u:x")
+		_ = flt.TimelineLimit(10)
+		_ = flt.LazyLoadMembers()
+	})
+}

@@ -326,3 +326,21 @@ func TestPersisterResumesPositionAfterRestart(t *testing.T) {
 		}
 	})
 }
+
+func FuzzParseRoomToken(f *testing.F) {
+	for _, s := range []string{"s12", "t3-45", "s9_1_2", "m5~1.7", "", "s-1", "t-"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, tok string) {
+		pos, err := rooms.ParseRoomToken(tok)
+		if err != nil {
+			return
+		}
+		if pos < 0 {
+			t.Fatalf("%q parsed to negative %d", tok, pos)
+		}
+		if back, err := rooms.ParseRoomToken(rooms.FormatRoomToken(pos)); err != nil || back != pos {
+			t.Fatalf("%q → %d does not round-trip: %d %v", tok, pos, back, err)
+		}
+	})
+}
