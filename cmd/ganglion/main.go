@@ -35,8 +35,11 @@ Commands:
   status           ask every instance of a fleet for its role, uptime, Redis link and stream lag
                      ganglion status -c deployment.yaml [--json]
                      ganglion status -c homeserver.yaml [-c more.yaml ...] [--json]   (instances from instance_map)
-  generate         write units for a service manager
+  generate         write units for a service manager, or an nginx config equivalent to route
                      ganglion generate systemd -c deployment.yaml [--out DIR] [--binary PATH] [--user USER] [--env-file FILE]
+                     ganglion generate nginx -c shared.yaml [-c router.yaml ...] [--out FILE]
+  route            run the built-in reverse proxy in front of a fleet (router: section of the config)
+                     ganglion route -c shared.yaml [-c router.yaml ...]
 `
 
 func main() {
@@ -59,7 +62,13 @@ func main() {
 	case "status":
 		err = status(ctx, os.Args[2:], os.Stdout)
 	case "generate":
-		err = generate(os.Args[2:], os.Stdout)
+		if len(os.Args) > 2 && os.Args[2] == "nginx" {
+			err = generateNginx(os.Args[3:], os.Stdout)
+		} else {
+			err = generate(os.Args[2:], os.Stdout)
+		}
+	case "route":
+		err = route(ctx, os.Args[2:])
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return

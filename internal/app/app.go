@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -125,6 +126,11 @@ func (p *Process) wire(ctx context.Context) error {
 	if err := loadWriterPositions(ctx, db, reg); err != nil {
 		return err
 	}
+	ids, err := instanceIDs(ctx, db, reg.Writers(streams.Events))
+	if err != nil {
+		return err
+	}
+	reg.SetInstanceIDs(ids)
 	rl := func(r config.RateLimit) *ratelimit.Limiter {
 		return ratelimit.New(ratelimit.Rule{PerSecond: r.PerSecond, BurstCount: r.BurstCount}, nil)
 	}
@@ -163,6 +169,16 @@ func (p *Process) wire(ctx context.Context) error {
 	reg.SetSource(streams.Caches, inv)
 	inv.Register(accounts.TokenCacheName, acc.DropCachedTokens)
 	acc.SetInvalidator(inv)
+	if fleet {
+		inv.Serve(rpcServer)
+		var others []string
+		for name := range cfg.InstanceMap {
+			if name != instance && !(name == "master" && instance == "main") {
+				others = append(others, name)
+			}
+		}
+		inv.SetBroadcast(caches.Broadcaster(rpcClient, others, 2*time.Second, log))
+	}
 	p.positions = append(p.positions, inv)
 
 	// Events: the persister owns the rooms that hash to this instance.
@@ -622,4 +638,48 @@ func loadWriterPositions(ctx context.Context, db *storage.DB, reg *streams.Regis
 		reg.Advance(n, instance, pos)
 	}
 	return rows.Err()
+}
+
+// instanceIDs returns the vector-token ids of every known instance,
+// assigning ids to the given writers first. Several processes may start at
+// once: an insert that loses a race is retried.
+func instanceIDs(ctx context.Context, db *storage.DB, writers []string) (map[string]int, error) {
+	for _, w := range writers {
+		for attempt := 0; ; attempt++ {
+			err := db.Tx(ctx, func(tx *sql.Tx) error {
+				var id int
+				err := tx.QueryRowContext(ctx, `SELECT instance_id FROM instance_ids WHERE instance_name = $1`, w).Scan(&id)
+				if err == nil {
+					return nil
+				}
+				if !errors.Is(err, sql.ErrNoRows) {
+					return err
+				}
+				_, err = tx.ExecContext(ctx, `INSERT INTO instance_ids (instance_id, instance_name)
+					SELECT COALESCE(max(instance_id), 0) + 1, $1 FROM instance_ids`, w)
+				return err
+			})
+			if err == nil {
+				break
+			}
+			if !storage.IsUniqueViolation(err) || attempt >= 5 {
+				return nil, fmt.Errorf("assign instance id to %s: %w", w, err)
+			}
+		}
+	}
+	rows, err := db.Reader().QueryContext(ctx, `SELECT instance_name, instance_id FROM instance_ids`)
+	if err != nil {
+		return nil, fmt.Errorf("load instance ids: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var name string
+		var id int
+		if err := rows.Scan(&name, &id); err != nil {
+			return nil, err
+		}
+		out[name] = id
+	}
+	return out, rows.Err()
 }

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"ganglion/internal/replication"
 	"ganglion/internal/storage"
 	"ganglion/internal/streams"
 )
@@ -24,8 +25,9 @@ type Invalidator struct {
 	log *slog.Logger
 	now func() time.Time
 
-	mu       sync.Mutex
-	handlers map[string]func(keys []string) // cache name → drop keys (nil = all)
+	mu        sync.Mutex
+	handlers  map[string]func(keys []string) // cache name → drop keys (nil = all)
+	broadcast func(ctx context.Context, name string, keys []string)
 }
 
 // New starts this process's writer of the caches stream.
@@ -56,6 +58,13 @@ func (v *Invalidator) drop(name string, keys []string) {
 
 // Invalidate drops keys of the cache here and, through the stream, in
 // every other process. Call it after the change it covers has committed.
+//
+// The stream alone leaves a window of a few milliseconds in which another
+// worker still serves the old entry (Synapse #14210). For the caches we
+// keep that window matters (a revoked access token must not work on the
+// next request to another worker), so when a broadcast is wired the
+// invalidation is also pushed over HTTP replication to every instance it
+// can reach before Invalidate returns; the stream then covers the rest.
 func (v *Invalidator) Invalidate(ctx context.Context, name string, keys []string) error {
 	v.drop(name, keys)
 	var keysJSON sql.NullString
@@ -74,7 +83,58 @@ func (v *Invalidator) Invalidate(ctx context.Context, name string, keys []string
 	if err != nil {
 		return fmt.Errorf("publish invalidation of %s: %w", name, err)
 	}
+	if v.broadcast != nil {
+		v.broadcast(ctx, name, keys)
+	}
 	return nil
+}
+
+// SetBroadcast wires the synchronous push to other instances.
+func (v *Invalidator) SetBroadcast(f func(ctx context.Context, name string, keys []string)) {
+	v.broadcast = f
+}
+
+// InvalidateEndpoint applies an invalidation pushed by another instance.
+var InvalidateEndpoint = replication.Endpoint{Name: "invalidate_cache", PathArgs: []string{"cache"}}
+
+type invalidateBody struct {
+	Keys []string `json:"keys"`
+}
+
+// Serve registers the endpoint on this instance's replication server.
+func (v *Invalidator) Serve(srv *replication.Server) {
+	e := InvalidateEndpoint
+	e.Handle = func(ctx context.Context, req *replication.Request) (any, error) {
+		var b invalidateBody
+		if err := json.Unmarshal(req.Body, &b); err != nil {
+			return nil, fmt.Errorf("invalidate_cache: %w", err)
+		}
+		v.drop(req.Args["cache"], b.Keys)
+		return struct{}{}, nil
+	}
+	srv.Register(e)
+}
+
+// Broadcaster pushes invalidations to the given instances in parallel,
+// each bounded by timeout; an unreachable instance is left to the stream.
+func Broadcaster(client *replication.Client, instances []string, timeout time.Duration, log *slog.Logger) func(ctx context.Context, name string, keys []string) {
+	return func(ctx context.Context, name string, keys []string) {
+		var wg sync.WaitGroup
+		for _, inst := range instances {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cctx, cancel := context.WithTimeout(ctx, timeout)
+				defer cancel()
+				err := client.Call(cctx, inst, InvalidateEndpoint, map[string]string{"cache": name}, invalidateBody{Keys: keys}, nil,
+					replication.WithBudget(timeout), replication.WithStreamPositions())
+				if err != nil {
+					log.Debug("cache invalidation push failed; the caches stream will deliver it", "instance", inst, "cache", name, "err", err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
 }
 
 // Position is this process's position on the stream.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -95,43 +96,80 @@ func TestBinary(t *testing.T) {
 	}
 }
 
-// buildBinary builds ./cmd/ganglion into the test's temp directory.
+// builtBinary is the ganglion binary built once per test run, shared by
+// TestBinary and every fleet; TestMain removes its directory.
+var builtBinary struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// TestMain removes the binary built for the run.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBinary.dir != "" {
+		_ = os.RemoveAll(builtBinary.dir)
+	}
+	os.Exit(code)
+}
+
+// buildBinary builds ./cmd/ganglion once per test run and returns its
+// path.
 //
 // It runs go build without the shared build lock: the go command running
 // this test already holds it (scripts/test with GANGLION_GO_LOCK, or
 // `flock LOCK go test`), and flock on the same file would wait forever.
 func buildBinary(t *testing.T) string {
 	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("go is not on PATH: %v", err)
+	b := &builtBinary
+	b.once.Do(func() {
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			b.err = fmt.Errorf("go is not on PATH: %w", err)
+			return
+		}
+		root, err := findModuleRoot()
+		if err != nil {
+			b.err = err
+			return
+		}
+		const prefix = "ganglion-e2e-bin-"
+		removeStaleBinaryDirs(prefix)
+		if b.dir, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", prefix, os.Getpid())); err != nil {
+			b.err = err
+			return
+		}
+		out := filepath.Join(b.dir, "ganglion")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, "./cmd/ganglion")
+		cmd.Dir = root
+		if log, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build ./cmd/ganglion: %w\n%s", err, log)
+			return
+		}
+		b.path = out
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	root := moduleRoot(t)
-	out := filepath.Join(t.TempDir(), "ganglion")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, "./cmd/ganglion")
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/ganglion: %v\n%s", err, b)
-	}
-	return out
+	return b.path
 }
 
-// moduleRoot is the directory of go.mod above the package directory.
-func moduleRoot(t *testing.T) string {
-	t.Helper()
+// findModuleRoot is the directory of go.mod above the package directory.
+func findModuleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
-		t.Fatalf("getwd: %v", err)
+		return "", fmt.Errorf("getwd: %w", err)
 	}
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
+			return dir, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			t.Fatalf("no go.mod above the test directory")
+			return "", errors.New("no go.mod above the test directory")
 		}
 		dir = parent
 	}

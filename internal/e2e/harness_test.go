@@ -68,6 +68,12 @@ type server struct {
 	// request to: clients made before a restart keep working even if the
 	// restarted process had to take another port.
 	host atomic.Pointer[string]
+
+	// fleet is set for engine "fleet": url is worker1's client listener
+	// (where raw requests go), and each new client gets the next generic
+	// worker in turn. A fleet restarts on its own ports, so its transport
+	// needs no redirecting.
+	fleet *fleet
 }
 
 // followServer is the test clients' transport: it sends each request to
@@ -237,8 +243,14 @@ func tail(s string, n int) string {
 
 // startServer runs a Ganglion main process in-process on engine, stopped
 // (and its Run awaited) when the test ends.
+//
+// On engine "fleet" it starts a fleet of `ganglion serve` processes
+// instead (see fleet_test.go), stopped when the test ends.
 func startServer(t *testing.T, engine string, opts ...configOption) *server {
 	t.Helper()
+	if engine == engineFleet {
+		return startFleetServer(t, opts...)
+	}
 	dir := t.TempDir()
 	s := &server{
 		engine: engine,
@@ -327,19 +339,29 @@ func (s *server) launch(t testing.TB) {
 // restart stops the process (an orderly shutdown: positions saved, database
 // closed) and starts a new one on the same config and data. Nothing may be
 // in flight.
+//
+// A fleet restarts every process (SIGTERM, then start again on the same
+// ports and data).
 func (s *server) restart(t testing.TB) {
 	t.Helper()
+	if s.fleet != nil {
+		s.fleet.restart(t)
+		s.http.CloseIdleConnections()
+		return
+	}
 	s.stop(t)
 	// Connections to the old process are dead; do not let a request try one.
 	s.http.CloseIdleConnections()
 	s.launch(t)
 }
 
-// forEachEngine runs fn as subtests "sqlite" and "postgres", each with its
-// own freshly started server.
+// forEachEngine runs fn as subtests "sqlite", "postgres" and "fleet", each
+// with its own freshly started server: a monolith in-process on each
+// engine, then a fleet of real processes (main, two generic workers, two
+// event persisters, one stream writer) on PostgreSQL and Redis.
 func forEachEngine(t *testing.T, fn func(t *testing.T, srv *server), opts ...configOption) {
 	t.Helper()
-	for _, engine := range []string{engineSQLite, enginePostgres} {
+	for _, engine := range []string{engineSQLite, enginePostgres, engineFleet} {
 		t.Run(engine, func(t *testing.T) {
 			fn(t, startServer(t, engine, opts...))
 		})
@@ -359,9 +381,14 @@ func password(localpart string) string { return "pw-" + localpart + "-correct-ho
 func userID(localpart string) id.UserID { return id.NewUserID(localpart, serverName) }
 
 // client returns a mautrix client for the server with these credentials.
+// On a fleet, each new client talks to the next generic worker in turn.
 func (s *server) client(t testing.TB, user id.UserID, token string) *mautrix.Client {
 	t.Helper()
-	c, err := mautrix.NewClient(s.url, user, token)
+	base := s.url
+	if s.fleet != nil {
+		base = s.fleet.nextClientURL()
+	}
+	c, err := mautrix.NewClient(base, user, token)
 	if err != nil {
 		t.Fatalf("mautrix client: %v", err)
 	}
@@ -445,6 +472,11 @@ func truncate(b []byte) string {
 
 // do sends one raw request. path is appended to the base URL as is (the
 // caller escapes); token, if set, goes in the Authorization header.
+//
+// On a fleet raw requests all go to worker1: they include two-legged
+// exchanges (a UIA challenge and its answer, an admin-registration nonce
+// and its use) and rate-limit sequences whose buckets are per process, and
+// TestBadInput's errors must be the same on every deployment.
 func (s *server) do(t testing.TB, ctx context.Context, method, path, token string, body []byte) response {
 	t.Helper()
 	var rd io.Reader

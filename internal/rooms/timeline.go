@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"ganglion/internal/accounts"
+	"ganglion/internal/config"
 	"ganglion/internal/eventauth"
 	"ganglion/internal/filters"
 	"ganglion/internal/mxhttp"
@@ -84,7 +85,9 @@ func (s *Service) Messages(ctx context.Context, req *accounts.Requester, roomID 
 			return nil, err
 		}
 	} else if mr.Backwards {
-		from = s.reg.Current(streams.Events)
+		// The room's own persister's position: its events are readable up
+		// to there whatever other persisters do.
+		from = s.reg.WriterPosition(streams.Events, config.ShardFor(s.reg.Writers(streams.Events), roomID))
 		if m, err := s.store.MaxStreamOrdering(ctx, roomID); err == nil {
 			from = max(from, m)
 		}

@@ -42,6 +42,10 @@ type Def struct {
 	// MultiWriter streams may have several writers; their current position
 	// for a reader is the minimum over writers.
 	MultiWriter bool
+	// PerWriterReads streams are read per writer (each room's events come
+	// from one persister), so a row is readable as soon as its own writer
+	// has passed it: wake-ups are not held for the minimum.
+	PerWriterReads bool
 }
 
 // Registry is the one place streams are declared and their positions kept.
@@ -52,6 +56,8 @@ type Registry struct {
 	mu       sync.Mutex
 	streams  map[Name]*stream
 	notifier *Notifier
+	ids      map[string]int // events writer → id in vector tokens
+	names    map[int]string
 }
 
 type stream struct {
@@ -175,7 +181,7 @@ func (r *Registry) WakeAt(name Name, token int64, keys ...string) {
 	}
 	s := r.get(name)
 	r.mu.Lock()
-	if s.currentLocked() >= token {
+	if s.def.PerWriterReads || s.currentLocked() >= token {
 		r.mu.Unlock()
 		r.notifier.Wake(keys...)
 		return
@@ -305,6 +311,15 @@ func (r *Registry) WaitForToken(ctx context.Context, t Token) error {
 		if d, _ := r.Def(name); d.Storage == InMemory {
 			continue // in-memory positions reset with their writer; sync copes
 		}
+		if name == Events {
+			// Per writer: a dead persister stalls only its own rooms.
+			for _, w := range r.Writers(Events) {
+				if err := r.WaitForWriter(ctx, Events, w, t.EventsFor(w)); err != nil {
+					return err
+				}
+			}
+			continue
+		}
 		if err := r.WaitForCurrent(ctx, name, *f); err != nil {
 			return err
 		}
@@ -341,7 +356,7 @@ func (r *Registry) Defs() []Def {
 // AllDefs is every stream Ganglion knows, with its storage and writer model.
 func AllDefs() []Def {
 	return []Def{
-		{Name: Events, Storage: InTable, MultiWriter: true},
+		{Name: Events, Storage: InTable, MultiWriter: true, PerWriterReads: true},
 		{Name: Presence, Storage: InTable},
 		{Name: Typing, Storage: InMemory},
 		{Name: Receipts, Storage: InTable, MultiWriter: true},

@@ -29,6 +29,8 @@ type request struct {
 	// lazySent collects the member events a lazy-loading response carries,
 	// recorded against its next_batch once it is complete.
 	lazySent []lazyEntry
+	// persisterOf names the events writer of a room.
+	persisterOf func(roomID string) string
 }
 
 func (r *request) sinceOr0(f func(streams.Token) int64) int64 {
@@ -38,6 +40,17 @@ func (r *request) sinceOr0(f func(streams.Token) int64) int64 {
 	return f(*r.since)
 }
 
+// sinceFor and nowFor bound one room's events: a room's events all come
+// from its persister, so its window is that writer's part of the tokens.
+func (r *request) sinceFor(roomID string) int64 {
+	if r.since == nil {
+		return 0
+	}
+	return r.since.EventsFor(r.persisterOf(roomID))
+}
+
+func (r *request) nowFor(roomID string) int64 { return r.now.EventsFor(r.persisterOf(roomID)) }
+
 const defaultTimelineLimit = 10
 
 // compute builds the response for (since, now].
@@ -45,8 +58,8 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	resp := newResponse()
 	r.lazySent = r.lazySent[:0]
 	next := r.now
-	sinceE := r.sinceOr0(func(t streams.Token) int64 { return t.Events })
-	nowE := r.now.Events
+	sinceMin := r.sinceOr0(func(t streams.Token) int64 { return t.Events })
+	nowMax := r.now.EventsMax()
 
 	ignored, err := s.AccountData.IgnoredUsers(ctx, r.userID)
 	if err != nil {
@@ -54,18 +67,20 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	}
 	r.ignored = ignored
 
-	atNow, err := s.membershipsAt(ctx, r.userID, nowE)
+	atNow, err := s.membershipsAt(ctx, r.userID, r.nowFor)
 	if err != nil {
 		return nil, err
 	}
 	changed := map[string]bool{}
 	if r.since != nil {
-		changes, err := s.store.MembershipChanges(ctx, r.userID, sinceE, nowE)
+		changes, err := s.store.MembershipChanges(ctx, r.userID, sinceMin, nowMax)
 		if err != nil {
 			return nil, err
 		}
 		for _, c := range changes {
-			changed[c.RoomID] = true
+			if c.Pos > r.sinceFor(c.RoomID) && c.Pos <= r.nowFor(c.RoomID) {
+				changed[c.RoomID] = true
+			}
 		}
 	}
 	var joined []string
@@ -89,7 +104,7 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 		case r.since == nil || r.fullState:
 			plans[roomID] = &plan{full: true}
 		case changed[roomID]:
-			before, _, err := s.store.MembershipAt(ctx, roomID, r.userID, sinceE)
+			before, _, err := s.store.MembershipAt(ctx, roomID, r.userID, r.sinceFor(roomID))
 			if err != nil {
 				return nil, err
 			}
@@ -97,7 +112,10 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 		}
 	}
 	if r.since != nil {
-		withEvents, err := s.store.RoomsWithEvents(ctx, sinceE, nowE)
+		// Candidates over the widest window; each room's own window is
+		// applied when its timeline is read, and rooms that turn out to
+		// have nothing are dropped below.
+		withEvents, err := s.store.RoomsWithEvents(ctx, sinceMin, nowMax)
 		if err != nil {
 			return nil, err
 		}
@@ -125,11 +143,11 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	}
 
 	for roomID, p := range plans {
-		from := sinceE
+		from := r.sinceFor(roomID)
 		if p.full {
 			from = 0
 		}
-		jr, err := s.joinedRoom(ctx, r, roomID, from, nowE, p.full)
+		jr, err := s.joinedRoom(ctx, r, roomID, from, r.nowFor(roomID), p.full)
 		if err != nil {
 			return nil, fmt.Errorf("sync room %s: %w", roomID, err)
 		}
@@ -137,6 +155,10 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 			jr.Ephemeral.Events = append(jr.Ephemeral.Events, e)
 		}
 		jr.AccountData.Events = accountDataEvents(roomAD[roomID], r.filter.RoomAccountData())
+		if !p.full && !changed[roomID] && len(jr.Timeline.Events) == 0 && len(jr.State.Events) == 0 &&
+			len(jr.Ephemeral.Events) == 0 && len(jr.AccountData.Events) == 0 {
+			continue // a candidate whose own window held nothing
+		}
 		resp.Rooms.Join[roomID] = jr
 	}
 
@@ -164,7 +186,7 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 			}
 		case "leave", "ban":
 			if (r.since == nil && r.filter.IncludeLeave() && !m.Forgotten) || (r.since != nil && changed[roomID]) {
-				lr, err := s.leftRoom(ctx, r, roomID, sinceE, m.Pos)
+				lr, err := s.leftRoom(ctx, r, roomID, r.sinceFor(roomID), m.Pos)
 				if err != nil {
 					return nil, err
 				}
@@ -200,7 +222,7 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 		}
 		next.ToDevice = upTo
 	}
-	resp.NextBatch = next.String()
+	resp.NextBatch = s.Registry.FormatToken(next)
 	s.lazy.record(r.userID, r.deviceID, resp.NextBatch, r.lazySent)
 	return resp, nil
 }
@@ -218,7 +240,7 @@ type membership struct {
 // current_state rows are right except where the membership changed after
 // pos (committed since the token was taken): those are looked up in the
 // state log.
-func (s *Service) membershipsAt(ctx context.Context, userID string, pos int64) (map[string]membership, error) {
+func (s *Service) membershipsAt(ctx context.Context, userID string, posFor func(roomID string) int64) (map[string]membership, error) {
 	cur, err := s.store.CurrentMemberships(ctx, userID)
 	if err != nil {
 		return nil, err
@@ -229,7 +251,7 @@ func (s *Service) membershipsAt(ctx context.Context, userID string, pos int64) (
 	}
 	out := make(map[string]membership, len(cur))
 	for roomID, m := range cur {
-		if m.Pos > pos {
+		if pos := posFor(roomID); m.Pos > pos {
 			mm, p, err := s.store.MembershipAt(ctx, roomID, userID, pos)
 			if err != nil {
 				return nil, err

@@ -29,7 +29,7 @@ func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, req *acco
 	}
 	var from streams.Token
 	if f := q.Get("from"); f != "" {
-		if from, err = streams.ParseToken(f); err != nil {
+		if from, err = s.Registry.ParseToken(f); err != nil {
 			return mxhttp.InvalidParam("Invalid from token")
 		}
 	} else {
@@ -42,7 +42,7 @@ func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, req *acco
 		}
 		return err
 	}
-	return mxhttp.WriteJSON(w, 200, map[string]any{"chunk": chunk, "start": from.String(), "end": end.String()})
+	return mxhttp.WriteJSON(w, 200, map[string]any{"chunk": chunk, "start": s.Registry.FormatToken(from), "end": s.Registry.FormatToken(end)})
 }
 
 // eventsSince long-polls for room events visible to the user after from.
@@ -62,8 +62,8 @@ func (s *Service) eventsSince(ctx context.Context, req *accounts.Requester, from
 		l := s.Registry.Notifier().Listen(keys...)
 		now := s.Registry.CurrentToken()
 		var out []*rooms.StoredEvent
-		if now.Events > from.Events {
-			withEvents, err := s.store.RoomsWithEvents(ctx, from.Events, now.Events)
+		if now.EventsMax() > from.Events {
+			withEvents, err := s.store.RoomsWithEvents(ctx, from.Events, now.EventsMax())
 			if err != nil {
 				l.Close()
 				return nil, from, err
@@ -77,7 +77,8 @@ func (s *Service) eventsSince(ctx context.Context, req *accounts.Requester, from
 					l.Close()
 					return nil, from, err
 				}
-				evs, err := s.store.RoomEvents(ctx, roomID, from.Events, now.Events, false, 1000)
+				p := s.persisterOf(roomID)
+				evs, err := s.store.RoomEvents(ctx, roomID, from.EventsFor(p), now.EventsFor(p), false, 1000)
 				if err != nil {
 					l.Close()
 					return nil, from, err
@@ -141,7 +142,7 @@ func (s *Service) legacyRoomView(ctx context.Context, req *accounts.Requester, r
 	if vis, err := s.Rooms.DirectoryVisibility(ctx, roomID); err == nil {
 		lr.Visibility = vis
 	}
-	upTo := now.Events
+	upTo := now.EventsFor(s.persisterOf(roomID))
 	if m.Membership != "join" {
 		upTo = m.Pos
 	}
@@ -184,7 +185,7 @@ func (s *Service) handleInitialSync(w http.ResponseWriter, r *http.Request, req 
 	archived := r.URL.Query().Get("archived") == "true"
 	ctx := r.Context()
 	now := s.Registry.CurrentToken()
-	ms, err := s.membershipsAt(ctx, req.UserID, now.Events)
+	ms, err := s.membershipsAt(ctx, req.UserID, func(roomID string) int64 { return now.EventsFor(s.persisterOf(roomID)) })
 	if err != nil {
 		return err
 	}
@@ -221,7 +222,7 @@ func (s *Service) handleInitialSync(w http.ResponseWriter, r *http.Request, req 
 	for _, e := range global {
 		ad = append(ad, e)
 	}
-	return mxhttp.WriteJSON(w, 200, map[string]any{"end": now.String(), "rooms": out, "presence": presence, "account_data": ad})
+	return mxhttp.WriteJSON(w, 200, map[string]any{"end": s.Registry.FormatToken(now), "rooms": out, "presence": presence, "account_data": ad})
 }
 
 func (s *Service) handleRoomInitialSync(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
@@ -239,7 +240,8 @@ func (s *Service) handleRoomInitialSync(w http.ResponseWriter, r *http.Request, 
 		return mxhttp.Forbidden("User %s not in room %s", req.UserID, roomID)
 	}
 	now := s.Registry.CurrentToken()
-	mm, pos, err := s.store.MembershipAt(ctx, roomID, req.UserID, now.Events)
+	roomNow := now.EventsFor(s.persisterOf(roomID))
+	mm, pos, err := s.store.MembershipAt(ctx, roomID, req.UserID, roomNow)
 	if err != nil {
 		return err
 	}
@@ -252,7 +254,7 @@ func (s *Service) handleRoomInitialSync(w http.ResponseWriter, r *http.Request, 
 		switch {
 		case mm == "leave" || mm == "ban":
 		case vis.WorldReadableNow():
-			m = membership{Membership: mm, Pos: now.Events}
+			m = membership{Membership: mm, Pos: roomNow}
 		default:
 			return mxhttp.Forbidden("User %s not in room %s", req.UserID, roomID)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"ganglion/internal/accounts"
+	"ganglion/internal/config"
 	"ganglion/internal/filters"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/presence"
@@ -59,13 +60,13 @@ type Params struct {
 // Sync answers one /sync request.
 func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (*Response, error) {
 	r := &request{userID: req.UserID, deviceID: req.DeviceID, fullState: p.FullState,
-		fmtr: s.Rooms.Formatter(req.UserID, req.DeviceID)}
+		fmtr: s.Rooms.Formatter(req.UserID, req.DeviceID), persisterOf: s.persisterOf}
 	var err error
 	if r.filter, err = s.Filters.Resolve(ctx, req.UserID, p.Filter); err != nil {
 		return nil, err
 	}
 	if p.Since != "" {
-		t, err := streams.ParseToken(p.Since)
+		t, err := s.Registry.ParseToken(p.Since)
 		if err != nil {
 			return nil, mxhttp.InvalidParam("Invalid since token: %v", err)
 		}
@@ -111,7 +112,7 @@ func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (
 			err := s.Registry.WaitForToken(wctx, *r.since)
 			cancel()
 			if err != nil && ctx.Err() == nil {
-				s.log.Warn("sync token ahead of this process; answering empty", "user_id", req.UserID, "since", p.Since, "now", now.String())
+				s.log.Warn("sync token ahead of this process; answering empty", "user_id", req.UserID, "since", p.Since, "now", s.Registry.FormatToken(now))
 				resp := newResponse()
 				resp.NextBatch = p.Since
 				return resp, nil
@@ -212,4 +213,9 @@ func (s *Service) handleSync(w http.ResponseWriter, r *http.Request, req *accoun
 		return fmt.Errorf("sync for %s: %w", req.UserID, err)
 	}
 	return mxhttp.WriteJSON(w, 200, resp)
+}
+
+// persisterOf names the events writer that owns a room.
+func (s *Service) persisterOf(roomID string) string {
+	return config.ShardFor(s.Registry.Writers(streams.Events), roomID)
 }
