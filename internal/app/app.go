@@ -33,6 +33,7 @@ import (
 	"ganglion/internal/receipts"
 	"ganglion/internal/replication"
 	"ganglion/internal/rooms"
+	"ganglion/internal/routes"
 	"ganglion/internal/storage"
 	"ganglion/internal/streams"
 	"ganglion/internal/sync"
@@ -441,6 +442,7 @@ func resourceOf(path string) string {
 // else is an unknown endpoint there. /health is on every listener, as in
 // Synapse.
 func (p *Process) listenerHandler(l config.Listener) http.Handler {
+	role := p.cfg.WorkerRole()
 	allowed := map[string]bool{"health": true}
 	for _, r := range l.Resources {
 		for _, n := range r.Names {
@@ -459,7 +461,7 @@ func (p *Process) listenerHandler(l config.Listener) http.Handler {
 				}
 			}
 		}
-		if !allowed[resourceOf(r.URL.Path)] {
+		if !allowed[resourceOf(r.URL.Path)] || !servable(role, r.Method, r.URL.Path) {
 			mxhttp.WriteError(w, mxhttp.Unrecognized(http.StatusNotFound, "Unrecognized request"))
 			return
 		}
@@ -682,4 +684,16 @@ func instanceIDs(ctx context.Context, db *storage.DB, writers []string) (map[str
 		out[name] = id
 	}
 	return out, rows.Err()
+}
+
+// servable applies the routing table to what a process answers. The main
+// process and generic workers answer every endpoint Ganglion implements:
+// no endpoint depends on state only main holds (writes to single-writer
+// streams are forwarded to their writer), so a generic worker's answer is
+// never wrong. Other roles (media, pusher, …) answer only their classes.
+func servable(role, method, path string) bool {
+	if role == config.RoleMain || role == config.RoleGenericWorker {
+		return true
+	}
+	return routes.Allowed(role, method, path)
 }
