@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"ganglion/internal/eventauth"
 	"ganglion/internal/events"
@@ -25,7 +26,8 @@ type StoredEvent struct {
 
 // Store reads rooms and events. Writes go only through the Persister.
 type Store struct {
-	db *storage.DB
+	db       *storage.DB
+	versions sync.Map // room id → *events.RoomVersion
 }
 
 func NewStore(db *storage.DB) *Store { return &Store{db: db} }
@@ -34,36 +36,66 @@ const eventColumns = `e.stream_ordering, e.json, e.replaces_state, e.sender_devi
 	(SELECT r.event_id FROM redactions r WHERE r.redacts = e.event_id LIMIT 1)`
 
 func (s *Store) scanEvents(ctx context.Context, rows *sql.Rows) ([]*StoredEvent, error) {
-	defer rows.Close()
-	var out []*StoredEvent
-	versions := map[string]*events.RoomVersion{}
+	// Read every row and close the result before any further query: a
+	// query issued while rows are open needs a second connection, and
+	// enough concurrent requests doing that exhaust the pool and wait on
+	// each other forever.
+	type rawEvent struct {
+		se     StoredEvent
+		raw    string
+		roomID string
+	}
+	var raws []rawEvent
 	for rows.Next() {
-		var se StoredEvent
-		var raw, roomID string
+		var re rawEvent
 		var repl, dev, txn, red sql.NullString
-		if err := rows.Scan(&se.StreamOrdering, &raw, &repl, &dev, &txn, &roomID, &red); err != nil {
+		if err := rows.Scan(&re.se.StreamOrdering, &re.raw, &repl, &dev, &txn, &re.roomID, &red); err != nil {
+			rows.Close()
 			return nil, err
 		}
-		rv := versions[roomID]
+		re.se.ReplacesState, re.se.SenderDevice, re.se.TxnID, re.se.RedactedBy = repl.String, dev.String, txn.String, red.String
+		raws = append(raws, re)
+	}
+	err := rows.Err()
+	rows.Close()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*StoredEvent, 0, len(raws))
+	versions := map[string]*events.RoomVersion{}
+	for i := range raws {
+		re := &raws[i]
+		rv := versions[re.roomID]
 		if rv == nil {
-			var err error
-			if rv, err = s.RoomVersion(ctx, roomID); err != nil {
+			if rv, err = s.RoomVersion(ctx, re.roomID); err != nil {
 				return nil, err
 			}
-			versions[roomID] = rv
+			versions[re.roomID] = rv
 		}
-		ev, err := events.Parse([]byte(raw), rv)
+		ev, err := events.Parse([]byte(re.raw), rv)
 		if err != nil {
 			return nil, fmt.Errorf("parse stored event: %w", err)
 		}
-		se.Event, se.ReplacesState, se.SenderDevice, se.TxnID, se.RedactedBy = ev, repl.String, dev.String, txn.String, red.String
-		out = append(out, &se)
+		re.se.Event = ev
+		out = append(out, &re.se)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
-// RoomVersion returns the version of a known room.
+// RoomVersion returns the version of a known room. Versions never
+// change, so they are cached for the life of the process.
 func (s *Store) RoomVersion(ctx context.Context, roomID string) (*events.RoomVersion, error) {
+	if rv, ok := s.versions.Load(roomID); ok {
+		return rv.(*events.RoomVersion), nil
+	}
+	rv, err := s.loadRoomVersion(ctx, roomID)
+	if err == nil {
+		s.versions.Store(roomID, rv)
+	}
+	return rv, err
+}
+
+func (s *Store) loadRoomVersion(ctx context.Context, roomID string) (*events.RoomVersion, error) {
 	var v string
 	err := s.db.Reader().QueryRowContext(ctx, `SELECT room_version FROM rooms WHERE room_id = $1`, roomID).Scan(&v)
 	if err != nil {

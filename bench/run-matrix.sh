@@ -1,0 +1,378 @@
+#!/usr/bin/env bash
+# Runs the benchmark matrix on this machine, one deployment after another,
+# and writes bench/RESULTS.md.
+#
+#   bench/run-matrix.sh                         monolith on SQLite and on PostgreSQL, every scenario, default sizes
+#   bench/run-matrix.sh --small                 small sizes: checks that everything runs (figures mean little)
+#   bench/run-matrix.sh --targets postgres      only these deployments (comma-separated: sqlite, postgres, fleet)
+#   bench/run-matrix.sh --pprof                 also save CPU and heap profiles of every scenario (needs
+#                                               net/http/pprof on the server's metrics listener)
+#   bench/run-matrix.sh -- -scenario send,fanout -fanout-members 1000
+#                                               everything after -- goes to every bench run
+#
+# It builds ganglion and bench, starts a throw-away PostgreSQL (as scripts/test
+# does: under the ganglion-test user when run as root), measures PostgreSQL's
+# own single-row insert rate with pgbench, then for each deployment starts it
+# with a generated config (bcrypt_rounds 4, rate limits out of the way, open
+# registration), runs bench against it and stops it.
+#
+# Environment:
+#   GANGLION_GO_LOCK      lock file every go command runs under (flock), for shared machines
+#   BENCH_PG_FAST=1       PostgreSQL without durability (fsync, synchronous_commit off), as scripts/test
+#                         runs it; default is PostgreSQL's durable defaults
+#   BENCH_PGBENCH_SECONDS length of the pgbench run (default 10)
+#   BENCH_OUT             the report file (default bench/RESULTS.md)
+#   BENCH_KEEP=1          keep the work directory (configs, server logs, JSON lines, profiles)
+#
+# Adding a deployment: write a start function that sets SERVER_URLS (client
+# base URLs, comma-separated), SERVER_PIDS (every process, comma-separated)
+# and SERVER_PPROF (metrics listener base URLs), then call
+#   run_target NAME "$SERVER_URLS" "$SERVER_PIDS" "$SERVER_PPROF"
+# and stop it; see start_monolith and the fleet section below.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+command_line="bench/run-matrix.sh${*:+ $*}"
+targets="sqlite,postgres"
+small=0
+want_pprof=0
+extra=()
+while [[ $# -gt 0 ]]; do
+	case "$1" in
+	--small) small=1 ;;
+	--pprof) want_pprof=1 ;;
+	--targets) targets=${2:?--targets needs a list}; shift ;;
+	--targets=*) targets=${1#--targets=} ;;
+	--) shift; extra=("$@"); break ;;
+	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	*) echo "run-matrix: unknown argument $1 (try --help)" >&2; exit 2 ;;
+	esac
+	shift
+done
+
+out=${BENCH_OUT:-bench/RESULTS.md}
+tmp=""
+pg_bin=""
+pg_data=""
+pg_port=""
+run_as=()
+server_pid=""
+results=()
+failed=()
+pgbench_tps=""
+pg_settings=""
+
+log() { printf 'run-matrix: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	stop_server
+	if [[ -n "$pg_data" && -f "$pg_data/postmaster.pid" ]]; then
+		(cd "$tmp" && "${run_as[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -m immediate -w stop >/dev/null 2>&1) || true
+	fi
+	if [[ -n "$tmp" ]]; then
+		if [[ "${BENCH_KEEP:-}" == 1 || $want_pprof == 1 ]]; then
+			log "work directory kept: $tmp"
+		else
+			rm -rf "$tmp"
+		fi
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+gocmd() {
+	if [[ -n "${GANGLION_GO_LOCK:-}" ]]; then
+		flock "$GANGLION_GO_LOCK" go "$@"
+	else
+		go "$@"
+	fi
+}
+
+is_root() { [[ "$(id -u)" -eq 0 ]]; }
+
+find_pg_bin() {
+	local initdb
+	initdb=$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)
+	[[ -n "$initdb" ]] && dirname "$initdb"
+}
+
+# A port nothing listens on now; callers retry if someone takes it first.
+free_port() {
+	local port
+	for _ in $(seq 1 100); do
+		port=$((20000 + RANDOM % 40000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			echo "$port"
+			return 0
+		fi
+	done
+	die "no free TCP port found"
+}
+
+# The same throw-away cluster as scripts/test, with PostgreSQL's durable
+# defaults unless BENCH_PG_FAST=1.
+start_postgres() {
+	pg_bin=$(find_pg_bin || true)
+	if [[ -z "$pg_bin" ]]; then
+		is_root || die "PostgreSQL is not installed (Debian: apt-get install postgresql)"
+		log "installing postgresql with apt-get"
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+		pg_bin=$(find_pg_bin || true)
+		[[ -n "$pg_bin" ]] || die "postgresql installed but no /usr/lib/postgresql/*/bin/initdb"
+	fi
+	local owner
+	owner=$(id -un)
+	if is_root; then
+		# initdb and postgres refuse to run as root.
+		owner=ganglion-test
+		if ! id -u "$owner" >/dev/null 2>&1; then
+			useradd --system --no-create-home --shell /usr/sbin/nologin "$owner"
+		fi
+		run_as=(runuser -u "$owner" --)
+	fi
+	pg_data="$tmp/pg"
+	mkdir -p "$tmp/pgsock"
+	chown "$owner" "$tmp/pgsock"
+	chown "$owner" "$tmp"
+	(cd "$tmp" && "${run_as[@]}" "$pg_bin/initdb" -D "$pg_data" -U postgres --auth=trust \
+		-E UTF8 --locale=C >"$tmp/initdb.log" 2>&1) ||
+		{ cat "$tmp/initdb.log" >&2; die "initdb failed"; }
+	pg_settings="max_connections=300, shared_buffers=128MB"
+	local opts="-c max_connections=300 -c shared_buffers=128MB"
+	if [[ "${BENCH_PG_FAST:-}" == 1 ]]; then
+		opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+		pg_settings+=", fsync=off, synchronous_commit=off, full_page_writes=off"
+	else
+		pg_settings+=", durable defaults (fsync=on, synchronous_commit=on)"
+	fi
+	local port
+	for _ in 1 2 3 4 5; do
+		port=$(free_port)
+		if (cd "$tmp" && "${run_as[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -l "$tmp/postgres.log" -w -t 60 \
+			-o "-h 127.0.0.1 -p $port -k $tmp/pgsock $opts" start >/dev/null); then
+			local i
+			for i in $(seq 1 100); do
+				if "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres; then
+					pg_port=$port
+					log "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($pg_settings)"
+					return 0
+				fi
+				sleep 0.1
+			done
+			die "PostgreSQL started but does not accept connections; log: $tmp/postgres.log"
+		fi
+		log "PostgreSQL did not start on port $port, retrying"
+		tail -n 5 "$tmp/postgres.log" >&2 || true
+	done
+	die "could not start PostgreSQL"
+}
+
+psql_do() { "$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
+
+# pgbench: 20 clients committing single-row inserts, the reference the
+# send target is stated against.
+run_pgbench() {
+	local secs=${BENCH_PGBENCH_SECONDS:-10}
+	psql_do -d postgres -c 'CREATE DATABASE pgbench_ref'
+	psql_do -d pgbench_ref -c 'CREATE TABLE ins (id bigserial PRIMARY KEY, v integer NOT NULL, t timestamptz NOT NULL DEFAULT now())'
+	printf '\\set v random(1, 1000000)\nINSERT INTO ins (v) VALUES (:v);\n' >"$tmp/insert.sql"
+	log "pgbench: single-row inserts, 20 clients, ${secs}s"
+	"$pg_bin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 20 -j 2 -T "$secs" -f "$tmp/insert.sql" pgbench_ref \
+		>"$tmp/pgbench.log" 2>&1 || { cat "$tmp/pgbench.log" >&2; die "pgbench failed"; }
+	pgbench_tps=$(sed -n 's/^tps = \([0-9]*\).*/\1/p' "$tmp/pgbench.log" | head -n 1)
+	[[ -n "$pgbench_tps" ]] || { cat "$tmp/pgbench.log" >&2; die "no tps in pgbench output"; }
+	log "pgbench: $pgbench_tps inserts/s"
+}
+
+# start_monolith NAME ENGINE: one `ganglion serve` with a generated config
+# on sqlite or postgres; sets SERVER_URLS, SERVER_PIDS, SERVER_PPROF.
+start_monolith() {
+	local name=$1 engine=$2 dir="$tmp/$1" db
+	mkdir -p "$dir"
+	case "$engine" in
+	sqlite) db="{\"name\": \"sqlite3\", \"args\": {\"database\": \"$dir/homeserver.db\"}}" ;;
+	postgres)
+		psql_do -d postgres -c "CREATE DATABASE ganglion_$name"
+		db="{\"name\": \"psycopg2\", \"args\": {\"host\": \"127.0.0.1\", \"port\": $pg_port, \"user\": \"postgres\", \"database\": \"ganglion_$name\", \"cp_max\": 20}}"
+		;;
+	*) die "unknown engine $engine" ;;
+	esac
+	local attempt port mport
+	for attempt in 1 2 3 4 5; do
+		port=$(free_port)
+		mport=$(free_port)
+		write_config "$dir/homeserver.yaml" "$port" "$mport" "$db" "$dir"
+		"$tmp/ganglion" serve -c "$dir/homeserver.yaml" >"$dir/server.log" 2>&1 &
+		server_pid=$!
+		if wait_healthy "http://127.0.0.1:$port" "$server_pid"; then
+			SERVER_URLS="http://127.0.0.1:$port"
+			SERVER_PIDS="$server_pid"
+			SERVER_PPROF="http://127.0.0.1:$mport"
+			log "$name: ganglion serve (pid $server_pid) on $SERVER_URLS"
+			return 0
+		fi
+		stop_server
+		if grep -q "address already in use" "$dir/server.log" && [[ $attempt -lt 5 ]]; then
+			log "$name: port taken ($(grep -m 1 "address already in use" "$dir/server.log")), retrying"
+			continue
+		fi
+		tail -n 20 "$dir/server.log" >&2
+		die "$name: server did not become healthy"
+	done
+}
+
+# write_config PATH PORT METRICS_PORT DATABASE_JSON DIR. JSON is YAML.
+write_config() {
+	local fast='{"per_second": 100000, "burst_count": 100000}'
+	cat >"$1" <<EOF
+{
+  "server_name": "bench.localhost",
+  "public_baseurl": "http://127.0.0.1:$2/",
+  "listeners": [
+    {"port": $2, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false, "x_forwarded": false,
+     "resources": [{"names": ["client"], "compress": false}]},
+    {"port": $3, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
+     "resources": [{"names": ["metrics"], "compress": false}]}
+  ],
+  "enable_metrics": true,
+  "database": $4,
+  "signing_key_path": "$5/signing.key",
+  "media_store_path": "$5/media_store",
+  "enable_registration": true,
+  "enable_registration_without_verification": true,
+  "bcrypt_rounds": 4,
+  "report_stats": false,
+  "rc_message": $fast,
+  "rc_registration": $fast,
+  "rc_login": {"address": $fast, "account": $fast, "failed_attempts": $fast},
+  "rc_joins": {"local": $fast, "remote": $fast},
+  "rc_room_creation": $fast,
+  "rc_invites": {"per_room": $fast, "per_user": $fast, "per_issuer": $fast}
+}
+EOF
+}
+
+# wait_healthy URL PID: /health answers within 60 s while PID lives.
+wait_healthy() {
+	local i
+	for i in $(seq 1 600); do
+		kill -0 "$2" 2>/dev/null || return 1
+		if curl -fsS -m 2 "$1/health" >/dev/null 2>&1; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	return 1
+}
+
+stop_server() {
+	[[ -n "$server_pid" ]] || return 0
+	if kill -0 "$server_pid" 2>/dev/null; then
+		kill -TERM "$server_pid" 2>/dev/null || true
+		local i
+		for i in $(seq 1 300); do
+			kill -0 "$server_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$server_pid" 2>/dev/null || true
+	fi
+	wait "$server_pid" 2>/dev/null || true
+	server_pid=""
+}
+
+size_args=()
+if [[ $small == 1 ]]; then
+	size_args=(-send-users 8 -send-rooms 2 -send-messages 5 -fanout-members 10 -fanout-messages 10
+		-sync-rooms 5 -sync-events 20 -sync-repeats 3 -join-users 100 -join-batch 20
+		-messages-events 300 -register-users 10 -logins 10)
+fi
+
+# run_target NAME URLS PIDS [PPROF_URLS]: every scenario against a running
+# deployment; its JSON lines go into the report.
+run_target() {
+	local name=$1 urls=$2 pids=$3 pprof=${4:-}
+	local args=(-url "$urls" -pid "$pids" -label "$name" -progress 10s)
+	if [[ $want_pprof == 1 && -n "$pprof" ]]; then
+		args+=(-pprof "$pprof" -pprof-dir "$tmp/profiles")
+	fi
+	log "$name: bench ${args[*]} ${size_args[*]} ${extra[*]}"
+	if ! "$tmp/bench" "${args[@]}" "${size_args[@]}" "${extra[@]}" >"$tmp/$name.jsonl"; then
+		failed+=("$name")
+		log "$name: bench reported errors (see the table above)"
+	fi
+	results+=("$tmp/$name.jsonl")
+}
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/gbench.XXXXXX")
+chmod 755 "$tmp"
+
+log "building ganglion and bench"
+gocmd build -o "$tmp/ganglion" ./cmd/ganglion
+gocmd build -o "$tmp/bench" ./bench
+
+start_postgres
+run_pgbench
+
+IFS=, read -r -a target_list <<<"$targets"
+for t in "${target_list[@]}"; do
+	case "$t" in
+	sqlite | postgres)
+		start_monolith "$t" "$t"
+		run_target "$t" "$SERVER_URLS" "$SERVER_PIDS" "$SERVER_PPROF"
+		stop_server
+		;;
+	fleet)
+		# ---- FLEET: to be added once `ganglion up` exists -------------------
+		# Start main + 2 generic workers + 2 event persisters + stream writers
+		# and the router on PostgreSQL (database "ganglion_fleet", Redis as
+		# scripts/test starts it), e.g. `ganglion up -c deployment.yaml &`,
+		# then set SERVER_URLS (the router, or the generic workers
+		# comma-separated), SERVER_PIDS (every process) and SERVER_PPROF, and:
+		#   run_target fleet "$SERVER_URLS" "$SERVER_PIDS" "$SERVER_PPROF"
+		# then stop it. Results labelled fleet* are compared with "postgres"
+		# in the targets table and held to the fleet's fan-out target.
+		die "the fleet deployment is not wired into run-matrix.sh yet"
+		;;
+	*) die "unknown target $t (want sqlite, postgres or fleet)" ;;
+	esac
+done
+
+# ---- RESULTS.md -------------------------------------------------------------
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+mem_gib=$(awk '/^MemTotal:/ {printf "%.1f", $2 / 1048576}' /proc/meminfo)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n "$(git status --porcelain 2>/dev/null | head -n 1)" ]]; then
+	commit+=" with uncommitted changes"
+fi
+sizes="the defaults of \`go run ./bench -h\`"
+[[ $small == 1 ]] && sizes="--small (${size_args[*]})"
+{
+	echo "# Benchmark results"
+	echo
+	echo "Written by \`bench/run-matrix.sh\`; rerun it rather than editing by hand."
+	echo
+	echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "- Command: \`$command_line\`"
+	echo "- Code: $commit; $(go version | awk '{print $3}')"
+	echo "- Machine: $(nproc) cores ($cpu_model), $mem_gib GiB memory, $(uname -sr); the machine may be shared with other work, which inflates latencies"
+	echo "- PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'): $pg_settings; Ganglion's pool cp_max 20. SQLite: WAL, synchronous=NORMAL (Ganglion's settings)"
+	echo "- pgbench (20 clients, ${BENCH_PGBENCH_SECONDS:-10} s, single-row INSERT with a bigserial key): **$pgbench_tps inserts/s**"
+	echo "- Sizes: $sizes${extra[*]:+; extra bench flags: ${extra[*]}}"
+	echo "- Deployments: monolith = one \`ganglion serve\`; fleet = not run yet (see run-matrix.sh)"
+	echo "- Figures: rate over the measured phase (setup excluded); latencies in ms from exact sorted samples;"
+	echo "  peak RSS is the server's VmHWM, reset at each scenario's start"
+	echo
+	"$tmp/bench" -report "$(IFS=,; echo "${results[*]}")" -pgbench-tps "$pgbench_tps"
+} >"$out.tmp"
+mv "$out.tmp" "$out"
+log "wrote $out"
+if [[ ${#failed[@]} -gt 0 ]]; then
+	die "errors in: ${failed[*]}"
+fi
