@@ -113,22 +113,52 @@ type RemoteWriter struct {
 
 	mu      sync.Mutex
 	syncing map[string]int
+	lastSet map[string]lastSet
 }
 
 func NewRemoteWriter(base context.Context, client *replication.Client, writer string, bus *replication.Bus, processID string, log interface {
 	Warn(msg string, args ...any)
 }) *RemoteWriter {
-	return &RemoteWriter{base: base, client: client, writer: writer, bus: bus, processID: processID, log: log, syncing: map[string]int{}}
+	return &RemoteWriter{base: base, client: client, writer: writer, bus: bus, processID: processID, log: log, syncing: map[string]int{}, lastSet: map[string]lastSet{}}
 }
 
 var _ Writer = (*RemoteWriter)(nil)
 
+// resendAfter bounds how long a sync's unchanged set_presence is not
+// forwarded: every /sync would otherwise cost an HTTP call to the writer,
+// while the writer only needs to hear "still online" now and then (its
+// idle timer is minutes long, and USER_SYNC already tells it who syncs).
+const resendAfter = 30 * time.Second
+
 // SetPresence implements Writer.
 func (w *RemoteWriter) SetPresence(ctx context.Context, userID, state, statusMsg string, setStatus bool) (int64, error) {
+	if !setStatus {
+		w.mu.Lock()
+		last, ok := w.lastSet[userID]
+		w.mu.Unlock()
+		if ok && last.state == state && time.Since(last.at) < resendAfter {
+			return 0, nil
+		}
+	}
 	var out positionResult
 	err := w.client.Call(ctx, w.writer, SetStateEndpoint, map[string]string{"user_id": userID},
 		setStateBody{State: state, StatusMsg: statusMsg, SetStatus: setStatus}, &out)
+	w.mu.Lock()
+	if err == nil {
+		w.lastSet[userID] = lastSet{state: state, at: time.Now()}
+	} else {
+		delete(w.lastSet, userID)
+	}
+	if len(w.lastSet) > 100000 {
+		clear(w.lastSet)
+	}
+	w.mu.Unlock()
 	return out.Position, err
+}
+
+type lastSet struct {
+	state string
+	at    time.Time
 }
 
 // BumpActive implements Writer.
