@@ -34,7 +34,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command_line="bench/run-matrix.sh${*:+ $*}"
-targets="sqlite,postgres"
+targets="sqlite,postgres,fleet"
 small=0
 want_pprof=0
 extra=()
@@ -58,6 +58,8 @@ pg_data=""
 pg_port=""
 run_as=()
 server_pid=""
+redis_pid=""
+root=$PWD
 results=()
 failed=()
 pgbench_tps=""
@@ -70,6 +72,7 @@ cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
 	stop_server
+	[[ -n "$redis_pid" ]] && kill "$redis_pid" 2>/dev/null
 	if [[ -n "$pg_data" && -f "$pg_data/postmaster.pid" ]]; then
 		(cd "$tmp" && "${run_as[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -m immediate -w stop >/dev/null 2>&1) || true
 	fi
@@ -193,6 +196,21 @@ run_pgbench() {
 
 # start_monolith NAME ENGINE: one `ganglion serve` with a generated config
 # on sqlite or postgres; sets SERVER_URLS, SERVER_PIDS, SERVER_PPROF.
+# start_redis runs a throw-away redis-server on a free port (the fleet's
+# replication bus).
+start_redis() {
+	command -v redis-server >/dev/null || die "redis-server is not installed (scripts/test installs it)"
+	redis_port=$(free_port)
+	redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$tmp/redis.log" 2>&1 &
+	redis_pid=$!
+	local i
+	for i in $(seq 1 100); do
+		redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	die "redis-server did not start"
+}
+
 start_monolith() {
 	local name=$1 engine=$2 dir="$tmp/$1" db
 	mkdir -p "$dir"
@@ -329,16 +347,29 @@ for t in "${target_list[@]}"; do
 		stop_server
 		;;
 	fleet)
-		# ---- FLEET: to be added once `ganglion up` exists -------------------
-		# Start main + 2 generic workers + 2 event persisters + stream writers
-		# and the router on PostgreSQL (database "ganglion_fleet", Redis as
-		# scripts/test starts it), e.g. `ganglion up -c deployment.yaml &`,
-		# then set SERVER_URLS (the router, or the generic workers
-		# comma-separated), SERVER_PIDS (every process) and SERVER_PPROF, and:
-		#   run_target fleet "$SERVER_URLS" "$SERVER_PIDS" "$SERVER_PPROF"
-		# then stop it. Results labelled fleet* are compared with "postgres"
-		# in the targets table and held to the fleet's fan-out target.
-		die "the fleet deployment is not wired into run-matrix.sh yet"
+		# The example fleet (examples/fleet: main, two client workers, two
+		# event persisters, one stream writer) under `ganglion up`, on its
+		# own database and a throw-away Redis, with the benchmark's limits.
+		start_redis
+		psql_do -d postgres -c "CREATE DATABASE ganglion_fleet"
+		mkdir -p "$tmp/fleet"
+		fast='{"per_second": 100000, "burst_count": 100000}'
+		printf '{"bcrypt_rounds": 4, "enable_registration": true, "enable_registration_without_verification": true, "rc_message": %s, "rc_registration": %s, "rc_login": {"address": %s, "account": %s, "failed_attempts": %s}}\n' \
+			"$fast" "$fast" "$fast" "$fast" "$fast" >"$tmp/fleet/bench.yaml"
+		sed -e "s#^config: .*#config: [$root/examples/fleet/homeserver.yaml, $tmp/fleet/bench.yaml]#" \
+			-e "s#^run_dir: .*#run_dir: $tmp/fleet/run#" "$root/examples/fleet/deployment.yaml" >"$tmp/fleet/deployment.yaml"
+		GANGLION_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/ganglion_fleet?sslmode=disable" \
+			GANGLION_REDIS_URL="redis://127.0.0.1:$redis_port/0" \
+			"$tmp/ganglion" up -c "$tmp/fleet/deployment.yaml" >"$tmp/fleet/up.log" 2>&1 &
+		server_pid=$!
+		for url in http://127.0.0.1:8008 http://127.0.0.1:8009; do
+			wait_healthy "$url" "$server_pid" || die "fleet did not come up (see $tmp/fleet/up.log)"
+		done
+		# every process of the fleet counts for peak RSS
+		SERVER_PIDS=$(pgrep -P "$server_pid" | paste -sd, -)
+		run_target fleet "http://127.0.0.1:8008,http://127.0.0.1:8009" "$SERVER_PIDS" ""
+		stop_server
+		kill "$redis_pid" 2>/dev/null || true
 		;;
 	*) die "unknown target $t (want sqlite, postgres or fleet)" ;;
 	esac
@@ -365,7 +396,7 @@ sizes="the defaults of \`go run ./bench -h\`"
 	echo "- PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'): $pg_settings; Ganglion's pool cp_max 20. SQLite: WAL, synchronous=NORMAL (Ganglion's settings)"
 	echo "- pgbench (20 clients, ${BENCH_PGBENCH_SECONDS:-10} s, single-row INSERT with a bigserial key): **$pgbench_tps inserts/s**"
 	echo "- Sizes: $sizes${extra[*]:+; extra bench flags: ${extra[*]}}"
-	echo "- Deployments: monolith = one \`ganglion serve\`; fleet = not run yet (see run-matrix.sh)"
+	echo "- Deployments: monolith = one \`ganglion serve\`; fleet = examples/fleet under \`ganglion up\` (main, 2 client workers, 2 event persisters, 1 stream writer), clients spread over both workers (no router yet)"
 	echo "- Figures: rate over the measured phase (setup excluded); latencies in ms from exact sorted samples;"
 	echo "  peak RSS is the server's VmHWM, reset at each scenario's start"
 	echo
