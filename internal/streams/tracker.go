@@ -69,9 +69,17 @@ func (r *Reservation) Add(id int64) {
 // IDs returns the ids allocated so far, in allocation order.
 func (r *Reservation) IDs() []int64 { return r.ids }
 
-// Done marks the reservation finished, whether its transaction committed or
-// not: a rolled-back id simply has no rows, which readers tolerate.
-func (r *Reservation) Done() {
+// Done marks the reservation finished, its transaction committed.
+func (r *Reservation) Done() { r.finish(true) }
+
+// Abort ends a reservation whose transaction rolled back. Its ids are
+// forgotten without counting as finished: on SQLite the counter update
+// rolled back with the transaction and the same id will be handed out
+// again, so the position must not pass it now. (On PostgreSQL the id is
+// simply never used; later ids move the position past it.)
+func (r *Reservation) Abort() { r.finish(false) }
+
+func (r *Reservation) finish(committed bool) {
 	t := r.t
 	t.mu.Lock()
 	if r.done {
@@ -82,7 +90,7 @@ func (r *Reservation) Done() {
 	delete(t.reserving, r)
 	for _, id := range r.ids {
 		delete(t.inFlight, id)
-		if id > t.maxDone {
+		if committed && id > t.maxDone {
 			t.maxDone = id
 		}
 	}
@@ -118,30 +126,6 @@ func (t *Tracker) recompute() (bool, int64) {
 		return true, limit
 	}
 	return false, t.pos
-}
-
-// Abort ends a reservation whose transaction rolled back. Its ids are
-// forgotten without counting as finished: on SQLite the counter update
-// rolled back with the transaction and the same id will be handed out
-// again, so the position must not pass it now. (On PostgreSQL the id is
-// simply never used; later ids move the position past it.)
-func (r *Reservation) Abort() {
-	t := r.t
-	t.mu.Lock()
-	if r.done {
-		t.mu.Unlock()
-		return
-	}
-	r.done = true
-	delete(t.reserving, r)
-	for _, id := range r.ids {
-		delete(t.inFlight, id)
-	}
-	moved, pos := t.recompute()
-	t.mu.Unlock()
-	if moved && t.onAdvance != nil {
-		t.onAdvance(pos)
-	}
 }
 
 // Position is the writer's committed-without-gaps position.
