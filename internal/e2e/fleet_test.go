@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -215,9 +216,87 @@ func startFleetServer(t *testing.T, opts ...configOption) *server {
 		fleet:  f,
 		url:    f.clientURL(instWorker1),
 		opts:   opts,
-		http:   &http.Client{Timeout: 30 * time.Second, Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		http: &http.Client{Timeout: 30 * time.Second,
+			Transport: settleFirst{f: f, base: http.DefaultTransport.(*http.Transport).Clone()}},
 	}
 	return s
+}
+
+// settleFirst is the fleet clients' transport. Before a /sync or /events,
+// it waits (bounded) until every process has seen every writer's current
+// position, the test-side equivalent of sticky routing: the suites were
+// written for one process, where a write is visible to the next request,
+// and a sync on the other worker must not run in the few milliseconds
+// before replication delivers the write (a sync with timeout=0 would then
+// rightly answer "nothing yet").
+type settleFirst struct {
+	f    *fleet
+	base *http.Transport
+}
+
+func (s settleFirst) RoundTrip(req *http.Request) (*http.Response, error) {
+	if p := req.URL.Path; strings.HasSuffix(p, "/sync") || strings.HasSuffix(p, "/events") {
+		// A fresh context: the request's may carry an httptrace hook
+		// meant for the sync request alone.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		stop := context.AfterFunc(req.Context(), cancel)
+		s.f.settle(ctx)
+		stop()
+		cancel()
+	}
+	return s.base.RoundTrip(req)
+}
+
+func (s settleFirst) CloseIdleConnections() { s.base.CloseIdleConnections() }
+
+// settle polls every process's /metrics until, for every stream writer,
+// each process's view of it has reached the position the writer reports
+// for itself, or 10 s pass (then the request goes ahead and the test
+// judges what it gets).
+func (f *fleet) settle(ctx context.Context) {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if f.settled(ctx) {
+			return
+		}
+		t := time.NewTimer(5 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+var positionLine = regexp.MustCompile(`^ganglion_stream_position\{instance="([^"]+)",stream="([^"]+)",writer="([^"]+)"\} (\d+)$`)
+
+func (f *fleet) settled(ctx context.Context) bool {
+	own := map[[2]string]int64{}  // (stream, writer) → writer's own position
+	seen := map[[3]string]int64{} // (instance, stream, writer) → view
+	for _, p := range f.procs {
+		body, err := f.get(ctx, fmt.Sprintf("http://127.0.0.1:%d/metrics", p.replPort))
+		if err != nil {
+			continue // a process that is down (fault tests) cannot lag
+		}
+		for _, line := range strings.Split(body, "\n") {
+			m := positionLine.FindStringSubmatch(line)
+			if m == nil {
+				continue
+			}
+			pos, _ := strconv.ParseInt(m[4], 10, 64)
+			if m[1] == m[3] {
+				own[[2]string{m[2], m[3]}] = pos
+			}
+			seen[[3]string{m[1], m[2], m[3]}] = pos
+		}
+	}
+	for k, v := range seen {
+		if w, ok := own[[2]string{k[1], k[2]}]; ok && k[0] != k[2] && v < w {
+			return false
+		}
+	}
+	return true
 }
 
 // startFleet starts main, waits for it to be ready (it migrates the
