@@ -77,6 +77,8 @@ type DB struct {
 	writer *sql.DB
 	reader *sql.DB
 	log    *slog.Logger
+	// readStmts prepares reader queries once (SQLite only; see stmtCache).
+	readStmts *stmtCache
 }
 
 // Open connects to the database and checks that it answers. It does not
@@ -173,7 +175,7 @@ func openSQLite(ctx context.Context, opts Options, log *slog.Logger) (*DB, error
 		return nil, fmt.Errorf("open sqlite %s readers: %w", path, err)
 	}
 	log.Debug("opened database", "engine", SQLite, "path", path, "readers", n)
-	return &DB{engine: SQLite, writer: writer, reader: reader, log: log}, nil
+	return &DB{engine: SQLite, writer: writer, reader: reader, log: log, readStmts: newStmtCache(reader, 512)}, nil
 }
 
 func cloneValues(v url.Values) url.Values {
@@ -196,6 +198,9 @@ func (db *DB) Engine() Engine { return db.engine }
 
 // Close closes all connections.
 func (db *DB) Close() error {
+	if db.readStmts != nil {
+		db.readStmts.close()
+	}
 	if db.reader == db.writer {
 		return db.writer.Close()
 	}
@@ -204,7 +209,12 @@ func (db *DB) Close() error {
 
 // Reader is for reads outside a transaction. On SQLite it is a read-only
 // pool that sees every committed write and never waits for the writer.
-func (db *DB) Reader() Querier { return db.reader }
+func (db *DB) Reader() Querier {
+	if db.readStmts != nil {
+		return db.readStmts
+	}
+	return db.reader
+}
 
 // Exec runs one statement on the writer, outside any transaction.
 //
