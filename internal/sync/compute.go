@@ -548,15 +548,29 @@ func (s *Service) joinedRoom(ctx context.Context, r *request, roomID string, fro
 	jr.Timeline.PrevBatch = rooms.FormatRoomToken(start - 1)
 	jr.Ephemeral.Events = []any{}
 	jr.AccountData.Events = []any{}
-	joinedN, invitedN, err := s.store.MemberCounts(ctx, roomID)
-	if err != nil {
-		return nil, err
-	}
-	jr.Summary.JoinedCount, jr.Summary.InvitedCount = &joinedN, &invitedN
-	if jr.Summary.Heroes, err = s.store.Heroes(ctx, roomID, r.userID, 5); err != nil {
-		return nil, err
+	// The summary only changes with membership: send it with full state
+	// or when a member event is in the timeline or state, as Synapse does,
+	// sparing two queries on every other incremental sync.
+	if full || hasMemberEvent(tl) || hasMemberEvent(state) {
+		joinedN, invitedN, err := s.store.MemberCounts(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		jr.Summary.JoinedCount, jr.Summary.InvitedCount = &joinedN, &invitedN
+		if jr.Summary.Heroes, err = s.store.Heroes(ctx, roomID, r.userID, 5); err != nil {
+			return nil, err
+		}
 	}
 	return jr, nil
+}
+
+func hasMemberEvent(evs []*rooms.StoredEvent) bool {
+	for _, e := range evs {
+		if e.Event.Type() == "m.room.member" {
+			return true
+		}
+	}
+	return false
 }
 
 // leftRoom shows a room the user left: the timeline up to (and including)
