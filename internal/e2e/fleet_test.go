@@ -70,6 +70,8 @@ type fleet struct {
 	// next spreads new clients over clientWorkers, so that in every test
 	// the sender and the receiver talk to different processes.
 	next atomic.Uint64
+	// front, if set, is the router or nginx all requests go through.
+	front *front
 }
 
 // fleetProc is one instance of a fleet and its current OS process.
@@ -659,6 +661,9 @@ func (f *fleet) restart(t testing.TB) {
 	f.stopAll(t)
 	if err := f.startAll(); err != nil {
 		t.Fatalf("restart fleet: %v", err)
+	}
+	if f.front != nil {
+		f.front.afterRestart(t, f)
 	}
 }
 

@@ -72,7 +72,8 @@ type server struct {
 	// fleet is set for engine "fleet": url is worker1's client listener
 	// (where raw requests go), and each new client gets the next generic
 	// worker in turn. A fleet restarts on its own ports, so its transport
-	// needs no redirecting.
+	// needs no redirecting. Behind a front (fleet.front set), url is the
+	// front's and every request goes there.
 	fleet *fleet
 }
 
@@ -251,6 +252,9 @@ func startServer(t *testing.T, engine string, opts ...configOption) *server {
 	if engine == engineFleet {
 		return startFleetServer(t, opts...)
 	}
+	if kind, ok := frontKind(engine); ok {
+		return startFrontServer(t, engine, kind, opts...)
+	}
 	dir := t.TempDir()
 	s := &server{
 		engine: engine,
@@ -361,7 +365,14 @@ func (s *server) restart(t testing.TB) {
 // event persisters, one stream writer) on PostgreSQL and Redis.
 func forEachEngine(t *testing.T, fn func(t *testing.T, srv *server), opts ...configOption) {
 	t.Helper()
-	for _, engine := range []string{engineSQLite, enginePostgres, engineFleet} {
+	runDeployments(t, []string{engineSQLite, enginePostgres, engineFleet}, fn, opts...)
+}
+
+// runDeployments runs fn as one subtest per engine, each with its own
+// freshly started server.
+func runDeployments(t *testing.T, engines []string, fn func(t *testing.T, srv *server), opts ...configOption) {
+	t.Helper()
+	for _, engine := range engines {
 		t.Run(engine, func(t *testing.T) {
 			fn(t, startServer(t, engine, opts...))
 		})
@@ -381,11 +392,12 @@ func password(localpart string) string { return "pw-" + localpart + "-correct-ho
 func userID(localpart string) id.UserID { return id.NewUserID(localpart, serverName) }
 
 // client returns a mautrix client for the server with these credentials.
-// On a fleet, each new client talks to the next generic worker in turn.
+// On a fleet, each new client talks to the next generic worker in turn;
+// behind a front (fleet-router, fleet-nginx), every client uses the front.
 func (s *server) client(t testing.TB, user id.UserID, token string) *mautrix.Client {
 	t.Helper()
 	base := s.url
-	if s.fleet != nil {
+	if s.fleet != nil && s.fleet.front == nil {
 		base = s.fleet.nextClientURL()
 	}
 	c, err := mautrix.NewClient(base, user, token)
@@ -476,7 +488,8 @@ func truncate(b []byte) string {
 // On a fleet raw requests all go to worker1: they include two-legged
 // exchanges (a UIA challenge and its answer, an admin-registration nonce
 // and its use) and rate-limit sequences whose buckets are per process, and
-// TestBadInput's errors must be the same on every deployment.
+// TestBadInput's errors must be the same on every deployment. Behind a
+// front they go to the front, which routes them as it would any client's.
 func (s *server) do(t testing.TB, ctx context.Context, method, path, token string, body []byte) response {
 	t.Helper()
 	var rd io.Reader
