@@ -118,6 +118,15 @@ func serve(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if cfg.WorkerRole() == config.RoleRouter {
+		// worker_app: router runs the built-in reverse proxy, so a fleet's
+		// router is one more instance for `ganglion up` or systemd.
+		var args []string
+		for _, f := range files {
+			args = append(args, "-c", f)
+		}
+		return route(ctx, args)
+	}
 	log := newLogger(cfg)
 	for _, k := range cfg.UnknownKeys {
 		log.Debug("ignoring unsupported config key", "key", k)
