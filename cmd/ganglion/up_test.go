@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"ganglion/internal/testutil"
 	"net"
 	"net/http"
 	"os"
@@ -81,13 +82,7 @@ func (s *syncBuffer) String() string {
 
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
-	}
+	testutil.Eventually(t, within, what, cond)
 }
 
 func healthy(port int) bool {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"ganglion/internal/testutil"
 	"log/slog"
 	"net"
 	"net/http"
@@ -93,13 +94,7 @@ func (s *syncBuffer) String() string {
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
-	}
+	testutil.Eventually(t, within, what, cond)
 }
 
 func healthy(port int) bool {

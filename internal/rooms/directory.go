@@ -128,16 +128,7 @@ func (s *Service) Aliases(ctx context.Context, req *accounts.Requester, roomID s
 	if err != nil {
 		return nil, fmt.Errorf("aliases of %s: %w", roomID, err)
 	}
-	defer rows.Close()
-	out := []string{}
-	for rows.Next() {
-		var a string
-		if err := rows.Scan(&a); err != nil {
-			return nil, err
-		}
-		out = append(out, a)
-	}
-	return out, rows.Err()
+	return scanStrings(rows)
 }
 
 // checkCanonicalAlias enforces the spec's rule that m.room.canonical_alias

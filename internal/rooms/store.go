@@ -332,16 +332,7 @@ func (s *Store) RoomsForUser(ctx context.Context, userID string, memberships ...
 	if err != nil {
 		return nil, fmt.Errorf("rooms of %s: %w", userID, err)
 	}
-	defer rows.Close()
-	out := []string{}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out = append(out, id)
-	}
-	return out, rows.Err()
+	return scanStrings(rows)
 }
 
 // JoinedMembers lists the room's joined users.
@@ -351,16 +342,7 @@ func (s *Store) JoinedMembers(ctx context.Context, roomID string) ([]string, err
 	if err != nil {
 		return nil, fmt.Errorf("members of %s: %w", roomID, err)
 	}
-	defer rows.Close()
-	out := []string{}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out = append(out, id)
-	}
-	return out, rows.Err()
+	return scanStrings(rows)
 }
 
 // StateContent decodes the content of a current state event into v; false
@@ -515,16 +497,7 @@ func (s *Store) Heroes(ctx context.Context, roomID, userID string, n int) ([]str
 	if err != nil {
 		return nil, fmt.Errorf("heroes of %s: %w", roomID, err)
 	}
-	defer rows.Close()
-	out := []string{}
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			return nil, err
-		}
-		out = append(out, u)
-	}
-	return out, rows.Err()
+	return scanStrings(rows)
 }
 
 // ForgottenRooms lists the rooms the user forgot.
@@ -541,6 +514,20 @@ func (s *Store) ForgottenRooms(ctx context.Context, userID string) (map[string]b
 			return nil, err
 		}
 		out[id] = true
+	}
+	return out, rows.Err()
+}
+
+// scanStrings reads a one-column result of strings and closes it.
+func scanStrings(rows *sql.Rows) ([]string, error) {
+	defer rows.Close()
+	out := []string{}
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
 	}
 	return out, rows.Err()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"ganglion/internal/testutil"
 	"io"
 	"log/slog"
 	"net"
@@ -58,14 +59,12 @@ func (b *echoBackend) start(t testing.TB, addr string) {
 	t.Helper()
 	var ln net.Listener
 	var err error
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	// The port may still be held by the killed server: retry until the
+	// deadline.
+	testutil.Eventually(t, 5*time.Second, "listen on "+addr, func() bool {
 		ln, err = net.Listen("tcp", addr)
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond) // port still held by the killed server; retry until the deadline
-	}
+		return err == nil
+	})
 	if err != nil {
 		t.Fatalf("backend %s: listen: %v", b.name, err)
 	}
@@ -305,13 +304,7 @@ func trySend(ctx context.Context, base string, l reqLine) (result, error) {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
-	}
+	testutil.Eventually(t, timeout, what, cond)
 }
 
 func token(localpart string) string { return accounts.NewAccessToken(localpart) }

@@ -58,7 +58,7 @@ func ForEachEngine(t *testing.T, fn func(t *testing.T, db *storage.DB)) {
 func NewDB(t testing.TB, engine storage.Engine) *storage.DB {
 	t.Helper()
 	db := NewEmptyDB(t, engine)
-	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
+	ctx, cancel := context.WithTimeout(t.Context(), adminTimeout)
 	defer cancel()
 	if err := db.Migrate(ctx); err != nil {
 		t.Fatalf("migrate %s test database: %v", engine, err)
@@ -79,7 +79,7 @@ func NewEmptyDB(t testing.TB, engine storage.Engine) *storage.DB {
 	default:
 		t.Fatalf("unknown engine %q", engine)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
+	ctx, cancel := context.WithTimeout(t.Context(), adminTimeout)
 	defer cancel()
 	db, err := storage.Open(ctx, opts, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -124,11 +124,12 @@ func NewPostgresDatabase(t testing.TB) string {
 	name := "ganglion_test_" + hex.EncodeToString(b[:])
 
 	// The name is generated above, so quoting it as an identifier is safe.
-	if err := adminExec(admin, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+	if err := adminExec(t.Context(), admin, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
 		t.Fatalf("create test database %s: %v", name, err)
 	}
 	t.Cleanup(func() {
-		if err := adminExec(admin, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		// The test's context is already cancelled when cleanups run.
+		if err := adminExec(context.WithoutCancel(t.Context()), admin, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
 			t.Errorf("drop test database %s: %v", name, err)
 		}
 	})
@@ -139,8 +140,8 @@ func NewPostgresDatabase(t testing.TB) string {
 // adminExec runs one statement on a short-lived connection: CREATE and DROP
 // DATABASE cannot run in a transaction, and holding an admin pool per test
 // would eat into the server's connection limit.
-func adminExec(adminURL, stmt string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
+func adminExec(ctx context.Context, adminURL, stmt string) error {
+	ctx, cancel := context.WithTimeout(ctx, adminTimeout)
 	defer cancel()
 	db, err := sql.Open("pgx", adminURL)
 	if err != nil {
