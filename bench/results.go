@@ -297,7 +297,31 @@ func writeReport(w io.Writer, files []string, pgbenchTPS float64) error {
 		fmt.Fprintln(w)
 	}
 	writeTargets(w, labels, byLabel, pgbenchTPS)
+	writeRouterCost(w, byLabel)
 	return nil
+}
+
+// writeRouterCost compares the fleet through the router with the same
+// fleet reached directly, scenario by scenario: what the router adds.
+func writeRouterCost(w io.Writer, byLabel map[string][]*Result) {
+	routed, direct := byLabel["fleet"], byLabel["fleet-direct"]
+	if len(routed) == 0 || len(direct) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "### Router vs direct (same fleet, same load)")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| scenario | rate direct | rate via router | p50 ms direct | p50 ms via router | p99 ms direct | p99 ms via router |")
+	fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|")
+	for _, r := range routed {
+		for _, d := range direct {
+			if d.Scenario != r.Scenario || r.LatencyMS == nil || d.LatencyMS == nil {
+				continue
+			}
+			fmt.Fprintf(w, "| %s | %.1f %s | %.1f %s | %.1f | %.1f | %.1f | %.1f |\n", r.Scenario, d.Rate, d.Unit, r.Rate, r.Unit,
+				d.LatencyMS.P50, r.LatencyMS.P50, d.LatencyMS.P99, r.LatencyMS.P99)
+		}
+	}
+	fmt.Fprintln(w)
 }
 
 // writeTargets checks the figures against the Benchmarks issue's targets.
@@ -368,7 +392,7 @@ func writeTargets(w io.Writer, labels []string, byLabel map[string][]*Result, pg
 		if peak > 0 {
 			rows = append(rows, row{"peak server RSS < 100 MiB", l, fmt.Sprintf("%.0f MiB", peak), yes(peak < 100)})
 		}
-		if fleet {
+		if fleet && l != "fleet-direct" {
 			for _, r := range byLabel[l] {
 				m := find("postgres", r.Scenario)
 				if m == nil || m.Rate == 0 || r.Fatal != "" {

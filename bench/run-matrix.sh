@@ -4,7 +4,7 @@
 #
 #   bench/run-matrix.sh                         monolith on SQLite and on PostgreSQL, every scenario, default sizes
 #   bench/run-matrix.sh --small                 small sizes: checks that everything runs (figures mean little)
-#   bench/run-matrix.sh --targets postgres      only these deployments (comma-separated: sqlite, postgres, fleet)
+#   bench/run-matrix.sh --targets postgres      only these deployments (comma-separated: sqlite, postgres, fleet, fleet-direct)
 #   bench/run-matrix.sh --pprof                 also save CPU and heap profiles of every scenario (needs
 #                                               net/http/pprof on the server's metrics listener)
 #   bench/run-matrix.sh -- -scenario send,fanout -fanout-members 1000
@@ -34,7 +34,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command_line="bench/run-matrix.sh${*:+ $*}"
-targets="sqlite,postgres,fleet"
+targets="sqlite,postgres,fleet,fleet-direct"
 small=0
 want_pprof=0
 extra=()
@@ -346,32 +346,39 @@ for t in "${target_list[@]}"; do
 		run_target "$t" "$SERVER_URLS" "$SERVER_PIDS" "$SERVER_PPROF"
 		stop_server
 		;;
-	fleet)
+	fleet | fleet-direct)
 		# The example fleet (examples/fleet: main, two client workers, two
-		# event persisters, one stream writer) under `ganglion up`, on its
-		# own database and a throw-away Redis, with the benchmark's limits.
+		# event persisters, one stream writer, the router) under `ganglion
+		# up`, on its own database and a throw-away Redis, with the
+		# benchmark's limits. "fleet" sends every request through the
+		# router on 8008; "fleet-direct" spreads the clients over the two
+		# workers (8081, 8082) itself, to measure what the router adds.
+		db=ganglion_${t//-/_}
 		start_redis
-		psql_do -d postgres -c "CREATE DATABASE ganglion_fleet"
-		mkdir -p "$tmp/fleet"
+		psql_do -d postgres -c "CREATE DATABASE $db"
+		mkdir -p "$tmp/$t"
 		fast='{"per_second": 100000, "burst_count": 100000}'
 		printf '{"bcrypt_rounds": 4, "enable_registration": true, "enable_registration_without_verification": true, "rc_message": %s, "rc_registration": %s, "rc_login": {"address": %s, "account": %s, "failed_attempts": %s}}\n' \
-			"$fast" "$fast" "$fast" "$fast" "$fast" >"$tmp/fleet/bench.yaml"
-		sed -e "s#^config: .*#config: [$root/examples/fleet/homeserver.yaml, $tmp/fleet/bench.yaml]#" \
-			-e "s#^run_dir: .*#run_dir: $tmp/fleet/run#" "$root/examples/fleet/deployment.yaml" >"$tmp/fleet/deployment.yaml"
-		GANGLION_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/ganglion_fleet?sslmode=disable" \
+			"$fast" "$fast" "$fast" "$fast" "$fast" >"$tmp/$t/bench.yaml"
+		sed -e "s#^config: .*#config: [$root/examples/fleet/homeserver.yaml, $tmp/$t/bench.yaml]#" \
+			-e "s#^run_dir: .*#run_dir: $tmp/$t/run#" "$root/examples/fleet/deployment.yaml" >"$tmp/$t/deployment.yaml"
+		GANGLION_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$db?sslmode=disable" \
 			GANGLION_REDIS_URL="redis://127.0.0.1:$redis_port/0" \
-			"$tmp/ganglion" up -c "$tmp/fleet/deployment.yaml" >"$tmp/fleet/up.log" 2>&1 &
+			"$tmp/ganglion" up -c "$tmp/$t/deployment.yaml" >"$tmp/$t/up.log" 2>&1 &
 		server_pid=$!
-		for url in http://127.0.0.1:8008 http://127.0.0.1:8009; do
-			wait_healthy "$url" "$server_pid" || die "fleet did not come up (see $tmp/fleet/up.log)"
+		for url in http://127.0.0.1:8008 http://127.0.0.1:8081 http://127.0.0.1:8082; do
+			wait_healthy "$url" "$server_pid" || die "fleet did not come up (see $tmp/$t/up.log)"
 		done
-		# every process of the fleet counts for peak RSS
+		urls=http://127.0.0.1:8008
+		[[ $t == fleet-direct ]] && urls=http://127.0.0.1:8081,http://127.0.0.1:8082
+		# every process of the fleet counts for peak RSS (the idle router
+		# too in fleet-direct)
 		SERVER_PIDS=$(pgrep -P "$server_pid" | paste -sd, -)
-		run_target fleet "http://127.0.0.1:8008,http://127.0.0.1:8009" "$SERVER_PIDS" ""
+		run_target "$t" "$urls" "$SERVER_PIDS" ""
 		stop_server
 		kill "$redis_pid" 2>/dev/null || true
 		;;
-	*) die "unknown target $t (want sqlite, postgres or fleet)" ;;
+	*) die "unknown target $t (want sqlite, postgres, fleet or fleet-direct)" ;;
 	esac
 done
 
@@ -396,11 +403,17 @@ sizes="the defaults of \`go run ./bench -h\`"
 	echo "- PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'): $pg_settings; Ganglion's pool cp_max 20. SQLite: WAL, synchronous=NORMAL (Ganglion's settings)"
 	echo "- pgbench (20 clients, ${BENCH_PGBENCH_SECONDS:-10} s, single-row INSERT with a bigserial key): **$pgbench_tps inserts/s**"
 	echo "- Sizes: $sizes${extra[*]:+; extra bench flags: ${extra[*]}}"
-	echo "- Deployments: monolith = one \`ganglion serve\`; fleet = examples/fleet under \`ganglion up\` (main, 2 client workers, 2 event persisters, 1 stream writer), clients spread over both workers (no router yet)"
+	echo "- Deployments: monolith = one \`ganglion serve\`; fleet = examples/fleet under \`ganglion up\` (main, 2 client workers, 2 event persisters, 1 stream writer, the router): every request through the router; fleet-direct = the same fleet with the clients spread over the two workers, bypassing the router"
 	echo "- Figures: rate over the measured phase (setup excluded); latencies in ms from exact sorted samples;"
 	echo "  peak RSS is the server's VmHWM, reset at each scenario's start"
 	echo
 	"$tmp/bench" -report "$(IFS=,; echo "${results[*]}")" -pgbench-tps "$pgbench_tps"
+	# The written analysis (reasons for unmet targets, next bottlenecks)
+	# lives in bench/ANALYSIS.md, so a rerun keeps it.
+	if [[ -f "$root/bench/ANALYSIS.md" ]]; then
+		echo
+		cat "$root/bench/ANALYSIS.md"
+	fi
 } >"$out.tmp"
 mv "$out.tmp" "$out"
 log "wrote $out"

@@ -7,7 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"ganglion/internal/testutil"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"ganglion/internal/storage/storagetest"
+	"ganglion/internal/testutil"
 )
 
 // envTestRedis names the Redis the fleet tests use (redis://host:port/db).
@@ -105,9 +106,11 @@ func startedPIDs(log, instance string) []int {
 	return out
 }
 
-// TestUpRunsAndSupervisesAFleet runs `ganglion up` for real: main and one
-// worker against PostgreSQL and Redis, `ganglion status`, a worker killed
-// with SIGKILL and restarted, and a clean SIGTERM shutdown.
+// TestUpRunsAndSupervisesAFleet runs `ganglion up` for real: main, one
+// worker and a router against PostgreSQL and Redis, client traffic through
+// the router to the worker, `ganglion status`, a worker killed with
+// SIGKILL and restarted (the router fails over to main meanwhile and back
+// after), and a clean SIGTERM shutdown.
 func TestUpRunsAndSupervisesAFleet(t *testing.T) {
 	redisURL := testRedisURL(t)
 	dbURL := storagetest.NewPostgresDatabase(t)
@@ -126,19 +129,23 @@ worker_replication_secret: up-test-secret
 signing_key_path: signing.key
 bcrypt_rounds: 4
 `, serverName)
-	mainRepl, workerClient, workerRepl := freePort(t), freePort(t), freePort(t)
+	mainClient, mainRepl, workerClient, workerRepl := freePort(t), freePort(t), freePort(t), freePort(t)
+	routerPort, routerMetrics := freePort(t), freePort(t)
 	deployment := fmt.Sprintf(`config: [homeserver.yaml]
 instances:
   - name: main
-    listeners: [{port: %d, resources: [replication, metrics]}]
+    listeners: [{port: %d, resources: [client]}, {port: %d, resources: [replication, metrics]}]
   - name: worker1
     app: synapse.app.generic_worker
     listeners: [{port: %d, resources: [client]}, {port: %d, resources: [replication, metrics]}]
     stream_writers: [typing]
+  - name: router
+    app: router
+    listeners: [{port: %d, resources: [client]}, {port: %d, resources: [metrics]}]
 restart: {min_backoff: 100ms, max_backoff: 1s}
 startup_timeout: 90s
 stop_timeout: 15s
-`, mainRepl, workerClient, workerRepl)
+`, mainClient, mainRepl, workerClient, workerRepl, routerPort, routerMetrics)
 	for name, data := range map[string]string{"homeserver.yaml": shared, "deployment.yaml": deployment} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
 			t.Fatal(err)
@@ -172,8 +179,42 @@ stop_timeout: 15s
 		}
 	})
 
-	eventually(t, 120*time.Second, "main and worker1 healthy", func() bool {
-		return healthy(mainRepl) && healthy(workerClient) && healthy(workerRepl)
+	eventually(t, 120*time.Second, "main, worker1 and the router healthy", func() bool {
+		return healthy(mainRepl) && healthy(workerClient) && healthy(workerRepl) && healthy(routerPort)
+	})
+
+	// Through the router: the client API answers, from worker1 (the
+	// generated pools send client traffic to client-facing workers).
+	routerGet := func(path string) (int, string) {
+		c := &http.Client{Timeout: 5 * time.Second}
+		resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d%s", routerPort, path))
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	backendRequests := func(backend string) int {
+		c := &http.Client{Timeout: 5 * time.Second}
+		resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", routerMetrics))
+		if err != nil {
+			return -1
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body := string(b)
+		n := 0
+		re := regexp.MustCompile(`(?m)^ganglion_router_requests_total\{[^}]*backend="` + backend + `"[^}]*\} (\d+)$`)
+		for _, m := range re.FindAllStringSubmatch(body, -1) {
+			k, _ := strconv.Atoi(m[1])
+			n += k
+		}
+		return n
+	}
+	eventually(t, 30*time.Second, "the router serves /versions from worker1", func() bool {
+		code, body := routerGet("/_matrix/client/versions")
+		return code == 200 && strings.Contains(body, `"versions"`) && backendRequests("worker1") > 0
 	})
 
 	// status, from the deployment file: both up, as JSON and as a table.
@@ -199,7 +240,7 @@ stop_timeout: 15s
 		if err := json.Unmarshal([]byte(out), &reports); err != nil {
 			t.Fatalf("status --json: %v\n%s", err, out)
 		}
-		return len(reports) == 2 && reports[0].Up && reports[1].Up
+		return len(reports) == 3 && reports[0].Up && reports[1].Up && reports[2].Up
 	})
 	if reports[0].Instance != "main" || reports[0].Status.Role != "main" || reports[1].Instance != "worker1" ||
 		reports[1].Status.Role != "generic_worker" || !strings.Contains(strings.Join(reports[1].Status.WrittenHere, ","), "typing") {
@@ -216,14 +257,25 @@ stop_timeout: 15s
 
 	// Kill the worker; the supervisor must bring it back.
 	mainPIDs, workerPIDs := startedPIDs(stderr.String(), "main"), startedPIDs(stderr.String(), "worker1")
-	if len(mainPIDs) != 1 || len(workerPIDs) != 1 {
-		t.Fatalf("pids: main %v worker1 %v", mainPIDs, workerPIDs)
+	routerPIDs := startedPIDs(stderr.String(), "router")
+	if len(mainPIDs) != 1 || len(workerPIDs) != 1 || len(routerPIDs) != 1 {
+		t.Fatalf("pids: main %v worker1 %v router %v", mainPIDs, workerPIDs, routerPIDs)
 	}
 	if err := syscall.Kill(workerPIDs[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	// Meanwhile the router fails over to main for worker1's classes.
+	eventually(t, 30*time.Second, "the router answers while worker1 is down or restarting", func() bool {
+		code, _ := routerGet("/_matrix/client/versions")
+		return code == 200
+	})
 	eventually(t, 60*time.Second, "worker1 restarted and healthy", func() bool {
 		return len(startedPIDs(stderr.String(), "worker1")) == 2 && healthy(workerClient)
+	})
+	before := backendRequests("worker1")
+	eventually(t, 30*time.Second, "the router sends traffic to the restarted worker1 again", func() bool {
+		code, _ := routerGet("/_matrix/client/versions")
+		return code == 200 && backendRequests("worker1") > before
 	})
 	if !strings.Contains(stderr.String(), `msg="instance exited; restarting" instance=worker1 err="signal: killed"`) {
 		t.Errorf("restart not logged")
@@ -247,12 +299,12 @@ stop_timeout: 15s
 	case <-time.After(45 * time.Second):
 		t.Fatal("ganglion up did not exit after SIGTERM")
 	}
-	for _, pid := range append(mainPIDs, startedPIDs(stderr.String(), "worker1")...) {
+	for _, pid := range append(append(mainPIDs, routerPIDs...), startedPIDs(stderr.String(), "worker1")...) {
 		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 			t.Errorf("child %d still running after up exited (kill 0: %v)", pid, err)
 		}
 	}
-	if healthy(mainRepl) || healthy(workerClient) {
+	if healthy(mainRepl) || healthy(workerClient) || healthy(routerPort) {
 		t.Error("a listener still answers after up exited")
 	}
 	// With the fleet gone, status says so and fails.

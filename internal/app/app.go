@@ -57,7 +57,10 @@ type Process struct {
 	// positions are the local stream writers whose positions are saved
 	// periodically and at shutdown.
 	positions []positionSaver
-	// onShutdown runs after the listeners stop, before the database closes.
+	// beforeModulesStop runs after the listeners stop, while the modules
+	// (the Redis link among them) still run.
+	beforeModulesStop []func(ctx context.Context) error
+	// onShutdown runs after the modules stop, before the database closes.
 	onShutdown []func(ctx context.Context) error
 
 	mu        gosync.Mutex
@@ -299,7 +302,8 @@ func (p *Process) wire(ctx context.Context) error {
 		rw := presence.NewRemoteWriter(ctx, rpcClient, firstWriter(streams.Presence), replicator.Bus(), replicator.ProcessID(), log)
 		presWriter = rw
 		replicator.SyncingUsers = rw.Syncing
-		p.onShutdown = append(p.onShutdown, func(ctx context.Context) error {
+		// While the Redis link is still up: it closes with the modules.
+		p.beforeModulesStop = append(p.beforeModulesStop, func(ctx context.Context) error {
 			return replicator.Bus().Publish(ctx, replication.ClearUserSync{InstanceID: replicator.ProcessID()})
 		})
 	}
@@ -570,6 +574,11 @@ func (p *Process) Run(ctx context.Context) error {
 	defer cancel()
 	for _, srv := range p.servers {
 		_ = srv.Shutdown(shutCtx)
+	}
+	for _, f := range p.beforeModulesStop {
+		if err := f(shutCtx); err != nil {
+			p.log.Warn("shutdown step failed", "err", err)
+		}
 	}
 	stopModules()
 	modules.Wait()

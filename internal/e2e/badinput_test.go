@@ -57,7 +57,7 @@ type badInputCase struct {
 //     member who may not see an event).
 func TestBadInput(t *testing.T) {
 	t.Parallel()
-	forEachFront(t, func(t *testing.T, srv *server) {
+	forEachEngine(t, func(t *testing.T, srv *server) {
 		ctx := testContext(t)
 		closed := startServer(t, srv.engine, withRegistrationDisabled())
 

@@ -14,7 +14,7 @@ import (
 // room directory (visibility, publicRooms paging and search).
 func TestAliasesAndDirectory(t *testing.T) {
 	t.Parallel()
-	forEachFront(t, func(t *testing.T, srv *server) {
+	forEachEngine(t, func(t *testing.T, srv *server) {
 		ctx := testContext(t)
 		alice := srv.register(t, ctx, "alice")
 		bob := srv.register(t, ctx, "bob")

@@ -13,7 +13,7 @@ import (
 // explicit stop clears it; a short timeout expires on its own.
 func TestSyncTyping(t *testing.T) {
 	t.Parallel()
-	forEachFront(t, func(t *testing.T, srv *server) {
+	forEachEngine(t, func(t *testing.T, srv *server) {
 		ctx := testContext(t)
 		alice := srv.register(t, ctx, "alice")
 		bob := srv.register(t, ctx, "bob")

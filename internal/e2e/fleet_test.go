@@ -72,6 +72,10 @@ type fleet struct {
 	next atomic.Uint64
 	// front, if set, is the router or nginx all requests go through.
 	front *front
+	// lastSettle is what the last settle check saw (stream positions per
+	// instance), logged when a test fails.
+	settleMu   sync.Mutex
+	lastSettle []string
 }
 
 // fleetProc is one instance of a fleet and its current OS process.
@@ -274,28 +278,42 @@ func (f *fleet) settle(ctx context.Context) {
 var positionLine = regexp.MustCompile(`^ganglion_stream_position\{instance="([^"]+)",stream="([^"]+)",writer="([^"]+)"\} (\d+)$`)
 
 func (f *fleet) settled(ctx context.Context) bool {
+	var saw []string
+	defer func() { f.settleMu.Lock(); f.lastSettle = saw; f.settleMu.Unlock() }()
 	own := map[[2]string]int64{}  // (stream, writer) → writer's own position
 	seen := map[[3]string]int64{} // (instance, stream, writer) → view
+	var up []string
 	for _, p := range f.procs {
 		body, err := f.get(ctx, fmt.Sprintf("http://127.0.0.1:%d/metrics", p.replPort))
 		if err != nil {
+			saw = append(saw, p.name+": "+err.Error())
 			continue // a process that is down (fault tests) cannot lag
 		}
+		up = append(up, p.name)
 		for _, line := range strings.Split(body, "\n") {
 			m := positionLine.FindStringSubmatch(line)
 			if m == nil {
 				continue
 			}
 			pos, _ := strconv.ParseInt(m[4], 10, 64)
+			if m[2] != "caches" && m[2] != "presence" {
+				saw = append(saw, line[len("ganglion_stream_position"):])
+			}
 			if m[1] == m[3] {
 				own[[2]string{m[2], m[3]}] = pos
 			}
 			seen[[3]string{m[1], m[2], m[3]}] = pos
 		}
 	}
-	for k, v := range seen {
-		if w, ok := own[[2]string{k[1], k[2]}]; ok && k[0] != k[2] && v < w {
-			return false
+	// A process with no line for a writer has not heard from it: it lags.
+	// (Every process writes the caches stream and lists only the writers
+	// it heard from; those are pushed synchronously anyway.)
+	for k, w := range own {
+		for _, inst := range up {
+			v, ok := seen[[3]string{inst, k[0], k[1]}]
+			if inst != k[1] && (ok || k[0] != "caches") && v < w {
+				return false
+			}
 		}
 	}
 	return true
@@ -324,6 +342,9 @@ func startFleet(t *testing.T, opts ...configOption) *fleet {
 		t.Cleanup(func() {
 			f.stopAll(t)
 			if t.Failed() {
+				f.settleMu.Lock()
+				t.Logf("stream positions at the last settle check: %q", f.lastSettle)
+				f.settleMu.Unlock()
 				f.logTails(t)
 			}
 		})

@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// Deployments of forEachFront beyond forEachEngine's: a fleet exactly as
+// forEachEngine's deployments beyond the plain fleet: a fleet exactly as
 // engineFleet, reached through one front — the built-in router (a real
 // `ganglion route` process) or nginx with the config `ganglion generate
 // nginx` writes for the same router section.
@@ -30,14 +30,6 @@ func frontKind(engine string) (kind string, ok bool) {
 		return "nginx", true
 	}
 	return "", false
-}
-
-// forEachFront is forEachEngine plus "fleet-router" and "fleet-nginx".
-// Those two start a fleet each and a front process, so they run for a
-// representative set of tests only, not the whole suite.
-func forEachFront(t *testing.T, fn func(t *testing.T, srv *server), opts ...configOption) {
-	t.Helper()
-	runDeployments(t, []string{engineSQLite, enginePostgres, engineFleet, engineFleetRouter, engineFleetNginx}, fn, opts...)
 }
 
 // front is a reverse proxy process in front of a fleet.

@@ -359,13 +359,15 @@ func (s *server) restart(t testing.TB) {
 	s.launch(t)
 }
 
-// forEachEngine runs fn as subtests "sqlite", "postgres" and "fleet", each
-// with its own freshly started server: a monolith in-process on each
-// engine, then a fleet of real processes (main, two generic workers, two
-// event persisters, one stream writer) on PostgreSQL and Redis.
+// forEachEngine runs fn as subtests "sqlite", "postgres", "fleet",
+// "fleet-router" and "fleet-nginx", each with its own freshly started
+// server: a monolith in-process on each engine, then a fleet of real
+// processes (main, two generic workers, two event persisters, one stream
+// writer) on PostgreSQL and Redis, reached directly, through `ganglion
+// route`, and through nginx running the generated config.
 func forEachEngine(t *testing.T, fn func(t *testing.T, srv *server), opts ...configOption) {
 	t.Helper()
-	runDeployments(t, []string{engineSQLite, enginePostgres, engineFleet}, fn, opts...)
+	runDeployments(t, []string{engineSQLite, enginePostgres, engineFleet, engineFleetRouter, engineFleetNginx}, fn, opts...)
 }
 
 // runDeployments runs fn as one subtest per engine, each with its own

@@ -15,7 +15,7 @@ import (
 // password change, logout and deactivation.
 func TestScenario(t *testing.T) {
 	t.Parallel()
-	forEachFront(t, func(t *testing.T, srv *server) {
+	forEachEngine(t, func(t *testing.T, srv *server) {
 		ctx := testContext(t)
 
 		// Accounts: three users, and a second device for alice.

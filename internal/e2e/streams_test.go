@@ -117,7 +117,7 @@ func TestSyncAccountData(t *testing.T) {
 // reaches every device; an undelivered message survives a restart.
 func TestSyncToDevice(t *testing.T) {
 	t.Parallel()
-	forEachFront(t, func(t *testing.T, srv *server) {
+	forEachEngine(t, func(t *testing.T, srv *server) {
 		ctx := testContext(t)
 		alice := srv.register(t, ctx, "alice")
 		alice2 := srv.mustLogin(t, ctx, "alice", password("alice"))

@@ -23,7 +23,7 @@ import (
 // order, and exactly the sent messages.
 func TestSyncGaplessUnderConcurrentSenders(t *testing.T) {
 	t.Parallel()
-	forEachFront(t, func(t *testing.T, srv *server) {
+	forEachEngine(t, func(t *testing.T, srv *server) {
 		ctx := testContext(t)
 		const senders, perSender = 3, 30
 		owner := srv.register(t, ctx, "gapowner")

@@ -344,6 +344,9 @@ func (d *Deployment) validateInstances(ps *problems) {
 		if replication > 1 {
 			ps.add(p+".listeners", "%d listeners with the replication resource; instance_map holds one per instance", replication)
 		}
+		if in.Role() == config.RoleRouter {
+			checkRouter(ps, p, in)
+		}
 		if in.IsMain() && len(in.Listeners) == 0 {
 			ps.add(p+".listeners", "the main process needs a listener: up waits for its /health")
 		}
@@ -384,6 +387,35 @@ func (d *Deployment) validateInstances(ps *problems) {
 		if w := writers[s.name]; !s.multi && len(w) > 1 {
 			ps.add("instances", "stream %s: only one writer allowed, got %d (%s)", s.name, len(w), strings.Join(w, ", "))
 		}
+	}
+}
+
+// checkRouter validates a router instance: its first listener is the
+// proxy's (clients connect to it), an optional second one with the metrics
+// resource serves the router's metrics; it writes no stream and is no
+// replication peer.
+func checkRouter(ps *problems, p string, in Instance) {
+	switch {
+	case len(in.Listeners) == 0:
+		ps.add(p+".listeners", "a router needs a listener: the port clients connect to")
+	case len(in.Listeners) > 2:
+		ps.add(p+".listeners", "a router has one listener for clients and optionally one for metrics, got %d", len(in.Listeners))
+	}
+	for j, l := range in.Listeners {
+		lp := fmt.Sprintf("%s.listeners[%d].resources", p, j)
+		for _, r := range l.Resources {
+			switch {
+			case r == "replication":
+				ps.add(lp, "a router is not a replication peer; drop the replication resource")
+			case j == 0 && r == "metrics":
+				ps.add(lp, "the first listener of a router is the proxy; put metrics on a second listener")
+			case j == 1 && r != "metrics":
+				ps.add(lp, "the second listener of a router serves metrics only, got %q", r)
+			}
+		}
+	}
+	if len(in.StreamWriters) > 0 {
+		ps.add(p+".stream_writers", "a router writes no stream")
 	}
 }
 

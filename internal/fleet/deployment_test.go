@@ -102,6 +102,16 @@ func TestParseErrors(t *testing.T) {
 			"  - {name: main, listeners: [{port: 1, resources: [client]}]}\n" +
 			"  - {name: w1, app: generic_worker, listeners: [{port: 2, resources: [client]}]}\n",
 			[]string{"instances[0].listeners: workers reach the main process through instance_map.main"}},
+		{"router without listener", head + "instances:\n" + mainOK + "  - {name: r, app: router}\n",
+			[]string{"instances[1].listeners: a router needs a listener"}},
+		{"router as a replication peer and writer", head + "instances:\n" + mainOK +
+			"  - {name: r, app: router, listeners: [{port: 2, resources: [client, replication]}], stream_writers: [typing]}\n",
+			[]string{"instances[1].listeners[0].resources: a router is not a replication peer",
+				"instances[1].stream_writers: a router writes no stream"}},
+		{"router listeners", head + "instances:\n" + mainOK +
+			"  - {name: r, app: router, listeners: [{port: 2, resources: [metrics]}, {port: 3, resources: [client]}]}\n",
+			[]string{"instances[1].listeners[0].resources: the first listener of a router is the proxy",
+				`instances[1].listeners[1].resources: the second listener of a router serves metrics only, got "client"`}},
 		{"main without listeners", head + "instances:\n  - {name: main}\n",
 			[]string{"instances[0].listeners: the main process needs a listener"}},
 		{"main with a worker app", head + "instances:\n  - {name: main, app: generic_worker, listeners: [{port: 1, resources: [client]}]}\n",

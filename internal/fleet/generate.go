@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"maps"
 	"net"
@@ -22,6 +23,9 @@ import (
 type Shared struct {
 	InstanceMap   map[string]config.InstanceLocation
 	StreamWriters map[string][]string
+	// RouterPools reports whether the files set router.pools; if not, a
+	// router instance gets pools derived from the deployment.
+	RouterPools bool
 }
 
 // ReadShared reads instance_map and stream_writers from the shared config
@@ -37,10 +41,14 @@ func ReadShared(paths []string) (Shared, error) {
 		var doc struct {
 			InstanceMap   map[string]config.InstanceLocation `yaml:"instance_map"`
 			StreamWriters map[string]config.StringList       `yaml:"stream_writers"`
+			Router        struct {
+				Pools map[string]any `yaml:"pools"`
+			} `yaml:"router"`
 		}
 		if err := yaml.Unmarshal(data, &doc); err != nil {
 			return Shared{}, fmt.Errorf("read shared config %s: %w", p, err)
 		}
+		s.RouterPools = s.RouterPools || doc.Router.Pools != nil
 		if doc.InstanceMap != nil && s.InstanceMap == nil {
 			s.InstanceMap = map[string]config.InstanceLocation{}
 		}
@@ -176,9 +184,12 @@ func Generate(d *Deployment, shared Shared, dir string) (*Plan, error) {
 				Resources: []resourceDoc{{Names: slices.Clone(l.Resources)}}}
 		}
 		var doc any
-		if in.IsMain() {
+		switch {
+		case in.IsMain():
 			doc = mainDoc{Listeners: ls}
-		} else {
+		case in.Role() == config.RoleRouter:
+			doc = d.routerDoc(in, shared)
+		default:
 			doc = workerDoc{App: in.Role(), Name: in.Name, Listeners: ls}
 		}
 		data, err := render(header, doc)
@@ -188,6 +199,75 @@ func Generate(d *Deployment, shared Shared, dir string) (*Plan, error) {
 		files = append(files, File{Name: in.Name + ".yaml", Data: data})
 	}
 	return &Plan{Dir: dir, Files: files, Instances: planned}, nil
+}
+
+// routerDoc is a router instance's file: its listener, every other
+// instance's HTTP listeners, and (unless the shared config sets
+// router.pools) pools derived from the deployment: client-facing generic
+// workers serve sync, event sending and everything else; media workers
+// serve media. Without client-facing workers everything goes to main.
+func (d *Deployment) routerDoc(in Instance, shared Shared) routerFileDoc {
+	l := in.Listeners[0]
+	sec := routerSectionDoc{
+		Listen:    routerListenDoc{Port: l.Port, BindAddress: d.bind(l), XForwarded: l.XForwarded},
+		Instances: map[string]routerInstanceDoc{},
+	}
+	if len(in.Listeners) > 1 {
+		m := in.Listeners[1]
+		sec.MetricsListen = &routerListenDoc{Port: m.Port, BindAddress: d.bind(m)}
+	}
+	var clientWorkers, mediaWorkers []string
+	for _, other := range d.Instances {
+		if other.Role() == config.RoleRouter {
+			continue
+		}
+		var u routerInstanceDoc
+		for _, ol := range other.Listeners {
+			url := "http://" + net.JoinHostPort(connectHost(d.bind(ol)), strconv.Itoa(ol.Port))
+			if u.ClientURL == "" && slices.Contains(ol.Resources, "client") {
+				u.ClientURL = url
+			}
+			if u.FederationURL == "" && slices.Contains(ol.Resources, "federation") {
+				u.FederationURL = url
+			}
+			if u.MediaURL == "" && slices.Contains(ol.Resources, "media") {
+				u.MediaURL = url
+			}
+		}
+		if u.ClientURL == "" {
+			u.ClientURL = cmp.Or(u.FederationURL, u.MediaURL)
+		}
+		if u.ClientURL == "" {
+			continue // not reachable over HTTP: replication only
+		}
+		if u.FederationURL == u.ClientURL {
+			u.FederationURL = ""
+		}
+		if u.MediaURL == u.ClientURL {
+			u.MediaURL = ""
+		}
+		sec.Instances[other.Name] = u
+		switch other.Role() {
+		case config.RoleGenericWorker:
+			if slices.ContainsFunc(other.Listeners, func(ol Listener) bool { return slices.Contains(ol.Resources, "client") }) {
+				clientWorkers = append(clientWorkers, other.Name)
+			}
+		case config.RoleMediaRepository:
+			mediaWorkers = append(mediaWorkers, other.Name)
+		}
+	}
+	if !shared.RouterPools {
+		sec.Pools = map[string][]string{}
+		if len(clientWorkers) > 0 {
+			sec.Pools["sync"] = clientWorkers
+			sec.Pools["client"] = clientWorkers
+			sec.Pools["events"] = clientWorkers
+		}
+		if len(mediaWorkers) > 0 {
+			sec.Pools["media"] = mediaWorkers
+		}
+	}
+	return routerFileDoc{App: config.RoleRouter, Name: in.Name, Router: sec}
 }
 
 func (d *Deployment) bind(l Listener) string {
@@ -282,6 +362,27 @@ type (
 		Name      string        `yaml:"worker_name"`
 		Listeners []listenerDoc `yaml:"worker_listeners"`
 	}
+	routerFileDoc struct {
+		App    string           `yaml:"worker_app"`
+		Name   string           `yaml:"worker_name"`
+		Router routerSectionDoc `yaml:"router"`
+	}
+	routerSectionDoc struct {
+		Listen        routerListenDoc              `yaml:"listen"`
+		MetricsListen *routerListenDoc             `yaml:"metrics_listen,omitempty"`
+		Instances     map[string]routerInstanceDoc `yaml:"instances"`
+		Pools         map[string][]string          `yaml:"pools,omitempty"`
+	}
+	routerListenDoc struct {
+		Port        int    `yaml:"port"`
+		BindAddress string `yaml:"bind_address"`
+		XForwarded  bool   `yaml:"x_forwarded,omitempty"`
+	}
+	routerInstanceDoc struct {
+		ClientURL     string `yaml:"client_url"`
+		FederationURL string `yaml:"federation_url,omitempty"`
+		MediaURL      string `yaml:"media_url,omitempty"`
+	}
 	listenerDoc struct {
 		Type          string        `yaml:"type"`
 		Port          int           `yaml:"port"`
@@ -310,9 +411,7 @@ func render(header string, doc any) ([]byte, error) {
 					item.Style = yaml.FlowStyle
 				}
 			case yaml.MappingNode:
-				for j := 1; j < len(v.Content); j += 2 {
-					v.Content[j].Style = yaml.FlowStyle
-				}
+				flowLeaves(v)
 			}
 		}
 	}
@@ -331,6 +430,29 @@ func render(header string, doc any) ([]byte, error) {
 		return nil, fmt.Errorf("encode generated config: %w", err)
 	}
 	return b.Bytes(), nil
+}
+
+// flowLeaves puts each innermost mapping or list of a nested mapping on
+// one line ({host: …, port: …}, [a, b]) and keeps the levels above it as
+// blocks.
+func flowLeaves(n *yaml.Node) {
+	for j := 1; j < len(n.Content); j += 2 {
+		v := n.Content[j]
+		if v.Kind == yaml.MappingNode && !scalarsOnly(v) {
+			flowLeaves(v)
+		} else {
+			v.Style = yaml.FlowStyle
+		}
+	}
+}
+
+func scalarsOnly(n *yaml.Node) bool {
+	for i := 1; i < len(n.Content); i += 2 {
+		if n.Content[i].Kind != yaml.ScalarNode {
+			return false
+		}
+	}
+	return true
 }
 
 // WriteFiles writes the plan's files into p.Dir, each atomically, so a

@@ -11,6 +11,7 @@ import (
 
 	"ganglion/internal/config"
 	"ganglion/internal/fleet"
+	"ganglion/internal/router"
 )
 
 var update = flag.Bool("update", false, "rewrite examples/fleet/workers from examples/fleet/deployment.yaml")
@@ -241,9 +242,37 @@ func TestExampleFleet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Until the router exists, clients reach a worker on 8008.
-	if l := cfgs["worker1"].Listeners(); len(l) == 0 || l[0].Port != 8008 || !l[0].HasResource("client") {
-		t.Errorf("worker1 should serve clients on 8008: %+v", l)
+	if l := cfgs["worker1"].Listeners(); len(l) == 0 || l[0].Port != 8081 || !l[0].HasResource("client") {
+		t.Errorf("worker1 should serve clients on 8081: %+v", l)
+	}
+	// Clients reach the router on 8008; it knows every client listener
+	// and sends client traffic to the two client-facing workers.
+	if cfgs["router"].WorkerRole() != config.RoleRouter {
+		t.Errorf("router role %q", cfgs["router"].WorkerRole())
+	}
+	var files []string
+	for _, in := range plan.Instances {
+		if in.Name == "router" {
+			files = in.ConfigFiles
+		}
+	}
+	_, rc, err := router.Load(files, func(string) string { return "" })
+	if err != nil {
+		t.Fatalf("router config: %v", err)
+	}
+	if rc.Listen.Port != 8008 || rc.MetricsListen == nil || rc.MetricsListen.Port != 9108 {
+		t.Errorf("router listens on %+v, metrics %+v", rc.Listen, rc.MetricsListen)
+	}
+	if got := rc.Instances["worker2"].ClientURL; got != "http://127.0.0.1:8082" {
+		t.Errorf("router's worker2 URL %q", got)
+	}
+	if _, ok := rc.Instances["persister1"]; ok {
+		t.Errorf("persister1 has no HTTP listener for clients, yet the router lists it")
+	}
+	for _, pool := range []string{"sync", "client", "events"} {
+		if got := []string(rc.Pools[pool]); !slices.Equal(got, []string{"worker1", "worker2"}) {
+			t.Errorf("router pool %s = %v", pool, got)
+		}
 	}
 	if got := cfgs["main"].StreamWriters(config.StreamEvents); !slices.Equal(got, []string{"persister1", "persister2"}) {
 		t.Errorf("events writers %v", got)

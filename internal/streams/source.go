@@ -66,6 +66,11 @@ func (r *Registry) Positions() map[Name]map[string]int64 {
 	out := make(map[Name]map[string]int64, len(r.streams))
 	for name, s := range r.streams {
 		m := make(map[string]int64, len(s.pos))
+		// Every configured writer, heard from or not: a reader that has
+		// not heard from a writer yet lags it (position 0), and must show.
+		for _, w := range s.writers {
+			m[w] = 0
+		}
 		for w, p := range s.pos {
 			m[w] = p
 		}
