@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -72,6 +73,10 @@ type Persister struct {
 
 	cacheMu sync.Mutex
 	cache   map[string]*roomCache
+
+	// queues holds, per room, the requests waiting to be persisted.
+	queueMu sync.Mutex
+	queues  map[string][]*sendRequest
 }
 
 // roomCache is the persister's view of a room it owns. It is only changed
@@ -89,7 +94,7 @@ const maxCachedRooms = 10000
 // NewPersister loads the writer's position and starts its tracker.
 func NewPersister(ctx context.Context, db *storage.DB, reg *streams.Registry, serverName string, key events.SigningKey, log *slog.Logger) (*Persister, error) {
 	p := &Persister{db: db, log: log, reg: reg, serverName: serverName, instance: reg.Instance(), key: key,
-		now: time.Now, cache: map[string]*roomCache{}}
+		now: time.Now, cache: map[string]*roomCache{}, queues: map[string][]*sendRequest{}}
 	pos, err := p.startPosition(ctx)
 	if err != nil {
 		return nil, err
@@ -146,17 +151,103 @@ func (p *Persister) lockRoom(roomID string) func() {
 	return m.Unlock
 }
 
-// SendEvents implements EventWriter.
+// sendRequest is one caller's drafts waiting in its room's queue.
+// results, err and done are written by whichever caller persists the
+// batch holding it, under the room's lock, and read by the owner under the
+// same lock.
+type sendRequest struct {
+	drafts  []Draft
+	results []Persisted
+	err     error
+	done    bool
+}
+
+// maxBatchDrafts bounds one transaction's drafts.
+const maxBatchDrafts = 64
+
+// SendEvents implements EventWriter. Concurrent calls for one room are
+// persisted together: a caller queues its drafts, takes the room's lock
+// and, unless an earlier lock holder already persisted them, persists
+// everything queued for the room in one transaction (group commit: one
+// commit and one extremities update for the batch instead of one per
+// request). Each request still succeeds or fails on its own: a draft the
+// auth rules refuse fails its request only.
 func (p *Persister) SendEvents(ctx context.Context, roomID string, drafts []Draft) ([]Persisted, error) {
 	if len(drafts) == 0 {
 		return nil, nil
 	}
+	req := &sendRequest{drafts: drafts}
+	p.queueMu.Lock()
+	p.queues[roomID] = append(p.queues[roomID], req)
+	p.queueMu.Unlock()
+
 	unlock := p.lockRoom(roomID)
 	defer unlock()
+	for !req.done {
+		// The batch starts at the queue's head, which is ours or older.
+		p.persistBatch(ctx, roomID, p.takeBatch(roomID))
+	}
+	return req.results, req.err
+}
 
-	rc, err := p.room(ctx, roomID, drafts[0])
+// takeBatch dequeues the room's oldest requests, up to maxBatchDrafts
+// drafts (at least one request). The caller holds the room's lock.
+func (p *Persister) takeBatch(roomID string) []*sendRequest {
+	p.queueMu.Lock()
+	defer p.queueMu.Unlock()
+	q := p.queues[roomID]
+	n, drafts := 0, 0
+	for n < len(q) && (n == 0 || drafts+len(q[n].drafts) <= maxBatchDrafts) {
+		drafts += len(q[n].drafts)
+		n++
+	}
+	batch := q[:n:n]
+	if n == len(q) {
+		delete(p.queues, roomID)
+	} else {
+		p.queues[roomID] = q[n:]
+	}
+	return batch
+}
+
+// persistBatch persists a batch and marks each request done. When the
+// transaction fails as a whole (a database error, not a refused draft), no
+// request of the batch can be blamed for it, so each is tried again alone.
+func (p *Persister) persistBatch(ctx context.Context, roomID string, batch []*sendRequest) {
+	// The batch holds other callers' requests: the lock holder's client
+	// going away must not fail them.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := p.persistTogether(ctx, roomID, batch)
 	if err != nil {
-		return nil, err
+		for _, r := range batch {
+			alone := []*sendRequest{r}
+			err := err
+			if len(batch) > 1 {
+				err = p.persistTogether(ctx, roomID, alone)
+			}
+			if errors.Is(err, errDuplicateTxn) {
+				// A concurrent send with the same txn id committed first;
+				// now the txn check finds its event.
+				err = p.persistTogether(ctx, roomID, alone)
+			}
+			if err != nil {
+				r.err, r.results = err, nil
+			}
+		}
+	}
+	for _, r := range batch {
+		r.done = true
+	}
+}
+
+// persistTogether persists the requests in one transaction. A request
+// whose drafts are refused (auth rules, bad content) gets its error in
+// r.err and leaves no trace; the returned error is the transaction's.
+func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []*sendRequest) error {
+	rc, err := p.room(ctx, roomID, batch[0].drafts[0])
+	if err != nil {
+		return err
 	}
 	// work is the batch's overlay over the cached room; it becomes the cache
 	// only after commit.
@@ -172,54 +263,54 @@ func (p *Persister) SendEvents(ctx context.Context, roomID string, drafts []Draf
 		return p.cachedState(ctx, q, roomID, rc, k)
 	}
 
-	results := make([]Persisted, len(drafts))
 	var built []*events.Event
+	var last int64
 	res := p.tracker.Reserve()
 	defer res.Abort() // no-op after Done
 	err = p.db.Tx(ctx, func(tx *sql.Tx) error {
 		// A retried transaction starts from the committed room again.
-		built = built[:0]
+		built, last = built[:0], 0
 		clear(work.state)
 		work.extremities, work.depth = rc.extremities, rc.depth
-		for i, d := range drafts {
-			if d.TxnID != "" && d.DeviceID != "" {
-				var id string
-				var so int64
-				err := tx.QueryRowContext(ctx, `SELECT event_id, stream_ordering FROM events
-					WHERE sender = $1 AND sender_device = $2 AND room_id = $3 AND txn_id = $4`,
-					d.Sender, d.DeviceID, roomID, d.TxnID).Scan(&id, &so)
-				if err == nil {
-					results[i] = Persisted{EventID: id, StreamPos: so, Deduplicated: true}
-					continue
-				}
-				if !errors.Is(err, sql.ErrNoRows) {
-					return fmt.Errorf("check txn id: %w", err)
-				}
-			}
-			ev, replaces, err := p.finalise(ctx, tx, roomID, work, d, getState)
-			if err != nil {
-				return err
-			}
-			id, err := p.db.NextStreamID(ctx, tx, string(streams.Events))
-			if err != nil {
-				return err
-			}
-			res.Add(id)
-			if err := p.insert(ctx, tx, ev, id, d, replaces); err != nil {
-				return err
-			}
-			results[i] = Persisted{EventID: ev.EventID(), StreamPos: id}
-			built = append(built, ev)
-			if ev.IsState() {
-				k := eventauth.StateKey{Type: ev.Type(), StateKey: *ev.StateKey()}
-				work.state[k] = ev
-				delete(work.missing, k)
-			}
-			work.extremities, work.depth = []string{ev.EventID()}, ev.Depth()
+		b := &batchState{inBatch: map[txnKey]*staged{}}
+		var err error
+		if b.existing, err = p.existingTxns(ctx, tx, roomID, batch); err != nil {
+			return err
 		}
-		if len(built) == 0 {
+		for _, r := range batch {
+			r.results, r.err = make([]Persisted, len(r.drafts)), nil
+			err := p.stageRequest(ctx, tx, roomID, work, r, getState, b)
+			var refused *mxhttp.Error
+			if errors.As(err, &refused) {
+				r.err, r.results = err, nil
+				continue
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if len(b.stage) == 0 {
 			return nil
 		}
+		ids, err := p.db.NextStreamIDs(ctx, tx, string(streams.Events), len(b.stage))
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			res.Add(id)
+		}
+		if err := p.insert(ctx, tx, b.stage, ids); err != nil {
+			return err
+		}
+		for j, st := range b.stage {
+			st.id = ids[j]
+			st.r.results[st.i] = Persisted{EventID: st.ev.EventID(), StreamPos: st.id}
+			built = append(built, st.ev)
+		}
+		for _, d := range b.dups {
+			d.r.results[d.i] = Persisted{EventID: d.of.ev.EventID(), StreamPos: d.of.id, Deduplicated: true}
+		}
+		last = ids[len(ids)-1]
 		if _, err := tx.ExecContext(ctx, `DELETE FROM forward_extremities WHERE room_id = $1`, roomID); err != nil {
 			return fmt.Errorf("update extremities: %w", err)
 		}
@@ -233,7 +324,7 @@ func (p *Persister) SendEvents(ctx context.Context, roomID string, drafts []Draf
 		if rc.state == nil {
 			p.forget(roomID)
 		}
-		return nil, err
+		return err
 	}
 	// Committed: fold the overlay into the cache, then let readers see it.
 	rc.extremities, rc.depth = work.extremities, work.depth
@@ -246,9 +337,139 @@ func (p *Persister) SendEvents(ctx context.Context, roomID string, drafts []Draf
 	}
 	res.Done()
 	if len(built) > 0 {
-		p.reg.WakeAt(streams.Events, results[len(results)-1].StreamPos, WakeKeys(roomID, built)...)
+		p.reg.WakeAt(streams.Events, last, WakeKeys(roomID, built)...)
 	}
-	return results, nil
+	return nil
+}
+
+// staged is a finalised event waiting for the batch's insert.
+type staged struct {
+	r        *sendRequest
+	i        int // index of its draft in r.drafts
+	ev       *events.Event
+	replaces string
+	id       int64 // stream ordering, once allocated
+}
+
+// txnKey identifies a send's transaction id within one room.
+type txnKey struct{ sender, device, txn string }
+
+// batchState is what a batch has staged so far.
+type batchState struct {
+	existing map[txnKey]Persisted // txn ids already stored
+	inBatch  map[txnKey]*staged   // txn ids staged by this batch
+	stage    []*staged
+	dups     []dupOf // drafts repeating a txn id staged earlier in the batch
+}
+
+type dupOf struct {
+	r  *sendRequest
+	i  int
+	of *staged
+}
+
+// existingTxns looks up, in one query, which of the batch's txn ids are
+// already stored.
+func (p *Persister) existingTxns(ctx context.Context, tx *sql.Tx, roomID string, batch []*sendRequest) (map[txnKey]Persisted, error) {
+	var cond strings.Builder
+	args := []any{roomID}
+	for _, r := range batch {
+		for _, d := range r.drafts {
+			if d.TxnID == "" || d.DeviceID == "" {
+				continue
+			}
+			if len(args) > 1 {
+				cond.WriteString(" OR ")
+			}
+			n := len(args)
+			fmt.Fprintf(&cond, "(sender = $%d AND sender_device = $%d AND txn_id = $%d)", n+1, n+2, n+3)
+			args = append(args, d.Sender, d.DeviceID, d.TxnID)
+		}
+	}
+	found := map[txnKey]Persisted{}
+	if len(args) == 1 {
+		return found, nil
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT sender, sender_device, txn_id, event_id, stream_ordering FROM events
+		WHERE room_id = $1 AND txn_id IS NOT NULL AND (`+cond.String()+`)`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("check txn ids: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k txnKey
+		var pr Persisted
+		if err := rows.Scan(&k.sender, &k.device, &k.txn, &pr.EventID, &pr.StreamPos); err != nil {
+			return nil, fmt.Errorf("check txn ids: %w", err)
+		}
+		pr.Deduplicated = true
+		found[k] = pr
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("check txn ids: %w", err)
+	}
+	return found, nil
+}
+
+// stageRequest finalises all of one request's drafts against work and
+// stages them. If a draft is refused (an *mxhttp.Error), work and the
+// batch are put back as they were, so nothing of the request is stored;
+// any other error is the transaction's.
+func (p *Persister) stageRequest(ctx context.Context, tx *sql.Tx, roomID string, work *roomCache, r *sendRequest,
+	getState stateGetter, b *batchState) error {
+	savedExt, savedDepth := work.extremities, work.depth
+	nStage, nDups := len(b.stage), len(b.dups)
+	type overlay struct {
+		ev  *events.Event
+		had bool
+	}
+	saved := map[eventauth.StateKey]overlay{}
+	var keys []txnKey
+	for i, d := range r.drafts {
+		k := txnKey{d.Sender, d.DeviceID, d.TxnID}
+		if d.TxnID != "" && d.DeviceID != "" {
+			if pr, ok := b.existing[k]; ok {
+				r.results[i] = pr
+				continue
+			}
+			if st, ok := b.inBatch[k]; ok {
+				b.dups = append(b.dups, dupOf{r: r, i: i, of: st})
+				continue
+			}
+		}
+		ev, replaces, err := p.finalise(ctx, tx, roomID, work, d, getState)
+		if err != nil {
+			work.extremities, work.depth = savedExt, savedDepth
+			for k, o := range saved {
+				if o.had {
+					work.state[k] = o.ev
+				} else {
+					delete(work.state, k)
+				}
+			}
+			b.stage, b.dups = b.stage[:nStage], b.dups[:nDups]
+			for _, k := range keys {
+				delete(b.inBatch, k)
+			}
+			return err
+		}
+		st := &staged{r: r, i: i, ev: ev, replaces: replaces}
+		b.stage = append(b.stage, st)
+		if d.TxnID != "" && d.DeviceID != "" {
+			b.inBatch[k] = st
+			keys = append(keys, k)
+		}
+		if ev.IsState() {
+			sk := eventauth.StateKey{Type: ev.Type(), StateKey: *ev.StateKey()}
+			if _, ok := saved[sk]; !ok {
+				prev, had := work.state[sk]
+				saved[sk] = overlay{ev: prev, had: had}
+			}
+			work.state[sk] = ev
+		}
+		work.extremities, work.depth = []string{ev.EventID()}, ev.Depth()
+	}
+	return nil
 }
 
 // WakeKeys are the notifier keys new events wake: the room's listeners
@@ -432,50 +653,88 @@ func (p *Persister) finalise(ctx context.Context, tx *sql.Tx, roomID string, wor
 	return ev, replaces, nil
 }
 
-func (p *Persister) insert(ctx context.Context, tx *sql.Tx, ev *events.Event, so int64, d Draft, replaces string) error {
-	roomID := ev.RoomID()
-	if ev.Type() == "m.room.create" {
+// insertColumns is the number of columns insert writes per event.
+const insertColumns = 15
+
+// insert stores the staged events (ids[j] is stage[j]'s stream ordering)
+// with one multi-row INSERT, then what each needs besides its row.
+func (p *Persister) insert(ctx context.Context, tx *sql.Tx, stage []*staged, ids []int64) error {
+	for _, st := range stage {
+		ev := st.ev
+		if ev.Type() != "m.room.create" {
+			continue
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES ($1, $2, $3, $4)`,
-			roomID, ev.Version().ID, ev.Sender(), ev.OriginServerTS())
+			ev.RoomID(), ev.Version().ID, ev.Sender(), ev.OriginServerTS())
 		if err != nil {
 			if storage.IsUniqueViolation(err) {
-				return mxhttp.WithCode(400, "M_ROOM_IN_USE", "Room %s already exists", roomID)
+				return mxhttp.WithCode(400, "M_ROOM_IN_USE", "Room %s already exists", ev.RoomID())
 			}
 			return fmt.Errorf("insert room: %w", err)
 		}
 	}
-	var stateKey, membership, redacts, txn, device, repl sql.NullString
-	if ev.IsState() {
-		stateKey = sql.NullString{String: *ev.StateKey(), Valid: true}
+	var q strings.Builder
+	q.WriteString(`INSERT INTO events (stream_ordering, event_id, room_id, instance_name, type, state_key,
+		sender, depth, origin_server_ts, membership, redacts, replaces_state, sender_device, txn_id, json) VALUES `)
+	args := make([]any, 0, len(stage)*insertColumns)
+	hasTxn := false
+	for j, st := range stage {
+		ev, d := st.ev, st.r.drafts[st.i]
+		var stateKey, membership, redacts, txn, device, repl sql.NullString
+		if ev.IsState() {
+			stateKey = sql.NullString{String: *ev.StateKey(), Valid: true}
+		}
+		if m := ev.Membership(); m != "" {
+			membership = sql.NullString{String: m, Valid: true}
+		}
+		if r := ev.Redacts(); r != "" && ev.Type() == "m.room.redaction" {
+			redacts = sql.NullString{String: r, Valid: true}
+		}
+		if d.DeviceID != "" {
+			device = sql.NullString{String: d.DeviceID, Valid: true}
+			if d.TxnID != "" {
+				txn = sql.NullString{String: d.TxnID, Valid: true}
+				hasTxn = true
+			}
+		}
+		if st.replaces != "" {
+			repl = sql.NullString{String: st.replaces, Valid: true}
+		}
+		if j > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteByte('(')
+		for c := range insertColumns {
+			if c > 0 {
+				q.WriteString(", ")
+			}
+			fmt.Fprintf(&q, "$%d", len(args)+c+1)
+		}
+		q.WriteByte(')')
+		args = append(args, ids[j], ev.EventID(), ev.RoomID(), p.instance, ev.Type(), stateKey, ev.Sender(), ev.Depth(),
+			ev.OriginServerTS(), membership, redacts, repl, device, txn, string(ev.JSON()))
 	}
-	if m := ev.Membership(); m != "" {
-		membership = sql.NullString{String: m, Valid: true}
-	}
-	if r := ev.Redacts(); r != "" && ev.Type() == "m.room.redaction" {
-		redacts = sql.NullString{String: r, Valid: true}
-	}
-	if d.TxnID != "" && d.DeviceID != "" {
-		txn = sql.NullString{String: d.TxnID, Valid: true}
-		device = sql.NullString{String: d.DeviceID, Valid: true}
-	} else if d.DeviceID != "" {
-		device = sql.NullString{String: d.DeviceID, Valid: true}
-	}
-	if replaces != "" {
-		repl = sql.NullString{String: replaces, Valid: true}
-	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO events (stream_ordering, event_id, room_id, instance_name, type, state_key,
-		sender, depth, origin_server_ts, membership, redacts, replaces_state, sender_device, txn_id, json)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
-		so, ev.EventID(), roomID, p.instance, ev.Type(), stateKey, ev.Sender(), ev.Depth(), ev.OriginServerTS(),
-		membership, redacts, repl, device, txn, string(ev.JSON()))
-	if err != nil {
-		if storage.IsUniqueViolation(err) && txn.Valid {
+	if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+		if storage.IsUniqueViolation(err) && hasTxn {
 			return errDuplicateTxn
 		}
-		return fmt.Errorf("insert event %s: %w", ev.EventID(), err)
+		return fmt.Errorf("insert %d events: %w", len(stage), err)
 	}
-	if redacts.Valid {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO redactions (event_id, redacts) VALUES ($1, $2)`, ev.EventID(), redacts.String); err != nil {
+	for j, st := range stage {
+		if err := p.afterInsert(ctx, tx, st.ev, ids[j]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// afterInsert writes what an event needs besides its row: the redaction
+// index, the un-forgetting of a room by a new membership, and the current
+// state and state log for state events.
+func (p *Persister) afterInsert(ctx context.Context, tx *sql.Tx, ev *events.Event, so int64) error {
+	roomID := ev.RoomID()
+	if r := ev.Redacts(); r != "" && ev.Type() == "m.room.redaction" {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO redactions (event_id, redacts) VALUES ($1, $2)`, ev.EventID(), r); err != nil {
 			return fmt.Errorf("insert redaction: %w", err)
 		}
 	}
@@ -487,6 +746,10 @@ func (p *Persister) insert(ctx context.Context, tx *sql.Tx, ev *events.Event, so
 		}
 	}
 	if ev.IsState() {
+		var membership sql.NullString
+		if m := ev.Membership(); m != "" {
+			membership = sql.NullString{String: m, Valid: true}
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO current_state (room_id, type, state_key, event_id, stream_ordering, membership)
 			VALUES ($1, $2, $3, $4, $5, $6)
 			ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id,
@@ -505,6 +768,6 @@ func (p *Persister) insert(ctx context.Context, tx *sql.Tx, ev *events.Event, so
 }
 
 // errDuplicateTxn means a concurrent request with the same txn id won the
-// race (only possible across persisters during a shard change); the caller
-// retries and then finds the earlier event.
+// race (only possible across persisters during a shard change);
+// persistBatch retries and then finds the earlier event.
 var errDuplicateTxn = errors.New("duplicate transaction id")

@@ -239,6 +239,99 @@ func TestPersisterConcurrentSendersStayLinear(t *testing.T) {
 	})
 }
 
+// TestPersisterBatchesKeepRequestsApart: concurrent requests for one room
+// are persisted in shared transactions, yet each succeeds or fails alone:
+// a refused draft fails its own request only (and nothing of that request
+// is stored), a txn id sent twice at once yields one event, and the room
+// stays one chain.
+func TestPersisterBatchesKeepRequestsApart(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := ctxT(t)
+		p, _ := newPersister(t, db)
+		store := rooms.NewStore(db)
+		room := "!batch:" + server
+		alice, bob, mallory := "@alice:"+server, "@bob:"+server, "@mallory:"+server
+		if _, err := p.SendEvents(ctx, room, append(createDrafts(alice, "10"),
+			rooms.Draft{Type: "m.room.member", StateKey: ptr(bob), Sender: bob, Content: raw(map[string]any{"membership": "join"})})); err != nil {
+			t.Fatal(err)
+		}
+		msg := func(sender, body, txn string) rooms.Draft {
+			d := rooms.Draft{Type: "m.room.message", Sender: sender, Content: raw(map[string]string{"body": body})}
+			if txn != "" {
+				d.TxnID, d.DeviceID = txn, "DEV"
+			}
+			return d
+		}
+		type outcome struct {
+			kind string
+			res  []rooms.Persisted
+			err  error
+		}
+		const rounds = 20
+		out := make(chan outcome, rounds*5)
+		var wg sync.WaitGroup
+		for i := 0; i < rounds; i++ {
+			send := func(kind string, drafts ...rooms.Draft) {
+				defer wg.Done()
+				res, err := p.SendEvents(ctx, room, drafts)
+				out <- outcome{kind, res, err}
+			}
+			wg.Add(5)
+			go send("ok", msg(alice, fmt.Sprintf("a%d", i), ""))
+			// Not a member: refused.
+			go send("outsider", msg(mallory, fmt.Sprintf("m%d", i), ""))
+			// Bob may talk but not rename the room: the whole request fails.
+			go send("partial", msg(bob, fmt.Sprintf("b%d", i), ""),
+				rooms.Draft{Type: "m.room.name", StateKey: ptr(""), Sender: bob, Content: raw(map[string]string{"name": "x"})})
+			// The same txn id twice at once.
+			go send("txn", msg(alice, fmt.Sprintf("t%d", i), fmt.Sprintf("txn%d", i)))
+			go send("txn", msg(alice, fmt.Sprintf("t%d", i), fmt.Sprintf("txn%d", i)))
+		}
+		wg.Wait()
+		close(out)
+		txnEvents := map[string]int{}
+		for o := range out {
+			var mx *mxhttp.Error
+			switch o.kind {
+			case "ok":
+				if o.err != nil || len(o.res) != 1 {
+					t.Fatalf("alice's message: %v %v", o.res, o.err)
+				}
+			case "outsider", "partial":
+				if !errors.As(o.err, &mx) || mx.Status != 403 {
+					t.Fatalf("%s request: got %v %v, want 403", o.kind, o.res, o.err)
+				}
+			case "txn":
+				if o.err != nil || len(o.res) != 1 {
+					t.Fatalf("txn message: %v %v", o.res, o.err)
+				}
+				txnEvents[o.res[0].EventID]++
+			}
+		}
+		if len(txnEvents) != rounds {
+			t.Fatalf("%d distinct events for %d txn ids sent twice each", len(txnEvents), rounds)
+		}
+		evs, err := store.RoomEvents(ctx, room, 0, -1, false, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := 5 + 2*rounds; len(evs) != want {
+			t.Fatalf("got %d events, want %d (create, 4 state, alice's and the txn messages)", len(evs), want)
+		}
+		for i, e := range evs {
+			if s := e.Event.Sender(); i >= 5 && s != alice {
+				t.Fatalf("event %d from %s: a refused request left a trace", i, s)
+			}
+			if i > 0 {
+				prev := e.Event.PrevEventIDs()
+				if len(prev) != 1 || prev[0] != evs[i-1].Event.EventID() {
+					t.Fatalf("event %d forks: prev %v, predecessor %s", i, prev, evs[i-1].Event.EventID())
+				}
+			}
+		}
+	})
+}
+
 func TestStateLogAnswersHistoricalState(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := ctxT(t)

@@ -108,16 +108,20 @@ func (s *Store) loadRoomVersion(ctx context.Context, roomID string) (*events.Roo
 	return rv, nil
 }
 
-// RoomExists reports whether the room is known locally.
+// RoomExists reports whether the room is known locally. Rooms are never
+// deleted, so a room once seen is answered from the version cache.
 func (s *Store) RoomExists(ctx context.Context, roomID string) (bool, error) {
-	var one int
-	err := s.db.Reader().QueryRowContext(ctx, `SELECT 1 FROM rooms WHERE room_id = $1`, roomID).Scan(&one)
+	if _, ok := s.versions.Load(roomID); ok {
+		return true, nil
+	}
+	rv, err := s.loadRoomVersion(ctx, roomID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("look up room %s: %w", roomID, err)
 	}
+	s.versions.Store(roomID, rv)
 	return true, nil
 }
 

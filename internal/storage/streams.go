@@ -58,6 +58,63 @@ func (db *DB) NextStreamID(ctx context.Context, tx *sql.Tx, stream string) (int6
 	return id, nil
 }
 
+// NextStreamIDs allocates n ids of stream in one statement, in ascending
+// order.
+func (db *DB) NextStreamIDs(ctx context.Context, tx *sql.Tx, stream string, n int) ([]int64, error) {
+	if n == 1 {
+		id, err := db.NextStreamID(ctx, tx, stream)
+		if err != nil {
+			return nil, err
+		}
+		return []int64{id}, nil
+	}
+	seq, err := sequenceName(stream)
+	if err != nil {
+		return nil, err
+	}
+	var q Querier = db.writer
+	if tx != nil {
+		q = tx
+	}
+	ids := make([]int64, 0, n)
+	switch db.engine {
+	case Postgres:
+		rows, err := q.QueryContext(ctx, `SELECT nextval('`+seq+`') AS id FROM generate_series(1, $1) ORDER BY id`, n)
+		if err != nil {
+			return nil, fmt.Errorf("next ids of stream %s: %w", stream, err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				return nil, fmt.Errorf("next ids of stream %s: %w", stream, err)
+			}
+			ids = append(ids, id)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("next ids of stream %s: %w", stream, err)
+		}
+	default:
+		var last int64
+		err := q.QueryRowContext(ctx,
+			`UPDATE stream_sequences SET last_value = last_value + $2 WHERE name = $1 RETURNING last_value`,
+			stream, n).Scan(&last)
+		if IsNotFound(err) {
+			return nil, fmt.Errorf("next ids of stream %s: no stream_sequences row (missing migration?)", stream)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("next ids of stream %s: %w", stream, err)
+		}
+		for id := last - int64(n) + 1; id <= last; id++ {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) != n {
+		return nil, fmt.Errorf("next ids of stream %s: got %d ids, want %d", stream, len(ids), n)
+	}
+	return ids, nil
+}
+
 // CurrentStreamSeq is the last id allocated for stream, or 0 if none has
 // been. On PostgreSQL an allocated id may belong to a transaction that has
 // not committed (or never will); it is an upper bound, not a position.
