@@ -187,12 +187,16 @@ func (p *Process) wire(ctx context.Context) error {
 
 	// Events: the persister owns the rooms that hash to this instance.
 	roomStore := rooms.NewStore(db)
-	reg.SetSource(streams.Events, rooms.NewEventsSource(db))
+	// Every state event reaches the store's cache: ours from the
+	// persister (below), other persisters' through replication.
+	roomStore.EnableStateCache()
+	reg.SetSource(streams.Events, rooms.NewEventsSource(db, roomStore))
 	var persister *rooms.Persister
 	if reg.IsWriter(streams.Events) {
 		if persister, err = rooms.NewPersister(ctx, db, reg, cfg.ServerName, key, log); err != nil {
 			return err
 		}
+		persister.NotifyStateChanges(roomStore.StateChanged)
 		p.positions = append(p.positions, persister)
 		if fleet {
 			rooms.ServeSendEvents(rpcServer, persister)

@@ -74,6 +74,10 @@ type Persister struct {
 	cacheMu sync.Mutex
 	cache   map[string]*roomCache
 
+	// stateChanged, if set, hears of every state event after its commit
+	// and before its position becomes visible.
+	stateChanged func(roomID, typ, stateKey string)
+
 	// queues holds, per room, the requests waiting to be persisted.
 	queueMu sync.Mutex
 	queues  map[string][]*sendRequest
@@ -126,6 +130,11 @@ func (p *Persister) startPosition(ctx context.Context) (int64, error) {
 	}
 	return max(pos.Int64, saved.Int64, seq), nil
 }
+
+// NotifyStateChanges makes the persister report each committed state event
+// to f before readers can see it (Store.StateChanged). Call before the
+// first send.
+func (p *Persister) NotifyStateChanges(f func(roomID, typ, stateKey string)) { p.stateChanged = f }
 
 // Position is this persister's committed position on the events stream.
 func (p *Persister) Position() int64 { return p.tracker.Position() }
@@ -334,6 +343,13 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 		}
 		rc.state[k] = ev
 		delete(rc.missing, k)
+	}
+	if p.stateChanged != nil {
+		for _, ev := range built {
+			if ev.IsState() {
+				p.stateChanged(roomID, ev.Type(), *ev.StateKey())
+			}
+		}
 	}
 	res.Done()
 	if len(built) > 0 {

@@ -14,9 +14,16 @@ import (
 // Synapse's ["ev", [event_id, room_id, type, state_key, redacts,
 // relates_to, membership, rejected, outlier]], read from the events table
 // by the persister that wrote them.
-type EventsSource struct{ db *storage.DB }
+type EventsSource struct {
+	db    *storage.DB
+	store *Store // told of state changes (may be nil)
+}
 
-func NewEventsSource(db *storage.DB) *EventsSource { return &EventsSource{db: db} }
+// NewEventsSource builds the source; store, if not nil, hears of every
+// replicated state event (see Store.EnableStateCache).
+func NewEventsSource(db *storage.DB, store *Store) *EventsSource {
+	return &EventsSource{db: db, store: store}
+}
 
 var _ streams.Source = (*EventsSource)(nil)
 
@@ -54,7 +61,8 @@ func nullable(s sql.NullString) any {
 }
 
 // Apply implements streams.Source: an event wakes its room, and a
-// membership change wakes its target user too.
+// membership change wakes its target user too. State events reach the
+// store's state cache first (Apply runs before the position advances).
 func (s *EventsSource) Apply(ctx context.Context, writer string, row streams.Row) []string {
 	var outer []json.RawMessage
 	if json.Unmarshal(row.Data, &outer) != nil || len(outer) != 2 {
@@ -72,8 +80,11 @@ func (s *EventsSource) Apply(ctx context.Context, writer string, row streams.Row
 	room, _ := f[1].(string)
 	typ, _ := f[2].(string)
 	keys := []string{streams.RoomKey(room)}
-	if sk, ok := f[3].(string); ok && typ == "m.room.member" {
-		keys = append(keys, streams.UserKey(sk))
+	if sk, ok := f[3].(string); ok {
+		s.store.StateChanged(room, typ, sk)
+		if typ == "m.room.member" {
+			keys = append(keys, streams.UserKey(sk))
+		}
 	}
 	return keys
 }

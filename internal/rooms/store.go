@@ -28,9 +28,46 @@ type StoredEvent struct {
 type Store struct {
 	db       *storage.DB
 	versions sync.Map // room id → *events.RoomVersion
+	// state, when set (EnableStateCache), caches state history views.
+	state *stateCache
 }
 
 func NewStore(db *storage.DB) *Store { return &Store{db: db} }
+
+// EnableStateCache caches state history views (history visibility, one
+// user's memberships over time) between reads. Call it only when every
+// persisted state event reaches StateChanged: the process's persister
+// (Persister.NotifyStateChanges) and its events replication
+// (NewEventsSource with this store).
+func (s *Store) EnableStateCache() { s.state = newStateCache(100000) }
+
+// StateChanged tells the cache that a state event for (roomID, typ,
+// stateKey) was persisted.
+func (s *Store) StateChanged(roomID, typ, stateKey string) {
+	if s != nil && s.state != nil {
+		s.state.changed(stateKey3(roomID, typ, stateKey))
+	}
+}
+
+func stateKey3(room, typ, sk string) stateKey { return stateKey{room: room, typ: typ, stateKey: sk} }
+
+// cachedStateHistory is stateHistory through the cache, when enabled.
+func (s *Store) cachedStateHistory(ctx context.Context, roomID, typ, sk string) ([]stateChange, error) {
+	if s.state == nil {
+		return s.stateHistory(ctx, roomID, typ, sk)
+	}
+	k := stateKey3(roomID, typ, sk)
+	v, st, ok := s.state.get(k)
+	if ok {
+		return v.([]stateChange), nil
+	}
+	h, err := s.stateHistory(ctx, roomID, typ, sk)
+	if err != nil {
+		return nil, err
+	}
+	s.state.put(k, st, h)
+	return h, nil
+}
 
 const eventColumns = `e.stream_ordering, e.json, e.replaces_state, e.sender_device, e.txn_id, e.room_id,
 	(SELECT r.event_id FROM redactions r WHERE r.redacts = e.event_id LIMIT 1)`

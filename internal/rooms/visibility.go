@@ -24,10 +24,34 @@ type hvChange struct {
 
 func (s *Service) VisibilityFor(ctx context.Context, roomID, userID string) (*Visibility, error) {
 	v := &Visibility{userID: userID}
-	hist, err := s.store.stateHistory(ctx, roomID, "m.room.history_visibility", "")
+	var err error
+	if v.hv, err = s.historyVisibility(ctx, roomID); err != nil {
+		return nil, err
+	}
+	if v.members, err = s.store.cachedStateHistory(ctx, roomID, "m.room.member", userID); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// historyVisibility is the room's history visibility settings over time,
+// through the store's state cache when enabled. The result is shared:
+// callers must not modify it.
+func (s *Service) historyVisibility(ctx context.Context, roomID string) ([]hvChange, error) {
+	const typ = "m.room.history_visibility"
+	var st stamp
+	if c := s.store.state; c != nil {
+		v, stp, ok := c.get(stateKey3(roomID, typ, ""))
+		if ok {
+			return v.([]hvChange), nil
+		}
+		st = stp
+	}
+	hist, err := s.store.stateHistory(ctx, roomID, typ, "")
 	if err != nil {
 		return nil, err
 	}
+	var out []hvChange
 	if len(hist) > 0 {
 		ids := make([]string, len(hist))
 		for i, h := range hist {
@@ -47,13 +71,13 @@ func (s *Service) VisibilityFor(ctx context.Context, roomID, userID string) (*Vi
 					value = c.HistoryVisibility
 				}
 			}
-			v.hv = append(v.hv, hvChange{pos: h.pos, value: value})
+			out = append(out, hvChange{pos: h.pos, value: value})
 		}
 	}
-	if v.members, err = s.store.stateHistory(ctx, roomID, "m.room.member", userID); err != nil {
-		return nil, err
+	if c := s.store.state; c != nil {
+		c.put(stateKey3(roomID, typ, ""), st, out)
 	}
-	return v, nil
+	return out, nil
 }
 
 // historyVisibilityAt is the setting in force for an event at pos (the

@@ -8,6 +8,7 @@ import (
 	"ganglion/internal/accountdata"
 	"ganglion/internal/eventauth"
 	"ganglion/internal/filters"
+	"ganglion/internal/presence"
 	"ganglion/internal/rooms"
 	"ganglion/internal/streams"
 )
@@ -61,13 +62,23 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	sinceMin := r.sinceOr0(func(t streams.Token) int64 { return t.Events })
 	nowMax := r.now.EventsMax()
 
-	ignored, err := s.AccountData.IgnoredUsers(ctx, r.userID)
-	if err != nil {
+	// Account data first: whether the ignored list changed in the window
+	// decides whether the cached list still holds. Nothing can have
+	// changed when the stream did not move.
+	adFrom := r.sinceOr0(func(t streams.Token) int64 { return t.AccountData })
+	var globalAD []accountdata.Event
+	var roomAD map[string][]accountdata.Event
+	if r.since == nil || adFrom < r.now.AccountData {
+		var err error
+		if globalAD, roomAD, err = s.AccountData.Since(ctx, r.userID, adFrom, r.now.AccountData); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.loadIgnored(ctx, r, adFrom, globalAD); err != nil {
 		return nil, err
 	}
-	r.ignored = ignored
 
-	atNow, err := s.membershipsAt(ctx, r.userID, r.nowFor)
+	atNow, err := s.membershipsAt(ctx, r.userID, r.nowFor, r.since == nil)
 	if err != nil {
 		return nil, err
 	}
@@ -132,10 +143,6 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	globalAD, roomAD, err := s.AccountData.Since(ctx, r.userID, r.sinceOr0(func(t streams.Token) int64 { return t.AccountData }), r.now.AccountData)
-	if err != nil {
-		return nil, err
-	}
 	for _, roomID := range joined {
 		if plans[roomID] == nil && r.filter.RoomAllowed(roomID) && (len(ephemeral[roomID]) > 0 || len(roomAD[roomID]) > 0) {
 			plans[roomID] = &plan{}
@@ -197,9 +204,11 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	}
 
 	resp.AccountData.Events = accountDataEvents(globalAD, toRoomFilter(r.filter.AccountDataFilter()))
-	pres, err := s.Presence.Since(ctx, r.userID, r.sinceOr0(func(t streams.Token) int64 { return t.Presence }), r.now.Presence)
-	if err != nil {
-		return nil, err
+	var pres []presence.Event
+	if presFrom := r.sinceOr0(func(t streams.Token) int64 { return t.Presence }); r.since == nil || presFrom < r.now.Presence {
+		if pres, err = s.Presence.Since(ctx, r.userID, presFrom, r.now.Presence); err != nil {
+			return nil, err
+		}
 	}
 	pf := r.filter.PresenceFilter()
 	for _, p := range pres {
@@ -212,7 +221,9 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	}
 
 	toDevFrom := r.sinceOr0(func(t streams.Token) int64 { return t.ToDevice })
-	if r.deviceID != "" {
+	// Messages in (since, now] only: nothing when the stream did not move
+	// (earlier ones were acknowledged and deleted by this request).
+	if r.deviceID != "" && toDevFrom != r.now.ToDevice {
 		msgs, upTo, err := s.ToDevice.Messages(ctx, r.userID, r.deviceID, toDevFrom, r.now.ToDevice, 100)
 		if err != nil {
 			return nil, err
@@ -225,6 +236,31 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	resp.NextBatch = s.Registry.FormatToken(next)
 	s.lazy.record(r.userID, r.deviceID, resp.NextBatch, r.lazySent)
 	return resp, nil
+}
+
+// loadIgnored sets r.ignored: from the cache when the list is known current
+// at the window's start and the window's account data (global) does not
+// change it, else from the database.
+func (s *Service) loadIgnored(ctx context.Context, r *request, from int64, changes []accountdata.Event) error {
+	changed := false
+	for _, e := range changes {
+		changed = changed || e.Type == accountdata.TypeIgnoredList
+	}
+	if r.since != nil && !changed {
+		if ig, _, ok := s.ignored.get(r.userID, from); ok {
+			r.ignored = ig
+			s.ignored.put(r.userID, ig, r.now.AccountData)
+			return nil
+		}
+	}
+	ig, err := s.AccountData.IgnoredUsers(ctx, r.userID)
+	if err != nil {
+		return err
+	}
+	r.ignored = ig
+	// The list read is at least as new as now; it is current at now.
+	s.ignored.put(r.userID, ig, r.now.AccountData)
+	return nil
 }
 
 // membership is a user's membership in a room as of the sync's now.
@@ -240,14 +276,19 @@ type membership struct {
 // current_state rows are right except where the membership changed after
 // pos (committed since the token was taken): those are looked up in the
 // state log.
-func (s *Service) membershipsAt(ctx context.Context, userID string, posFor func(roomID string) int64) (map[string]membership, error) {
+//
+// Whether a room is forgotten matters only to an initial sync's leave
+// section; withForgotten says whether to look it up.
+func (s *Service) membershipsAt(ctx context.Context, userID string, posFor func(roomID string) int64, withForgotten bool) (map[string]membership, error) {
 	cur, err := s.store.CurrentMemberships(ctx, userID)
 	if err != nil {
 		return nil, err
 	}
-	forgotten, err := s.store.ForgottenRooms(ctx, userID)
-	if err != nil {
-		return nil, err
+	forgotten := map[string]bool{}
+	if withForgotten {
+		if forgotten, err = s.store.ForgottenRooms(ctx, userID); err != nil {
+			return nil, err
+		}
 	}
 	out := make(map[string]membership, len(cur))
 	for roomID, m := range cur {

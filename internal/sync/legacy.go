@@ -185,7 +185,7 @@ func (s *Service) handleInitialSync(w http.ResponseWriter, r *http.Request, req 
 	archived := r.URL.Query().Get("archived") == "true"
 	ctx := r.Context()
 	now := s.Registry.CurrentToken()
-	ms, err := s.membershipsAt(ctx, req.UserID, func(roomID string) int64 { return now.EventsFor(s.persisterOf(roomID)) })
+	ms, err := s.membershipsAt(ctx, req.UserID, func(roomID string) int64 { return now.EventsFor(s.persisterOf(roomID)) }, true)
 	if err != nil {
 		return err
 	}

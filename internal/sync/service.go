@@ -37,6 +37,8 @@ type Service struct {
 	store *rooms.Store
 	log   *slog.Logger
 	lazy  *lazyCache
+	// ignored caches ignored-user lists between a user's syncs.
+	ignored *ignoredCache
 	// maxTimeout bounds a long-poll whatever the client asks.
 	maxTimeout time.Duration
 	// catchUpWait bounds the wait for replication when a client's token
@@ -45,7 +47,7 @@ type Service struct {
 }
 
 func NewService(d Deps, log *slog.Logger) *Service {
-	return &Service{Deps: d, store: d.Rooms.Store(), log: log, lazy: newLazyCache(10000), maxTimeout: 5 * time.Minute, catchUpWait: 10 * time.Second}
+	return &Service{Deps: d, store: d.Rooms.Store(), log: log, lazy: newLazyCache(10000), ignored: newIgnoredCache(10000), maxTimeout: 5 * time.Minute, catchUpWait: 10 * time.Second}
 }
 
 // Params are /sync's query parameters.
@@ -150,19 +152,30 @@ func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (
 			// typing position is meaningless now.
 			r.since.Typing = 0
 		}
-		resp, err := s.compute(ctx, r)
-		if err != nil || deadline == nil || !resp.empty() {
-			if l != nil {
-				l.Close()
+		var resp *Response
+		if deadline == nil || r.fullState || r.now.Ahead(*r.since) {
+			var err error
+			resp, err = s.compute(ctx, r)
+			if err != nil || deadline == nil || !resp.empty() {
+				if l != nil {
+					l.Close()
+				}
+				return resp, err
 			}
-			return resp, err
+			listenRooms = r.joined
 		}
-		listenRooms = r.joined
+		// else no stream moved past the client's token, so the response
+		// would be empty: wait without computing it. This is every
+		// long-poll's first round after the previous one returned.
 		select {
 		case <-l.C:
 			l.Close()
 		case <-deadline:
 			l.Close()
+			if resp == nil {
+				resp = newResponse()
+				resp.NextBatch = s.Registry.FormatToken(r.now)
+			}
 			return resp, nil
 		case <-ctx.Done():
 			l.Close()
