@@ -376,7 +376,9 @@ for t in "${target_list[@]}"; do
 		SERVER_PIDS=$(pgrep -P "$server_pid" | paste -sd, -)
 		run_target "$t" "$urls" "$SERVER_PIDS" ""
 		stop_server
+		# Wait for it: the next deployment's Redis may pick the same port.
 		kill "$redis_pid" 2>/dev/null || true
+		wait "$redis_pid" 2>/dev/null || true
 		;;
 	*) die "unknown target $t (want sqlite, postgres, fleet or fleet-direct)" ;;
 	esac

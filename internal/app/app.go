@@ -557,7 +557,9 @@ func (p *Process) Run(ctx context.Context) error {
 			}
 		}(srv, p.listeners[i])
 	}
-	modCtx, stopModules := context.WithCancel(ctx)
+	// Modules outlive ctx: they stop only after the listeners drained and
+	// the beforeModulesStop steps ran (which need the Redis link).
+	modCtx, stopModules := context.WithCancel(context.WithoutCancel(ctx))
 	var modules gosync.WaitGroup
 	for _, run := range p.runners {
 		modules.Add(1)
