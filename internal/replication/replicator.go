@@ -280,7 +280,7 @@ func (r *Replicator) onRData(ctx context.Context, c RData) {
 // stream follow.
 func (r *Replicator) advance(name streams.Name, writer string, token int64, keys []string) {
 	r.reg.Advance(name, writer, token)
-	r.reg.WakeAt(name, token, keys...)
+	r.reg.WakeAtWriter(name, writer, token, keys...)
 	r.reg.BumpLocal(name, token)
 }
 

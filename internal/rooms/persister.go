@@ -353,7 +353,7 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 	}
 	res.Done()
 	if len(built) > 0 {
-		p.reg.WakeAt(streams.Events, last, WakeKeys(roomID, built)...)
+		p.reg.WakeAtWriter(streams.Events, p.instance, last, WakeKeys(roomID, built)...)
 	}
 	return nil
 }

@@ -75,6 +75,7 @@ type stream struct {
 }
 
 type pendingWake struct {
+	writer string // for PerWriterReads streams: whose position must reach token
 	token int64
 	keys  []string
 }
@@ -163,7 +164,7 @@ func (s *stream) releaseLocked() []string {
 	var keys []string
 	kept := s.pending[:0]
 	for _, p := range s.pending {
-		if p.token <= cur {
+		if p.token <= cur || (p.writer != "" && p.token <= s.pos[p.writer]) {
 			keys = append(keys, p.keys...)
 		} else {
 			kept = append(kept, p)
@@ -179,14 +180,30 @@ func (r *Registry) WakeAt(name Name, token int64, keys ...string) {
 	if len(keys) == 0 {
 		return
 	}
+	r.WakeAtWriter(name, "", token, keys...)
+}
+
+// WakeAtWriter is WakeAt for a row of one writer: on streams read per
+// writer (PerWriterReads), the keys wake once that writer's own position
+// reaches token, which may be before the stream's minimum does. A local
+// writer's position can lag its own commit (an earlier id of the same
+// writer still in flight), and waking before it covers the row would
+// have the reader find nothing and sleep through it.
+func (r *Registry) WakeAtWriter(name Name, writer string, token int64, keys ...string) {
+	if len(keys) == 0 {
+		return
+	}
 	s := r.get(name)
+	if !s.def.PerWriterReads {
+		writer = ""
+	}
 	r.mu.Lock()
-	if s.def.PerWriterReads || s.currentLocked() >= token {
+	if s.currentLocked() >= token || (writer != "" && s.pos[writer] >= token) {
 		r.mu.Unlock()
 		r.notifier.Wake(keys...)
 		return
 	}
-	s.pending = append(s.pending, pendingWake{token: token, keys: keys})
+	s.pending = append(s.pending, pendingWake{writer: writer, token: token, keys: keys})
 	r.mu.Unlock()
 }
 

@@ -267,6 +267,45 @@ func TestWakeAtWaitsForTheMinimum(t *testing.T) {
 	}
 }
 
+// TestWakeAtWriterWaitsForThatWriter: on the events stream (read per
+// writer) a row wakes its keys once its own writer's position covers it,
+// not the minimum over writers, and not before: a persister whose earlier
+// id is still in flight has committed a row its position does not cover.
+func TestWakeAtWriterWaitsForThatWriter(t *testing.T) {
+	n := streams.NewNotifier()
+	reg, _ := streams.NewRegistry("p1", streams.AllDefs(), map[streams.Name][]string{streams.Events: {"p1", "p2"}}, n)
+	room := streams.RoomKey("!r:x")
+	woken := func(l *streams.Listener) bool {
+		select {
+		case <-l.C:
+			return true
+		default:
+			return false
+		}
+	}
+	l := n.Listen(room)
+	defer l.Close()
+	reg.Advance(streams.Events, "p1", 9)
+	reg.WakeAtWriter(streams.Events, "p1", 11, room) // id 10 still in flight
+	if woken(l) {
+		t.Fatal("woken before p1's position covered 11")
+	}
+	reg.Advance(streams.Events, "p1", 11)
+	if !woken(l) {
+		t.Fatal("not woken once p1 reached 11 (p2, at 0, must not hold it back)")
+	}
+	l2 := n.Listen(room)
+	defer l2.Close()
+	reg.WakeAtWriter(streams.Events, "p2", 5, room)
+	if woken(l2) {
+		t.Fatal("woken for p2's row before p2 reached it")
+	}
+	reg.Advance(streams.Events, "p2", 5)
+	if !woken(l2) {
+		t.Fatal("not woken once p2 reached 5")
+	}
+}
+
 func TestVectorTokens(t *testing.T) {
 	reg, _ := streams.NewRegistry("p1", streams.AllDefs(), map[streams.Name][]string{streams.Events: {"p1", "p2"}}, streams.NewNotifier())
 	reg.SetInstanceIDs(map[string]int{"p1": 1, "p2": 2})
@@ -299,7 +338,7 @@ func TestVectorTokens(t *testing.T) {
 	// passed them, whatever the other persister does.
 	l := reg.Notifier().Listen(streams.RoomKey("!r:x"))
 	defer l.Close()
-	reg.WakeAt(streams.Events, 20, streams.RoomKey("!r:x"))
+	reg.WakeAtWriter(streams.Events, "p1", 20, streams.RoomKey("!r:x"))
 	select {
 	case <-l.C:
 	default:
