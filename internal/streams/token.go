@@ -94,9 +94,16 @@ func ParseToken(s string) (Token, error) {
 func (r *Registry) CurrentToken() Token {
 	var t Token
 	for i, f := range t.fields() {
-		*f = r.Current(tokenStreams[i])
+		if i > 0 {
+			*f = r.Current(tokenStreams[i])
+		}
 	}
+	// The minimum and the per-writer positions come from one snapshot:
+	// read apart, writers advancing in between would yield a minimum
+	// older than every writer and no vector part, a token behind what
+	// this process has already woken its listeners for.
 	min, writers := r.Vector(Events)
+	t.Events = min
 	for w, p := range writers {
 		if p > min {
 			if t.EventsAhead == nil {
