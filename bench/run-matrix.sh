@@ -326,6 +326,15 @@ run_target() {
 		log "$name: bench reported errors (see the table above)"
 	fi
 	results+=("$tmp/$name.jsonl")
+	# The scale check: 1,000 members long-polling one room, a few
+	# messages, no errors (PostgreSQL deployments, full-size runs only).
+	if [[ $small == 0 && $name != sqlite && ${#extra[@]} == 0 ]]; then
+		log "$name: fanout with 1000 members"
+		if ! "$tmp/bench" "${args[@]}" -scenario fanout -fanout-members 1000 -fanout-messages 10 >"$tmp/$name-1000.jsonl"; then
+			failed+=("$name (1000 members)")
+		fi
+		results+=("$tmp/$name-1000.jsonl")
+	fi
 }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/gbench.XXXXXX")
