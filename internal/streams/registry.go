@@ -76,8 +76,8 @@ type stream struct {
 
 type pendingWake struct {
 	writer string // for PerWriterReads streams: whose position must reach token
-	token int64
-	keys  []string
+	token  int64
+	keys   []string
 }
 
 // NewRegistry builds the registry for one process. writers maps each stream
