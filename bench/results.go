@@ -319,7 +319,11 @@ func writeRouterCost(w io.Writer, byLabel map[string][]*Result) {
 			if d.Scenario != r.Scenario || r.LatencyMS == nil || d.LatencyMS == nil || !sameParams(r, d) {
 				continue
 			}
-			fmt.Fprintf(w, "| %s | %.1f %s | %.1f %s | %.1f | %.1f | %.1f | %.1f |\n", r.Scenario, d.Rate, d.Unit, r.Rate, r.Unit,
+			name := r.Scenario
+			if m, ok := num(r.Params, "members"); ok && m >= 1000 {
+				name = fmt.Sprintf("%s (%.0f members)", r.Scenario, m)
+			}
+			fmt.Fprintf(w, "| %s | %.1f %s | %.1f %s | %.1f | %.1f | %.1f | %.1f |\n", name, d.Rate, d.Unit, r.Rate, r.Unit,
 				d.LatencyMS.P50, r.LatencyMS.P50, d.LatencyMS.P99, r.LatencyMS.P99)
 		}
 	}
@@ -402,7 +406,9 @@ func writeTargets(w io.Writer, labels []string, byLabel map[string][]*Result, pg
 		}
 		peak := 0.0
 		for _, r := range byLabel[l] {
-			peak = max(peak, r.PeakRSSMiB)
+			if !large(r) { // the RSS target is for the default sizes
+				peak = max(peak, r.PeakRSSMiB)
+			}
 		}
 		if peak > 0 {
 			rows = append(rows, row{"peak server RSS < 100 MiB", l, fmt.Sprintf("%.0f MiB", peak), yes(peak < 100)})

@@ -7,9 +7,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"ganglion/internal/testutil"
 )
 
 // forEachEngine's deployments beyond the plain fleet: a fleet exactly as
@@ -276,4 +283,138 @@ func (fr *front) wantTraffic(t testing.TB, f *fleet) {
 		t.Errorf("the router served requests to %d backends (%v), want the test's traffic spread over the fleet", len(backends), backends)
 	}
 	t.Logf("router served requests to backends %v", backends)
+}
+
+// TestRouterFailoverOnFleet: behind the router, a user's syncs stay on one
+// worker; when that worker is killed, the user's next syncs land on the
+// other one with at most one failed attempt, carry on from the same token
+// and see what was sent meanwhile.
+func TestRouterFailoverOnFleet(t *testing.T) {
+	t.Parallel()
+	srv := startFrontServer(t, engineFleetRouter, "router")
+	f := srv.fleet
+	ctx := testContext(t)
+	alice := srv.register(t, ctx, "alice")
+	bob := srv.register(t, ctx, "bob")
+	room := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	join(t, ctx, bob, room.String())
+	as, _ := newSyncer(t, ctx, alice, "")
+
+	// Alice's worker is the one whose sync count grows by her syncs. The
+	// router counts a request after answering it, so wait for the counts.
+	before := f.front.syncsSettled(t, f, 1) // the initial sync
+	const n = 4
+	for range n {
+		as.next(t, ctx, 0)
+	}
+	after := f.front.syncsSettled(t, f, 1+n)
+	home, other := "", ""
+	for _, w := range clientWorkers() {
+		switch after[w] - before[w] {
+		case n:
+			home = w
+		case 0:
+			other = w
+		}
+	}
+	if home == "" || other == "" {
+		t.Fatalf("alice's %d syncs were not all on one worker: before %v, after %v", n, before, after)
+	}
+
+	f.killProc(t, home)
+	// Bob's send may meet a pooled connection to the dead worker
+	// mid-request: the router cannot replay a body it streamed, so the
+	// client sees one 502 and retries with the same txn id, which the
+	// spec makes idempotent.
+	var ev id.EventID
+	for attempt := 1; ; attempt++ {
+		resp, err := bob.SendMessageEvent(ctx, room, event.EventMessage,
+			map[string]any{"msgtype": "m.text", "body": "while " + home + " is down"}, mautrix.ReqSendEvent{TransactionID: "failover-1"})
+		if err == nil {
+			ev = resp.EventID
+			break
+		}
+		if attempt == 2 {
+			t.Fatalf("bob's send failed twice after %s died: %v", home, err)
+		}
+	}
+	failures := 0
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := syncRaw(ctx, alice, syncParams{since: as.since, timeout: 5000}, nil)
+		if err != nil {
+			failures++
+			if failures > 1 {
+				t.Fatalf("alice's syncs failed %d times after %s died: %v", failures, home, err)
+			}
+			continue
+		}
+		as.since = resp.NextBatch
+		if findEvent(timelineOf(resp, room), ev) != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alice never saw bob's message after %s died", home)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "alice's syncs counted on "+other, func() bool {
+		return f.front.syncsPerBackend(t, f)[other] > after[other]
+	})
+	// And they stay there: the next syncs go to the survivor too.
+	moved := f.front.syncsPerBackend(t, f)
+	as.next(t, ctx, 0)
+	as.next(t, ctx, 0)
+	testutil.Eventually(t, 10*time.Second, "alice's next syncs counted on "+other, func() bool {
+		return f.front.syncsPerBackend(t, f)[other] >= moved[other]+2
+	})
+	if got := f.front.syncsPerBackend(t, f); got[home] != moved[home] {
+		t.Fatalf("a sync was counted on the dead %s: %v → %v", home, moved, got)
+	}
+}
+
+// syncsSettled waits until the router has counted total answered syncs
+// and returns the counts per backend.
+func (fr *front) syncsSettled(t testing.TB, f *fleet, total int) map[string]int {
+	t.Helper()
+	var got map[string]int
+	testutil.Eventually(t, 10*time.Second, fmt.Sprintf("the router counting %d syncs", total), func() bool {
+		got = fr.syncsPerBackend(t, f)
+		sum := 0
+		for _, n := range got {
+			sum += n
+		}
+		return sum == total
+	})
+	return got
+}
+
+// syncsPerBackend reads the router's count of answered /sync requests per
+// backend.
+func (fr *front) syncsPerBackend(t testing.TB, f *fleet) map[string]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	body, err := f.get(ctx, fr.url+"/_ganglion/router/metrics")
+	if err != nil {
+		t.Fatalf("router metrics: %v", err)
+	}
+	out := map[string]int{}
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, "ganglion_router_requests_total{") || !strings.Contains(line, `class="sync"`) ||
+			!strings.Contains(line, `code="200"`) {
+			continue
+		}
+		i := strings.Index(line, `backend="`)
+		j := strings.LastIndexByte(line, ' ')
+		if i < 0 || j < 0 {
+			continue
+		}
+		rest := line[i+len(`backend="`):]
+		n, err := strconv.Atoi(line[j+1:])
+		if err != nil {
+			continue
+		}
+		out[rest[:strings.IndexByte(rest, '"')]] += n
+	}
+	return out
 }
