@@ -323,9 +323,9 @@ func TestRouterFailoverOnFleet(t *testing.T) {
 
 	f.killProc(t, home)
 	// Bob's send may meet a pooled connection to the dead worker
-	// mid-request: the router cannot replay a body it streamed, so the
-	// client sees one 502 and retries with the same txn id, which the
-	// spec makes idempotent.
+	// mid-request; the router replays such a PUT on the other worker. The
+	// contract allows the client one failure and a retry with the same
+	// txn id (which the spec makes idempotent), so the test does too.
 	var ev id.EventID
 	for attempt := 1; ; attempt++ {
 		resp, err := bob.SendMessageEvent(ctx, room, event.EventMessage,

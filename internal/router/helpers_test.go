@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,6 +35,25 @@ type echoBackend struct {
 	waits   chan struct{} // one value per long-poll that started
 	gotReq  chan string   // streaming test: first body chunk seen
 	release chan struct{} // streaming test: finish the response
+	// hangups is how many of the next requests the backend reads whole
+	// and then drops the connection on without answering, as a process
+	// dying mid-request would.
+	hangups atomic.Int32
+	// seen counts the requests it received (hung up on or answered).
+	seen atomic.Int32
+}
+
+// takeHangup uses up one planned hang-up, if any is left.
+func (b *echoBackend) takeHangup() bool {
+	for {
+		n := b.hangups.Load()
+		if n <= 0 {
+			return false
+		}
+		if b.hangups.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
 }
 
 type echoReply struct {
@@ -91,6 +111,14 @@ func (b *echoBackend) url() string { return "http://" + b.addr }
 func (b *echoBackend) serve(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/health" {
 		_, _ = io.WriteString(w, "OK")
+		return
+	}
+	b.seen.Add(1)
+	if b.takeHangup() {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			_ = conn.Close()
+		}
 		return
 	}
 	w.Header().Set("X-Backend", b.name)

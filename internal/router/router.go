@@ -9,6 +9,7 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -119,9 +120,18 @@ func (rt *Router) MetricsHandler() http.Handler {
 type attempt struct {
 	class  string
 	cands  []*Backend
-	body   *limitedBody // nil without a body
+	body   *limitedBody // nil without a body, or when it is in replay
 	chosen atomic.Pointer[Backend]
+	// idempotent requests (by method: Matrix PUTs carry txn ids) may be
+	// sent again after a connection broke mid-request, if their body can
+	// be: none, or a small one read up front into replay.
+	idempotent bool
+	replay     []byte
 }
+
+// maxReplayBody is the largest body read up front so that an idempotent
+// request can be replayed: room for event sends and state, not uploads.
+const maxReplayBody = 64 << 10
 
 type attemptKey struct{}
 
@@ -171,7 +181,22 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		mxhttp.WriteError(rec, noBackend())
 		return
 	}
-	if r.Body != nil && r.Body != http.NoBody {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete, http.MethodOptions:
+		a.idempotent = true
+	}
+	switch {
+	case r.Body == nil || r.Body == http.NoBody:
+	case a.idempotent && r.ContentLength >= 0 && r.ContentLength <= min(maxReplayBody, route.Limit):
+		// The server already holds the client to its Content-Length.
+		buf, err := io.ReadAll(r.Body)
+		if err != nil {
+			mxhttp.WriteError(rec, mxhttp.BadJSON("Could not read the request body: %v", err))
+			return
+		}
+		a.replay = buf
+		r.Body = io.NopCloser(bytes.NewReader(buf))
+	default:
 		a.body = &limitedBody{rc: r.Body, limit: route.Limit}
 		r.Body = a.body
 	}
@@ -239,7 +264,10 @@ func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
 // when that backend refuses the connection, marks it down and tries the
 // next one once. A refused dial means the backend never saw the request,
 // so the retry is safe for any method as long as no byte of the body was
-// consumed.
+// consumed. An idempotent request whose body can be sent again is also
+// retried when the connection broke mid-request (a backend that died with
+// the request on a pooled connection); health checks decide about that
+// backend.
 type retryTransport struct{ rt *Router }
 
 func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -252,7 +280,10 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			req = req.Clone(req.Context())
 			req.URL.Scheme, req.URL.Host = be.URL.Scheme, be.URL.Host
-			if a.body != nil {
+			switch {
+			case a.replay != nil:
+				req.Body = io.NopCloser(bytes.NewReader(a.replay))
+			case a.body != nil:
 				// The failed attempt closed ReverseProxy's wrapper of the
 				// body; the body itself is untouched.
 				req.Body = &retryBody{b: a.body}
@@ -268,12 +299,22 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		t.rt.metrics.upstreamError(a.class, be.Name)
-		if !isDialError(err) {
+		switch {
+		case isDialError(err):
+			t.rt.markDown(be, err)
+		case a.idempotent && a.body == nil && isBrokenConn(err):
+		default:
 			return nil, err
 		}
-		t.rt.markDown(be, err)
 	}
 	return nil, lastErr
+}
+
+// isBrokenConn reports a connection that failed under a request before
+// any response: reset, closed, or a write into a closed socket.
+func isBrokenConn(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // isDialError reports a failure to connect: the backend is down (refused,

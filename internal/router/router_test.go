@@ -70,6 +70,44 @@ func TestRouterFailover(t *testing.T) {
 	}
 }
 
+// TestRouterReplaysIdempotentRequests: a backend that dies with a request
+// on its connection (reads it, answers nothing) makes the router send an
+// idempotent request (a PUT with its txn id, a GET) to the next backend,
+// body and all; a POST is not sent twice and the client gets the 502.
+func TestRouterReplaysIdempotentRequests(t *testing.T) {
+	f := newTestFleet(t, 8008)
+	f.rc.HealthCheckInterval = time.Hour
+	_, base := startRouter(t, f)
+	put := reqLine{method: "PUT", path: "/_matrix/client/v3/rooms/!r:test/send/m.room.message/txn1", token: "t",
+		body: `{"msgtype":"m.text","body":"hello"}`}
+	first := send(t, base, put)
+	if first.status != http.StatusOK {
+		t.Fatalf("PUT: %d %s", first.status, first.body)
+	}
+	home := f.backends[first.backend]
+	seenBefore := home.seen.Load()
+	home.hangups.Store(1)
+	r := send(t, base, put)
+	if r.status != http.StatusOK || r.backend == first.backend {
+		t.Fatalf("PUT after %s hung up: %d from %q: %s", first.backend, r.status, r.backend, r.body)
+	}
+	if got := r.reply(t).BodyLen; got != int64(len(put.body)) {
+		t.Fatalf("replayed body has %d bytes, want %d", got, len(put.body))
+	}
+	if home.seen.Load() != seenBefore+1 {
+		t.Fatalf("%s saw %d requests, want the one it hung up on", first.backend, home.seen.Load()-seenBefore)
+	}
+
+	post := reqLine{method: "POST", path: "/_matrix/client/v3/rooms/!r:test/receipt/m.read/$e", token: "t", body: `{}`}
+	first = send(t, base, post)
+	if first.status != http.StatusOK {
+		t.Fatalf("POST: %d %s", first.status, first.body)
+	}
+	f.backends[first.backend].hangups.Store(1)
+	r = send(t, base, post)
+	r.wantMatrixError(t, http.StatusBadGateway, "M_UNKNOWN")
+}
+
 // Active health checks bring a restarted backend back, and its users with
 // it (rendezvous hashing).
 func TestRouterHealthChecks(t *testing.T) {
