@@ -301,6 +301,11 @@ func writeReport(w io.Writer, files []string, pgbenchTPS float64) error {
 	return nil
 }
 
+// tableHead writes a section title and a markdown table's header rows.
+func tableHead(w io.Writer, title, header, align string) {
+	fmt.Fprintf(w, "### %s\n\n%s\n%s\n", title, header, align)
+}
+
 func sameParams(a, b *Result) bool { return fmt.Sprint(a.Params) == fmt.Sprint(b.Params) }
 
 // writeRouterCost compares the fleet through the router with the same
@@ -310,10 +315,9 @@ func writeRouterCost(w io.Writer, byLabel map[string][]*Result) {
 	if len(routed) == 0 || len(direct) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "### Router vs direct (same fleet, same load)")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| scenario | rate direct | rate via router | p50 ms direct | p50 ms via router | p99 ms direct | p99 ms via router |")
-	fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|")
+	tableHead(w, "Router vs direct (same fleet, same load)",
+		"| scenario | rate direct | rate via router | p50 ms direct | p50 ms via router | p99 ms direct | p99 ms via router |",
+		"|---|--:|--:|--:|--:|--:|--:|")
 	for _, r := range routed {
 		for _, d := range direct {
 			if d.Scenario != r.Scenario || r.LatencyMS == nil || d.LatencyMS == nil || !sameParams(r, d) {
@@ -427,10 +431,7 @@ func writeTargets(w io.Writer, labels []string, byLabel map[string][]*Result, pg
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "### Targets")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| target | deployment | figure | met |")
-	fmt.Fprintln(w, "|---|---|--:|---|")
+	tableHead(w, "Targets", "| target | deployment | figure | met |", "|---|---|--:|---|")
 	for _, r := range rows {
 		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", r.target, r.label, r.figure, r.met)
 	}

@@ -229,13 +229,7 @@ func TestPersisterConcurrentSendersStayLinear(t *testing.T) {
 		if len(evs) != 4+senders*each {
 			t.Fatalf("got %d events", len(evs))
 		}
-		// No fork: every event after the first points at its predecessor.
-		for i := 1; i < len(evs); i++ {
-			prev := evs[i].Event.PrevEventIDs()
-			if len(prev) != 1 || prev[0] != evs[i-1].Event.EventID() {
-				t.Fatalf("event %d forks: prev %v, predecessor %s", i, prev, evs[i-1].Event.EventID())
-			}
-		}
+		wantOneChain(t, evs)
 	})
 }
 
@@ -322,14 +316,21 @@ func TestPersisterBatchesKeepRequestsApart(t *testing.T) {
 			if s := e.Event.Sender(); i >= 5 && s != alice {
 				t.Fatalf("event %d from %s: a refused request left a trace", i, s)
 			}
-			if i > 0 {
-				prev := e.Event.PrevEventIDs()
-				if len(prev) != 1 || prev[0] != evs[i-1].Event.EventID() {
-					t.Fatalf("event %d forks: prev %v, predecessor %s", i, prev, evs[i-1].Event.EventID())
-				}
-			}
 		}
+		wantOneChain(t, evs)
 	})
+}
+
+// wantOneChain checks the room did not fork: every event after the first
+// points at its predecessor alone.
+func wantOneChain(t *testing.T, evs []*rooms.StoredEvent) {
+	t.Helper()
+	for i := 1; i < len(evs); i++ {
+		prev := evs[i].Event.PrevEventIDs()
+		if len(prev) != 1 || prev[0] != evs[i-1].Event.EventID() {
+			t.Fatalf("event %d forks: prev %v, predecessor %s", i, prev, evs[i-1].Event.EventID())
+		}
+	}
 }
 
 func TestStateLogAnswersHistoricalState(t *testing.T) {
