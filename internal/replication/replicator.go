@@ -292,16 +292,14 @@ func (r *Replicator) onPosition(ctx context.Context, c Position) {
 	src := r.reg.Source(name)
 	cur := r.reg.WriterPosition(name, c.Instance)
 	if c.New < cur {
-		if !isInMemory(r.reg, name) {
-			r.markConnected(name)
-			return // stale
-		}
-		// The writer of an in-memory stream restarted and counts from zero.
-		if rs, ok := src.(Resetter); ok {
-			rs.Reset(c.Instance)
-		}
-		r.reg.Reset(name, c.Instance, 0)
-		cur = 0
+		// Stale: announced before rows we already applied (a writer's
+		// handshake POSITION can be computed before, and published after,
+		// its latest RDATA). Also for the in-memory typing stream: its
+		// writer seeds positions from the clock, so a restarted writer
+		// announces positions above the old ones, never below; treating a
+		// lower one as a restart would drop typing state we just applied.
+		r.markConnected(name)
+		return
 	}
 	if c.Prev > cur && src != nil && isInMemory(r.reg, name) && cur > 0 {
 		// A gap in an in-memory stream: the writer may have restarted and

@@ -86,6 +86,7 @@ func start(t *testing.T, channel, instance string, writers map[streams.Name][]st
 	}
 	reg.SetSource(streams.AccountData, src)
 	reg.SetSource(streams.Receipts, src)
+	reg.SetSource(streams.Typing, src)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	bus := replication.NewBus(channel, redisOptions(t), log)
 	rep := replication.NewReplicator(bus, reg, log)
@@ -218,5 +219,45 @@ func TestBatchedRowsApplyTogether(t *testing.T) {
 			t.Fatalf("row %d of the batch not applied", i)
 		}
 		l.Close()
+	}
+}
+
+// TestStalePositionDoesNotRewind: a POSITION below what a reader already
+// applied (a writer's handshake announcement computed before, and
+// published after, its latest row) is ignored, on the in-memory typing
+// stream too: it must not read as a restart and drop applied rows.
+func TestStalePositionDoesNotRewind(t *testing.T) {
+	ch := uniqueChannel(t)
+	src := newMemSource()
+	writers := map[streams.Name][]string{streams.Typing: {"w"}, streams.AccountData: {"x"}}
+	w := start(t, ch, "w", writers, src)
+	r := start(t, ch, "r", writers, src)
+	tr := w.reg.LocalTracker(streams.Typing, 100)
+	eventually(t, "both connected", func() bool { return w.rep.Connected() && r.rep.Connected() })
+	eventually(t, "reader knows the typing writer", func() bool { return r.reg.WriterPosition(streams.Typing, "w") == 100 })
+	write(w, tr, src, streams.Typing, 101, streams.RoomKey("!r:x"))
+	eventually(t, "reader at 101", func() bool { return r.reg.WriterPosition(streams.Typing, "w") == 101 })
+
+	// Inject the stale announcement, then a marker on another stream:
+	// commands are handled in order, so once the marker is in, so is the
+	// stale POSITION.
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	inj := replication.NewBus(ch, redisOptions(t), log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = inj.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, "injector connected", inj.Connected)
+	for _, c := range []replication.Command{
+		replication.Position{Stream: string(streams.Typing), Instance: "w", Prev: 100, New: 100},
+		replication.Position{Stream: string(streams.AccountData), Instance: "x", Prev: 5, New: 5},
+	} {
+		if err := inj.Publish(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "reader handled the marker", func() bool { return r.reg.WriterPosition(streams.AccountData, "x") == 5 })
+	if got := r.reg.WriterPosition(streams.Typing, "w"); got != 101 {
+		t.Fatalf("typing position after a stale POSITION: %d, want 101", got)
 	}
 }
