@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -46,6 +47,9 @@ func (s *Store) EnableStateCache() { s.state = newStateCache(100000) }
 func (s *Store) StateChanged(roomID, typ, stateKey string) {
 	if s != nil && s.state != nil {
 		s.state.changed(stateKey3(roomID, typ, stateKey))
+		if typ == "m.room.member" {
+			s.state.changed(membershipsKey(stateKey))
+		}
 	}
 }
 
@@ -362,6 +366,21 @@ func (s *Store) stateHistory(ctx context.Context, roomID, typ, stateKey string) 
 // RoomsForUser lists rooms where the user's current membership is one of
 // memberships.
 func (s *Store) RoomsForUser(ctx context.Context, userID string, memberships ...string) ([]string, error) {
+	if s.state != nil {
+		// From the user's cached memberships (see CurrentMemberships).
+		cur, err := s.CurrentMemberships(ctx, userID)
+		if err != nil {
+			return nil, err
+		}
+		var out []string
+		for roomID, m := range cur {
+			if slices.Contains(memberships, m.Membership) {
+				out = append(out, roomID)
+			}
+		}
+		slices.Sort(out)
+		return out, nil
+	}
 	ph := make([]string, len(memberships))
 	args := []any{userID}
 	for i, m := range memberships {
@@ -431,8 +450,33 @@ func (s *Store) MembershipChanges(ctx context.Context, userID string, from, to i
 }
 
 // CurrentMemberships maps each room the user has a membership in to that
-// membership and its position.
+// membership and its position. With the state cache enabled the map comes
+// from the cache (dropped whenever one of the user's memberships changes)
+// and is shared: callers must not modify it.
 func (s *Store) CurrentMemberships(ctx context.Context, userID string) (map[string]MembershipRecord, error) {
+	if s.state == nil {
+		return s.loadCurrentMemberships(ctx, userID)
+	}
+	k := membershipsKey(userID)
+	v, st, ok := s.state.get(k)
+	if ok {
+		return v.(map[string]MembershipRecord), nil
+	}
+	m, err := s.loadCurrentMemberships(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	s.state.put(k, st, m)
+	return m, nil
+}
+
+// membershipsKey is the state cache's key for a user's memberships in all
+// rooms; StateChanged drops it with any m.room.member change for the user.
+func membershipsKey(userID string) stateKey {
+	return stateKey{typ: "m.room.member", stateKey: userID}
+}
+
+func (s *Store) loadCurrentMemberships(ctx context.Context, userID string) (map[string]MembershipRecord, error) {
 	rows, err := s.db.Reader().QueryContext(ctx, `SELECT room_id, membership, stream_ordering, event_id FROM current_state
 		WHERE type = 'm.room.member' AND state_key = $1`, userID)
 	if err != nil {
