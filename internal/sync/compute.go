@@ -480,7 +480,9 @@ func (s *Service) roomState(ctx context.Context, r *request, roomID string, from
 	var err error
 	if full {
 		evs, err = s.store.StateAt(ctx, roomID, at, nil)
-	} else {
+	} else if from < at {
+		// State changed between the token and the timeline's start; an
+		// empty gap (the usual incremental sync) has none to read.
 		keys, kerr := s.store.StateKeysChanged(ctx, roomID, from, at)
 		if kerr != nil {
 			return nil, kerr
