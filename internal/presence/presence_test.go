@@ -199,9 +199,21 @@ func TestVisibilityAndWakes(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := ctxT(t)
 		f := newFixture(t, db)
-		lb := f.reg.Notifier().Listen(streams.UserKey(bob))
+		// Listen as each user's sync does: on the user and their rooms.
+		listen := func(user string) *streams.Listener {
+			rs, err := f.store.RoomsForUser(ctx, user, "join")
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys := []string{streams.UserKey(user)}
+			for _, r := range rs {
+				keys = append(keys, streams.RoomKey(r))
+			}
+			return f.reg.Notifier().Listen(keys...)
+		}
+		lb := listen(bob)
 		defer lb.Close()
-		lc := f.reg.Notifier().Listen(streams.UserKey(carol))
+		lc := listen(carol)
 		defer lc.Close()
 
 		start := f.s.Position()

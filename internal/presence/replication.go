@@ -61,16 +61,10 @@ func (s *Source) Apply(ctx context.Context, writer string, row streams.Row) []st
 		return nil
 	}
 	user, _ := f[0].(string)
-	users, err := coMembers(ctx, s.rooms, user)
+	keys, err := presenceWakeKeys(ctx, s.rooms, user)
 	if err != nil {
 		s.log.Warn("presence: could not find who to wake", "user_id", user, "err", err)
 		return []string{streams.UserKey(user)}
-	}
-	keys := []string{streams.UserKey(user)}
-	for u := range users {
-		if u != user {
-			keys = append(keys, streams.UserKey(u))
-		}
 	}
 	return keys
 }

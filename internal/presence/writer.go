@@ -290,18 +290,24 @@ func (w *LocalWriter) current(ctx context.Context, userID string) (status, error
 }
 
 // interestedKeys are the notifier keys a change of userID's presence wakes:
-// the user and everyone who shares a joined room with them.
+// the user and the rooms they are joined to. Everyone who shares a room
+// with them listens on that room, so waking the room reaches them without
+// listing its members (a thousand-member room would mean a thousand keys
+// and a member query per change).
 func (w *LocalWriter) interestedKeys(ctx context.Context, userID string) ([]string, error) {
-	users, err := coMembers(ctx, w.rooms, userID)
+	return presenceWakeKeys(ctx, w.rooms, userID)
+}
+
+// presenceWakeKeys is interestedKeys for any process.
+func presenceWakeKeys(ctx context.Context, rooms Rooms, userID string) ([]string, error) {
+	roomIDs, err := rooms.RoomsForUser(ctx, userID, "join")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("rooms of %s: %w", userID, err)
 	}
-	keys := make([]string, 0, len(users)+1)
+	keys := make([]string, 0, len(roomIDs)+1)
 	keys = append(keys, streams.UserKey(userID))
-	for u := range users {
-		if u != userID {
-			keys = append(keys, streams.UserKey(u))
-		}
+	for _, r := range roomIDs {
+		keys = append(keys, streams.RoomKey(r))
 	}
 	slices.Sort(keys[1:])
 	return keys, nil
