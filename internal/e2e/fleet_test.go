@@ -228,9 +228,9 @@ func startFleetServer(t *testing.T, opts ...configOption) *server {
 	return s
 }
 
-// settleFirst is the fleet clients' transport. Before a /sync or /events,
-// it waits (bounded) until every process has seen every writer's current
-// position, the test-side equivalent of sticky routing: the suites were
+// settleFirst is the fleet clients' transport. Before a /sync, /events or
+// /initialSync (global or a room's), it waits (bounded) until every
+// process has seen every writer's current position, the test-side equivalent of sticky routing: the suites were
 // written for one process, where a write is visible to the next request,
 // and a sync on the other worker must not run in the few milliseconds
 // before replication delivers the write (a sync with timeout=0 would then
@@ -241,7 +241,7 @@ type settleFirst struct {
 }
 
 func (s settleFirst) RoundTrip(req *http.Request) (*http.Response, error) {
-	if p := req.URL.Path; strings.HasSuffix(p, "/sync") || strings.HasSuffix(p, "/events") {
+	if p := req.URL.Path; strings.HasSuffix(p, "/sync") || strings.HasSuffix(p, "/events") || strings.HasSuffix(p, "/initialSync") {
 		// A fresh context: the request's may carry an httptrace hook
 		// meant for the sync request alone.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
