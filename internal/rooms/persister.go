@@ -194,7 +194,13 @@ func (p *Persister) SendEvents(ctx context.Context, roomID string, drafts []Draf
 	defer unlock()
 	for !req.done {
 		// The batch starts at the queue's head, which is ours or older.
-		p.persistBatch(ctx, roomID, p.takeBatch(roomID))
+		batch := p.takeBatch(roomID)
+		if len(batch) == 0 {
+			// Our request was taken by a holder that never finished it
+			// (it panicked): nothing of it can be known to be stored.
+			return nil, fmt.Errorf("send events to %s: the batch holding this request was abandoned", roomID)
+		}
+		p.persistBatch(ctx, roomID, batch)
 	}
 	return req.results, req.err
 }
@@ -228,6 +234,16 @@ func (p *Persister) persistBatch(ctx context.Context, roomID string, batch []*se
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	err := p.persistTogether(ctx, roomID, batch)
+	if storage.CommitUnknown(err) {
+		// The commit may have taken effect: persisting the requests again
+		// could store drafts without txn ids twice. Fail them all; the
+		// room is reloaded from the database on its next send.
+		p.forget(roomID)
+		for _, r := range batch {
+			r.err, r.results, r.done = err, nil, true
+		}
+		return
+	}
 	if err != nil {
 		for _, r := range batch {
 			alone := []*sendRequest{r}
@@ -689,6 +705,27 @@ func (p *Persister) insert(ctx context.Context, tx *sql.Tx, stage []*staged, ids
 			return fmt.Errorf("insert room: %w", err)
 		}
 	}
+	for lo := 0; lo < len(stage); lo += insertChunk {
+		hi := min(lo+insertChunk, len(stage))
+		if err := p.insertRows(ctx, tx, stage[lo:hi], ids[lo:hi]); err != nil {
+			return err
+		}
+	}
+	for j, st := range stage {
+		if err := p.afterInsert(ctx, tx, st.ev, ids[j]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// insertChunk bounds the rows of one INSERT: 500 rows of 15 parameters stay
+// well inside SQLite's 32,766 and PostgreSQL's 65,535 bind parameters
+// (one request, a room created with thousands of invites, may exceed them).
+const insertChunk = 500
+
+// insertRows writes the events rows of stage with one multi-row INSERT.
+func (p *Persister) insertRows(ctx context.Context, tx *sql.Tx, stage []*staged, ids []int64) error {
 	var q strings.Builder
 	q.WriteString(`INSERT INTO events (stream_ordering, event_id, room_id, instance_name, type, state_key,
 		sender, depth, origin_server_ts, membership, redacts, replaces_state, sender_device, txn_id, json) VALUES `)
@@ -735,11 +772,6 @@ func (p *Persister) insert(ctx context.Context, tx *sql.Tx, stage []*staged, ids
 			return errDuplicateTxn
 		}
 		return fmt.Errorf("insert %d events: %w", len(stage), err)
-	}
-	for j, st := range stage {
-		if err := p.afterInsert(ctx, tx, st.ev, ids[j]); err != nil {
-			return err
-		}
 	}
 	return nil
 }

@@ -321,6 +321,44 @@ func TestPersisterBatchesKeepRequestsApart(t *testing.T) {
 	})
 }
 
+// TestPersisterStoresALargeRequest: one request of more drafts than one
+// INSERT takes (the batch splits its rows) is stored whole and in order.
+func TestPersisterStoresALargeRequest(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := ctxT(t)
+		p, _ := newPersister(t, db)
+		store := rooms.NewStore(db)
+		room := "!large:" + server
+		alice := "@alice:" + server
+		drafts := createDrafts(alice, "10")
+		const n = 4500 // 4,504 rows of 15 parameters: past both engines' limits for one statement
+		for i := range n {
+			drafts = append(drafts, rooms.Draft{Type: "m.room.message", Sender: alice,
+				Content: raw(map[string]string{"body": fmt.Sprint(i)})})
+		}
+		res, err := p.SendEvents(ctx, room, drafts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res) != len(drafts) {
+			t.Fatalf("%d results for %d drafts", len(res), len(drafts))
+		}
+		evs, err := store.RoomEvents(ctx, room, 0, -1, false, 2*n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) != len(drafts) {
+			t.Fatalf("stored %d events, want %d", len(evs), len(drafts))
+		}
+		for i, e := range evs {
+			if e.Event.EventID() != res[i].EventID {
+				t.Fatalf("event %d is %s, want %s", i, e.Event.EventID(), res[i].EventID)
+			}
+		}
+		wantOneChain(t, evs)
+	})
+}
+
 // wantOneChain checks the room did not fork: every event after the first
 // points at its predecessor alone.
 func wantOneChain(t *testing.T, evs []*rooms.StoredEvent) {

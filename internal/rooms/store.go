@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 
@@ -366,21 +365,6 @@ func (s *Store) stateHistory(ctx context.Context, roomID, typ, stateKey string) 
 // RoomsForUser lists rooms where the user's current membership is one of
 // memberships.
 func (s *Store) RoomsForUser(ctx context.Context, userID string, memberships ...string) ([]string, error) {
-	if s.state != nil {
-		// From the user's cached memberships (see CurrentMemberships).
-		cur, err := s.CurrentMemberships(ctx, userID)
-		if err != nil {
-			return nil, err
-		}
-		var out []string
-		for roomID, m := range cur {
-			if slices.Contains(memberships, m.Membership) {
-				out = append(out, roomID)
-			}
-		}
-		slices.Sort(out)
-		return out, nil
-	}
 	ph := make([]string, len(memberships))
 	args := []any{userID}
 	for i, m := range memberships {
@@ -450,10 +434,19 @@ func (s *Store) MembershipChanges(ctx context.Context, userID string, from, to i
 }
 
 // CurrentMemberships maps each room the user has a membership in to that
-// membership and its position. With the state cache enabled the map comes
-// from the cache (dropped whenever one of the user's memberships changes)
-// and is shared: callers must not modify it.
+// membership and its position, as the database has it now.
 func (s *Store) CurrentMemberships(ctx context.Context, userID string) (map[string]MembershipRecord, error) {
+	return s.loadCurrentMemberships(ctx, userID)
+}
+
+// SyncMemberships is CurrentMemberships for readers bounded by this
+// process's stream positions (sync): with the state cache enabled the map
+// comes from the cache, dropped whenever one of the user's memberships
+// changes before that change's position becomes visible here. A reader
+// that reads past its positions (its own write committed through another
+// process, not yet replicated here) must use CurrentMemberships. The map
+// is shared: callers must not modify it.
+func (s *Store) SyncMemberships(ctx context.Context, userID string) (map[string]MembershipRecord, error) {
 	if s.state == nil {
 		return s.loadCurrentMemberships(ctx, userID)
 	}

@@ -23,24 +23,46 @@ type hvChange struct {
 }
 
 func (s *Service) VisibilityFor(ctx context.Context, roomID, userID string) (*Visibility, error) {
+	return s.visibility(ctx, roomID, userID, false)
+}
+
+// SyncVisibilityFor is VisibilityFor for readers bounded by this process's
+// stream positions (sync), served from the store's state cache when it is
+// enabled. Readers that may read past those positions (/messages reads up
+// to the newest stored event, so a user sees their own writes made
+// through another process) use VisibilityFor.
+func (s *Service) SyncVisibilityFor(ctx context.Context, roomID, userID string) (*Visibility, error) {
+	return s.visibility(ctx, roomID, userID, true)
+}
+
+func (s *Service) visibility(ctx context.Context, roomID, userID string, cached bool) (*Visibility, error) {
 	v := &Visibility{userID: userID}
 	var err error
-	if v.hv, err = s.historyVisibility(ctx, roomID); err != nil {
+	if v.hv, err = s.historyVisibility(ctx, roomID, cached); err != nil {
 		return nil, err
 	}
-	if v.members, err = s.store.cachedStateHistory(ctx, roomID, "m.room.member", userID); err != nil {
+	if cached {
+		v.members, err = s.store.cachedStateHistory(ctx, roomID, "m.room.member", userID)
+	} else {
+		v.members, err = s.store.stateHistory(ctx, roomID, "m.room.member", userID)
+	}
+	if err != nil {
 		return nil, err
 	}
 	return v, nil
 }
 
 // historyVisibility is the room's history visibility settings over time,
-// through the store's state cache when enabled. The result is shared:
-// callers must not modify it.
-func (s *Service) historyVisibility(ctx context.Context, roomID string) ([]hvChange, error) {
+// through the store's state cache when cached and enabled. A cached result
+// is shared: callers must not modify it.
+func (s *Service) historyVisibility(ctx context.Context, roomID string, cached bool) ([]hvChange, error) {
 	const typ = "m.room.history_visibility"
 	var st stamp
-	if c := s.store.state; c != nil {
+	c := s.store.state
+	if !cached {
+		c = nil
+	}
+	if c != nil {
 		v, stp, ok := c.get(stateKey3(roomID, typ, ""))
 		if ok {
 			return v.([]hvChange), nil
@@ -74,7 +96,7 @@ func (s *Service) historyVisibility(ctx context.Context, roomID string) ([]hvCha
 			out = append(out, hvChange{pos: h.pos, value: value})
 		}
 	}
-	if c := s.store.state; c != nil {
+	if c != nil {
 		c.put(stateKey3(roomID, typ, ""), st, out)
 	}
 	return out, nil

@@ -126,11 +126,27 @@ type attempt struct {
 	cands  []*Backend
 	body   *limitedBody // nil without a body, or when it is in replay
 	chosen atomic.Pointer[Backend]
-	// idempotent requests (by method: Matrix PUTs carry txn ids) may be
-	// sent again after a connection broke mid-request, if their body can
-	// be: none, or a small one read up front into replay.
+	// idempotent requests (see replayable) may be sent again after a
+	// connection broke mid-request, if their body can be: none, or a small
+	// one read up front into replay.
 	idempotent bool
 	replay     []byte
+}
+
+// replayable reports whether sending a request twice is harmless: reads,
+// and the PUTs whose path ends in a client transaction id (event sends,
+// redactions, to-device), which the server deduplicates. Other PUTs and
+// DELETEs are not: an alias created or a device deleted by the first
+// attempt makes the replay fail, and the client would see an error for a
+// request that succeeded.
+func replayable(method, path string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return true
+	case http.MethodPut:
+		return strings.Contains(path, "/send/") || strings.Contains(path, "/sendToDevice/") || strings.Contains(path, "/redact/")
+	}
+	return false
 }
 
 // maxReplayBody is the largest body read up front so that an idempotent
@@ -185,10 +201,7 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		mxhttp.WriteError(rec, noBackend())
 		return
 	}
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete, http.MethodOptions:
-		a.idempotent = true
-	}
+	a.idempotent = replayable(r.Method, r.URL.Path)
 	switch {
 	case r.Body == nil || r.Body == http.NoBody:
 	case a.idempotent && r.ContentLength >= 0 && r.ContentLength <= min(maxReplayBody, route.Limit):
@@ -280,7 +293,7 @@ func (c *copyBuffers) Put(b []byte) { c.pool.Put(&b) }
 // when that backend refuses the connection, marks it down and tries the
 // next one once. A refused dial means the backend never saw the request,
 // so the retry is safe for any method as long as no byte of the body was
-// consumed. An idempotent request whose body can be sent again is also
+// consumed. A replayable request whose body can be sent again is also
 // retried when the connection broke mid-request (a backend that died with
 // the request on a pooled connection); health checks decide about that
 // backend.

@@ -71,9 +71,10 @@ func TestRouterFailover(t *testing.T) {
 }
 
 // TestRouterReplaysIdempotentRequests: a backend that dies with a request
-// on its connection (reads it, answers nothing) makes the router send an
-// idempotent request (a PUT with its txn id, a GET) to the next backend,
-// body and all; a POST is not sent twice and the client gets the 502.
+// on its connection (reads it, answers nothing) makes the router send a
+// replayable request (an event send, deduplicated by its txn id) to the
+// next backend, body and all; a POST or another PUT is not sent twice and
+// the client gets the 502.
 func TestRouterReplaysIdempotentRequests(t *testing.T) {
 	f := newTestFleet(t, 8008)
 	f.rc.HealthCheckInterval = time.Hour
@@ -98,14 +99,29 @@ func TestRouterReplaysIdempotentRequests(t *testing.T) {
 		t.Fatalf("%s saw %d requests, want the one it hung up on", first.backend, home.seen.Load()-seenBefore)
 	}
 
-	post := reqLine{method: "POST", path: "/_matrix/client/v3/rooms/!r:test/receipt/m.read/$e", token: "t", body: `{}`}
-	first = send(t, base, post)
-	if first.status != http.StatusOK {
-		t.Fatalf("POST: %d %s", first.status, first.body)
+	// Not replayed: a POST, and a PUT that is not deduplicated by a txn
+	// id (creating an alias twice fails the second time).
+	for _, l := range []reqLine{
+		{method: "POST", path: "/_matrix/client/v3/rooms/!r:test/receipt/m.read/$e", token: "t", body: `{}`},
+		{method: "PUT", path: "/_matrix/client/v3/directory/room/%23a:test", token: "t", body: `{"room_id":"!r:test"}`},
+	} {
+		// Every backend hangs up once: a replay would reach a second one.
+		seen := 0
+		for _, b := range f.backends {
+			b.hangups.Store(1)
+			seen += int(b.seen.Load())
+		}
+		r = send(t, base, l)
+		r.wantMatrixError(t, http.StatusBadGateway, "M_UNKNOWN")
+		after := 0
+		for _, b := range f.backends {
+			after += int(b.seen.Load())
+			b.hangups.Store(0)
+		}
+		if after != seen+1 {
+			t.Fatalf("%s reached %d backends, want 1 (no replay)", l, after-seen)
+		}
 	}
-	f.backends[first.backend].hangups.Store(1)
-	r = send(t, base, post)
-	r.wantMatrixError(t, http.StatusBadGateway, "M_UNKNOWN")
 }
 
 // Active health checks bring a restarted backend back, and its users with

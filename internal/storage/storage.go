@@ -272,10 +272,27 @@ func (db *DB) txOnce(ctx context.Context, fn func(tx *sql.Tx) error) (err error)
 		return err
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit transaction: %w", err)
+		return fmt.Errorf("commit transaction: %w: %w", ErrCommit, err)
 	}
 	committed = true
 	return nil
+}
+
+// ErrCommit marks a transaction whose COMMIT failed: unless the database
+// said why (a serialization failure, a constraint), the connection may have
+// died after the commit took effect, so the caller cannot assume it did not.
+var ErrCommit = errors.New("commit failed")
+
+// CommitUnknown reports whether err is a failed COMMIT whose outcome is
+// unknown: the database gave no reason (a lost connection), so the
+// transaction may have committed.
+func CommitUnknown(err error) bool {
+	if !errors.Is(err, ErrCommit) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	var sqlErr *sqlite.Error
+	return !errors.As(err, &pgErr) && !errors.As(err, &sqlErr)
 }
 
 func isRetryable(err error) bool {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -722,5 +723,22 @@ func TestOpenSQLiteSettings(t *testing.T) {
 		if err := db.Reader().QueryRowContext(ctx, "PRAGMA "+q.pragma).Scan(&got); err != nil || got != q.want {
 			t.Errorf("reader PRAGMA %s = %q, %v; want %q", q.pragma, got, err, q.want)
 		}
+	}
+}
+
+// TestCommitUnknown: a COMMIT that failed without the database saying why
+// (a lost connection) may have taken effect; one the database refused did
+// not; other errors are not commit failures at all.
+func TestCommitUnknown(t *testing.T) {
+	lost := fmt.Errorf("commit transaction: %w: %w", storage.ErrCommit, io.ErrUnexpectedEOF)
+	refused := fmt.Errorf("commit transaction: %w: %w", storage.ErrCommit, &pgconn.PgError{Code: "40001"})
+	if !storage.CommitUnknown(lost) {
+		t.Error("a commit lost with its connection is not reported unknown")
+	}
+	if storage.CommitUnknown(refused) {
+		t.Error("a commit the database refused is reported unknown")
+	}
+	if storage.CommitUnknown(io.ErrUnexpectedEOF) || storage.CommitUnknown(nil) {
+		t.Error("an error outside COMMIT is reported as an unknown commit")
 	}
 }

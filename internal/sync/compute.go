@@ -244,7 +244,7 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 // room, the window holds no membership change and the state log need not
 // be read.
 func (s *Service) membershipMovedSince(ctx context.Context, r *request) bool {
-	cur, err := s.store.CurrentMemberships(ctx, r.userID)
+	cur, err := s.store.SyncMemberships(ctx, r.userID)
 	if err != nil {
 		return true // let the exact query run (and report the error)
 	}
@@ -298,7 +298,7 @@ type membership struct {
 // Whether a room is forgotten matters only to an initial sync's leave
 // section; withForgotten says whether to look it up.
 func (s *Service) membershipsAt(ctx context.Context, userID string, posFor func(roomID string) int64, withForgotten bool) (map[string]membership, error) {
-	cur, err := s.store.CurrentMemberships(ctx, userID)
+	cur, err := s.store.SyncMemberships(ctx, userID)
 	if err != nil {
 		return nil, err
 	}
@@ -432,7 +432,7 @@ func (s *Service) ephemeral(ctx context.Context, r *request, joined []string) (m
 // user may see and the filter keeps, oldest first, and whether older ones
 // were left out.
 func (s *Service) timeline(ctx context.Context, r *request, roomID string, from, to int64, limit int) ([]*rooms.StoredEvent, bool, error) {
-	vis, err := s.Rooms.VisibilityFor(ctx, roomID, r.userID)
+	vis, err := s.Rooms.SyncVisibilityFor(ctx, roomID, r.userID)
 	if err != nil {
 		return nil, false, err
 	}

@@ -130,8 +130,16 @@ func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (
 	}
 	var listenRooms []string
 	if r.since != nil && timeout > 0 {
-		if listenRooms, err = s.store.RoomsForUser(ctx, req.UserID, "join"); err != nil {
+		// Which rooms to listen on: position-bounded like the rest of the
+		// sync, so the cached memberships serve.
+		ms, err := s.store.SyncMemberships(ctx, req.UserID)
+		if err != nil {
 			return nil, err
+		}
+		for roomID, m := range ms {
+			if m.Membership == "join" {
+				listenRooms = append(listenRooms, roomID)
+			}
 		}
 	}
 	for {
