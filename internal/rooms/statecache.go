@@ -59,3 +59,20 @@ func (c *stateCache) changed(k stateKey) {
 	delete(c.entries, k)
 	c.version[k]++
 }
+
+// throughCache returns k's value from c, or loads it and stores it unless
+// a change to k raced the load. A nil c (cache off) just loads.
+func throughCache[T any](c *stateCache, k stateKey, load func() (T, error)) (T, error) {
+	if c == nil {
+		return load()
+	}
+	v, st, ok := c.get(k)
+	if ok {
+		return v.(T), nil
+	}
+	out, err := load()
+	if err == nil {
+		c.put(k, st, out)
+	}
+	return out, err
+}

@@ -54,24 +54,6 @@ func (s *Store) StateChanged(roomID, typ, stateKey string) {
 
 func stateKey3(room, typ, sk string) stateKey { return stateKey{room: room, typ: typ, stateKey: sk} }
 
-// cachedStateHistory is stateHistory through the cache, when enabled.
-func (s *Store) cachedStateHistory(ctx context.Context, roomID, typ, sk string) ([]stateChange, error) {
-	if s.state == nil {
-		return s.stateHistory(ctx, roomID, typ, sk)
-	}
-	k := stateKey3(roomID, typ, sk)
-	v, st, ok := s.state.get(k)
-	if ok {
-		return v.([]stateChange), nil
-	}
-	h, err := s.stateHistory(ctx, roomID, typ, sk)
-	if err != nil {
-		return nil, err
-	}
-	s.state.put(k, st, h)
-	return h, nil
-}
-
 const eventColumns = `e.stream_ordering, e.json, e.replaces_state, e.sender_device, e.txn_id, e.room_id,
 	(SELECT r.event_id FROM redactions r WHERE r.redacts = e.event_id LIMIT 1)`
 
@@ -447,20 +429,9 @@ func (s *Store) CurrentMemberships(ctx context.Context, userID string) (map[stri
 // process, not yet replicated here) must use CurrentMemberships. The map
 // is shared: callers must not modify it.
 func (s *Store) SyncMemberships(ctx context.Context, userID string) (map[string]MembershipRecord, error) {
-	if s.state == nil {
+	return throughCache(s.state, membershipsKey(userID), func() (map[string]MembershipRecord, error) {
 		return s.loadCurrentMemberships(ctx, userID)
-	}
-	k := membershipsKey(userID)
-	v, st, ok := s.state.get(k)
-	if ok {
-		return v.(map[string]MembershipRecord), nil
-	}
-	m, err := s.loadCurrentMemberships(ctx, userID)
-	if err != nil {
-		return nil, err
-	}
-	s.state.put(k, st, m)
-	return m, nil
+	})
 }
 
 // membershipsKey is the state cache's key for a user's memberships in all

@@ -36,16 +36,18 @@ func (s *Service) SyncVisibilityFor(ctx context.Context, roomID, userID string) 
 }
 
 func (s *Service) visibility(ctx context.Context, roomID, userID string, cached bool) (*Visibility, error) {
+	c := s.store.state // nil: the cache is off
+	if !cached {
+		c = nil
+	}
 	v := &Visibility{userID: userID}
 	var err error
-	if v.hv, err = s.historyVisibility(ctx, roomID, cached); err != nil {
+	if v.hv, err = s.historyVisibility(ctx, c, roomID); err != nil {
 		return nil, err
 	}
-	if cached {
-		v.members, err = s.store.cachedStateHistory(ctx, roomID, "m.room.member", userID)
-	} else {
-		v.members, err = s.store.stateHistory(ctx, roomID, "m.room.member", userID)
-	}
+	v.members, err = throughCache(c, stateKey3(roomID, "m.room.member", userID), func() ([]stateChange, error) {
+		return s.store.stateHistory(ctx, roomID, "m.room.member", userID)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -53,28 +55,15 @@ func (s *Service) visibility(ctx context.Context, roomID, userID string, cached 
 }
 
 // historyVisibility is the room's history visibility settings over time,
-// through the store's state cache when cached and enabled. A cached result
-// is shared: callers must not modify it.
-func (s *Service) historyVisibility(ctx context.Context, roomID string, cached bool) ([]hvChange, error) {
+// through c when not nil. A cached result is shared: callers must not
+// modify it.
+func (s *Service) historyVisibility(ctx context.Context, c *stateCache, roomID string) ([]hvChange, error) {
 	const typ = "m.room.history_visibility"
-	var st stamp
-	c := s.store.state
-	if !cached {
-		c = nil
-	}
-	if c != nil {
-		v, stp, ok := c.get(stateKey3(roomID, typ, ""))
-		if ok {
-			return v.([]hvChange), nil
+	return throughCache(c, stateKey3(roomID, typ, ""), func() ([]hvChange, error) {
+		hist, err := s.store.stateHistory(ctx, roomID, typ, "")
+		if err != nil || len(hist) == 0 {
+			return nil, err
 		}
-		st = stp
-	}
-	hist, err := s.store.stateHistory(ctx, roomID, typ, "")
-	if err != nil {
-		return nil, err
-	}
-	var out []hvChange
-	if len(hist) > 0 {
 		ids := make([]string, len(hist))
 		for i, h := range hist {
 			ids[i] = h.eventID
@@ -83,6 +72,7 @@ func (s *Service) historyVisibility(ctx context.Context, roomID string, cached b
 		if err != nil {
 			return nil, err
 		}
+		out := make([]hvChange, 0, len(hist))
 		for _, h := range hist {
 			value := "shared"
 			if se := evs[h.eventID]; se != nil {
@@ -95,11 +85,8 @@ func (s *Service) historyVisibility(ctx context.Context, roomID string, cached b
 			}
 			out = append(out, hvChange{pos: h.pos, value: value})
 		}
-	}
-	if c != nil {
-		c.put(stateKey3(roomID, typ, ""), st, out)
-	}
-	return out, nil
+		return out, nil
+	})
 }
 
 // historyVisibilityAt is the setting in force for an event at pos (the
