@@ -126,27 +126,11 @@ type attempt struct {
 	cands  []*Backend
 	body   *limitedBody // nil without a body, or when it is in replay
 	chosen atomic.Pointer[Backend]
-	// idempotent requests (see replayable) may be sent again after a
+	// idempotent requests (routes.Replayable) may be sent again after a
 	// connection broke mid-request, if their body can be: none, or a small
 	// one read up front into replay.
 	idempotent bool
 	replay     []byte
-}
-
-// replayable reports whether sending a request twice is harmless: reads,
-// and the PUTs whose path ends in a client transaction id (event sends,
-// redactions, to-device), which the server deduplicates. Other PUTs and
-// DELETEs are not: an alias created or a device deleted by the first
-// attempt makes the replay fail, and the client would see an error for a
-// request that succeeded.
-func replayable(method, path string) bool {
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return true
-	case http.MethodPut:
-		return strings.Contains(path, "/send/") || strings.Contains(path, "/sendToDevice/") || strings.Contains(path, "/redact/")
-	}
-	return false
 }
 
 // maxReplayBody is the largest body read up front so that an idempotent
@@ -201,7 +185,7 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		mxhttp.WriteError(rec, noBackend())
 		return
 	}
-	a.idempotent = replayable(r.Method, r.URL.Path)
+	a.idempotent = routes.Replayable(r.Method, r.URL.Path)
 	switch {
 	case r.Body == nil || r.Body == http.NoBody:
 	case a.idempotent && r.ContentLength >= 0 && r.ContentLength <= min(maxReplayBody, route.Limit):

@@ -15,6 +15,7 @@ package routes
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -471,6 +472,25 @@ func ByName(name string) (*Class, bool) {
 		}
 	}
 	return nil, false
+}
+
+// txnPUTs are the PUT paths ending in a transaction id, which the server
+// deduplicates: sending one twice stores it once.
+var txnPUTs = regexp.MustCompile(cAll + `/rooms/[^/]+/(send|redact)/[^/]+/[^/]+$|` +
+	cR0 + `/sendToDevice/[^/]+/[^/]+$|^/_matrix/federation/v1/send/[^/]+$`)
+
+// Replayable reports whether sending a request twice is harmless: reads,
+// and PUTs carrying a transaction id. Other PUTs and DELETEs are not (an
+// alias created or a device deleted by the first attempt fails the
+// second), nor is any POST.
+func Replayable(method, path string) bool {
+	switch method {
+	case "GET", "HEAD", "OPTIONS":
+		return true
+	case "PUT":
+		return txnPUTs.MatchString(path)
+	}
+	return false
 }
 
 // Classify finds the class of a request: the first class whose patterns

@@ -365,3 +365,25 @@ func TestMatchAgreesWithRegexes(t *testing.T) {
 		}
 	}
 }
+
+func TestReplayable(t *testing.T) {
+	for _, c := range []struct {
+		method, path string
+		want         bool
+	}{
+		{"GET", "/_matrix/client/v3/sync", true},
+		{"PUT", "/_matrix/client/v3/rooms/!r:x/send/m.room.message/txn1", true},
+		{"PUT", "/_matrix/client/v3/rooms/!r:x/redact/$e/txn1", true},
+		{"PUT", "/_matrix/client/v3/sendToDevice/m.test/txn1", true},
+		{"PUT", "/_matrix/federation/v1/send/1234", true},
+		{"PUT", "/_matrix/client/v3/rooms/!r:x/state/m.room.name/", false},
+		{"PUT", "/_matrix/client/v3/directory/room/%23a:x", false},
+		{"PUT", "/_matrix/client/v3/rooms/!r:x/send/m.room.message", false},
+		{"DELETE", "/_matrix/client/v3/devices/D", false},
+		{"POST", "/_matrix/client/v3/rooms/!r:x/receipt/m.read/$e", false},
+	} {
+		if got := routes.Replayable(c.method, c.path); got != c.want {
+			t.Errorf("Replayable(%s %s) = %v, want %v", c.method, c.path, got, c.want)
+		}
+	}
+}
