@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"bytes"
-	"cmp"
 	"fmt"
 	"maps"
 	"net"
@@ -15,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"ganglion/internal/config"
+	"ganglion/internal/router"
 )
 
 // Shared holds the fleet-wide keys that the shared config files already
@@ -221,32 +221,17 @@ func (d *Deployment) routerDoc(in Instance, shared Shared) routerFileDoc {
 		if other.Role() == config.RoleRouter {
 			continue
 		}
-		var u routerInstanceDoc
-		for _, ol := range other.Listeners {
-			url := "http://" + net.JoinHostPort(connectHost(d.bind(ol)), strconv.Itoa(ol.Port))
-			if u.ClientURL == "" && slices.Contains(ol.Resources, "client") {
-				u.ClientURL = url
-			}
-			if u.FederationURL == "" && slices.Contains(ol.Resources, "federation") {
-				u.FederationURL = url
-			}
-			if u.MediaURL == "" && slices.Contains(ol.Resources, "media") {
-				u.MediaURL = url
-			}
+		// The same URL rules as a router reading the instances' own files.
+		ls := make([]config.Listener, len(other.Listeners))
+		for i, ol := range other.Listeners {
+			ls[i] = config.Listener{Port: ol.Port, BindAddresses: []string{connectHost(d.bind(ol))}, Type: "http",
+				Resources: []config.ListenerResource{{Names: ol.Resources}}}
 		}
-		if u.ClientURL == "" {
-			u.ClientURL = cmp.Or(u.FederationURL, u.MediaURL)
-		}
-		if u.ClientURL == "" {
+		u, ok := router.URLsFromListeners(ls)
+		if !ok {
 			continue // not reachable over HTTP: replication only
 		}
-		if u.FederationURL == u.ClientURL {
-			u.FederationURL = ""
-		}
-		if u.MediaURL == u.ClientURL {
-			u.MediaURL = ""
-		}
-		sec.Instances[other.Name] = u
+		sec.Instances[other.Name] = routerInstanceDoc{ClientURL: u.ClientURL, FederationURL: u.FederationURL, MediaURL: u.MediaURL}
 		switch other.Role() {
 		case config.RoleGenericWorker:
 			if slices.ContainsFunc(other.Listeners, func(ol Listener) bool { return slices.Contains(ol.Resources, "client") }) {

@@ -240,7 +240,7 @@ func (rc *Config) complete(cfg *config.Config) error {
 	// Instance URLs: main from the shared listeners, workers from their
 	// own files, then the explicit list, which wins.
 	derived := map[string]InstanceURLs{}
-	if u, ok := urlsFromListeners(cfg.MainListeners); ok {
+	if u, ok := URLsFromListeners(cfg.MainListeners); ok {
 		derived[config.MainInstance] = u
 	}
 	for i, wf := range rc.WorkerConfigs {
@@ -338,10 +338,10 @@ func checkBackendURL(s string) error {
 	return nil
 }
 
-// urlsFromListeners finds the client (and federation, media) listeners of
+// URLsFromListeners finds the client (and federation, media) listeners of
 // an instance. A wildcard bind address is reached on loopback, which is
 // right for a fleet on one host; elsewhere give router.instances.
-func urlsFromListeners(ls []config.Listener) (InstanceURLs, bool) {
+func URLsFromListeners(ls []config.Listener) (InstanceURLs, bool) {
 	var u InstanceURLs
 	for _, l := range ls {
 		if l.Type != "" && l.Type != "http" {
@@ -405,7 +405,7 @@ func urlsFromWorkerFile(path string) (string, InstanceURLs, error) {
 	if w.WorkerName == "" {
 		return "", InstanceURLs{}, fmt.Errorf("%s: no worker_name", path)
 	}
-	u, ok := urlsFromListeners(w.WorkerListeners)
+	u, ok := URLsFromListeners(w.WorkerListeners)
 	if !ok {
 		return "", InstanceURLs{}, fmt.Errorf("%s: worker %s has no client, federation or media listener", path, w.WorkerName)
 	}
