@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -262,22 +263,14 @@ func (fr *front) wantTraffic(t testing.TB, f *fleet) {
 	if fr.kind != "router" || fr.run.exited() || t.Failed() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	body, err := f.get(ctx, fr.url+"/_ganglion/router/metrics")
+	counts, err := fr.requestsPerBackend(f, func(string) bool { return true })
 	if err != nil {
 		t.Errorf("router metrics: %v", err)
 		return
 	}
 	backends := map[string]bool{}
-	for _, line := range strings.Split(body, "\n") {
-		if !strings.HasPrefix(line, "ganglion_router_requests_total{") {
-			continue
-		}
-		if i := strings.Index(line, `backend="`); i >= 0 {
-			rest := line[i+len(`backend="`):]
-			backends[rest[:strings.IndexByte(rest, '"')]] = true
-		}
+	for b := range counts {
+		backends[b] = true
 	}
 	if len(backends) < 2 {
 		t.Errorf("the router served requests to %d backends (%v), want the test's traffic spread over the fleet", len(backends), backends)
@@ -392,29 +385,39 @@ func (fr *front) syncsSettled(t testing.TB, f *fleet, total int) map[string]int 
 // backend.
 func (fr *front) syncsPerBackend(t testing.TB, f *fleet) map[string]int {
 	t.Helper()
+	out, err := fr.requestsPerBackend(f, func(labels string) bool {
+		return strings.Contains(labels, `class="sync"`) && strings.Contains(labels, `code="200"`)
+	})
+	if err != nil {
+		t.Fatalf("router metrics: %v", err)
+	}
+	return out
+}
+
+var routerRequestsLine = regexp.MustCompile(`^ganglion_router_requests_total\{([^}]*)\} (\d+)$`)
+
+// requestsPerBackend sums the router's request counters per backend over
+// the series whose labels keep accepts.
+func (fr *front) requestsPerBackend(f *fleet, keep func(labels string) bool) (map[string]int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	body, err := f.get(ctx, fr.url+"/_ganglion/router/metrics")
 	if err != nil {
-		t.Fatalf("router metrics: %v", err)
+		return nil, err
 	}
 	out := map[string]int{}
 	for _, line := range strings.Split(body, "\n") {
-		if !strings.HasPrefix(line, "ganglion_router_requests_total{") || !strings.Contains(line, `class="sync"`) ||
-			!strings.Contains(line, `code="200"`) {
+		m := routerRequestsLine.FindStringSubmatch(line)
+		if m == nil || !keep(m[1]) {
 			continue
 		}
-		i := strings.Index(line, `backend="`)
-		j := strings.LastIndexByte(line, ' ')
-		if i < 0 || j < 0 {
+		i := strings.Index(m[1], `backend="`)
+		if i < 0 {
 			continue
 		}
-		rest := line[i+len(`backend="`):]
-		n, err := strconv.Atoi(line[j+1:])
-		if err != nil {
-			continue
-		}
+		rest := m[1][i+len(`backend="`):]
+		n, _ := strconv.Atoi(m[2])
 		out[rest[:strings.IndexByte(rest, '"')]] += n
 	}
-	return out
+	return out, nil
 }
