@@ -99,6 +99,17 @@ func (p *ProtoEvent) validate(rv *RoomVersion) error {
 	if p.StateKey != nil && !utf8.ValidString(*p.StateKey) {
 		return errors.New("state_key is not valid UTF-8")
 	}
+	// The spec's size limits on an event's identifiers; like the limit on
+	// the whole event they are ErrEventTooLarge (M_TOO_LARGE to a client).
+	limited := []struct{ name, val string }{{"room_id", p.RoomID}, {"sender", p.Sender}, {"type", p.Type}}
+	if p.StateKey != nil {
+		limited = append(limited, struct{ name, val string }{"state_key", *p.StateKey})
+	}
+	for _, f := range limited {
+		if len(f.val) > MaxIDLength {
+			return fmt.Errorf("%w: %s is %d bytes, limit %d", ErrEventTooLarge, f.name, len(f.val), MaxIDLength)
+		}
+	}
 	if p.Redacts != "" {
 		if p.Type != "m.room.redaction" {
 			return fmt.Errorf("redacts set on a %s event", p.Type)

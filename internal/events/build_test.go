@@ -362,6 +362,10 @@ func TestBuildRejects(t *testing.T) {
 		{"bad prev event id", "10", func(p *events.ProtoEvent) { p.PrevEvents = []string{"nope"} }, nil},
 		{"depth beyond 2^53 in v6", "6", func(p *events.ProtoEvent) { p.Depth = 1 << 53 }, nil},
 		{"unsigned not object", "10", func(p *events.ProtoEvent) { p.Unsigned = json.RawMessage(`[1]`) }, nil},
+		{"type of 256 bytes", "10", func(p *events.ProtoEvent) { p.Type = strings.Repeat("t", 256) }, events.ErrEventTooLarge},
+		{"state key of 256 bytes", "10", func(p *events.ProtoEvent) { p.StateKey = ptr(strings.Repeat("k", 256)) }, events.ErrEventTooLarge},
+		{"sender of 256 bytes", "10", func(p *events.ProtoEvent) { p.Sender = "@" + strings.Repeat("s", 248) + ":domain" }, events.ErrEventTooLarge},
+		{"room id of 256 bytes", "10", func(p *events.ProtoEvent) { p.RoomID = "!" + strings.Repeat("r", 248) + ":domain" }, events.ErrEventTooLarge},
 		{"too large", "10", func(p *events.ProtoEvent) {
 			p.Content = json.RawMessage(fmt.Sprintf(`{"body":%q}`, strings.Repeat("x", events.MaxPDUSize)))
 		}, events.ErrEventTooLarge},
@@ -381,6 +385,12 @@ func TestBuildRejects(t *testing.T) {
 	}
 	if _, err := events.Build(protoMessage(), nil, key, "domain"); err == nil {
 		t.Error("nil room version accepted")
+	}
+	// 255 bytes is within the limit.
+	atLimit := protoMessage()
+	atLimit.Type, atLimit.StateKey = strings.Repeat("t", 255), ptr(strings.Repeat("k", 255))
+	if _, err := events.Build(atLimit, roomVersion(t, "10"), key, "domain"); err != nil {
+		t.Errorf("type and state key of 255 bytes refused: %v", err)
 	}
 	if _, err := events.Build(protoMessage(), roomVersion(t, "10"), events.SigningKey{}, "domain"); err == nil {
 		t.Error("zero signing key accepted")

@@ -13,6 +13,10 @@ import (
 // and unsigned included.
 const MaxPDUSize = 65536
 
+// MaxIDLength is the spec's limit, in bytes, on an event's room_id, sender,
+// type and state_key.
+const MaxIDLength = 255
+
 // Parse validates a PDU of room version rv and computes its event id.
 //
 // The event is canonicalised with the version's strictness and kept in that

@@ -96,6 +96,9 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 		if err := validateAliasLocalpart(r.RoomAliasName); err != nil {
 			return "", err
 		}
+		if len(alias) > maxAliasLength {
+			return "", mxhttp.InvalidParam("Room alias %s is longer than %d bytes", alias, maxAliasLength)
+		}
 		if existing, err := s.ResolveAlias(ctx, alias); err != nil {
 			return "", err
 		} else if existing != "" {

@@ -23,9 +23,13 @@ func validateAliasLocalpart(local string) error {
 	return nil
 }
 
+// maxAliasLength is the spec's limit on a whole room alias, sigil and
+// server name included.
+const maxAliasLength = 255
+
 // splitAlias validates "#local:server".
 func splitAlias(alias string) (string, string, error) {
-	if len(alias) < 4 || alias[0] != '#' || len(alias) > 255 {
+	if len(alias) < 4 || alias[0] != '#' || len(alias) > maxAliasLength {
 		return "", "", mxhttp.InvalidParam("Invalid room alias %q", alias)
 	}
 	i := strings.IndexByte(alias, ':')
@@ -112,6 +116,66 @@ func (s *Service) DeleteAlias(ctx context.Context, req *accounts.Requester, alia
 	}
 	if _, err := s.store.db.Exec(ctx, `DELETE FROM room_aliases WHERE alias = $1`, alias); err != nil {
 		return fmt.Errorf("delete alias %s: %w", alias, err)
+	}
+	err = s.dropFromCanonicalAlias(ctx, req, roomID, alias)
+	var refused *mxhttp.Error
+	if errors.As(err, &refused) && refused.Status < 500 {
+		// The alias is gone either way. Someone who may delete it (its
+		// creator) but not change the room's canonical alias leaves the
+		// event as it was, as with Synapse.
+		s.log.Info("could not remove a deleted alias from the canonical alias event", "room_id", roomID,
+			"user_id", req.UserID, "err", err)
+		return nil
+	}
+	return err
+}
+
+// dropFromCanonicalAlias sends a new m.room.canonical_alias without alias
+// when the current one names it, as alias or among alt_aliases: the event
+// must not keep advertising an alias that no longer exists. Other keys
+// are kept as they are.
+func (s *Service) dropFromCanonicalAlias(ctx context.Context, req *accounts.Requester, roomID, alias string) error {
+	cur, err := s.store.CurrentStateEvent(ctx, roomID, "m.room.canonical_alias", "")
+	if err != nil || cur == nil {
+		return err
+	}
+	var content map[string]json.RawMessage
+	if json.Unmarshal(cur.Event.Content(), &content) != nil {
+		return nil
+	}
+	names := func(raw json.RawMessage) bool {
+		var name string
+		return json.Unmarshal(raw, &name) == nil && name == alias
+	}
+	changed := false
+	if names(content["alias"]) {
+		delete(content, "alias")
+		changed = true
+	}
+	var alt []json.RawMessage
+	if json.Unmarshal(content["alt_aliases"], &alt) == nil && alt != nil {
+		kept := make([]json.RawMessage, 0, len(alt))
+		for _, a := range alt {
+			if names(a) {
+				changed = true
+				continue
+			}
+			kept = append(kept, a)
+		}
+		if len(kept) == 0 {
+			delete(content, "alt_aliases")
+		} else {
+			content["alt_aliases"] = mustJSON(kept)
+		}
+	}
+	if !changed {
+		return nil
+	}
+	empty := ""
+	_, err = s.sendOne(ctx, roomID, Draft{Type: "m.room.canonical_alias", StateKey: &empty, Sender: req.UserID,
+		Content: mustJSON(content), DeviceID: req.DeviceID})
+	if err != nil {
+		return fmt.Errorf("remove %s from the canonical alias of %s: %w", alias, roomID, err)
 	}
 	return nil
 }

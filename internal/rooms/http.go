@@ -22,7 +22,7 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.Serv
 	mux.HandleClient("POST", "/join/{roomIdOrAlias}", a(h.join))
 	mux.HandleClient("POST", "/rooms/{roomId}/leave", a(h.membership("leave", false)))
 	mux.HandleClient("POST", "/rooms/{roomId}/invite", a(h.membership("invite", true)))
-	mux.HandleClient("POST", "/rooms/{roomId}/kick", a(h.membership("leave", true)))
+	mux.HandleClient("POST", "/rooms/{roomId}/kick", a(h.membership("kick", true)))
 	mux.HandleClient("POST", "/rooms/{roomId}/ban", a(h.membership("ban", true)))
 	mux.HandleClient("POST", "/rooms/{roomId}/unban", a(h.unban))
 	mux.HandleClient("POST", "/knock/{roomIdOrAlias}", a(h.knock))
@@ -79,10 +79,23 @@ type reasonBody struct {
 	UserID string `json:"user_id"`
 }
 
-func (h *roomHandlers) doJoin(w http.ResponseWriter, r *http.Request, req *accounts.Requester, roomID string) error {
-	var body reasonBody
-	if err := mxhttp.DecodeJSON(r, &body); err != nil {
+// doJoin joins req's user to roomID. With copyBody the request body's keys
+// go into the member event, as Synapse does for /join/{roomIdOrAlias}
+// (/rooms/{roomId}/join takes only the reason).
+func (h *roomHandlers) doJoin(w http.ResponseWriter, r *http.Request, req *accounts.Requester, roomID string, copyBody bool) error {
+	raw, err := mxhttp.ReadBody(r, mxhttp.DefaultMaxBody)
+	if err != nil {
 		return err
+	}
+	var body reasonBody
+	if err := mxhttp.DecodeJSONBytes(r, raw, &body); err != nil {
+		return err
+	}
+	ch := MembershipChange{Target: req.UserID, Membership: "join", Reason: body.Reason}
+	if copyBody {
+		if err := mxhttp.DecodeJSONBytes(r, raw, &ch.Content); err != nil {
+			return err
+		}
 	}
 	ok, err := h.s.store.RoomExists(r.Context(), roomID)
 	if err != nil {
@@ -91,7 +104,7 @@ func (h *roomHandlers) doJoin(w http.ResponseWriter, r *http.Request, req *accou
 	if !ok {
 		return mxhttp.NotFound("No known servers to join %s via; joining remote rooms needs federation", roomID)
 	}
-	if _, err := h.s.ChangeMembership(r.Context(), req, roomID, MembershipChange{Target: req.UserID, Membership: "join", Reason: body.Reason}); err != nil {
+	if _, err := h.s.ChangeMembership(r.Context(), req, roomID, ch); err != nil {
 		return err
 	}
 	return mxhttp.WriteJSON(w, 200, map[string]string{"room_id": roomID})
@@ -102,7 +115,7 @@ func (h *roomHandlers) joinRoomID(w http.ResponseWriter, r *http.Request, req *a
 	if !validRoomID(roomID) {
 		return mxhttp.InvalidParam("Invalid room id")
 	}
-	return h.doJoin(w, r, req, roomID)
+	return h.doJoin(w, r, req, roomID, false)
 }
 
 func (h *roomHandlers) resolveTarget(r *http.Request, idOrAlias string) (string, error) {
@@ -130,7 +143,7 @@ func (h *roomHandlers) join(w http.ResponseWriter, r *http.Request, req *account
 	if err != nil {
 		return err
 	}
-	return h.doJoin(w, r, req, roomID)
+	return h.doJoin(w, r, req, roomID, true)
 }
 
 func (h *roomHandlers) knock(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
@@ -148,8 +161,9 @@ func (h *roomHandlers) knock(w http.ResponseWriter, r *http.Request, req *accoun
 	return mxhttp.WriteJSON(w, 200, map[string]string{"room_id": roomID})
 }
 
-// membership serves leave/invite/kick/ban; withTarget says whether the body
-// names the target user (otherwise it is the requester).
+// membership serves leave/invite/kick/ban (m is the MembershipChange's
+// Membership); withTarget says whether the body names the target user
+// (otherwise it is the requester).
 func (h *roomHandlers) membership(m string, withTarget bool) accounts.AuthedHandler {
 	return func(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
 		var body struct {
@@ -289,21 +303,8 @@ func (h *roomHandlers) event(w http.ResponseWriter, r *http.Request, req *accoun
 
 func (h *roomHandlers) members(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
 	q := r.URL.Query()
-	var at int64
-	if t := q.Get("at"); t != "" {
-		var err error
-		if at, err = ParseRoomToken(t); err != nil {
-			return err
-		}
-	}
-	for _, k := range []string{"membership", "not_membership"} {
-		switch q.Get(k) {
-		case "", "join", "invite", "leave", "ban", "knock":
-		default:
-			return mxhttp.InvalidParam("Invalid %s", k)
-		}
-	}
-	evs, err := h.s.Members(r.Context(), req, r.PathValue("roomId"), at, q.Get("membership"), q.Get("not_membership"))
+	evs, err := h.s.Members(r.Context(), req, r.PathValue("roomId"), MembersQuery{At: q.Get("at"),
+		Membership: q.Get("membership"), NotMembership: q.Get("not_membership")})
 	if err != nil {
 		return err
 	}
@@ -352,6 +353,12 @@ func queryLimit(q url.Values) (int, error) {
 }
 
 func (h *roomHandlers) messages(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
+	// Access first: a user who may not read the room gets 403 whatever
+	// the query says.
+	tl, err := h.s.OpenTimeline(r.Context(), req, r.PathValue("roomId"))
+	if err != nil {
+		return err
+	}
 	q := r.URL.Query()
 	dir := q.Get("dir")
 	if dir != "b" && dir != "f" {
@@ -371,7 +378,7 @@ func (h *roomHandlers) messages(w http.ResponseWriter, r *http.Request, req *acc
 	if f != nil && f.Limit != nil && limit == 0 {
 		limit = *f.Limit
 	}
-	resp, err := h.s.Messages(r.Context(), req, r.PathValue("roomId"), MessagesRequest{From: q.Get("from"), To: q.Get("to"),
+	resp, err := tl.Messages(r.Context(), MessagesRequest{From: q.Get("from"), To: q.Get("to"),
 		Backwards: dir == "b", Limit: limit, Filter: f})
 	if err != nil {
 		return err
@@ -380,6 +387,10 @@ func (h *roomHandlers) messages(w http.ResponseWriter, r *http.Request, req *acc
 }
 
 func (h *roomHandlers) context(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
+	tl, err := h.s.OpenTimeline(r.Context(), req, r.PathValue("roomId"))
+	if err != nil {
+		return err
+	}
 	q := r.URL.Query()
 	limit, err := queryLimit(q)
 	if err != nil {
@@ -389,7 +400,7 @@ func (h *roomHandlers) context(w http.ResponseWriter, r *http.Request, req *acco
 	if err != nil {
 		return err
 	}
-	resp, err := h.s.Context(r.Context(), req, r.PathValue("roomId"), r.PathValue("eventId"), limit, f)
+	resp, err := tl.Context(r.Context(), r.PathValue("eventId"), limit, f)
 	if err != nil {
 		return err
 	}

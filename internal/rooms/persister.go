@@ -29,8 +29,12 @@ type Draft struct {
 	Sender   string          `json:"sender"`
 	Content  json.RawMessage `json:"content"`
 	Redacts  string          `json:"redacts,omitempty"`
-	// TxnID and DeviceID make sends idempotent per device.
+	// TxnID, TxnScope and DeviceID make sends idempotent: a transaction
+	// id is scoped to the device and to the endpoint it was used on
+	// (TxnScope: "send/<type>" or "redact/<event id>"; the room is part
+	// of the key anyway), so one id on two endpoints is two requests.
 	TxnID    string `json:"txn_id,omitempty"`
+	TxnScope string `json:"txn_scope,omitempty"`
 	DeviceID string `json:"device_id,omitempty"`
 	// RoomVersion is only read for m.room.create drafts.
 	RoomVersion string `json:"room_version,omitempty"`
@@ -384,7 +388,7 @@ type staged struct {
 }
 
 // txnKey identifies a send's transaction id within one room.
-type txnKey struct{ sender, device, txn string }
+type txnKey struct{ sender, device, scope, txn string }
 
 // batchState is what a batch has staged so far.
 type batchState struct {
@@ -414,15 +418,15 @@ func (p *Persister) existingTxns(ctx context.Context, tx *sql.Tx, roomID string,
 				cond.WriteString(" OR ")
 			}
 			n := len(args)
-			fmt.Fprintf(&cond, "(sender = $%d AND sender_device = $%d AND txn_id = $%d)", n+1, n+2, n+3)
-			args = append(args, d.Sender, d.DeviceID, d.TxnID)
+			fmt.Fprintf(&cond, "(sender = $%d AND sender_device = $%d AND txn_scope = $%d AND txn_id = $%d)", n+1, n+2, n+3, n+4)
+			args = append(args, d.Sender, d.DeviceID, d.TxnScope, d.TxnID)
 		}
 	}
 	found := map[txnKey]Persisted{}
 	if len(args) == 1 {
 		return found, nil
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT sender, sender_device, txn_id, event_id, stream_ordering FROM events
+	rows, err := tx.QueryContext(ctx, `SELECT sender, sender_device, txn_scope, txn_id, event_id, stream_ordering FROM events
 		WHERE room_id = $1 AND txn_id IS NOT NULL AND (`+cond.String()+`)`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("check txn ids: %w", err)
@@ -431,7 +435,7 @@ func (p *Persister) existingTxns(ctx context.Context, tx *sql.Tx, roomID string,
 	for rows.Next() {
 		var k txnKey
 		var pr Persisted
-		if err := rows.Scan(&k.sender, &k.device, &k.txn, &pr.EventID, &pr.StreamPos); err != nil {
+		if err := rows.Scan(&k.sender, &k.device, &k.scope, &k.txn, &pr.EventID, &pr.StreamPos); err != nil {
 			return nil, fmt.Errorf("check txn ids: %w", err)
 		}
 		pr.Deduplicated = true
@@ -458,7 +462,7 @@ func (p *Persister) stageRequest(ctx context.Context, tx *sql.Tx, roomID string,
 	saved := map[eventauth.StateKey]overlay{}
 	var keys []txnKey
 	for i, d := range r.drafts {
-		k := txnKey{d.Sender, d.DeviceID, d.TxnID}
+		k := txnKey{d.Sender, d.DeviceID, d.TxnScope, d.TxnID}
 		if d.TxnID != "" && d.DeviceID != "" {
 			if pr, ok := b.existing[k]; ok {
 				r.results[i] = pr
@@ -686,7 +690,7 @@ func (p *Persister) finalise(ctx context.Context, tx *sql.Tx, roomID string, wor
 }
 
 // insertColumns is the number of columns insert writes per event.
-const insertColumns = 15
+const insertColumns = 16
 
 // insert stores the staged events (ids[j] is stage[j]'s stream ordering)
 // with one multi-row INSERT, then what each needs besides its row.
@@ -719,7 +723,7 @@ func (p *Persister) insert(ctx context.Context, tx *sql.Tx, stage []*staged, ids
 	return nil
 }
 
-// insertChunk bounds the rows of one INSERT: 500 rows of 15 parameters stay
+// insertChunk bounds the rows of one INSERT: 500 rows of 16 parameters stay
 // well inside SQLite's 32,766 and PostgreSQL's 65,535 bind parameters
 // (one request, a room created with thousands of invites, may exceed them).
 const insertChunk = 500
@@ -728,12 +732,12 @@ const insertChunk = 500
 func (p *Persister) insertRows(ctx context.Context, tx *sql.Tx, stage []*staged, ids []int64) error {
 	var q strings.Builder
 	q.WriteString(`INSERT INTO events (stream_ordering, event_id, room_id, instance_name, type, state_key,
-		sender, depth, origin_server_ts, membership, redacts, replaces_state, sender_device, txn_id, json) VALUES `)
+		sender, depth, origin_server_ts, membership, redacts, replaces_state, sender_device, txn_scope, txn_id, json) VALUES `)
 	args := make([]any, 0, len(stage)*insertColumns)
 	hasTxn := false
 	for j, st := range stage {
 		ev, d := st.ev, st.r.drafts[st.i]
-		var stateKey, membership, redacts, txn, device, repl sql.NullString
+		var stateKey, membership, redacts, scope, txn, device, repl sql.NullString
 		if ev.IsState() {
 			stateKey = sql.NullString{String: *ev.StateKey(), Valid: true}
 		}
@@ -747,6 +751,7 @@ func (p *Persister) insertRows(ctx context.Context, tx *sql.Tx, stage []*staged,
 			device = sql.NullString{String: d.DeviceID, Valid: true}
 			if d.TxnID != "" {
 				txn = sql.NullString{String: d.TxnID, Valid: true}
+				scope = sql.NullString{String: d.TxnScope, Valid: true}
 				hasTxn = true
 			}
 		}
@@ -765,7 +770,7 @@ func (p *Persister) insertRows(ctx context.Context, tx *sql.Tx, stage []*staged,
 		}
 		q.WriteByte(')')
 		args = append(args, ids[j], ev.EventID(), ev.RoomID(), p.instance, ev.Type(), stateKey, ev.Sender(), ev.Depth(),
-			ev.OriginServerTS(), membership, redacts, repl, device, txn, string(ev.JSON()))
+			ev.OriginServerTS(), membership, redacts, repl, device, scope, txn, string(ev.JSON()))
 	}
 	if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
 		if storage.IsUniqueViolation(err) && hasTxn {

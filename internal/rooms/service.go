@@ -5,6 +5,7 @@
 package rooms
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"ganglion/internal/accounts"
+	"ganglion/internal/canonicaljson"
 	"ganglion/internal/eventauth"
 	"ganglion/internal/events"
 	"ganglion/internal/mxhttp"
@@ -156,7 +158,7 @@ func (s *Service) Send(ctx context.Context, req *accounts.Requester, roomID, evT
 	if err := s.checkMessageRate(req); err != nil {
 		return "", err
 	}
-	d := Draft{Type: evType, Sender: req.UserID, Content: content, TxnID: txnID, DeviceID: req.DeviceID}
+	d := Draft{Type: evType, Sender: req.UserID, Content: content, TxnID: txnID, TxnScope: "send/" + evType, DeviceID: req.DeviceID}
 	if evType == "m.room.redaction" {
 		var c struct {
 			Redacts string `json:"redacts"`
@@ -209,12 +211,16 @@ func (s *Service) SetState(ctx context.Context, req *accounts.Requester, roomID,
 	return s.sendOne(ctx, roomID, Draft{Type: evType, StateKey: &stateKey, Sender: req.UserID, Content: content, DeviceID: req.DeviceID})
 }
 
+// jsonEqual compares two JSON values by their canonical encodings, which
+// tell apart everything an event's content can tell apart (100 and "100",
+// null and a missing key) and nothing else (key order, whitespace).
 func jsonEqual(a, b json.RawMessage) bool {
-	var x, y any
-	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+	x, err := canonicaljson.Canonicalize(a, false)
+	if err != nil {
 		return false
 	}
-	return fmt.Sprint(x) == fmt.Sprint(y)
+	y, err := canonicaljson.Canonicalize(b, false)
+	return err == nil && bytes.Equal(x, y)
 }
 
 // checkRedaction enforces what the auth rules leave to the server from room
@@ -264,7 +270,7 @@ func (s *Service) Redact(ctx context.Context, req *accounts.Requester, roomID, t
 		c["redacts"] = target
 	}
 	return s.sendOne(ctx, roomID, Draft{Type: "m.room.redaction", Sender: req.UserID, Content: mustJSON(c), Redacts: target,
-		TxnID: txnID, DeviceID: req.DeviceID})
+		TxnID: txnID, TxnScope: "redact/" + target, DeviceID: req.DeviceID})
 }
 
 func (s *Service) powerLevels(ctx context.Context, roomID string) (eventauth.PowerLevels, error) {
@@ -306,10 +312,75 @@ func (s *Service) profileContent(ctx context.Context, userID string, c map[strin
 
 // MembershipChange is a client's request to change someone's membership.
 type MembershipChange struct {
-	Target     string
-	Membership string // join, leave, invite, ban, knock (kick = leave of another user; unban = leave of a banned user)
+	Target string
+	// Membership is join, leave, invite, ban or knock, or kick (a leave
+	// of another user that requires them to be in the room; unban is a
+	// leave of a banned user).
+	Membership string
 	Reason     string
 	IsDirect   bool
+	// Content, for joins, holds the keys of the request body to copy into
+	// the member event, as Synapse does for /join/{roomIdOrAlias}: a
+	// per-room displayname or avatar_url, or keys of the client's own.
+	Content map[string]json.RawMessage
+}
+
+// Limits on per-room profile fields, as Synapse's.
+const (
+	maxDisplayNameLen = 256
+	maxAvatarURLLen   = 1000
+)
+
+// memberContent builds a member event's content: the copied request keys,
+// the membership, the reason, and the target's profile where the request
+// set none.
+func (s *Service) memberContent(ctx context.Context, ch MembershipChange, membership string) (map[string]any, error) {
+	c := map[string]any{}
+	for k, v := range ch.Content {
+		switch k {
+		case "membership", "reason":
+			// Set below from the request's own fields.
+		case "join_authorised_via_users_server":
+			// Only a resident server may name the authorising user, in a
+			// restricted join it signs; a client cannot.
+		case "third_party_signed":
+			// A proof for the server (third-party invites), not content.
+		case "displayname", "avatar_url":
+			var str *string
+			if err := json.Unmarshal(v, &str); err != nil {
+				return nil, mxhttp.BadJSON("%s must be a string", k)
+			}
+			if str == nil {
+				continue
+			}
+			if limit := map[string]int{"displayname": maxDisplayNameLen, "avatar_url": maxAvatarURLLen}[k]; len(*str) > limit {
+				return nil, mxhttp.BadJSON("%s is too long (at most %d bytes)", k, limit)
+			}
+			c[k] = *str
+		default:
+			c[k] = v
+		}
+	}
+	c["membership"] = membership
+	if ch.Reason != "" {
+		c["reason"] = ch.Reason
+	}
+	switch membership {
+	case "join", "invite", "knock":
+		p := map[string]any{}
+		if err := s.profileContent(ctx, ch.Target, p); err != nil {
+			return nil, err
+		}
+		for k, v := range p {
+			if _, set := c[k]; !set {
+				c[k] = v
+			}
+		}
+	}
+	if membership == "invite" && ch.IsDirect {
+		c["is_direct"] = true
+	}
+	return c, nil
 }
 
 // ChangeMembership sends a membership event for req.
@@ -323,20 +394,15 @@ func (s *Service) ChangeMembership(ctx context.Context, req *accounts.Requester,
 	if err := s.checkMessageRate(req); err != nil {
 		return "", err
 	}
-	c := map[string]any{"membership": ch.Membership}
-	if ch.Reason != "" {
-		c["reason"] = ch.Reason
+	membership := ch.Membership
+	if membership == "kick" {
+		membership = "leave"
 	}
-	switch ch.Membership {
-	case "join", "invite", "knock":
-		if err := s.profileContent(ctx, ch.Target, c); err != nil {
-			return "", err
-		}
+	c, err := s.memberContent(ctx, ch, membership)
+	if err != nil {
+		return "", err
 	}
-	if ch.Membership == "invite" {
-		if ch.IsDirect {
-			c["is_direct"] = true
-		}
+	if membership == "invite" {
 		if _, server, _ := accounts.SplitUserID(ch.Target); server == s.cfg.ServerName {
 			exists, err := s.accounts.UserExists(ctx, ch.Target)
 			if err != nil {
@@ -349,19 +415,34 @@ func (s *Service) ChangeMembership(ctx context.Context, req *accounts.Requester,
 			return "", mxhttp.Forbidden("Inviting users on other servers needs federation, which this server does not run yet")
 		}
 	}
-	if ch.Membership == "join" {
-		// Joining while joined only refreshes the profile; Synapse lets it
-		// through as a new event, which keeps displayname changes working.
-		cur, _, err := s.store.Membership(ctx, roomID, ch.Target)
+	content := mustJSON(c)
+	if ch.Membership == "kick" || membership == "join" {
+		cur, err := s.store.CurrentStateEvent(ctx, roomID, "m.room.member", ch.Target)
 		if err != nil {
 			return "", err
 		}
-		if cur == "ban" {
+		var curMembership string
+		if cur != nil {
+			curMembership = cur.Event.Membership()
+		}
+		switch {
+		case ch.Membership == "kick" && (curMembership == "" || curMembership == "leave" || curMembership == "ban"):
+			// The auth rules would let a moderator "kick" someone who is
+			// not there, writing a pointless leave; Synapse refuses.
+			return "", mxhttp.Forbidden("The target user is not in the room")
+		case membership == "join" && curMembership == "ban":
 			return "", mxhttp.Forbidden("You are banned from this room")
+		case membership == "join" && curMembership == "join" && cur.Event.Sender() == req.UserID && cur.RedactedBy == "" &&
+			jsonEqual(cur.Event.Content(), content):
+			// Joining again with the same content changes nothing: answer
+			// with the join in place, as Synapse does, instead of a new
+			// event. A join with new content (a new per-room profile) is
+			// a new event.
+			return cur.Event.EventID(), nil
 		}
 	}
 	return s.sendOne(ctx, roomID, Draft{Type: "m.room.member", StateKey: &ch.Target, Sender: req.UserID,
-		Content: mustJSON(c), DeviceID: req.DeviceID})
+		Content: content, DeviceID: req.DeviceID})
 }
 
 // ProfileChanged implements accounts.RoomHooks: the new profile goes into a
@@ -433,10 +514,13 @@ func errNotInRoom(userID, roomID string) error {
 
 var errNotFoundEvent = mxhttp.NotFound("Event not found")
 
-// Event returns one event if the user may see it.
+// Event returns one event if the user may see it. Everything else is 404,
+// as the spec asks ("not found or you do not have permission to read
+// this event"): an unknown room, an event of another room, an event the
+// user may not see, in a room they are in or not, all look the same.
 func (s *Service) Event(ctx context.Context, req *accounts.Requester, roomID, eventID string) (*ClientEvent, error) {
-	if err := s.requireRoom(ctx, roomID); err != nil {
-		return nil, err
+	if !validRoomID(roomID) {
+		return nil, mxhttp.InvalidParam("Invalid room id %q", roomID)
 	}
 	se, err := s.store.Event(ctx, eventID)
 	if err != nil {
@@ -450,9 +534,6 @@ func (s *Service) Event(ctx context.Context, req *accounts.Requester, roomID, ev
 		return nil, err
 	}
 	if !v.CanSee(se) {
-		if m, _, _ := s.store.Membership(ctx, roomID, req.UserID); m == "" && !v.WorldReadableNow() {
-			return nil, errNotInRoom(req.UserID, roomID)
-		}
 		return nil, errNotFoundEvent
 	}
 	out, err := s.Formatter(req.UserID, req.DeviceID).Format(ctx, []*StoredEvent{se})
@@ -586,14 +667,34 @@ func (s *Service) JoinedMembers(ctx context.Context, req *accounts.Requester, ro
 	return out, nil
 }
 
-// Members is /members with at, membership and not_membership.
-func (s *Service) Members(ctx context.Context, req *accounts.Requester, roomID string, at int64, membership, notMembership string) ([]ClientEvent, error) {
+// MembersQuery is /members' query: at (a pagination or sync token),
+// membership and not_membership, as given.
+type MembersQuery struct {
+	At, Membership, NotMembership string
+}
+
+// Members is /members. The query is judged only once the user is known to
+// be allowed to read the room's members.
+func (s *Service) Members(ctx context.Context, req *accounts.Requester, roomID string, q MembersQuery) ([]ClientEvent, error) {
 	if err := s.requireRoom(ctx, roomID); err != nil {
 		return nil, err
 	}
 	pos, current, err := s.readPosition(ctx, req, roomID)
 	if err != nil {
 		return nil, err
+	}
+	var at int64
+	if q.At != "" {
+		if at, err = ParseRoomToken(q.At); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range map[string]string{"membership": q.Membership, "not_membership": q.NotMembership} {
+		switch v {
+		case "", "join", "invite", "leave", "ban", "knock":
+		default:
+			return nil, mxhttp.InvalidParam("Invalid %s", k)
+		}
 	}
 	if current {
 		pos = 1 << 62
@@ -608,10 +709,10 @@ func (s *Service) Members(ctx context.Context, req *accounts.Requester, roomID s
 	kept := evs[:0]
 	for _, se := range evs {
 		m := se.Event.Membership()
-		if membership != "" && m != membership {
+		if q.Membership != "" && m != q.Membership {
 			continue
 		}
-		if notMembership != "" && m == notMembership {
+		if q.NotMembership != "" && m == q.NotMembership {
 			continue
 		}
 		kept = append(kept, se)

@@ -64,10 +64,21 @@ type MessagesResponse struct {
 	State []ClientEvent `json:"state,omitempty"`
 }
 
-// Messages pages through a room's timeline, showing only what history
-// visibility allows, and never returning an event twice or skipping one
-// across pages.
-func (s *Service) Messages(ctx context.Context, req *accounts.Requester, roomID string, mr MessagesRequest) (*MessagesResponse, error) {
+// Timeline is a user's read access to one room's timeline, checked once
+// by OpenTimeline.
+type Timeline struct {
+	s      *Service
+	req    *accounts.Requester
+	roomID string
+	v      *Visibility
+}
+
+// OpenTimeline checks that req's user may read the room's timeline at all:
+// they were a member once, or the room is world readable. Endpoints call
+// it before they look at their parameters, so a user who may not read the
+// room is refused the same way whatever they ask, and learns nothing from
+// how their parameters are judged.
+func (s *Service) OpenTimeline(ctx context.Context, req *accounts.Requester, roomID string) (*Timeline, error) {
 	if err := s.requireRoom(ctx, roomID); err != nil {
 		return nil, err
 	}
@@ -75,10 +86,18 @@ func (s *Service) Messages(ctx context.Context, req *accounts.Requester, roomID 
 	if err != nil {
 		return nil, err
 	}
-	everMember := len(v.members) > 0
-	if !everMember && !v.WorldReadableNow() {
+	if len(v.members) == 0 && !v.WorldReadableNow() {
 		return nil, errNotInRoom(req.UserID, roomID)
 	}
+	return &Timeline{s: s, req: req, roomID: roomID, v: v}, nil
+}
+
+// Messages pages through a room's timeline, showing only what history
+// visibility allows, and never returning an event twice or skipping one
+// across pages.
+func (t *Timeline) Messages(ctx context.Context, mr MessagesRequest) (*MessagesResponse, error) {
+	s, req, roomID, v := t.s, t.req, t.roomID, t.v
+	var err error
 	var from int64
 	if mr.From != "" {
 		if from, err = ParseRoomToken(mr.From); err != nil {
@@ -183,25 +202,13 @@ type ContextResponse struct {
 }
 
 // Context returns events around one event.
-func (s *Service) Context(ctx context.Context, req *accounts.Requester, roomID, eventID string, limit int, filter *filters.RoomEventFilter) (*ContextResponse, error) {
-	if err := s.requireRoom(ctx, roomID); err != nil {
-		return nil, err
-	}
+func (t *Timeline) Context(ctx context.Context, eventID string, limit int, filter *filters.RoomEventFilter) (*ContextResponse, error) {
+	s, req, roomID, v := t.s, t.req, t.roomID, t.v
 	se, err := s.store.Event(ctx, eventID)
 	if err != nil {
 		return nil, err
 	}
-	if se == nil || se.Event.RoomID() != roomID {
-		return nil, errNotFoundEvent
-	}
-	v, err := s.VisibilityFor(ctx, roomID, req.UserID)
-	if err != nil {
-		return nil, err
-	}
-	if !v.CanSee(se) {
-		if len(v.members) == 0 && !v.WorldReadableNow() {
-			return nil, errNotInRoom(req.UserID, roomID)
-		}
+	if se == nil || se.Event.RoomID() != roomID || !v.CanSee(se) {
 		return nil, errNotFoundEvent
 	}
 	if limit < 0 {
