@@ -140,13 +140,22 @@ func TestUIAFlows(t *testing.T) {
 		session := me.Raw["session"].(string)
 		bad := &accounts.AuthDict{Type: accounts.StagePassword, Session: session, Password: "nope",
 			Identifier: &accounts.Identifier{Type: "m.id.user", User: "bob"}}
-		if err := s.RunUIA(ctx, bad, flows, sess.UserID); !errors.As(err, &me) || me.Status != 401 || me.Code != "M_FORBIDDEN" {
+		if err := s.RunUIA(ctx, bad, flows, sess.UserID); !errors.As(err, &me) || me.Status != 401 || me.Code != "M_FORBIDDEN" ||
+			!errors.Is(err, accounts.ErrUIAFailed) {
 			t.Fatalf("wrong password stage: %v", err)
 		}
-		other := &accounts.AuthDict{Type: accounts.StagePassword, Session: session, Password: "secret",
-			Identifier: &accounts.Identifier{Type: "m.id.user", User: "@carol:acc.test"}}
-		if err := s.RunUIA(ctx, other, flows, sess.UserID); err == nil {
-			t.Fatal("authenticating as another user passed")
+		// Another user's credentials, right or wrong, refuse the request
+		// (403, not a stage to retry) and count as a failed attempt.
+		if _, err := s.Register(ctx, accounts.NewUser{Localpart: "carol", Password: "carols"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, pw := range []string{"carols", "secret", "nope"} {
+			other := &accounts.AuthDict{Type: accounts.StagePassword, Session: session, Password: pw,
+				Identifier: &accounts.Identifier{Type: "m.id.user", User: "@carol:acc.test"}}
+			if err := s.RunUIA(ctx, other, flows, sess.UserID); !errors.As(err, &me) || me.Status != 403 || me.Code != "M_FORBIDDEN" ||
+				me.Raw != nil || !errors.Is(err, accounts.ErrUIAFailed) {
+				t.Fatalf("authenticating as another user with password %q: %v, want 403 M_FORBIDDEN", pw, err)
+			}
 		}
 		good := &accounts.AuthDict{Type: accounts.StagePassword, Session: session, Password: "secret",
 			Identifier: &accounts.Identifier{Type: "m.id.user", User: "bob"}}

@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha1"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -22,6 +23,10 @@ type Limits struct {
 	LoginAddress       *ratelimit.Limiter // per client IP
 	LoginAccount       *ratelimit.Limiter // per account
 	LoginFailedAttempt *ratelimit.Limiter // per account, failures only
+	// UIAFailedAttempt counts failed password stages of user-interactive
+	// auth per user (rc_login.failed_attempts, in buckets of its own as
+	// in Synapse).
+	UIAFailedAttempt *ratelimit.Limiter
 }
 
 // Routes registers the account endpoints.
@@ -69,6 +74,22 @@ func limit(l *ratelimit.Limiter, key string) error {
 		return mxhttp.LimitExceeded(wait.Milliseconds() + 1)
 	}
 	return nil
+}
+
+// reauth runs user-interactive auth for an endpoint that makes the
+// requester prove their password again. A user with too many failed
+// stages is refused before any check, and each failed stage counts, as in
+// Synapse's validate_user_via_ui_auth: with a stolen access token,
+// guesses are as limited as at /login.
+func (h *handlers) reauth(r *http.Request, auth *AuthDict, userID string) error {
+	if ok, wait := h.lim.UIAFailedAttempt.Peek(userID); !ok {
+		return mxhttp.LimitExceeded(wait.Milliseconds() + 1)
+	}
+	err := h.s.RunUIA(r.Context(), auth, Flows{{StagePassword}}, userID)
+	if errors.Is(err, ErrUIAFailed) {
+		_, _ = h.lim.UIAFailedAttempt.Allow(userID)
+	}
+	return err
 }
 
 func (h *handlers) available(w http.ResponseWriter, r *http.Request) error {
@@ -239,7 +260,7 @@ func (h *handlers) password(w http.ResponseWriter, r *http.Request, req *Request
 	if err := mxhttp.DecodeJSON(r, &body); err != nil {
 		return err
 	}
-	if err := h.s.RunUIA(r.Context(), body.Auth, Flows{{StagePassword}}, req.UserID); err != nil {
+	if err := h.reauth(r, body.Auth, req.UserID); err != nil {
 		return err
 	}
 	if body.NewPassword == "" {
@@ -260,7 +281,7 @@ func (h *handlers) deactivate(w http.ResponseWriter, r *http.Request, req *Reque
 	if err := mxhttp.DecodeJSON(r, &body); err != nil {
 		return err
 	}
-	if err := h.s.RunUIA(r.Context(), body.Auth, Flows{{StagePassword}}, req.UserID); err != nil {
+	if err := h.reauth(r, body.Auth, req.UserID); err != nil {
 		return err
 	}
 	if err := h.s.Deactivate(r.Context(), req.UserID); err != nil {
@@ -334,7 +355,7 @@ func (h *handlers) deleteDevice(w http.ResponseWriter, r *http.Request, req *Req
 	if d == nil {
 		return mxhttp.NotFound("Device not found")
 	}
-	if err := h.s.RunUIA(r.Context(), body.Auth, Flows{{StagePassword}}, req.UserID); err != nil {
+	if err := h.reauth(r, body.Auth, req.UserID); err != nil {
 		return err
 	}
 	if err := h.s.DeleteDevices(r.Context(), req.UserID, []string{id}); err != nil {
@@ -354,7 +375,7 @@ func (h *handlers) deleteDevices(w http.ResponseWriter, r *http.Request, req *Re
 	if body.Devices == nil {
 		return mxhttp.MissingParam("Missing devices")
 	}
-	if err := h.s.RunUIA(r.Context(), body.Auth, Flows{{StagePassword}}, req.UserID); err != nil {
+	if err := h.reauth(r, body.Auth, req.UserID); err != nil {
 		return err
 	}
 	if err := h.s.DeleteDevices(r.Context(), req.UserID, body.Devices); err != nil {

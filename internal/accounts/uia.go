@@ -25,6 +25,16 @@ const (
 // uiaSessionTTL bounds how long a client may take between stages.
 const uiaSessionTTL = 30 * time.Minute
 
+// ErrUIAFailed is the cause (errors.Is) of RunUIA's answer when a stage
+// failed to authenticate: a wrong password, or credentials of another
+// user. Callers count these against rc_login.failed_attempts, so that an
+// access token is not an unlimited password oracle.
+var ErrUIAFailed = errors.New("user-interactive auth stage failed")
+
+// errOtherUser is checkStage's answer to credentials naming another user
+// than the one the request must prove.
+var errOtherUser = errors.New("UIA credentials name another user")
+
 // AuthDict is the "auth" object of a UIA request.
 type AuthDict struct {
 	Type       string          `json:"type"`
@@ -118,10 +128,19 @@ func (s *Service) RunUIA(ctx context.Context, auth *AuthDict, flows Flows, userI
 		return e
 	}
 	if err := s.checkStage(ctx, auth, userID); err != nil {
+		if errors.Is(err, errOtherUser) {
+			// Not a stage to try again: the request is refused, as
+			// Synapse does ("Invalid auth").
+			return &mxhttp.Error{Status: http.StatusForbidden, Code: "M_FORBIDDEN", Message: "Invalid auth", Cause: ErrUIAFailed}
+		}
 		var me *mxhttp.Error
 		if errors.As(err, &me) && me.Status < 500 {
 			extra := flows.body(sessionID, completed)
-			return &mxhttp.Error{Status: http.StatusUnauthorized, Code: me.Code, Message: me.Message, Extra: extra}
+			e := &mxhttp.Error{Status: http.StatusUnauthorized, Code: me.Code, Message: me.Message, Extra: extra}
+			if errors.Is(err, ErrUIAFailed) {
+				e.Cause = ErrUIAFailed
+			}
+			return e
 		}
 		return err
 	}
@@ -160,9 +179,15 @@ func (s *Service) checkStage(ctx context.Context, auth *AuthDict, userID string)
 			return err
 		}
 		if userID != "" && qualified != userID {
-			return mxhttp.Forbidden("Authenticated user does not match the requester")
+			// Refused without looking at the password, so the answer
+			// says nothing about the other account's password.
+			return errOtherUser
 		}
-		return s.CheckPassword(ctx, qualified, auth.Password)
+		err = s.CheckPassword(ctx, qualified, auth.Password)
+		if me := (*mxhttp.Error)(nil); errors.As(err, &me) && me.Status < 500 {
+			return fmt.Errorf("%w: %w", ErrUIAFailed, err)
+		}
+		return err
 	default:
 		return mxhttp.Unknown("Unsupported auth type %q", auth.Type)
 	}

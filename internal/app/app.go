@@ -365,6 +365,7 @@ func (p *Process) wire(ctx context.Context) error {
 		LoginAddress:       rl(cfg.RCLogin.Address),
 		LoginAccount:       rl(cfg.RCLogin.Account),
 		LoginFailedAttempt: rl(cfg.RCLogin.FailedAttempts),
+		UIAFailedAttempt:   rl(cfg.RCLogin.FailedAttempts),
 	})
 	roomSvc.Routes(mux, srv, acc, cfg.AllowPublicRoomsWithoutAuth)
 	typing.NewHandlers(typingWriter, roomStore).Routes(mux, srv, acc)

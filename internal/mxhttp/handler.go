@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // HandlerFunc is an endpoint: it writes a success response itself and
@@ -164,6 +165,12 @@ func DecodeJSONBytes(r *http.Request, body []byte, v any) error {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
 		body = []byte("{}")
+	}
+	// encoding/json lets invalid UTF-8 through (decoding it as U+FFFD);
+	// such a body is not JSON, and is refused before anything else looks
+	// at it (user-interactive auth included), as Synapse does.
+	if !utf8.Valid(body) {
+		return NotJSON("Content not JSON: invalid UTF-8")
 	}
 	if !json.Valid(body) {
 		return NotJSON("Content not JSON")

@@ -26,6 +26,9 @@ func TestDecodeJSONErrors(t *testing.T) {
 		{`[1,2]`, "M_NOT_JSON"},
 		{`{"name":5}`, "M_BAD_JSON"},
 		{`{"name":`, "M_NOT_JSON"},
+		{"{\"name\":\"\xff\xfe\"}", "M_NOT_JSON"}, // invalid UTF-8 in a string
+		{"{\"na\xc3me\":\"x\"}", "M_NOT_JSON"},    // invalid UTF-8 in a key
+		{"{\"name\":\"caf\xc3\xa9\"}", ""},        // valid UTF-8
 	} {
 		r := httptest.NewRequest("POST", "/", strings.NewReader(tc.in))
 		var b body
