@@ -353,7 +353,11 @@ func (s *Service) memberContent(ctx context.Context, ch MembershipChange, member
 			if str == nil {
 				continue
 			}
-			if limit := map[string]int{"displayname": maxDisplayNameLen, "avatar_url": maxAvatarURLLen}[k]; len(*str) > limit {
+			limit := maxDisplayNameLen
+			if k == "avatar_url" {
+				limit = maxAvatarURLLen
+			}
+			if len(*str) > limit {
 				return nil, mxhttp.BadJSON("%s is too long (at most %d bytes)", k, limit)
 			}
 			c[k] = *str
@@ -689,11 +693,11 @@ func (s *Service) Members(ctx context.Context, req *accounts.Requester, roomID s
 			return nil, err
 		}
 	}
-	for k, v := range map[string]string{"membership": q.Membership, "not_membership": q.NotMembership} {
-		switch v {
+	for _, p := range [][2]string{{"membership", q.Membership}, {"not_membership", q.NotMembership}} {
+		switch p[1] {
 		case "", "join", "invite", "leave", "ban", "knock":
 		default:
-			return nil, mxhttp.InvalidParam("Invalid %s", k)
+			return nil, mxhttp.InvalidParam("Invalid %s", p[0])
 		}
 	}
 	if current {
