@@ -208,6 +208,15 @@ func (p *Process) wire(ctx context.Context) error {
 	}
 	roomSvc := rooms.NewService(rooms.Config{ServerName: cfg.ServerName, DefaultRoomVersion: cfg.DefaultRoomVersion},
 		roomStore, eventWriter, acc, reg, rl(cfg.RCMessage), log)
+	roomLimits := rooms.Limits{
+		JoinsLocal: rl(cfg.RCJoins.Local), JoinsPerRoom: rl(cfg.RCJoinsPerRoom),
+		InvitesPerRoom: rl(cfg.RCInvites.PerRoom), InvitesPerUser: rl(cfg.RCInvites.PerUser),
+		InvitesPerIssuer: rl(cfg.RCInvites.PerIssuer), RoomCreation: rl(cfg.RCRoomCreation),
+	}
+	if cfg.RCAdminRedaction.Set {
+		roomLimits.AdminRedaction = rl(cfg.RCAdminRedaction.RateLimit)
+	}
+	roomSvc.SetLimits(roomLimits)
 	acc.SetRoomHooks(roomSvc)
 
 	var typingWriter typing.Writer
@@ -313,6 +322,7 @@ func (p *Process) wire(ctx context.Context) error {
 	}
 	presSvc := presence.NewService(db, reg, presWriter, roomStore,
 		presence.Options{Enabled: cfg.Presence.Enabled, ServerName: cfg.ServerName}, log)
+	presSvc.SetRateLimit(rl(cfg.RCPresence.PerUser))
 
 	// Locks and the periodic duties of the background-tasks instance.
 	lockOpts := locks.Options{}

@@ -43,6 +43,7 @@ type Service struct {
 	reg      *streams.Registry
 	log      *slog.Logger
 	msgLimit *ratelimit.Limiter
+	limits   Limits // the other rc_* limits (ratelimits.go)
 	now      func() time.Time
 }
 
@@ -153,7 +154,7 @@ func (s *Service) Send(ctx context.Context, req *accounts.Requester, roomID, evT
 	if err := checkContent(content); err != nil {
 		return "", err
 	}
-	if err := s.checkMessageRate(req); err != nil {
+	if err := s.checkEventRate(req, evType); err != nil {
 		return "", err
 	}
 	d := Draft{Type: evType, Sender: req.UserID, Content: content, TxnID: txnID, DeviceID: req.DeviceID}
@@ -252,6 +253,9 @@ func (s *Service) Redact(ctx context.Context, req *accounts.Requester, roomID, t
 	if err := s.checkRedaction(ctx, req, roomID, target); err != nil {
 		return "", err
 	}
+	if err := s.checkEventRate(req, "m.room.redaction"); err != nil {
+		return "", err
+	}
 	rv, err := s.store.RoomVersion(ctx, roomID)
 	if err != nil {
 		return "", err
@@ -321,6 +325,9 @@ func (s *Service) ChangeMembership(ctx context.Context, req *accounts.Requester,
 		return "", mxhttp.InvalidParam("Invalid user id %q", ch.Target)
 	}
 	if err := s.checkMessageRate(req); err != nil {
+		return "", err
+	}
+	if err := s.checkMembershipRate(ctx, req, roomID, ch); err != nil {
 		return "", err
 	}
 	c := map[string]any{"membership": ch.Membership}
