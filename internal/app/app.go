@@ -375,6 +375,7 @@ func (p *Process) wire(ctx context.Context) error {
 		LoginAddress:       rl(cfg.RCLogin.Address),
 		LoginAccount:       rl(cfg.RCLogin.Account),
 		LoginFailedAttempt: rl(cfg.RCLogin.FailedAttempts),
+		AdminNonce:         rl(cfg.RCRegistration),
 	})
 	roomSvc.Routes(mux, srv, acc, cfg.AllowPublicRoomsWithoutAuth)
 	typing.NewHandlers(typingWriter, roomStore).Routes(mux, srv, acc)
