@@ -26,6 +26,7 @@ import (
 	"ganglion/internal/config"
 	"ganglion/internal/events"
 	"ganglion/internal/filters"
+	"ganglion/internal/httpguard"
 	"ganglion/internal/locks"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/presence"
@@ -512,12 +513,22 @@ func (p *Process) Listen() error {
 			if strings.HasPrefix(addr, "[::]:") {
 				boundAny = true
 			}
+			// Slow or numerous clients are bounded per listener address
+			// (http_limits): header and body deadlines, a connection cap.
+			lim := p.cfg.HTTPLimits.Values()
+			guard := httpguard.New(httpguard.Options{
+				BodyTimeout: lim.RequestBodyTimeout, BodyMinRate: lim.RequestBodyMinRate,
+				MaxConns: lim.MaxConnections, MaxPendingPerIP: pendingCap(l, lim), PlainHTTP: !l.TLS,
+			}, p.log.With("listener", addr))
+			ln = guard.Listener(ln)
 			srv := &http.Server{
-				Handler:           h,
-				ReadHeaderTimeout: 30 * time.Second,
-				IdleTimeout:       2 * time.Minute,
+				Handler:           guard.Handler(h),
+				ReadHeaderTimeout: lim.RequestHeaderTimeout,
+				IdleTimeout:       lim.IdleTimeout,
 				MaxHeaderBytes:    64 << 10,
 				ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
+				ConnState:         guard.ConnState,
+				ConnContext:       guard.ConnContext,
 			}
 			p.mu.Lock()
 			p.listeners = append(p.listeners, ln)
@@ -527,6 +538,15 @@ func (p *Process) Listen() error {
 		}
 	}
 	return nil
+}
+
+// pendingCap is http_limits.max_pending_connections_per_ip, except on
+// x_forwarded listeners, where every connection has the proxy's address.
+func pendingCap(l config.Listener, lim config.HTTPLimitValues) int {
+	if l.XForwarded {
+		return 0
+	}
+	return lim.MaxPendingConnectionsPerIP
 }
 
 func resourceNames(l config.Listener) string {
