@@ -272,7 +272,9 @@ write_config() {
   "rc_login": {"address": $fast, "account": $fast, "failed_attempts": $fast},
   "rc_joins": {"local": $fast, "remote": $fast},
   "rc_room_creation": $fast,
-  "rc_invites": {"per_room": $fast, "per_user": $fast, "per_issuer": $fast}
+  "rc_invites": {"per_room": $fast, "per_user": $fast, "per_issuer": $fast},
+  "rc_joins_per_room": $fast,
+  "rc_presence": {"per_user": $fast}
 }
 EOF
 }
@@ -367,8 +369,8 @@ for t in "${target_list[@]}"; do
 		psql_do -d postgres -c "CREATE DATABASE $db"
 		mkdir -p "$tmp/$t"
 		fast='{"per_second": 100000, "burst_count": 100000}'
-		printf '{"bcrypt_rounds": 4, "enable_registration": true, "enable_registration_without_verification": true, "rc_message": %s, "rc_registration": %s, "rc_login": {"address": %s, "account": %s, "failed_attempts": %s}}\n' \
-			"$fast" "$fast" "$fast" "$fast" "$fast" >"$tmp/$t/bench.yaml"
+		printf '{"bcrypt_rounds": 4, "enable_registration": true, "enable_registration_without_verification": true, "rc_message": %s, "rc_registration": %s, "rc_login": {"address": %s, "account": %s, "failed_attempts": %s}, "rc_joins": {"local": %s, "remote": %s}, "rc_joins_per_room": %s, "rc_room_creation": %s, "rc_invites": {"per_room": %s, "per_user": %s, "per_issuer": %s}, "rc_presence": {"per_user": %s}}\n' \
+			"$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" >"$tmp/$t/bench.yaml"
 		sed -e "s#^config: .*#config: [$root/examples/fleet/homeserver.yaml, $tmp/$t/bench.yaml]#" \
 			-e "s#^run_dir: .*#run_dir: $tmp/$t/run#" "$root/examples/fleet/deployment.yaml" >"$tmp/$t/deployment.yaml"
 		GANGLION_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$db?sslmode=disable" \

@@ -287,6 +287,11 @@ func startMonolith(t *testing.T) string {
 			"rc_message":                               fast,
 			"rc_registration":                          fast,
 			"rc_login":                                 map[string]any{"address": fast, "account": fast, "failed_attempts": fast},
+			"rc_joins":                                 map[string]any{"local": fast, "remote": fast},
+			"rc_joins_per_room":                        fast,
+			"rc_invites":                               map[string]any{"per_room": fast, "per_user": fast, "per_issuer": fast},
+			"rc_room_creation":                         fast,
+			"rc_presence":                              map[string]any{"per_user": fast},
 		}
 		// JSON is YAML, and encoding/json cannot write a document that
 		// means something else.

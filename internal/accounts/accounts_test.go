@@ -2,15 +2,19 @@ package accounts_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"ganglion/internal/accounts"
 	"ganglion/internal/mxhttp"
+	"ganglion/internal/ratelimit"
 	"ganglion/internal/storage"
 	"ganglion/internal/storage/storagetest"
 )
@@ -233,4 +237,74 @@ func TestAccessTokenFormat(t *testing.T) {
 			t.Errorf("ValidLocalpart(%q) = %v", tc.in, got)
 		}
 	}
+}
+
+// TestAdminNonceBounded: GET /_synapse/admin/v1/register is rate limited
+// per client IP, refuses with 429 once too many nonces are outstanding, and
+// serves again when they expire (60 s, as in Synapse).
+func TestAdminNonceBounded(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := ctxT(t)
+		s := accounts.NewService(db, accounts.Settings{ServerName: "acc.test", RegistrationSharedSecret: "s3cret",
+			BcryptRounds: 4, MaxOutstandingNonces: 5}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		mux := mxhttp.NewMux()
+		s.Routes(mux, mxhttp.NewServer(slog.New(slog.NewTextHandler(io.Discard, nil))), accounts.Limits{
+			AdminNonce: ratelimit.New(ratelimit.Rule{PerSecond: 0.0001, BurstCount: 4}, nil),
+		})
+		get := func(ip string) *httptest.ResponseRecorder {
+			req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/_synapse/admin/v1/register", nil)
+			req.RemoteAddr = ip + ":1234"
+			rec := httptest.NewRecorder()
+			mux.ServeHTTP(rec, req)
+			return rec
+		}
+		wantLimited := func(what string, rec *httptest.ResponseRecorder, maxWait int64) {
+			t.Helper()
+			var body struct {
+				Errcode      string `json:"errcode"`
+				RetryAfterMS int64  `json:"retry_after_ms"`
+			}
+			if rec.Code != http.StatusTooManyRequests || json.Unmarshal(rec.Body.Bytes(), &body) != nil ||
+				body.Errcode != "M_LIMIT_EXCEEDED" || body.RetryAfterMS <= 0 || body.RetryAfterMS > maxWait {
+				t.Fatalf("%s: %d %s, want 429 M_LIMIT_EXCEEDED with retry_after_ms in (0, %d]", what, rec.Code, rec.Body, maxWait)
+			}
+			if rec.Header().Get("Retry-After") == "" {
+				t.Fatalf("%s: no Retry-After header", what)
+			}
+		}
+		for i := range 4 {
+			if rec := get("192.0.2.1"); rec.Code != http.StatusOK {
+				t.Fatalf("nonce %d: %d %s", i, rec.Code, rec.Body)
+			}
+		}
+		// The per-IP bucket (burst 4) is empty; another address is not.
+		wantLimited("fifth nonce from one address", get("192.0.2.1"), 1<<40)
+		if rec := get("192.0.2.2"); rec.Code != http.StatusOK {
+			t.Fatalf("nonce from a second address: %d %s", rec.Code, rec.Body)
+		}
+		// Five outstanding: the table is full for everyone, until the
+		// oldest expires.
+		wantLimited("sixth outstanding nonce", get("192.0.2.3"), 60_000)
+		count := func() int {
+			var n int
+			if err := db.Reader().QueryRowContext(ctx, `SELECT count(*) FROM registration_nonces`).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		if n := count(); n != 5 {
+			t.Fatalf("%d nonces stored, want the cap of 5", n)
+		}
+		// Age every nonce past its 60 s lifetime: they expire, the next
+		// request is served and the table holds only the new one.
+		if _, err := db.Exec(ctx, `UPDATE registration_nonces SET created_ts = created_ts - 61000`); err != nil {
+			t.Fatal(err)
+		}
+		if rec := get("192.0.2.3"); rec.Code != http.StatusOK {
+			t.Fatalf("nonce after expiry: %d %s", rec.Code, rec.Body)
+		}
+		if n := count(); n != 1 {
+			t.Fatalf("%d nonces stored after expiry, want 1", n)
+		}
+	})
 }

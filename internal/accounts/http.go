@@ -3,6 +3,7 @@ package accounts
 import (
 	"crypto/hmac"
 	"crypto/sha1"
+	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -27,6 +28,9 @@ type Limits struct {
 	// auth per user (rc_login.failed_attempts, in buckets of its own as
 	// in Synapse).
 	UIAFailedAttempt *ratelimit.Limiter
+	// AdminNonce limits GET /_synapse/admin/v1/register per client IP: each
+	// call stores a row, so it must not be free.
+	AdminNonce *ratelimit.Limiter
 }
 
 // Routes registers the account endpoints.
@@ -467,16 +471,39 @@ func (h *handlers) putProfileField(w http.ResponseWriter, r *http.Request, req *
 // register_new_matrix_user: GET a nonce, then POST with
 // mac = HMAC-SHA1(secret, nonce NUL username NUL password NUL admin|notadmin).
 
+// nonceTTL is how long a nonce stays usable, as in Synapse.
 const nonceTTL = 60 * time.Second
+
+// DefaultMaxOutstandingNonces bounds the unexpired nonces: a legitimate
+// admin script uses one at a time, so this only stops someone filling the
+// table faster than nonces expire.
+const DefaultMaxOutstandingNonces = 1000
 
 func (h *handlers) adminNonce(w http.ResponseWriter, r *http.Request) error {
 	if h.s.cfg.RegistrationSharedSecret == "" {
 		return mxhttp.WithCode(http.StatusBadRequest, "M_UNKNOWN", "Shared secret registration is not enabled")
 	}
+	if err := limit(h.lim.AdminNonce, ClientIP(r)); err != nil {
+		return err
+	}
 	nonce := randomString(32, alnum)
 	now := h.s.nowMS()
 	if _, err := h.s.db.Exec(r.Context(), `DELETE FROM registration_nonces WHERE created_ts < $1`, now-nonceTTL.Milliseconds()); err != nil {
 		return fmt.Errorf("expire nonces: %w", err)
+	}
+	maxNonces := h.s.cfg.MaxOutstandingNonces
+	if maxNonces <= 0 {
+		maxNonces = DefaultMaxOutstandingNonces
+	}
+	var outstanding int
+	var oldest sql.NullInt64
+	if err := h.s.db.Reader().QueryRowContext(r.Context(), `SELECT count(*), min(created_ts) FROM registration_nonces`).
+		Scan(&outstanding, &oldest); err != nil {
+		return fmt.Errorf("count nonces: %w", err)
+	}
+	if outstanding >= maxNonces {
+		// Full until the oldest expires.
+		return mxhttp.LimitExceeded(max(oldest.Int64+nonceTTL.Milliseconds()-now, 1))
 	}
 	if _, err := h.s.db.Exec(r.Context(), `INSERT INTO registration_nonces (nonce, created_ts) VALUES ($1, $2)`, nonce, now); err != nil {
 		return fmt.Errorf("store nonce: %w", err)

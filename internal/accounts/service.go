@@ -34,6 +34,9 @@ type Settings struct {
 	RegistrationWithoutVerify bool
 	RegistrationSharedSecret  string
 	BcryptRounds              int
+	// MaxOutstandingNonces caps unexpired shared-secret registration
+	// nonces; 0 means DefaultMaxOutstandingNonces.
+	MaxOutstandingNonces int
 }
 
 // RoomHooks is what accounts needs from rooms: profile changes are

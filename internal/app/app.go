@@ -26,6 +26,7 @@ import (
 	"ganglion/internal/config"
 	"ganglion/internal/events"
 	"ganglion/internal/filters"
+	"ganglion/internal/httpguard"
 	"ganglion/internal/locks"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/presence"
@@ -208,6 +209,15 @@ func (p *Process) wire(ctx context.Context) error {
 	}
 	roomSvc := rooms.NewService(rooms.Config{ServerName: cfg.ServerName, DefaultRoomVersion: cfg.DefaultRoomVersion},
 		roomStore, eventWriter, acc, reg, rl(cfg.RCMessage), log)
+	roomLimits := rooms.Limits{
+		JoinsLocal: rl(cfg.RCJoins.Local), JoinsPerRoom: rl(cfg.RCJoinsPerRoom),
+		InvitesPerRoom: rl(cfg.RCInvites.PerRoom), InvitesPerUser: rl(cfg.RCInvites.PerUser),
+		InvitesPerIssuer: rl(cfg.RCInvites.PerIssuer), RoomCreation: rl(cfg.RCRoomCreation),
+	}
+	if cfg.RCAdminRedaction.Set {
+		roomLimits.AdminRedaction = rl(cfg.RCAdminRedaction.RateLimit)
+	}
+	roomSvc.SetLimits(roomLimits)
 	acc.SetRoomHooks(roomSvc)
 
 	var typingWriter typing.Writer
@@ -313,6 +323,7 @@ func (p *Process) wire(ctx context.Context) error {
 	}
 	presSvc := presence.NewService(db, reg, presWriter, roomStore,
 		presence.Options{Enabled: cfg.Presence.Enabled, ServerName: cfg.ServerName}, log)
+	presSvc.SetRateLimit(rl(cfg.RCPresence.PerUser))
 
 	// Locks and the periodic duties of the background-tasks instance.
 	lockOpts := locks.Options{}
@@ -366,6 +377,7 @@ func (p *Process) wire(ctx context.Context) error {
 		LoginAccount:       rl(cfg.RCLogin.Account),
 		LoginFailedAttempt: rl(cfg.RCLogin.FailedAttempts),
 		UIAFailedAttempt:   rl(cfg.RCLogin.FailedAttempts),
+		AdminNonce:         rl(cfg.RCRegistration),
 	})
 	roomSvc.Routes(mux, srv, acc, cfg.AllowPublicRoomsWithoutAuth)
 	typing.NewHandlers(typingWriter, roomStore).Routes(mux, srv, acc)
@@ -502,12 +514,22 @@ func (p *Process) Listen() error {
 			if strings.HasPrefix(addr, "[::]:") {
 				boundAny = true
 			}
+			// Slow or numerous clients are bounded per listener address
+			// (http_limits): header and body deadlines, a connection cap.
+			lim := p.cfg.HTTPLimits.Values()
+			guard := httpguard.New(httpguard.Options{
+				BodyTimeout: lim.RequestBodyTimeout, BodyMinRate: lim.RequestBodyMinRate,
+				MaxConns: lim.MaxConnections, MaxPendingPerIP: pendingCap(l, lim), PlainHTTP: !l.TLS,
+			}, p.log.With("listener", addr))
+			ln = guard.Listener(ln)
 			srv := &http.Server{
-				Handler:           h,
-				ReadHeaderTimeout: 30 * time.Second,
-				IdleTimeout:       2 * time.Minute,
+				Handler:           guard.Handler(h),
+				ReadHeaderTimeout: lim.RequestHeaderTimeout,
+				IdleTimeout:       lim.IdleTimeout,
 				MaxHeaderBytes:    64 << 10,
 				ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
+				ConnState:         guard.ConnState,
+				ConnContext:       guard.ConnContext,
 			}
 			p.mu.Lock()
 			p.listeners = append(p.listeners, ln)
@@ -517,6 +539,15 @@ func (p *Process) Listen() error {
 		}
 	}
 	return nil
+}
+
+// pendingCap is http_limits.max_pending_connections_per_ip, except on
+// x_forwarded listeners, where every connection has the proxy's address.
+func pendingCap(l config.Listener, lim config.HTTPLimitValues) int {
+	if l.XForwarded {
+		return 0
+	}
+	return lim.MaxPendingConnectionsPerIP
 }
 
 func resourceNames(l config.Listener) string {

@@ -64,9 +64,29 @@ type Config struct {
 	MaxUploadSize  ByteSize `yaml:"max_upload_size"`
 	MediaStorePath string   `yaml:"media_store_path"`
 
-	RCMessage      RateLimit       `yaml:"rc_message"`
-	RCRegistration RateLimit       `yaml:"rc_registration"`
-	RCLogin        LoginRateLimits `yaml:"rc_login"`
+	// Rate limits (ratelimits.go: defaults, validation, which are enforced).
+	RCMessage                   RateLimit            `yaml:"rc_message"`
+	RCRegistration              RateLimit            `yaml:"rc_registration"`
+	RCLogin                     LoginRateLimits      `yaml:"rc_login"`
+	RCRegistrationTokenValidity RateLimit            `yaml:"rc_registration_token_validity"`
+	RCJoins                     JoinsRateLimits      `yaml:"rc_joins"`
+	RCJoinsPerRoom              RateLimit            `yaml:"rc_joins_per_room"`
+	RCInvites                   InvitesRateLimits    `yaml:"rc_invites"`
+	RCThirdPartyInvite          RateLimit            `yaml:"rc_third_party_invite"`
+	RCAdminRedaction            OptionalRateLimit    `yaml:"rc_admin_redaction"`
+	RCRoomCreation              RateLimit            `yaml:"rc_room_creation"`
+	RC3PIDValidation            RateLimit            `yaml:"rc_3pid_validation"`
+	RCFederation                FederationRateLimits `yaml:"rc_federation"`
+	RCPresence                  PresenceRateLimits   `yaml:"rc_presence"`
+	RCDelayedEventMgmt          RateLimit            `yaml:"rc_delayed_event_mgmt"`
+	RCReports                   RateLimit            `yaml:"rc_reports"`
+	RCMediaCreate               RateLimit            `yaml:"rc_media_create"`
+	RCUserDirectory             RateLimit            `yaml:"rc_user_directory"`
+	RCKeyRequests               RateLimit            `yaml:"rc_key_requests"`
+
+	// HTTPLimits bounds what one connection may hold (httplimits.go);
+	// Ganglion's own section, Synapse has no equivalent.
+	HTTPLimits HTTPLimits `yaml:"http_limits"`
 
 	LogConfig string         `yaml:"log_config"`
 	Presence  PresenceConfig `yaml:"presence"`
@@ -287,20 +307,6 @@ func (r RedisConfig) EffectivePassword() string {
 	return r.passwordFromFile
 }
 
-// RateLimit is a token bucket: PerSecond tokens refill each second, up to
-// BurstCount. BurstCount is a float because Synapse configs write "10.0".
-type RateLimit struct {
-	PerSecond  float64 `yaml:"per_second"`
-	BurstCount float64 `yaml:"burst_count"`
-}
-
-// LoginRateLimits is rc_login.
-type LoginRateLimits struct {
-	Address        RateLimit `yaml:"address"`
-	Account        RateLimit `yaml:"account"`
-	FailedAttempts RateLimit `yaml:"failed_attempts"`
-}
-
 // PresenceConfig is the presence section. Synapse's enabled: "untracked"
 // (presence on, but users' own activity not tracked) sets both fields.
 type PresenceConfig struct {
@@ -361,21 +367,16 @@ func (s *StringList) UnmarshalYAML(n *yaml.Node) error {
 // files on top of it, so a key that is absent keeps its default while an
 // explicit zero (per_second: 0) is respected.
 func Default() *Config {
-	return &Config{
+	c := &Config{
 		MaxUploadSize:      "50M",
 		BcryptRounds:       12,
 		DefaultRoomVersion: "10",
 		Presence:           PresenceConfig{Enabled: true},
-		// Synapse's defaults (synapse/config/ratelimiting.py at v1.83).
-		RCMessage:      RateLimit{PerSecond: 0.2, BurstCount: 10},
-		RCRegistration: RateLimit{PerSecond: 0.17, BurstCount: 3},
-		RCLogin: LoginRateLimits{
-			Address:        RateLimit{PerSecond: 0.17, BurstCount: 3},
-			Account:        RateLimit{PerSecond: 0.17, BurstCount: 3},
-			FailedAttempts: RateLimit{PerSecond: 0.17, BurstCount: 3},
-		},
-		Redis: RedisConfig{Host: "localhost", Port: 6379},
+		HTTPLimits:         defaultHTTPLimits(),
+		Redis:              RedisConfig{Host: "localhost", Port: 6379},
 	}
+	defaultRateLimits(c)
+	return c
 }
 
 // NormalizeWorkerApp maps a worker_app value to its role. It accepts

@@ -82,7 +82,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"media_store_path", cfg.MediaStorePath, filepath.Join(dir, "media_store")},
 		{"max upload", cfg.MaxUploadBytes(), int64(50 << 20)},
 		{"rc_message", cfg.RCMessage, config.RateLimit{PerSecond: 0.2, BurstCount: 10}},
-		{"rc_login.address", cfg.RCLogin.Address, config.RateLimit{PerSecond: 0.17, BurstCount: 3}},
+		{"rc_login.address", cfg.RCLogin.Address, config.RateLimit{PerSecond: 0.003, BurstCount: 5}},
 		{"redis off", cfg.Redis.Enabled, false},
 		{"bcrypt_rounds", cfg.BcryptRounds, 12},
 		{"logging", cfg.Logging, config.LogSettings{Level: "info", Format: "text"}},

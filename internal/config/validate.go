@@ -229,19 +229,8 @@ func (c *Config) isFleet() bool {
 }
 
 func (c *Config) validateLimits(ps *problems) {
-	check := func(key string, r RateLimit) {
-		if r.PerSecond < 0 {
-			ps.add(key+".per_second", "must not be negative, got %g", r.PerSecond)
-		}
-		if r.BurstCount < 0 {
-			ps.add(key+".burst_count", "must not be negative, got %g", r.BurstCount)
-		}
-	}
-	check("rc_message", c.RCMessage)
-	check("rc_registration", c.RCRegistration)
-	check("rc_login.address", c.RCLogin.Address)
-	check("rc_login.account", c.RCLogin.Account)
-	check("rc_login.failed_attempts", c.RCLogin.FailedAttempts)
+	c.validateRateLimits(ps)
+	c.validateHTTPLimits(ps)
 }
 
 func (c *Config) validateWorker(ps *problems) {

@@ -178,6 +178,11 @@ func baseConfig(dir string, db map[string]any, port int) map[string]any {
 			"account":         fastLimit(),
 			"failed_attempts": fastLimit(),
 		},
+		"rc_joins":          map[string]any{"local": fastLimit(), "remote": fastLimit()},
+		"rc_joins_per_room": fastLimit(),
+		"rc_invites":        map[string]any{"per_room": fastLimit(), "per_user": fastLimit(), "per_issuer": fastLimit()},
+		"rc_room_creation":  fastLimit(),
+		"rc_presence":       map[string]any{"per_user": fastLimit()},
 	}
 }
 

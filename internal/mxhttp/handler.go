@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -129,6 +130,12 @@ func ReadBody(r *http.Request, limit int64) ([]byte, error) {
 		return nil, TooLarge("Request body too large (limit %d bytes)", limit)
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The listener's body deadline (internal/httpguard) passed: the
+		// client is too slow, and the server closes the connection after
+		// this answer.
+		return nil, &Error{Status: http.StatusRequestTimeout, Code: "M_UNKNOWN", Message: "Request body not received in time"}
+	}
 	if err != nil {
 		return nil, Unknown("Could not read request body: %v", err)
 	}

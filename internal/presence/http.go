@@ -26,6 +26,9 @@ func (h *handlers) put(w http.ResponseWriter, r *http.Request, req *accounts.Req
 	if userID != req.UserID {
 		return mxhttp.Forbidden("Can only set your own presence state")
 	}
+	if ok, wait := h.s.perUser.Allow(userID); !ok {
+		return mxhttp.LimitExceeded(wait.Milliseconds() + 1)
+	}
 	var body struct {
 		Presence  *string         `json:"presence"`
 		StatusMsg json.RawMessage `json:"status_msg"`

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"ganglion/internal/ratelimit"
 	"log/slog"
 	"strings"
 	"time"
@@ -58,7 +59,13 @@ type Service struct {
 	rooms Rooms
 	opts  Options
 	log   *slog.Logger
+	// perUser is rc_presence.per_user, applied to PUT presence.
+	perUser *ratelimit.Limiter
 }
+
+// SetRateLimit installs rc_presence.per_user; nil (the default) limits
+// nothing.
+func (s *Service) SetRateLimit(l *ratelimit.Limiter) { s.perUser = l }
 
 // NewService builds the read side over w (local, remote or NoopWriter).
 func NewService(db *storage.DB, reg *streams.Registry, w Writer, rooms Rooms, opts Options, log *slog.Logger) *Service {

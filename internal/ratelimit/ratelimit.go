@@ -41,7 +41,14 @@ func New(rule Rule, now func() time.Time) *Limiter {
 // Allow takes one action for key. When refused it returns how long until an
 // action would be allowed.
 func (l *Limiter) Allow(key string) (bool, time.Duration) {
-	if l == nil || l.rule.PerSecond <= 0 {
+	return l.AllowN(key, 1)
+}
+
+// AllowN takes n actions at once (createRoom inviting n users), all or
+// none. n larger than the burst can never pass; the wait returned is then
+// the time to refill the whole bucket.
+func (l *Limiter) AllowN(key string, n int) (bool, time.Duration) {
+	if l == nil || l.rule.PerSecond <= 0 || n <= 0 {
 		return true, 0
 	}
 	now := l.now()
@@ -56,12 +63,11 @@ func (l *Limiter) Allow(key string) (bool, time.Duration) {
 	b.tokens = math.Min(burst, b.tokens+now.Sub(b.last).Seconds()*l.rule.PerSecond)
 	b.last = now
 	l.sweep(now, burst)
-	if b.tokens >= 1 {
-		b.tokens--
+	if b.tokens >= float64(n) {
+		b.tokens -= float64(n)
 		return true, 0
 	}
-	wait := time.Duration((1 - b.tokens) / l.rule.PerSecond * float64(time.Second))
-	return false, wait
+	return false, l.wait(b.tokens, n, burst)
 }
 
 // sweep drops full buckets now and then so idle keys do not accumulate.
@@ -81,7 +87,14 @@ func (l *Limiter) sweep(now time.Time, burst float64) {
 // Peek reports whether an action would be allowed now, without taking it:
 // failed-login limits only count failures but must refuse before checking.
 func (l *Limiter) Peek(key string) (bool, time.Duration) {
-	if l == nil || l.rule.PerSecond <= 0 {
+	return l.PeekN(key, 1)
+}
+
+// PeekN reports whether n actions would be allowed now, without taking
+// them, so a request checked against several limits takes from none when
+// one of them refuses.
+func (l *Limiter) PeekN(key string, n int) (bool, time.Duration) {
+	if l == nil || l.rule.PerSecond <= 0 || n <= 0 {
 		return true, 0
 	}
 	now := l.now()
@@ -90,11 +103,22 @@ func (l *Limiter) Peek(key string) (bool, time.Duration) {
 	defer l.mu.Unlock()
 	b := l.buckets[key]
 	if b == nil {
-		return true, 0
+		b = &bucket{tokens: burst, last: now}
 	}
 	tokens := math.Min(burst, b.tokens+now.Sub(b.last).Seconds()*l.rule.PerSecond)
-	if tokens >= 1 {
+	if tokens >= float64(n) {
 		return true, 0
 	}
-	return false, time.Duration((1 - tokens) / l.rule.PerSecond * float64(time.Second))
+	return false, l.wait(tokens, n, burst)
+}
+
+// wait is how long until n actions fit in a bucket holding tokens. More
+// than the burst never fits; the client is told to wait a whole refill
+// rather than retry at once.
+func (l *Limiter) wait(tokens float64, n int, burst float64) time.Duration {
+	need := float64(n)
+	if need > burst {
+		need, tokens = burst, 0
+	}
+	return time.Duration((need - tokens) / l.rule.PerSecond * float64(time.Second))
 }

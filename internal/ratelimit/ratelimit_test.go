@@ -43,3 +43,21 @@ func TestDisabled(t *testing.T) {
 		t.Fatal("nil limiter refused")
 	}
 }
+
+func TestAllowN(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := ratelimit.New(ratelimit.Rule{PerSecond: 1, BurstCount: 5}, func() time.Time { return now })
+	if ok, _ := l.AllowN("room", 3); !ok {
+		t.Fatal("3 of a burst of 5 refused")
+	}
+	ok, wait := l.AllowN("room", 3)
+	if ok || wait != time.Second {
+		t.Fatalf("3 more with 2 left: ok=%v wait=%v, want refused for 1s", ok, wait)
+	}
+	if ok, _ := l.AllowN("room", 2); !ok {
+		t.Fatal("a refused AllowN took tokens")
+	}
+	if ok, _ := l.AllowN("other", 6); ok {
+		t.Fatal("more than the burst passed")
+	}
+}

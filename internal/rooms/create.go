@@ -48,6 +48,9 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 	if err := s.checkMessageRate(req); err != nil {
 		return "", err
 	}
+	if err := s.checkCreateRate(req, len(r.Invite)); err != nil {
+		return "", err
+	}
 	version := r.RoomVersion
 	if version == "" {
 		version = s.cfg.DefaultRoomVersion

@@ -45,6 +45,7 @@ type Service struct {
 	reg      *streams.Registry
 	log      *slog.Logger
 	msgLimit *ratelimit.Limiter
+	limits   Limits // the other rc_* limits (ratelimits.go)
 	now      func() time.Time
 }
 
@@ -155,7 +156,7 @@ func (s *Service) Send(ctx context.Context, req *accounts.Requester, roomID, evT
 	if err := checkContent(content); err != nil {
 		return "", err
 	}
-	if err := s.checkMessageRate(req); err != nil {
+	if err := s.checkEventRate(req, evType); err != nil {
 		return "", err
 	}
 	d := Draft{Type: evType, Sender: req.UserID, Content: content, TxnID: txnID, TxnScope: "send/" + evType, DeviceID: req.DeviceID}
@@ -256,6 +257,9 @@ func (s *Service) Redact(ctx context.Context, req *accounts.Requester, roomID, t
 		return "", err
 	}
 	if err := s.checkRedaction(ctx, req, roomID, target); err != nil {
+		return "", err
+	}
+	if err := s.checkEventRate(req, "m.room.redaction"); err != nil {
 		return "", err
 	}
 	rv, err := s.store.RoomVersion(ctx, roomID)
@@ -396,6 +400,9 @@ func (s *Service) ChangeMembership(ctx context.Context, req *accounts.Requester,
 		return "", mxhttp.InvalidParam("Invalid user id %q", ch.Target)
 	}
 	if err := s.checkMessageRate(req); err != nil {
+		return "", err
+	}
+	if err := s.checkMembershipRate(ctx, req, roomID, ch); err != nil {
 		return "", err
 	}
 	membership := ch.Membership

@@ -26,6 +26,7 @@ import (
 
 	"ganglion/internal/accounts"
 	"ganglion/internal/config"
+	"ganglion/internal/httpguard"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/routes"
 )
@@ -48,6 +49,10 @@ type Router struct {
 	proxy     *httputil.ReverseProxy
 	health    *http.Client
 
+	// limits bound slow and numerous clients (http_limits, as on every
+	// Ganglion listener).
+	limits config.HTTPLimitValues
+
 	mu        sync.Mutex
 	listeners []net.Listener
 	servers   []*http.Server
@@ -59,7 +64,7 @@ func New(cfg *config.Config, rc *Config, log *slog.Logger) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := &Router{rc: rc, plan: plan, log: log, metrics: newMetrics(rc.Name)}
+	rt := &Router{rc: rc, plan: plan, log: log, metrics: newMetrics(rc.Name), limits: cfg.HTTPLimits.Values()}
 	dialer := &net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}
 	rt.transport = &http.Transport{
 		DialContext:         dialer.DialContext,
@@ -432,12 +437,23 @@ func (rt *Router) Listen() error {
 				rt.closeListeners()
 				return fmt.Errorf("listen on %s: %w", addr, err)
 			}
+			pendingCap := rt.limits.MaxPendingConnectionsPerIP
+			if l.XForwarded {
+				pendingCap = 0 // every connection has the proxy's address
+			}
+			guard := httpguard.New(httpguard.Options{
+				BodyTimeout: rt.limits.RequestBodyTimeout, BodyMinRate: rt.limits.RequestBodyMinRate,
+				MaxConns: rt.limits.MaxConnections, MaxPendingPerIP: pendingCap, PlainHTTP: !l.TLS,
+			}, rt.log.With("listener", addr))
+			ln = guard.Listener(ln)
 			srv := &http.Server{
-				Handler:           h,
-				ReadHeaderTimeout: 30 * time.Second,
-				IdleTimeout:       2 * time.Minute,
+				Handler:           guard.Handler(h),
+				ReadHeaderTimeout: rt.limits.RequestHeaderTimeout,
+				IdleTimeout:       rt.limits.IdleTimeout,
 				MaxHeaderBytes:    64 << 10,
 				ErrorLog:          slog.NewLogLogger(rt.log.Handler(), slog.LevelWarn),
+				ConnState:         guard.ConnState,
+				ConnContext:       guard.ConnContext,
 			}
 			rt.mu.Lock()
 			rt.listeners = append(rt.listeners, ln)
