@@ -128,8 +128,14 @@ func serve(ctx context.Context, args []string, out io.Writer) error {
 		return route(ctx, args)
 	}
 	log := newLogger(cfg)
+	notBuilt := config.NotBuilt()
+	for _, k := range cfg.NotBuiltKeys {
+		log.Warn("ignoring config key: Ganglion does not implement this feature yet", "key", k, "feature", notBuilt[k])
+	}
 	for _, k := range cfg.UnknownKeys {
-		log.Debug("ignoring unsupported config key", "key", k)
+		if _, ok := notBuilt[k]; !ok {
+			log.Debug("ignoring unsupported config key", "key", k)
+		}
 	}
 	p, err := app.New(ctx, cfg, log)
 	if err != nil {

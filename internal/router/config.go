@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"ganglion/internal/config"
+	"ganglion/internal/forwarded"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/routes"
 )
@@ -199,6 +200,11 @@ func (rc *Config) complete(cfg *config.Config) error {
 	}
 	if rc.Listen.Port < 1 || rc.Listen.Port > 65535 {
 		add("router.listen.port", "must be between 1 and 65535, got %d", rc.Listen.Port)
+	}
+	if rc.Listen.XForwardedTrustedProxies != nil {
+		if _, err := forwarded.Parse(rc.Listen.XForwardedTrustedProxies); err != nil {
+			add("router.listen.x_forwarded_trusted_proxies", "%v", err)
+		}
 	}
 	if rc.Listen.TLS {
 		add("router.listen.tls", "not supported: terminate TLS in front of the router and set x_forwarded: true")
