@@ -290,7 +290,8 @@ func (p *Process) wire(ctx context.Context) error {
 	tdSvc := todevice.NewService(db, reg, tdWriter, log)
 	acc.SetDeviceHooks(tdSvc)
 
-	reg.SetSource(streams.Presence, presence.NewSource(db, roomStore, log))
+	presSource := presence.NewSource(db, roomStore, log)
+	reg.SetSource(streams.Presence, presSource)
 	var presWriter presence.Writer = presence.NoopWriter{}
 	tracked := cfg.Presence.Enabled && !cfg.Presence.Untracked
 	switch {
@@ -312,6 +313,7 @@ func (p *Process) wire(ctx context.Context) error {
 	default:
 		rw := presence.NewRemoteWriter(ctx, rpcClient, firstWriter(streams.Presence), replicator.Bus(), replicator.ProcessID(), log)
 		presWriter = rw
+		presSource.OnRow(rw.Forget)
 		replicator.SyncingUsers = rw.Syncing
 		// While the Redis link is still up: it closes with the modules.
 		p.beforeModulesStop = append(p.beforeModulesStop, func(ctx context.Context) error {
