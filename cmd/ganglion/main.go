@@ -128,6 +128,22 @@ func serve(ctx context.Context, args []string, out io.Writer) error {
 		return route(ctx, args)
 	}
 	log := newLogger(cfg)
+	warnIgnoredKeys(log, cfg)
+	p, err := app.New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := p.Listen(); err != nil {
+		return err
+	}
+	return p.Run(ctx)
+}
+
+// warnIgnoredKeys logs, once per key, the config keys that do nothing:
+// a warning for features Ganglion does not have yet (an operator must not
+// believe SSO or federation is set up), debug for the other unknown keys
+// (Synapse has many knobs whose absence changes nothing).
+func warnIgnoredKeys(log *slog.Logger, cfg *config.Config) {
 	notBuilt := config.NotBuilt()
 	for _, k := range cfg.NotBuiltKeys {
 		log.Warn("ignoring config key: Ganglion does not implement this feature yet", "key", k, "feature", notBuilt[k])
@@ -137,14 +153,6 @@ func serve(ctx context.Context, args []string, out io.Writer) error {
 			log.Debug("ignoring unsupported config key", "key", k)
 		}
 	}
-	p, err := app.New(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
-	if err := p.Listen(); err != nil {
-		return err
-	}
-	return p.Run(ctx)
 }
 
 func newLogger(cfg *config.Config) *slog.Logger {
