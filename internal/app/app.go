@@ -502,6 +502,12 @@ func (p *Process) Listen() error {
 			continue
 		}
 		h := p.listenerHandler(l)
+		if l.XForwarded && l.XForwardedTrustedProxies == nil {
+			// Stricter than Synapse, which believes anyone's header: say so,
+			// for a proxy on another host whose header would be ignored.
+			p.log.Info("x_forwarded listener believes X-Forwarded-For from loopback peers only; "+
+				"list a proxy on another host in x_forwarded_trusted_proxies", "port", l.Port)
+		}
 		boundAny := false
 		for _, addr := range l.Addresses() {
 			ln, err := p.listen(l, addr)
