@@ -295,12 +295,21 @@ func writeSelfSignedCert(t *testing.T, dir string) (certPEM []byte, certPath, ke
 // writer is back, the writes work again.
 func TestDeadStreamWriterFailsFast(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t, engineFleet)
+	runDeployments(t, []string{engineFleet, engineFleetRouter, engineFleetNginx}, testDeadStreamWriterFailsFast)
+}
+
+// testDeadStreamWriterFailsFast talks to worker1 directly on the plain
+// fleet, and to the front otherwise (which sends the writer's endpoints to
+// writer1 first, then, finding it down, to a generic worker).
+func testDeadStreamWriterFailsFast(t *testing.T, srv *server) {
 	f := srv.fleet
 	ctx := testContext(t)
 	alice := srv.register(t, ctx, "alice")
 	room := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{})
 	worker := f.clientURL(instWorker1)
+	if f.front != nil {
+		worker = srv.url
+	}
 	hc := &http.Client{Timeout: 60 * time.Second}
 	first := rawRequest(t, ctx, hc, "GET", worker, clientPath("sync")+"?timeout=0", alice.AccessToken, nil, nil)
 	if first.status != http.StatusOK {
