@@ -167,6 +167,8 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 
 	class, ok := routes.Classify(r.Method, r.URL.Path)
 	if class == nil {
+		// Counted under class "unknown" by the deferred observe.
+		rt.log.Info("unrecognized request", "method", r.Method, "path", r.URL.Path, "status", http.StatusNotFound)
 		mxhttp.WriteError(rec, mxhttp.Unrecognized(http.StatusNotFound, "Unrecognized request: %s %s", r.Method, r.URL.Path))
 		return
 	}
