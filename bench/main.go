@@ -156,7 +156,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.concurrency, "concurrency", 8, "parallel requests in setup phases and in the register scenario")
 	fs.BoolVar(&o.table, "table", false, "print the final table on stdout after the JSON lines instead of on stderr")
 
-	fs.StringVar(&pprofURLs, "pprof", "", "base URL(s) of the server's metrics listener, comma-separated: CPU and heap profiles of each measured phase are fetched from /debug/pprof/")
+	fs.StringVar(&pprofURLs, "pprof", "", "base URL(s) of the server's listener with the pprof resource, comma-separated: CPU and heap profiles of each measured phase are fetched from /debug/pprof/")
 	fs.IntVar(&o.pprofSeconds, "pprof-seconds", 10, "length of each CPU profile (it starts with the measured phase; a shorter phase leaves idle time in it)")
 	fs.StringVar(&o.pprofDir, "pprof-dir", ".", "directory for the profiles")
 

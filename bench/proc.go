@@ -137,7 +137,7 @@ func (pc *profileCapture) download(ctx context.Context, extra time.Duration, url
 		return fmt.Errorf("profile %s: %w", url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("profile %s: HTTP %d: %s (is net/http/pprof mounted on the metrics listener?)", url, resp.StatusCode, truncate(data, 120))
+		return fmt.Errorf("profile %s: HTTP %d: %s (does the listener name the pprof resource?)", url, resp.StatusCode, truncate(data, 120))
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("profile directory: %w", err)

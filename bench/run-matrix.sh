@@ -5,8 +5,8 @@
 #   bench/run-matrix.sh                         monolith on SQLite and on PostgreSQL, every scenario, default sizes
 #   bench/run-matrix.sh --small                 small sizes: checks that everything runs (figures mean little)
 #   bench/run-matrix.sh --targets postgres      only these deployments (comma-separated: sqlite, postgres, fleet, fleet-direct)
-#   bench/run-matrix.sh --pprof                 also save CPU and heap profiles of every scenario (needs
-#                                               net/http/pprof on the server's metrics listener)
+#   bench/run-matrix.sh --pprof                 also save CPU and heap profiles of every scenario (the
+#                                               monoliths' metrics listener then also names the pprof resource)
 #   bench/run-matrix.sh -- -scenario send,fanout -fanout-members 1000
 #                                               everything after -- goes to every bench run
 #
@@ -247,8 +247,12 @@ start_monolith() {
 }
 
 # write_config PATH PORT METRICS_PORT DATABASE_JSON DIR. JSON is YAML.
+# Profiles are served only on a listener naming the pprof resource, so
+# --pprof adds it to the metrics listener.
 write_config() {
 	local fast='{"per_second": 100000, "burst_count": 100000}'
+	local metrics_names='"metrics"'
+	[[ $want_pprof == 1 ]] && metrics_names='"metrics", "pprof"'
 	cat >"$1" <<EOF
 {
   "server_name": "bench.localhost",
@@ -257,7 +261,7 @@ write_config() {
     {"port": $2, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false, "x_forwarded": false,
      "resources": [{"names": ["client"], "compress": false}]},
     {"port": $3, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
-     "resources": [{"names": ["metrics"], "compress": false}]}
+     "resources": [{"names": [$metrics_names], "compress": false}]}
   ],
   "enable_metrics": true,
   "database": $4,

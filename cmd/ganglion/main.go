@@ -128,9 +128,7 @@ func serve(ctx context.Context, args []string, out io.Writer) error {
 		return route(ctx, args)
 	}
 	log := newLogger(cfg)
-	for _, k := range cfg.UnknownKeys {
-		log.Debug("ignoring unsupported config key", "key", k)
-	}
+	warnIgnoredKeys(log, cfg)
 	p, err := app.New(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -139,6 +137,22 @@ func serve(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	return p.Run(ctx)
+}
+
+// warnIgnoredKeys logs, once per key, the config keys that do nothing:
+// a warning for features Ganglion does not have yet (an operator must not
+// believe SSO or federation is set up), debug for the other unknown keys
+// (Synapse has many knobs whose absence changes nothing).
+func warnIgnoredKeys(log *slog.Logger, cfg *config.Config) {
+	notBuilt := config.NotBuilt()
+	for _, k := range cfg.NotBuiltKeys {
+		log.Warn("ignoring config key: Ganglion does not implement this feature yet", "key", k, "feature", notBuilt[k])
+	}
+	for _, k := range cfg.UnknownKeys {
+		if _, ok := notBuilt[k]; !ok {
+			log.Debug("ignoring unsupported config key", "key", k)
+		}
+	}
 }
 
 func newLogger(cfg *config.Config) *slog.Logger {

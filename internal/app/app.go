@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	gosync "sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,6 +28,7 @@ import (
 	"ganglion/internal/config"
 	"ganglion/internal/events"
 	"ganglion/internal/filters"
+	"ganglion/internal/forwarded"
 	"ganglion/internal/httpguard"
 	"ganglion/internal/locks"
 	"ganglion/internal/mxhttp"
@@ -63,6 +66,10 @@ type Process struct {
 	beforeModulesStop []func(ctx context.Context) error
 	// onShutdown runs after the modules stop, before the database closes.
 	onShutdown []func(ctx context.Context) error
+
+	// unrecognizedRequests counts requests for endpoints this process does
+	// not serve (see unrecognized).
+	unrecognizedRequests atomic.Int64
 
 	mu        gosync.Mutex
 	listeners []net.Listener
@@ -293,7 +300,8 @@ func (p *Process) wire(ctx context.Context) error {
 	tdSvc := todevice.NewService(db, reg, tdWriter, log)
 	acc.SetDeviceHooks(tdSvc)
 
-	reg.SetSource(streams.Presence, presence.NewSource(db, roomStore, log))
+	presSource := presence.NewSource(db, roomStore, log)
+	reg.SetSource(streams.Presence, presSource)
 	var presWriter presence.Writer = presence.NoopWriter{}
 	tracked := cfg.Presence.Enabled && !cfg.Presence.Untracked
 	switch {
@@ -315,6 +323,7 @@ func (p *Process) wire(ctx context.Context) error {
 	default:
 		rw := presence.NewRemoteWriter(ctx, rpcClient, firstWriter(streams.Presence), replicator.Bus(), replicator.ProcessID(), log)
 		presWriter = rw
+		presSource.OnRow(rw.Forget)
 		replicator.SyncingUsers = rw.Syncing
 		// While the Redis link is still up: it closes with the modules.
 		p.beforeModulesStop = append(p.beforeModulesStop, func(ctx context.Context) error {
@@ -393,8 +402,9 @@ func (p *Process) wire(ctx context.Context) error {
 		mux.Handle(replication.PathPrefix, rpcServer)
 	}
 	mux.Handle("GET /metrics", http.HandlerFunc(p.serveMetrics))
+	mux.OnUnrecognized = p.unrecognized
 	// Profiles for finding slow paths under load (bench -pprof); only on
-	// listeners with the metrics resource, like the metrics themselves.
+	// listeners that name the pprof resource (see resourceOf).
 	mux.Handle("GET /debug/pprof/", http.HandlerFunc(pprof.Index))
 	mux.Handle("GET /debug/pprof/profile", http.HandlerFunc(pprof.Profile))
 	mux.Handle("GET /debug/pprof/trace", http.HandlerFunc(pprof.Trace))
@@ -449,8 +459,12 @@ func resourceOf(path string) string {
 		return "media"
 	case strings.HasPrefix(path, "/_synapse/replication"):
 		return "replication"
-	case path == "/metrics" || strings.HasPrefix(path, "/_synapse/metrics") || strings.HasPrefix(path, "/debug/pprof/"):
+	case path == "/metrics" || strings.HasPrefix(path, "/_synapse/metrics"):
 		return "metrics"
+	case strings.HasPrefix(path, "/debug/pprof/"):
+		// Not under metrics: profiles cost CPU and expose memory, so they
+		// are served only where explicitly asked for.
+		return "pprof"
 	case path == "/health":
 		return "health"
 	case strings.HasPrefix(path, "/.well-known/matrix/client"):
@@ -473,16 +487,19 @@ func (p *Process) listenerHandler(l config.Listener) http.Handler {
 			}
 		}
 	}
+	// Validate checked the list; an x_forwarded listener without one
+	// trusts loopback peers only.
+	trust, _ := forwarded.Parse(l.XForwardedTrustedProxies)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if l.XForwarded {
-			if fwd := r.Header.Get("X-Forwarded-For"); fwd != "" {
-				first := strings.TrimSpace(strings.Split(fwd, ",")[0])
-				if net.ParseIP(first) != nil {
-					r.RemoteAddr = net.JoinHostPort(first, "0")
-				}
+			// Rate limits and logs key on RemoteAddr: it becomes the client
+			// the trusted proxies report, never what a client wrote itself.
+			if client, ok := trust.Client(r); ok {
+				r.RemoteAddr = net.JoinHostPort(client.String(), "0")
 			}
 		}
 		if !allowed[resourceOf(r.URL.Path)] || !servable(role, r.Method, r.URL.Path) {
+			p.unrecognized(r, http.StatusNotFound)
 			mxhttp.WriteError(w, mxhttp.Unrecognized(http.StatusNotFound, "Unrecognized request"))
 			return
 		}
@@ -498,9 +515,15 @@ func (p *Process) Listen() error {
 			continue
 		}
 		h := p.listenerHandler(l)
+		if l.XForwarded && l.XForwardedTrustedProxies == nil {
+			// Stricter than Synapse, which believes anyone's header: say so,
+			// for a proxy on another host whose header would be ignored.
+			p.log.Info("x_forwarded listener believes X-Forwarded-For from loopback peers only; "+
+				"list a proxy on another host in x_forwarded_trusted_proxies", "port", l.Port)
+		}
 		boundAny := false
 		for _, addr := range l.Addresses() {
-			ln, err := net.Listen("tcp", addr)
+			ln, err := p.listen(l, addr)
 			if err != nil {
 				// "::" is dual-stack on Linux, so Synapse's default pair
 				// ["::", "0.0.0.0"] collides on the second; as in Synapse,
@@ -535,7 +558,8 @@ func (p *Process) Listen() error {
 			p.listeners = append(p.listeners, ln)
 			p.servers = append(p.servers, srv)
 			p.mu.Unlock()
-			p.log.Info("listening", "addr", ln.Addr().String(), "resources", resourceNames(l))
+			p.log.Info("listening", "addr", ln.Addr().String(), "resources", resourceNames(l), "tls", l.TLS,
+				"x_forwarded", l.XForwarded)
 		}
 	}
 	return nil
@@ -548,6 +572,21 @@ func pendingCap(l config.Listener, lim config.HTTPLimitValues) int {
 		return 0
 	}
 	return lim.MaxPendingConnectionsPerIP
+}
+
+// listen binds one address of l, behind TLS when l asks for it (with the
+// certificate config.Load read).
+func (p *Process) listen(l config.Listener, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil || !l.TLS {
+		return ln, err
+	}
+	cert := p.cfg.TLSCertificate()
+	if cert == nil {
+		ln.Close()
+		return nil, fmt.Errorf("listener on %s has tls: true but no certificate was loaded", addr)
+	}
+	return tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}), nil
 }
 
 func resourceNames(l config.Listener) string {

@@ -102,7 +102,20 @@ func (p *Process) serveMetrics(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(&b, "ganglion_replication_received_total{instance=%q,command=%q} %d\n", inst, c, st.Redis.ByCommand[c])
 		}
 	}
+	fmt.Fprintf(&b, "# HELP ganglion_http_unrecognized_requests_total Requests for endpoints this instance does not serve.\n"+
+		"# TYPE ganglion_http_unrecognized_requests_total counter\nganglion_http_unrecognized_requests_total{instance=%q} %d\n",
+		inst, p.unrecognizedRequests.Load())
 	fmt.Fprintf(&b, "# TYPE ganglion_uptime_seconds gauge\nganglion_uptime_seconds{instance=%q} %d\n", inst, st.UptimeSec)
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	_, _ = w.Write([]byte(b.String()))
+}
+
+// unrecognized records a request for an endpoint this process does not
+// serve (not implemented, or not on this listener): at INFO, so clients
+// and proxies that depend on a missing endpoint show up in the logs, and
+// counted for the metrics. The query string is left out: it may carry an
+// access token.
+func (p *Process) unrecognized(r *http.Request, status int) {
+	p.unrecognizedRequests.Add(1)
+	p.log.Info("unrecognized request", "method", r.Method, "path", r.URL.Path, "status", status)
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"slices"
@@ -60,6 +61,11 @@ type Config struct {
 	// BcryptRounds is the bcrypt cost of password hashes (Synapse's key;
 	// default 12). Tests lower it to keep registration cheap.
 	BcryptRounds int `yaml:"bcrypt_rounds"`
+
+	// TLS certificate and key (PEM) of every listener with tls: true, as
+	// in Synapse.
+	TLSCertificatePath string `yaml:"tls_certificate_path"`
+	TLSPrivateKeyPath  string `yaml:"tls_private_key_path"`
 
 	MaxUploadSize  ByteSize `yaml:"max_upload_size"`
 	MediaStorePath string   `yaml:"media_store_path"`
@@ -141,6 +147,10 @@ type Config struct {
 
 	// UnknownKeys lists, sorted, the top-level keys Ganglion ignored.
 	UnknownKeys []string `yaml:"-"`
+	// NotBuiltKeys lists, sorted, the top-level keys the files set for
+	// features Ganglion does not have yet (see NotBuilt); they are
+	// ignored, and the process warns about each at start.
+	NotBuiltKeys []string `yaml:"-"`
 	// ConfigDir is the absolute directory of the first config file, against
 	// which relative paths were resolved.
 	ConfigDir string `yaml:"-"`
@@ -152,6 +162,7 @@ type Config struct {
 	// inline fields so Validate can still tell that both were set.
 	replicationSecretFromFile  string
 	registrationSecretFromFile string
+	tlsCert                    *tls.Certificate
 }
 
 // Listener is one entry of listeners or worker_listeners.
@@ -160,11 +171,18 @@ type Listener struct {
 	// BindAddresses also receives the legacy bind_address key. Empty after
 	// defaults means it was never set; ApplyDefaults fills Synapse's default
 	// of every interface ("::" and "0.0.0.0").
-	BindAddresses []string           `yaml:"bind_addresses"`
-	Type          string             `yaml:"type"`
-	TLS           bool               `yaml:"tls"`
-	XForwarded    bool               `yaml:"x_forwarded"`
-	Resources     []ListenerResource `yaml:"resources"`
+	BindAddresses []string `yaml:"bind_addresses"`
+	Type          string   `yaml:"type"`
+	TLS           bool     `yaml:"tls"`
+	XForwarded    bool     `yaml:"x_forwarded"`
+	// XForwardedTrustedProxies (Ganglion's key; Synapse has none) lists the
+	// peers, as IP addresses or CIDR ranges, whose X-Forwarded-For an
+	// x_forwarded listener believes. Unset means loopback only, where the
+	// router or nginx of a one-host fleet connects from; anyone else
+	// reaching the port directly cannot pick the address that rate limits
+	// count them under.
+	XForwardedTrustedProxies []string           `yaml:"x_forwarded_trusted_proxies"`
+	Resources                []ListenerResource `yaml:"resources"`
 }
 
 // ListenerResource is one entry of a listener's resources.

@@ -3,7 +3,9 @@
 // The format is Synapse's: the same key names and meanings, so an existing
 // Synapse homeserver.yaml plus per-worker files can be pointed at Ganglion
 // unchanged. Keys Ganglion does not know are ignored and reported in
-// Config.UnknownKeys so the caller can warn about them.
+// Config.UnknownKeys; keys of Synapse features Ganglion has not built yet
+// (NotBuilt) are reported in Config.NotBuiltKeys, which the process warns
+// about at start.
 //
 // Load applies, in order:
 //
@@ -21,7 +23,8 @@
 //     directory), like any path typed in a shell.
 //  5. Defaults fill what is still unset, legacy keys are mapped to their
 //     modern form (worker_replication_host/_http_port to instance_map.main,
-//     "master" to "main"), and secret files and the log config are read.
+//     "master" to "main"), and secret files, the TLS certificate (when a
+//     listener has tls: true) and the log config are read.
 //  6. Validate collects every problem, each with its key path.
 //
 // The main process's instance name is "main"; Synapse's "master" is accepted

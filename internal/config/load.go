@@ -1,12 +1,14 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -72,6 +74,7 @@ func Load(paths []string, env func(string) string) (*Config, error) {
 		return nil, fmt.Errorf("load config: decode merged config: %w", err)
 	}
 	c.UnknownKeys = unknownKeys(merged)
+	c.NotBuiltKeys = notBuiltKeys(merged)
 
 	dir, err := filepath.Abs(filepath.Dir(paths[0]))
 	if err != nil {
@@ -195,6 +198,8 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.RegistrationSharedSecretPath)
 	abs(&c.WorkerReplicationSecretPath)
 	abs(&c.Redis.PasswordPath)
+	abs(&c.TLSCertificatePath)
+	abs(&c.TLSPrivateKeyPath)
 	if c.Database.Name == DatabaseSQLite || c.Database.Name == "" {
 		db := c.Database.Args.Database
 		// ":memory:" and "file:" URIs are not plain paths.
@@ -391,6 +396,8 @@ func (c *Config) readFiles() []Problem {
 		read("redis.password_path", c.Redis.PasswordPath, &c.Redis.passwordFromFile)
 	}
 
+	problems = append(problems, c.loadTLS()...)
+
 	// As in Synapse, a worker logs per worker_log_config and never uses the
 	// main process's log_config from the shared file.
 	key, path := "log_config", c.LogConfig
@@ -408,3 +415,23 @@ func (c *Config) readFiles() []Problem {
 	}
 	return problems
 }
+
+// loadTLS reads the certificate and key when one of this process's
+// listeners serves TLS, so a bad file stops the start with the key that
+// named it instead of failing at the first handshake.
+func (c *Config) loadTLS() []Problem {
+	if !slices.ContainsFunc(c.Listeners(), func(l Listener) bool { return l.TLS }) ||
+		c.TLSCertificatePath == "" || c.TLSPrivateKeyPath == "" {
+		return nil // Validate reports the missing keys
+	}
+	cert, err := tls.LoadX509KeyPair(c.TLSCertificatePath, c.TLSPrivateKeyPath)
+	if err != nil {
+		return []Problem{{Path: "tls_certificate_path", Message: fmt.Sprintf("load certificate and tls_private_key_path: %v", err)}}
+	}
+	c.tlsCert = &cert
+	return nil
+}
+
+// TLSCertificate is the certificate of the TLS listeners, loaded by Load
+// (nil when no listener of this process has tls: true).
+func (c *Config) TLSCertificate() *tls.Certificate { return c.tlsCert }

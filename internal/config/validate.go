@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"ganglion/internal/forwarded"
 )
 
 // Problem is one thing wrong with a config, located by its key path
@@ -47,8 +49,11 @@ func (ps *problems) add(path, format string, args ...any) {
 func KnownResources() []string { return knownResources() }
 
 func knownResources() []string {
+	// pprof (Ganglion's) serves Go's /debug/pprof/ profiles: they cost CPU
+	// and show memory contents, so only a listener that names it serves
+	// them.
 	return []string{"client", "federation", "media", "keys", "replication",
-		"metrics", "health", "static", "openid"}
+		"metrics", "health", "static", "openid", "pprof"}
 }
 
 // Validate checks the config and returns a *ValidationError listing every
@@ -121,6 +126,17 @@ func (c *Config) validateListeners(ps *problems, key string, ls []Listener) {
 					ps.add(fmt.Sprintf("%s.resources[%d].names[%d]", p, j, k),
 						"unknown resource %q; want one of %s", name, strings.Join(knownResources(), ", "))
 				}
+			}
+		}
+		if l.TLS && (c.TLSCertificatePath == "" || c.TLSPrivateKeyPath == "") {
+			ps.add(p+".tls", "needs tls_certificate_path and tls_private_key_path")
+		}
+		if l.XForwardedTrustedProxies != nil {
+			if !l.XForwarded {
+				ps.add(p+".x_forwarded_trusted_proxies", "has no effect without x_forwarded: true")
+			}
+			if _, err := forwarded.Parse(l.XForwardedTrustedProxies); err != nil {
+				ps.add(p+".x_forwarded_trusted_proxies", "%v", err)
 			}
 		}
 		// Replication endpoints act on behalf of any user; anyone who can
@@ -289,7 +305,16 @@ func (c *Config) validateWriters(ps *problems) {
 		key := "stream_writers." + s
 		writers := c.StreamWriters(s)
 		switch s {
-		case StreamEvents, StreamReceipts, StreamDeviceLists:
+		case StreamReceipts:
+			// Synapse shards receipts by room over several writers;
+			// Ganglion has one receipts writer and would silently send
+			// every receipt to the first.
+			if len(writers) > 1 {
+				ps.add(key, "only one writer supported (Ganglion does not shard receipts), got %d", len(writers))
+			} else if len(writers) == 0 {
+				ps.add(key, "exactly one writer required, got 0")
+			}
+		case StreamEvents, StreamDeviceLists:
 			if len(writers) == 0 {
 				ps.add(key, "at least one writer required")
 			}

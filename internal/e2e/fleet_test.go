@@ -431,6 +431,18 @@ func httpListener(port int, names ...string) map[string]any {
 	}
 }
 
+// fleetClientListener is a fleet process's client listener: like the
+// listeners `ganglion up` generates behind a router, it believes
+// X-Forwarded-For (from 127.0.0.1 only, where the router and nginx connect
+// from, so test clients on 127.0.0.2 and up are direct clients it must
+// not believe).
+func fleetClientListener(port int) map[string]any {
+	l := httpListener(port, "client", "federation")
+	l["x_forwarded"] = true
+	l["x_forwarded_trusted_proxies"] = []string{"127.0.0.1"}
+	return l
+}
+
 // writeConfigs writes shared.yaml (the monolith harness's config with the
 // test's options, plus the fleet's duties) and one file per worker.
 func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOption) {
@@ -442,7 +454,7 @@ func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOptio
 	}
 	doc["public_baseurl"] = f.clientURL(instWorker1) + "/"
 	doc["listeners"] = []any{
-		httpListener(m.clientPort, "client", "federation"),
+		fleetClientListener(m.clientPort),
 		httpListener(m.replPort, "replication", "metrics"),
 	}
 	doc["redis"] = map[string]any{"enabled": true, "host": "127.0.0.1", "port": f.redis.port}
@@ -467,7 +479,7 @@ func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOptio
 			"worker_app":  "synapse.app.generic_worker",
 			"worker_name": p.name,
 			"worker_listeners": []any{
-				httpListener(p.clientPort, "client", "federation"),
+				fleetClientListener(p.clientPort),
 				httpListener(p.replPort, "replication", "metrics"),
 			},
 		})

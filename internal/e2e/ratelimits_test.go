@@ -15,9 +15,6 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// monoliths are the deployments the per-limit tests run on: buckets are
-// per process, so a fleet would spread one user's requests over several.
-var monoliths = []string{engineSQLite, enginePostgres}
 
 // withKey sets one top-level config key.
 func withKey(key string, v any) configOption {

@@ -211,7 +211,7 @@ func writerStreams() []struct {
 		multi bool
 	}{
 		{config.StreamEvents, true}, {config.StreamTyping, false}, {config.StreamToDevice, false},
-		{config.StreamAccountData, false}, {config.StreamReceipts, true}, {config.StreamPresence, false},
+		{config.StreamAccountData, false}, {config.StreamReceipts, false}, {config.StreamPresence, false},
 		{config.StreamPushRules, false}, {config.StreamDeviceLists, true},
 	}
 }

@@ -177,11 +177,25 @@ func Generate(d *Deployment, shared Shared, dir string) (*Plan, error) {
 		return nil, err
 	}
 	files = append(files, File{Name: OverlayFile, Data: data})
+	fronted := slices.ContainsFunc(d.Instances, func(in Instance) bool { return in.Role() == config.RoleRouter })
 	for _, in := range d.Instances {
 		ls := make([]listenerDoc, len(in.Listeners))
 		for i, l := range in.Listeners {
 			ls[i] = listenerDoc{Type: "http", Port: l.Port, BindAddresses: []string{d.bind(l)}, XForwarded: l.XForwarded,
 				Resources: []resourceDoc{{Names: slices.Clone(l.Resources)}}}
+			if fronted && in.Role() != config.RoleRouter && slices.Contains(l.Resources, "client") {
+				// Behind the router every client would share its address,
+				// and one client's failed logins would lock everyone out:
+				// the router reports the client in X-Forwarded-For, and
+				// the listener believes it from the router only. The
+				// router runs on this host and connects from loopback (the
+				// default trust), or from the listener's own address when
+				// it is bound elsewhere.
+				ls[i].XForwarded = true
+				if h := connectHost(d.bind(l)); !isLoopbackHost(h) {
+					ls[i].TrustedProxies = []string{"127.0.0.1", "::1", h}
+				}
+			}
 		}
 		var doc any
 		switch {
@@ -272,6 +286,11 @@ func connectHost(addr string) string {
 		return "::1"
 	}
 	return addr
+}
+
+func isLoopbackHost(h string) bool {
+	ip := net.ParseIP(h)
+	return h == "localhost" || (ip != nil && ip.IsLoopback())
 }
 
 func compareInstanceMap(ps *problems, shared, want map[string]config.InstanceLocation) {
@@ -369,11 +388,12 @@ type (
 		MediaURL      string `yaml:"media_url,omitempty"`
 	}
 	listenerDoc struct {
-		Type          string        `yaml:"type"`
-		Port          int           `yaml:"port"`
-		BindAddresses []string      `yaml:"bind_addresses"`
-		XForwarded    bool          `yaml:"x_forwarded,omitempty"`
-		Resources     []resourceDoc `yaml:"resources"`
+		Type           string        `yaml:"type"`
+		Port           int           `yaml:"port"`
+		BindAddresses  []string      `yaml:"bind_addresses"`
+		XForwarded     bool          `yaml:"x_forwarded,omitempty"`
+		TrustedProxies []string      `yaml:"x_forwarded_trusted_proxies,omitempty"`
+		Resources      []resourceDoc `yaml:"resources"`
 	}
 	resourceDoc struct {
 		Names []string `yaml:"names"`

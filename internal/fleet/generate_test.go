@@ -53,7 +53,7 @@ instances:
   - name: persister1
     app: synapse.app.generic_worker
     listeners: [{port: 9094, resources: [replication]}]
-    stream_writers: [events, receipts]
+    stream_writers: [events]
   - name: writer1
     app: generic_worker
     listeners: [{port: 9096, resources: [replication, metrics]}]
@@ -74,7 +74,7 @@ instances:
 	wantWriters := map[string][]string{
 		config.StreamEvents: {"persister2", "persister1"}, config.StreamTyping: {"writer1"},
 		config.StreamToDevice: {"writer1"}, config.StreamAccountData: {"writer1"},
-		config.StreamReceipts: {"persister1", "writer1"}, config.StreamPresence: {"writer1"},
+		config.StreamReceipts: {"writer1"}, config.StreamPresence: {"writer1"},
 		config.StreamPushRules: {"main"}, config.StreamDeviceLists: {"main"},
 	}
 	sharedMap := `instance_map:
@@ -89,7 +89,7 @@ instances:
   typing: writer1
   to_device: writer1
   account_data: writer1
-  receipts: [persister1, writer1]
+  receipts: writer1
   presence: writer1
 `
 	tests := []struct {
@@ -276,5 +276,57 @@ func TestExampleFleet(t *testing.T) {
 	}
 	if got := cfgs["main"].StreamWriters(config.StreamEvents); !slices.Equal(got, []string{"persister1", "persister2"}) {
 		t.Errorf("events writers %v", got)
+	}
+}
+
+// Behind a router every client listener believes X-Forwarded-For, from the
+// router only: loopback by default, plus the listener's own address when
+// it is bound elsewhere (the router, on this host, connects from there).
+// Without a router nothing changes.
+func TestGenerateForwardedBehindRouter(t *testing.T) {
+	const base = `
+config: [homeserver.yaml]
+instances:
+  - name: main
+    listeners: [{port: 8008, resources: [client]}, {port: 9093, resources: [replication, metrics]}]
+  - name: worker1
+    app: generic_worker
+    listeners: [{port: 8081, bind_address: 10.0.0.5, resources: [client]}, {port: 9097, resources: [replication]}]
+`
+	const withRouter = base + `  - name: router
+    app: router
+    listeners: [{port: 8000, resources: [client]}]
+`
+	load := func(t *testing.T, deployment string) map[string]*config.Config {
+		t.Helper()
+		path := writeDeployment(t, deployment, "")
+		_, plan, err := fleet.Prepare(path, filepath.Join(filepath.Dir(path), "gen"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fleet.WriteFiles(plan); err != nil {
+			t.Fatal(err)
+		}
+		cfgs, err := fleet.LoadConfigs(plan, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfgs
+	}
+	cfgs := load(t, withRouter)
+	if l := cfgs["main"].Listeners(); !l[0].XForwarded || l[0].XForwardedTrustedProxies != nil || l[1].XForwarded {
+		t.Errorf("main listeners %+v: want x_forwarded (default trust) on the client listener only", l)
+	}
+	if l := cfgs["worker1"].Listeners(); !l[0].XForwarded ||
+		!slices.Equal(l[0].XForwardedTrustedProxies, []string{"127.0.0.1", "::1", "10.0.0.5"}) || l[1].XForwarded {
+		t.Errorf("worker1 listeners %+v: want x_forwarded trusting loopback and 10.0.0.5 on the client listener", l)
+	}
+	cfgs = load(t, base)
+	for _, name := range []string{"main", "worker1"} {
+		for _, l := range cfgs[name].Listeners() {
+			if l.XForwarded {
+				t.Errorf("%s: listener %d has x_forwarded without a router", name, l.Port)
+			}
+		}
 	}
 }

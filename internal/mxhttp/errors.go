@@ -6,6 +6,7 @@ package mxhttp
 import (
 	"fmt"
 	"net/http"
+	"time"
 )
 
 // Error is a Matrix error response: an HTTP status, an errcode and a message,
@@ -20,6 +21,10 @@ type Error struct {
 	// Raw, when set, is sent as the whole body instead of errcode/error:
 	// the UIA challenge is a 401 whose body is the flows object.
 	Raw map[string]any
+	// RetryAfter, when positive, is sent as the Retry-After header (whole
+	// seconds, rounded up): a 503 from a writer that is down says when to
+	// try again.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {

@@ -116,6 +116,9 @@ func WriteJSON(w http.ResponseWriter, status int, v any) error {
 
 // WriteError writes a Matrix error response.
 func WriteError(w http.ResponseWriter, e *Error) {
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10))
+	}
 	if e.Code == "M_LIMIT_EXCEEDED" {
 		if ms, ok := e.Extra["retry_after_ms"].(int64); ok {
 			w.Header().Set("Retry-After", strconv.FormatInt((ms+999)/1000, 10))

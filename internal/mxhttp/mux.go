@@ -11,6 +11,9 @@ import (
 // preflights for every client path.
 type Mux struct {
 	*http.ServeMux
+	// OnUnrecognized, if set, hears of every request answered 404 or 405
+	// M_UNRECOGNIZED, for logs and metrics.
+	OnUnrecognized func(r *http.Request, status int)
 }
 
 func NewMux() *Mux { return &Mux{ServeMux: http.NewServeMux()} }
@@ -33,6 +36,7 @@ func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.ServeHTTP(cw, r)
 	switch cw.status {
 	case http.StatusMethodNotAllowed:
+		m.unrecognized(r, http.StatusMethodNotAllowed)
 		if allow := cw.header.Get("Allow"); allow != "" {
 			w.Header().Set("Allow", allow)
 		}
@@ -43,7 +47,14 @@ func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.WriteHeader(cw.status)
 	default:
+		m.unrecognized(r, http.StatusNotFound)
 		WriteError(w, Unrecognized(http.StatusNotFound, "Unrecognized request: %s %s", r.Method, r.URL.Path))
+	}
+}
+
+func (m *Mux) unrecognized(r *http.Request, status int) {
+	if m.OnUnrecognized != nil {
+		m.OnUnrecognized(r, status)
 	}
 }
 

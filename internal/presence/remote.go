@@ -130,21 +130,38 @@ var _ Writer = (*RemoteWriter)(nil)
 // idle timer is minutes long, and USER_SYNC already tells it who syncs).
 const resendAfter = 30 * time.Second
 
-// SetPresence implements Writer.
+// SetPresence implements Writer. An explicit change always goes to the
+// writer: only the writer knows the user's state, and another process (or
+// the writer's timers) may have changed it since this one last forwarded
+// anything.
 func (w *RemoteWriter) SetPresence(ctx context.Context, userID, state, statusMsg string, setStatus bool) (int64, error) {
-	if !setStatus {
-		w.mu.Lock()
-		last, ok := w.lastSet[userID]
-		w.mu.Unlock()
-		if ok && last.state == state && time.Since(last.at) < resendAfter {
-			return 0, nil
-		}
-	}
 	var out positionResult
 	err := w.client.Call(ctx, w.writer, SetStateEndpoint, map[string]string{"user_id": userID},
 		setStateBody{State: state, StatusMsg: statusMsg, SetStatus: setStatus}, &out)
+	w.remember(userID, state, err == nil)
+	return out.Position, err
+}
+
+// SyncPresence implements Writer: a sync's set_presence is forwarded
+// unless this process forwarded the same state within resendAfter and no
+// presence row of the user has been replicated since (Forget).
+func (w *RemoteWriter) SyncPresence(ctx context.Context, userID, state string) error {
 	w.mu.Lock()
-	if err == nil {
+	last, ok := w.lastSet[userID]
+	w.mu.Unlock()
+	if ok && last.state == state && time.Since(last.at) < resendAfter {
+		return nil
+	}
+	_, err := w.SetPresence(ctx, userID, state, "", false)
+	return err
+}
+
+// remember records the state last forwarded for a user (or forgets it
+// after a failure, so the next sync tries again).
+func (w *RemoteWriter) remember(userID, state string, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if ok {
 		w.lastSet[userID] = lastSet{state: state, at: time.Now()}
 	} else {
 		delete(w.lastSet, userID)
@@ -152,8 +169,18 @@ func (w *RemoteWriter) SetPresence(ctx context.Context, userID, state, statusMsg
 	if len(w.lastSet) > 100000 {
 		clear(w.lastSet)
 	}
+}
+
+// Forget drops what this process last forwarded for a user. The presence
+// source calls it for every replicated row of the user: whatever changed
+// their presence (this process, another one, the writer's timers), the
+// next sync's set_presence must reach the writer rather than be skipped
+// on the strength of a stale copy. (A row caused by this process's own
+// call is applied before the call returns, so before remember runs.)
+func (w *RemoteWriter) Forget(userID string) {
+	w.mu.Lock()
+	delete(w.lastSet, userID)
 	w.mu.Unlock()
-	return out.Position, err
 }
 
 type lastSet struct {

@@ -18,7 +18,12 @@ type Source struct {
 	db    *storage.DB
 	rooms Rooms
 	log   *slog.Logger
+	// onRow, if set, hears the user of every applied row (RemoteWriter.Forget).
+	onRow func(userID string)
 }
+
+// OnRow registers f to hear the user of every presence row applied here.
+func (s *Source) OnRow(f func(userID string)) { s.onRow = f }
 
 func NewSource(db *storage.DB, rooms Rooms, log *slog.Logger) *Source {
 	return &Source{db: db, rooms: rooms, log: log}
@@ -61,6 +66,9 @@ func (s *Source) Apply(ctx context.Context, writer string, row streams.Row) []st
 		return nil
 	}
 	user, _ := f[0].(string)
+	if s.onRow != nil {
+		s.onRow(user)
+	}
 	keys, err := presenceWakeKeys(ctx, s.rooms, user)
 	if err != nil {
 		s.log.Warn("presence: could not find who to wake", "user_id", user, "err", err)

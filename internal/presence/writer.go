@@ -24,6 +24,11 @@ type Writer interface {
 	// position of the row it wrote, or the current position if the change
 	// was not worth a row.
 	SetPresence(ctx context.Context, userID, state, statusMsg string, setStatus bool) (int64, error)
+	// SyncPresence is SetPresence(ctx, userID, state, "", false) for a
+	// sync's set_presence parameter. Unlike an explicit PUT /presence it
+	// may be skipped when this process knows the writer already has that
+	// state (every /sync carries it).
+	SyncPresence(ctx context.Context, userID, state string) error
 	// BumpActive records activity (sending an event, a receipt, typing):
 	// last_active moves to now and an unavailable user comes back online.
 	BumpActive(ctx context.Context, userID string) error
@@ -47,9 +52,10 @@ type NoopWriter struct{}
 func (NoopWriter) SetPresence(context.Context, string, string, string, bool) (int64, error) {
 	return 0, nil
 }
-func (NoopWriter) BumpActive(context.Context, string) error { return nil }
-func (NoopWriter) SyncStarted(string)                       {}
-func (NoopWriter) SyncEnded(string)                         {}
+func (NoopWriter) SyncPresence(context.Context, string, string) error { return nil }
+func (NoopWriter) BumpActive(context.Context, string) error           { return nil }
+func (NoopWriter) SyncStarted(string)                                 {}
+func (NoopWriter) SyncEnded(string)                                   {}
 
 // WriterOptions tune the local writer; zero values mean the defaults.
 type WriterOptions struct {
@@ -160,6 +166,13 @@ func (w *LocalWriter) SetPresence(ctx context.Context, userID, state, statusMsg 
 			s.lastActive = now
 		}
 	})
+}
+
+// SyncPresence implements Writer. The writer's state is authoritative, so
+// there is nothing to skip: an unchanged state writes no row anyway.
+func (w *LocalWriter) SyncPresence(ctx context.Context, userID, state string) error {
+	_, err := w.SetPresence(ctx, userID, state, "", false)
+	return err
 }
 
 // BumpActive implements Writer.

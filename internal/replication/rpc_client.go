@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,6 +31,21 @@ const (
 	// DefaultAttemptTimeout bounds one attempt, so an attempt stuck on a
 	// wedged connection is retried within the budget.
 	DefaultAttemptTimeout = 30 * time.Second
+	// DefaultUnreachableBudget bounds how long a Call keeps retrying a
+	// target that cannot be connected to at all (refused, no route): a few
+	// quick retries ride out a connection that broke, but a writer that is
+	// down must not hold the client's request for the whole budget. The
+	// caller answers 503 with Retry-After instead, and the client retries.
+	DefaultUnreachableBudget = 2 * time.Second
+	// downMemory is how long a target that just exhausted a call's
+	// unreachable budget is presumed still down: calls meanwhile make one
+	// attempt instead of retrying, so a burst of requests to a dead writer
+	// does not cost each of them the whole unreachable budget.
+	downMemory = 5 * time.Second
+	// UnavailableRetryAfter is the Retry-After of the 503 a Call returns
+	// when its target is unavailable: about how long a supervised process
+	// takes to restart.
+	UnavailableRetryAfter = 2 * time.Second
 
 	backoffBase = 100 * time.Millisecond
 	backoffCap  = 5 * time.Second
@@ -59,6 +75,16 @@ type remote struct {
 	base string // scheme://host
 	tr   *http.Transport
 	hc   *http.Client
+	// downAt is when a call last gave up on this instance because it could
+	// not connect (unix nanoseconds; 0 once a call got through).
+	downAt atomic.Int64
+}
+
+// presumedDown reports whether a call gave up on the instance for being
+// unreachable within downMemory.
+func (r *remote) presumedDown(now time.Time) bool {
+	at := r.downAt.Load()
+	return at != 0 && now.Sub(time.Unix(0, at)) < downMemory
 }
 
 // NewClient builds a client for the instance named self. instances resolves
@@ -81,18 +107,27 @@ func NewClient(instances func(name string) (config.InstanceLocation, bool), secr
 type CallOption func(*callOptions)
 
 type callOptions struct {
-	budget         time.Duration
-	attemptTimeout time.Duration
-	waitTimeout    time.Duration
-	retryTimeouts  bool
-	positions      []streams.Name
-	positionsSet   bool
-	query          url.Values
+	budget            time.Duration
+	unreachableBudget time.Duration
+	attemptTimeout    time.Duration
+	waitTimeout       time.Duration
+	retryTimeouts     bool
+	positions         []streams.Name
+	positionsSet      bool
+	query             url.Values
 }
 
 // WithBudget bounds the whole call, retries included (DefaultBudget).
 // Raise it for calls that legitimately run long, such as remote joins.
 func WithBudget(d time.Duration) CallOption { return func(o *callOptions) { o.budget = d } }
+
+// WithUnreachableBudget bounds how long the call retries a target it
+// cannot connect to (DefaultUnreachableBudget); it never extends past the
+// budget. Raise it where waiting for a restarting process is better than
+// failing, such as start-up.
+func WithUnreachableBudget(d time.Duration) CallOption {
+	return func(o *callOptions) { o.unreachableBudget = d }
+}
 
 // WithAttemptTimeout bounds each attempt (DefaultAttemptTimeout); it never
 // extends past the budget.
@@ -127,16 +162,19 @@ func WithWaitTimeout(d time.Duration) CallOption { return func(o *callOptions) {
 // value encoding as a JSON object; nil for GET) and decodes the result into
 // out (nil to discard).
 //
-// Unreachable targets and 502/503/504 answers are retried with jittered
-// exponential backoff until ctx ends or the budget is spent; the error then
-// is an *mxhttp.Error with status 502 wrapping ErrUnavailable and the last
-// failure. A Matrix error from the handler is returned as an *mxhttp.Error
+// 502/503/504 answers and broken connections are retried with jittered
+// exponential backoff until ctx ends or the budget is spent; a target that
+// refuses connections only for the (much shorter) unreachable budget, and
+// for one attempt while it is presumed down after such a failure. The
+// error then is an *mxhttp.Error with status 503, M_UNKNOWN and
+// Retry-After, wrapping ErrUnavailable and the last failure: a client
+// retries it later, as it would a rate limit. A Matrix error from the handler is returned as an *mxhttp.Error
 // with the remote status, errcode and message. When the response reports
 // stream positions, Call returns once this process has seen them.
 func (c *Client) Call(ctx context.Context, instance string, e Endpoint, args map[string]string, body any, out any,
 	opts ...CallOption) error {
-	o := callOptions{budget: DefaultBudget, attemptTimeout: DefaultAttemptTimeout, waitTimeout: DefaultWaitTimeout,
-		retryTimeouts: true}
+	o := callOptions{budget: DefaultBudget, unreachableBudget: DefaultUnreachableBudget, attemptTimeout: DefaultAttemptTimeout,
+		waitTimeout: DefaultWaitTimeout, retryTimeouts: true}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -173,7 +211,15 @@ func (c *Client) Call(ctx context.Context, instance string, e Endpoint, args map
 		return fmt.Errorf("call %s on %s: %w", e.Name, target, err)
 	}
 
-	deadline := time.Now().Add(o.budget)
+	start := time.Now()
+	deadline := start.Add(o.budget)
+	// unreachableSince is when the current run of failures to connect
+	// began (zero while the target answers or the connection merely broke).
+	var unreachableSince time.Time
+	unreachableBudget := min(o.unreachableBudget, o.budget)
+	if rm.presumedDown(start) {
+		unreachableBudget = 0 // one attempt: it is very likely still down
+	}
 	delay := backoffBase
 	var last error
 	for attempt := 1; ; attempt++ {
@@ -186,12 +232,28 @@ func (c *Client) Call(ctx context.Context, instance string, e Endpoint, args map
 			kind := classify(err)
 			retry = kind == notSent || (kind == maybeSent && o.retryTimeouts)
 			last = err
+			if kind == notSent {
+				if unreachableSince.IsZero() {
+					unreachableSince = time.Now()
+				}
+				if time.Since(unreachableSince) >= unreachableBudget {
+					rm.downAt.Store(time.Now().UnixNano())
+					return unavailable(e.Name, target, attempt, fmt.Errorf("unreachable for %v: %w",
+						time.Since(unreachableSince).Round(time.Millisecond), err))
+				}
+			} else {
+				unreachableSince = time.Time{}
+			}
 		case status >= 200 && status < 300:
+			rm.downAt.Store(0)
 			return c.finish(ctx, &e, target, respBody, out, o.waitTimeout)
 		case status == http.StatusBadGateway || status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout:
+			rm.downAt.Store(0)
+			unreachableSince = time.Time{}
 			retry = true
 			last = remoteFailure(status, respBody)
 		default:
+			rm.downAt.Store(0)
 			if me := remoteError(status, respBody, e.Name, target); me != nil {
 				return me
 			}
@@ -208,6 +270,11 @@ func (c *Client) Call(ctx context.Context, instance string, e Endpoint, args map
 		delay = min(2*delay, backoffCap)
 		if time.Now().Add(wait).After(deadline) {
 			return unavailable(e.Name, target, attempt, fmt.Errorf("retry budget %v spent: %w", o.budget, last))
+		}
+		if !unreachableSince.IsZero() && time.Since(unreachableSince)+wait > unreachableBudget {
+			// Sleeping would only end past the unreachable budget: one last
+			// attempt right away, then give up.
+			wait = max(unreachableBudget-time.Since(unreachableSince), 0)
 		}
 		lvl := slog.LevelDebug
 		if attempt == 1 {
@@ -496,7 +563,11 @@ func remoteFailure(status int, body []byte) error {
 	return fmt.Errorf("remote answered %d: %q", status, body)
 }
 
+// unavailable is the error of a call that could not be completed: 503
+// M_UNKNOWN with Retry-After, so the client retries rather than giving up.
 func unavailable(name, target string, attempts int, cause error) error {
-	return &mxhttp.Error{Status: http.StatusBadGateway, Code: "M_UNKNOWN", Message: "Replication target unavailable",
-		Cause: fmt.Errorf("%w: call %s on %s, %d attempt(s): %w", ErrUnavailable, name, target, attempts, cause)}
+	return &mxhttp.Error{Status: http.StatusServiceUnavailable, Code: "M_UNKNOWN",
+		Message:    "The server handling this request is temporarily unavailable; try again later",
+		RetryAfter: UnavailableRetryAfter,
+		Cause:      fmt.Errorf("%w: call %s on %s, %d attempt(s): %w", ErrUnavailable, name, target, attempts, cause)}
 }

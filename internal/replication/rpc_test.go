@@ -463,8 +463,8 @@ func TestWithoutTimeoutRetryGivesUp(t *testing.T) {
 	t.Cleanup(func() { close(release) })
 	err := f.cli.Call(t.Context(), "main", e, nil, nil, nil,
 		replication.WithAttemptTimeout(100*time.Millisecond), replication.WithoutTimeoutRetry())
-	if me := asMatrix(t, err); me.Status != 502 || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("got %v, want 502 wrapping the deadline", err)
+	if me := asMatrix(t, err); me.Status != 503 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want 503 wrapping the deadline", err)
 	}
 	if n := runs.Load(); n != 1 {
 		t.Fatalf("handler ran %d times, want 1", n)
@@ -548,8 +548,8 @@ func TestGivesUpAfterBudget(t *testing.T) {
 	check := func(t *testing.T, err error) {
 		t.Helper()
 		me := asMatrix(t, err)
-		if me.Status != 502 || me.Code != "M_UNKNOWN" || !errors.Is(err, replication.ErrUnavailable) {
-			t.Fatalf("got %v, want 502 M_UNKNOWN wrapping ErrUnavailable", err)
+		if me.Status != 503 || me.Code != "M_UNKNOWN" || !errors.Is(err, replication.ErrUnavailable) {
+			t.Fatalf("got %v, want 503 M_UNKNOWN wrapping ErrUnavailable", err)
 		}
 		// What the client of the original request receives.
 		rec := httptest.NewRecorder()
@@ -557,8 +557,9 @@ func TestGivesUpAfterBudget(t *testing.T) {
 			ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
 		var body map[string]any
 		_ = json.Unmarshal(rec.Body.Bytes(), &body)
-		if rec.Code != 502 || body["errcode"] != "M_UNKNOWN" {
-			t.Fatalf("HTTP layer answered %d %s, want 502 M_UNKNOWN", rec.Code, rec.Body)
+		if rec.Code != 503 || body["errcode"] != "M_UNKNOWN" || rec.Header().Get("Retry-After") == "" {
+			t.Fatalf("HTTP layer answered %d %s (Retry-After %q), want 503 M_UNKNOWN with Retry-After",
+				rec.Code, rec.Body, rec.Header().Get("Retry-After"))
 		}
 	}
 	t.Run("always 503", func(t *testing.T) {
@@ -917,5 +918,40 @@ func TestRegisterRejectsBadEndpoints(t *testing.T) {
 			}()
 			srv.Register(tc.e)
 		})
+	}
+}
+
+// A target that refuses connections (a writer that is down) fails the call
+// after a few quick retries, long before the budget or the caller's
+// deadline, with a retryable 503; while it is presumed down, the next call
+// makes a single attempt.
+func TestUnreachableTargetFailsFast(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	loc := locationOf(t, "http://"+ln.Addr().String())
+	ln.Close()
+	cli := replication.NewClient(replication.InstanceLookup(map[string]config.InstanceLocation{"main": loc}),
+		testSecret, "worker1", newRegistry(t, "worker1"), discard())
+	// The default budget is a minute; the context's deadline is what would
+	// end the call if the unreachable budget did not.
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	for i, wantAttempts := range []string{"", "1 attempt(s)"} {
+		err := cli.Call(ctx, "main", echo("x", nil, nil), nil, nil, nil)
+		me := asMatrix(t, err)
+		if me.Status != 503 || me.Code != "M_UNKNOWN" || me.RetryAfter <= 0 || !errors.Is(err, replication.ErrUnavailable) {
+			t.Fatalf("call %d: got %v (Retry-After %v), want 503 M_UNKNOWN with Retry-After", i, err, me.RetryAfter)
+		}
+		if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			t.Fatalf("call %d: ended by the caller's deadline, not by the unreachable budget: %v", i, err)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("call %d: %v does not wrap the refused connection", i, err)
+		}
+		if wantAttempts != "" && !strings.Contains(err.Error(), wantAttempts) {
+			t.Fatalf("call %d while the target is presumed down: %v, want %s", i, err, wantAttempts)
+		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"ganglion/internal/config"
+	"ganglion/internal/forwarded"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/routes"
 )
@@ -79,6 +80,10 @@ type Config struct {
 	// files set worker_app: router, else "router".
 	Name   string `yaml:"-"`
 	Limits Limits `yaml:"-"`
+	// unforwarded lists, sorted, the instances whose listener files Load
+	// read and whose client listener lacks x_forwarded: behind the router
+	// all their clients would share its address.
+	unforwarded []string
 }
 
 // InstanceURLs says where one instance's HTTP listeners are. FederationURL
@@ -200,6 +205,11 @@ func (rc *Config) complete(cfg *config.Config) error {
 	if rc.Listen.Port < 1 || rc.Listen.Port > 65535 {
 		add("router.listen.port", "must be between 1 and 65535, got %d", rc.Listen.Port)
 	}
+	if rc.Listen.XForwardedTrustedProxies != nil {
+		if _, err := forwarded.Parse(rc.Listen.XForwardedTrustedProxies); err != nil {
+			add("router.listen.x_forwarded_trusted_proxies", "%v", err)
+		}
+	}
 	if rc.Listen.TLS {
 		add("router.listen.tls", "not supported: terminate TLS in front of the router and set x_forwarded: true")
 	}
@@ -240,8 +250,10 @@ func (rc *Config) complete(cfg *config.Config) error {
 	// Instance URLs: main from the shared listeners, workers from their
 	// own files, then the explicit list, which wins.
 	derived := map[string]InstanceURLs{}
+	forwards := map[string]bool{}
 	if u, ok := URLsFromListeners(cfg.MainListeners); ok {
 		derived[config.MainInstance] = u
+		forwards[config.MainInstance] = clientForwarded(cfg.MainListeners)
 	}
 	for i, wf := range rc.WorkerConfigs {
 		key := fmt.Sprintf("router.worker_configs[%d]", i)
@@ -249,12 +261,13 @@ func (rc *Config) complete(cfg *config.Config) error {
 		if !filepath.IsAbs(path) && cfg.ConfigDir != "" {
 			path = filepath.Join(cfg.ConfigDir, path)
 		}
-		name, u, err := urlsFromWorkerFile(path)
+		name, u, ls, err := urlsFromWorkerFile(path)
 		if err != nil {
 			add(key, "%v", err)
 			continue
 		}
 		derived[name] = u
+		forwards[name] = clientForwarded(ls)
 	}
 	if rc.Instances == nil {
 		rc.Instances = map[string]InstanceURLs{}
@@ -263,9 +276,13 @@ func (rc *Config) complete(cfg *config.Config) error {
 		rc.Instances[config.MainInstance] = m
 		delete(rc.Instances, "master")
 	}
-	for name, u := range derived {
+	rc.unforwarded = nil
+	for _, name := range sortedKeys(derived) {
 		if _, explicit := rc.Instances[name]; !explicit {
-			rc.Instances[name] = u
+			rc.Instances[name] = derived[name]
+			if !forwards[name] {
+				rc.unforwarded = append(rc.unforwarded, name)
+			}
 		}
 	}
 	for _, name := range sortedKeys(rc.Instances) {
@@ -390,26 +407,37 @@ func listenerURL(l config.Listener) string {
 	return scheme + "://" + net.JoinHostPort(host, strconv.Itoa(l.Port))
 }
 
-func urlsFromWorkerFile(path string) (string, InstanceURLs, error) {
+// clientForwarded reports whether the client listener of ls (the one
+// URLsFromListeners picks) has x_forwarded: true.
+func clientForwarded(ls []config.Listener) bool {
+	for _, l := range ls {
+		if (l.Type == "" || l.Type == "http") && l.HasResource("client") {
+			return l.XForwarded
+		}
+	}
+	return true // no client listener: no client traffic to attribute
+}
+
+func urlsFromWorkerFile(path string) (string, InstanceURLs, []config.Listener, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", InstanceURLs{}, err
+		return "", InstanceURLs{}, nil, err
 	}
 	var w struct {
 		WorkerName      string            `yaml:"worker_name"`
 		WorkerListeners []config.Listener `yaml:"worker_listeners"`
 	}
 	if err := yaml.Unmarshal(data, &w); err != nil {
-		return "", InstanceURLs{}, fmt.Errorf("%s: %w", path, err)
+		return "", InstanceURLs{}, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if w.WorkerName == "" {
-		return "", InstanceURLs{}, fmt.Errorf("%s: no worker_name", path)
+		return "", InstanceURLs{}, nil, fmt.Errorf("%s: no worker_name", path)
 	}
 	u, ok := URLsFromListeners(w.WorkerListeners)
 	if !ok {
-		return "", InstanceURLs{}, fmt.Errorf("%s: worker %s has no client, federation or media listener", path, w.WorkerName)
+		return "", InstanceURLs{}, nil, fmt.Errorf("%s: worker %s has no client, federation or media listener", path, w.WorkerName)
 	}
-	return w.WorkerName, u, nil
+	return w.WorkerName, u, w.WorkerListeners, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

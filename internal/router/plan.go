@@ -95,6 +95,10 @@ func NewPlan(cfg *config.Config, rc *Config) (*Plan, error) {
 	}
 	sort.Slice(p.Backends, func(i, j int) bool { return p.Backends[i].Name < p.Backends[j].Name })
 	p.Notes = b.notes
+	for _, name := range rc.unforwarded {
+		p.Notes = append(p.Notes, fmt.Sprintf("the client listener of %s has no x_forwarded: true, so it will see every "+
+			"client behind this proxy as one address (rate limits such as rc_login.address then apply to all of them together)", name))
+	}
 	return p, nil
 }
 

@@ -26,6 +26,7 @@ import (
 
 	"ganglion/internal/accounts"
 	"ganglion/internal/config"
+	"ganglion/internal/forwarded"
 	"ganglion/internal/httpguard"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/routes"
@@ -44,6 +45,9 @@ type Router struct {
 	plan    *Plan
 	log     *slog.Logger
 	metrics *metrics
+	// trust says whose X-Forwarded-For the router believes (with
+	// listen.x_forwarded).
+	trust forwarded.Trust
 
 	transport *http.Transport
 	proxy     *httputil.ReverseProxy
@@ -64,7 +68,9 @@ func New(cfg *config.Config, rc *Config, log *slog.Logger) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := &Router{rc: rc, plan: plan, log: log, metrics: newMetrics(rc.Name), limits: cfg.HTTPLimits.Values()}
+	// complete validated the list.
+	trust, _ := forwarded.Parse(rc.Listen.XForwardedTrustedProxies)
+	rt := &Router{rc: rc, plan: plan, log: log, metrics: newMetrics(rc.Name), limits: cfg.HTTPLimits.Values(), trust: trust}
 	dialer := &net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}
 	rt.transport = &http.Transport{
 		DialContext:         dialer.DialContext,
@@ -166,6 +172,8 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 
 	class, ok := routes.Classify(r.Method, r.URL.Path)
 	if class == nil {
+		// Counted under class "unknown" by the deferred observe.
+		rt.log.Info("unrecognized request", "method", r.Method, "path", r.URL.Path, "status", http.StatusNotFound)
 		mxhttp.WriteError(rec, mxhttp.Unrecognized(http.StatusNotFound, "Unrecognized request: %s %s", r.Method, r.URL.Path))
 		return
 	}
@@ -236,10 +244,12 @@ func accessToken(r *http.Request) string {
 	return r.URL.Query().Get("access_token")
 }
 
+// clientIP is the client's address: the peer, or behind a trusted proxy
+// (listen.x_forwarded) the address it reports.
 func (rt *Router) clientIP(r *http.Request) string {
 	if rt.rc.Listen.XForwarded {
-		if fwd := r.Header.Get("X-Forwarded-For"); fwd != "" {
-			return strings.TrimSpace(strings.Split(fwd, ",")[0])
+		if a, ok := rt.trust.Client(r); ok {
+			return a.String()
 		}
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -249,17 +259,22 @@ func (rt *Router) clientIP(r *http.Request) string {
 	return host
 }
 
+// rewrite aims the request at the chosen backend. X-Forwarded-For ends with
+// the router's peer, which is what the workers (trusting the router) take
+// as the client: a chain the client sent itself is dropped, and only a
+// trusted proxy in front (listen.x_forwarded) has its chain kept.
 func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
 	a := attemptOf(pr.In.Context())
 	pr.SetURL(a.cands[0].URL)
 	// Keep the client's Host, as nginx's proxy_set_header Host $host.
 	pr.Out.Host = pr.In.Host
-	if rt.rc.Listen.XForwarded {
+	behindProxy := rt.rc.Listen.XForwarded && rt.trust.TrustedPeer(pr.In)
+	if behindProxy {
 		// Behind another proxy: keep its chain and scheme, add our peer.
 		pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
 	}
 	pr.SetXForwarded()
-	if rt.rc.Listen.XForwarded {
+	if behindProxy {
 		if proto := pr.In.Header.Get("X-Forwarded-Proto"); proto != "" {
 			pr.Out.Header.Set("X-Forwarded-Proto", proto)
 		}

@@ -42,12 +42,15 @@ type Service struct {
 	// maxTimeout bounds a long-poll whatever the client asks.
 	maxTimeout time.Duration
 	// catchUpWait bounds the wait for replication when a client's token
-	// is ahead of this process.
+	// is ahead of this process. Replication normally closes such a gap in
+	// milliseconds; when it does not (the writer that got ahead died), the
+	// client gets an empty answer quickly and comes back, rather than
+	// hanging on a writer that is down.
 	catchUpWait time.Duration
 }
 
 func NewService(d Deps, log *slog.Logger) *Service {
-	return &Service{Deps: d, store: d.Rooms.Store(), log: log, lazy: newLazyCache(10000), ignored: newIgnoredCache(10000), maxTimeout: 5 * time.Minute, catchUpWait: 10 * time.Second}
+	return &Service{Deps: d, store: d.Rooms.Store(), log: log, lazy: newLazyCache(10000), ignored: newIgnoredCache(10000), maxTimeout: 5 * time.Minute, catchUpWait: 3 * time.Second}
 }
 
 // Params are /sync's query parameters.
@@ -85,7 +88,7 @@ func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (
 			if state == "" {
 				state = "online"
 			}
-			if _, err := s.PresenceWriter.SetPresence(ctx, req.UserID, state, "", false); err != nil {
+			if err := s.PresenceWriter.SyncPresence(ctx, req.UserID, state); err != nil {
 				s.log.Warn("could not update presence from sync", "user_id", req.UserID, "err", err)
 			}
 		}

@@ -1,0 +1,110 @@
+package config
+
+import "sort"
+
+// NotBuilt maps Synapse's top-level config keys for features Ganglion does
+// not have yet to the feature's name. Such keys are accepted (so Synapse
+// configs load unchanged) but do nothing, and every process warns about
+// each one it finds at start, rather than letting an operator believe
+// that, say, SSO is configured.
+//
+// This is the one list to prune as features land: remove a key when the
+// code reads it.
+func NotBuilt() map[string]string {
+	const (
+		sso        = "single sign-on"
+		appservice = "application services"
+		email      = "email (3PID, notifications, password reset)"
+		media      = "the media repository"
+		federation = "federation"
+		userDir    = "the user directory"
+		captcha    = "registration captcha"
+		turn       = "TURN (VoIP)"
+		modules    = "modules and third-party hooks"
+		threepid   = "third-party identifiers"
+	)
+	return map[string]string{
+		"oidc_providers":     sso,
+		"oidc_config":        sso,
+		"saml2_config":       sso,
+		"cas_config":         sso,
+		"sso":                sso,
+		"jwt_config":         sso,
+		"password_providers": sso,
+
+		"app_service_config_files":       appservice,
+		"notify_appservices_from_worker": appservice,
+		"notify_appservices":             appservice,
+		"track_appservice_user_ips":      appservice,
+
+		"email": email,
+
+		"enable_media_repo":                      media,
+		"media_instance_running_background_jobs": media,
+		"media_storage_providers":                media,
+		"max_image_pixels":                       media,
+		"dynamic_thumbnails":                     media,
+		"thumbnail_sizes":                        media,
+		"url_preview_enabled":                    media,
+		"url_preview_ip_range_blacklist":         media,
+		"url_preview_ip_range_whitelist":         media,
+		"url_preview_url_blacklist":              media,
+		"media_retention":                        media,
+
+		"federation_domain_whitelist":                   federation,
+		"federation_sender_instances":                   federation,
+		"send_federation":                               federation,
+		"outbound_federation_restricted_to":             federation,
+		"federation_verify_certificates":                federation,
+		"federation_client_minimum_tls_version":         federation,
+		"federation_certificate_verification_whitelist": federation,
+		"federation_ip_range_blacklist":                 federation,
+		"ip_range_blacklist":                            federation,
+		"ip_range_whitelist":                            federation,
+		"trusted_key_servers":                           federation,
+		"allow_public_rooms_over_federation":            federation,
+		"allow_profile_lookup_over_federation":          federation,
+
+		"user_directory":                    userDir,
+		"update_user_directory_from_worker": userDir,
+		"update_user_directory":             userDir,
+
+		"enable_registration_captcha": captcha,
+		"recaptcha_public_key":        captcha,
+		"recaptcha_private_key":       captcha,
+
+		"turn_uris":          turn,
+		"turn_shared_secret": turn,
+		"turn_username":      turn,
+		"turn_password":      turn,
+
+		"modules":                    modules,
+		"spam_checker":               modules,
+		"third_party_event_rules":    modules,
+		"account_validity":           "account validity",
+		"server_notices":             "server notices",
+		"user_consent":               "user consent",
+		"retention":                  "message retention",
+		"opentracing":                "tracing",
+		"limit_usage_by_mau":         "monthly active user limits",
+		"max_mau_value":              "monthly active user limits",
+		"auto_join_rooms":            "auto-joining rooms on registration",
+		"registrations_require_3pid": threepid,
+		"account_threepid_delegates": threepid,
+		"enable_3pid_lookup":         threepid,
+	}
+}
+
+// notBuiltKeys lists, sorted, the keys of the merged document that NotBuilt
+// names.
+func notBuiltKeys(m map[string]any) []string {
+	nb := NotBuilt()
+	var out []string
+	for k := range m {
+		if _, ok := nb[k]; ok {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
