@@ -134,6 +134,12 @@ func NewBus(channel string, o RedisOptions, log *slog.Logger) *Bus {
 	return &Bus{channel: channel, log: log, opts: opts, pub: redis.NewClient(opts), counts: map[string]*atomic.Int64{}}
 }
 
+// ChannelName is the pub/sub channel the bus uses.
+func (b *Bus) ChannelName() string { return b.channel }
+
+// UsesTLS reports whether connections are wrapped in TLS (redis.use_tls).
+func (b *Bus) UsesTLS() bool { return b.opts.TLSConfig != nil }
+
 // OnCommand sets the handler of incoming commands.
 func (b *Bus) OnCommand(h func(ctx context.Context, c Command)) { b.handler = h }
 
