@@ -42,8 +42,20 @@ func TestRedisForgedPositionsIgnored(t *testing.T) {
 	ctx := testContext(t)
 	alice := srv.register(t, ctx, "alice")
 	bob := srv.register(t, ctx, "bob")
-	room := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
-	join(t, ctx, bob, room.String())
+	// A room on each persister: a persister that took a forged position
+	// as its own would hide its own rooms' new messages.
+	rooms := map[string]id.RoomID{}
+	for i := 0; len(rooms) < 2; i++ {
+		if i == 20 {
+			t.Fatalf("20 rooms and still not one per persister: %v", rooms)
+		}
+		r := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if p := config.ShardFor([]string{instPersister1, instPersister2}, r.String()); rooms[p] == "" {
+			rooms[p] = r
+			join(t, ctx, bob, r.String())
+		}
+	}
+	room := rooms[instPersister1]
 	bs, _ := newSyncer(t, ctx, bob, "")
 
 	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", f.redis.port)})
@@ -73,10 +85,13 @@ func TestRedisForgedPositionsIgnored(t *testing.T) {
 	// had been believed, and the second message would then never show.
 	sendAndSee := func(what string) {
 		t.Helper()
-		ev := send(t, ctx, alice, room, what, strings.ReplaceAll(what, " ", "-"))
-		bs.until(t, ctx, what, func(r *mautrix.RespSync) bool {
-			return containsEvent(timelineOf(r, room), ev)
-		})
+		for p, room := range rooms {
+			what := what + " in " + p + "'s room"
+			ev := send(t, ctx, alice, room, what, strings.ReplaceAll(what, " ", "-"))
+			bs.until(t, ctx, what, func(r *mautrix.RespSync) bool {
+				return containsEvent(timelineOf(r, room), ev)
+			})
+		}
 	}
 	sendAndSee("after the forgery 1")
 	sendAndSee("after the forgery 2")
