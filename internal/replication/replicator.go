@@ -355,13 +355,14 @@ func (r *Replicator) onPosition(ctx context.Context, c Position) {
 		r.reg.Reset(name, c.Instance, 0)
 		cur = 0
 	}
-	if src != nil {
-		// Every forward POSITION is read back from the source, not only
-		// one whose prev shows a gap: a prev is as forgeable as the rest,
-		// and skipping rows that are committed (their RDATA still on its
-		// way) would lose their cache invalidations and wake-ups. It is one
-		// indexed read of (cur, new], and writers send POSITION once per
-		// burst of changes, not per row.
+	if src != nil && c.Prev != cur {
+		// A gap (prev beyond us), or a prev we never had (below us: a
+		// writer's prev is what its last RDATA or POSITION carried, so an
+		// honest one never is), which a forged line claiming "nothing
+		// happened since 0" would show: read (cur, new] back from the
+		// source, so rows that are committed but whose RDATA is still on
+		// its way keep their cache invalidations and wake-ups. The honest,
+		// continuous case (prev == cur) costs no read.
 		if err := r.catchUp(ctx, name, src, c.Instance, cur, c.New); err != nil {
 			// Leave the position where it is: the next POSITION retries.
 			r.log.Warn("catch-up failed", "stream", name, "writer", c.Instance, "from", cur, "to", c.New, "err", err)

@@ -352,3 +352,32 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 		t.Fatal(err)
 	}
 }
+
+// TestPositionWithForeignPrevReadsRows: a POSITION whose prev is not where
+// this reader is (an honest writer's prev always is) has the rows in
+// between read from the source, so committed rows whose RDATA never came
+// still wake their listeners instead of being skipped.
+func TestPositionWithForeignPrevReadsRows(t *testing.T) {
+	ch := uniqueChannel(t)
+	src := newMemSource()
+	writers := map[streams.Name][]string{streams.AccountData: {"w"}}
+	w := start(t, ch, "w", writers, src)
+	r := start(t, ch, "r", writers, src)
+	tw := w.reg.LocalTracker(streams.AccountData, 0)
+	eventually(t, "connected", func() bool { return w.rep.Connected() && r.rep.Connected() })
+	write(w, tw, src, streams.AccountData, 1, streams.UserKey("@a:x"))
+	eventually(t, "reader at 1", func() bool { return r.reg.WriterPosition(streams.AccountData, "w") == 1 })
+	// Rows 2 and 3 are committed, their RDATA lost.
+	src.add("w", 2, streams.UserKey("@b:x"))
+	src.add("w", 3, streams.UserKey("@c:x"))
+	l := r.reg.Notifier().Listen(streams.UserKey("@b:x"))
+	defer l.Close()
+	inj := injector(t, ch, redisOptions(t))
+	publish(t, inj, replication.Position{Stream: string(streams.AccountData), Instance: "w", Prev: 0, New: 3})
+	eventually(t, "reader at 3", func() bool { return r.reg.WriterPosition(streams.AccountData, "w") == 3 })
+	select {
+	case <-l.C:
+	case <-time.After(10 * time.Second):
+		t.Fatal("row 2 was skipped: its listener was not woken")
+	}
+}
