@@ -135,6 +135,9 @@ func (p *Process) wire(ctx context.Context) error {
 		return err
 	}
 	p.reg = reg
+	if err := streams.RepairSavedPositions(ctx, db, log); err != nil {
+		return err
+	}
 	if err := loadWriterPositions(ctx, db, reg); err != nil {
 		return err
 	}
@@ -157,9 +160,11 @@ func (p *Process) wire(ctx context.Context) error {
 	if fleet {
 		rpcClient = replication.NewClient(replication.InstanceLookup(cfg.InstanceMap), cfg.ReplicationSecret(), instance, reg, log)
 		rpcServer = replication.NewServer(cfg.ReplicationSecret(), reg, log)
-		bus := replication.NewBus(cfg.ServerName, replication.RedisOptions{Host: cfg.Redis.Host, Port: cfg.Redis.Port,
-			Path: cfg.Redis.Path, DB: cfg.Redis.DBID, Password: cfg.Redis.EffectivePassword()}, log)
-		replicator = replication.NewReplicator(bus, reg, log)
+		bus, err := newBus(cfg, log)
+		if err != nil {
+			return err
+		}
+		replicator = replication.NewReplicator(bus, reg, replicationBound(db, rpcClient), log)
 		p.replicator = replicator
 		p.runners = append(p.runners, replicator.Run)
 		p.onShutdown = append(p.onShutdown, func(context.Context) error { rpcClient.CloseIdleConnections(); return nil })

@@ -312,6 +312,16 @@ type RedisConfig struct {
 	Password     string `yaml:"password"`
 	PasswordPath string `yaml:"password_path"`
 	UseTLS       bool   `yaml:"use_tls"`
+	// TLS material, as Synapse names it: the client certificate and key
+	// (both or neither), and CAs to verify the server with instead of the
+	// system roots.
+	CertificateFile string `yaml:"certificate_file"`
+	PrivateKeyFile  string `yaml:"private_key_file"`
+	CAFile          string `yaml:"ca_file"`
+	CAPath          string `yaml:"ca_path"`
+	// ChannelPrefix (Ganglion's, Synapse has none) goes before server_name
+	// in the pub/sub channel, so fleets sharing one Redis stay apart.
+	ChannelPrefix string `yaml:"channel_prefix"`
 
 	passwordFromFile string
 }

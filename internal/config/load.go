@@ -200,6 +200,10 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.Redis.PasswordPath)
 	abs(&c.TLSCertificatePath)
 	abs(&c.TLSPrivateKeyPath)
+	abs(&c.Redis.CertificateFile)
+	abs(&c.Redis.PrivateKeyFile)
+	abs(&c.Redis.CAFile)
+	abs(&c.Redis.CAPath)
 	if c.Database.Name == DatabaseSQLite || c.Database.Name == "" {
 		db := c.Database.Args.Database
 		// ":memory:" and "file:" URIs are not plain paths.

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -404,6 +406,10 @@ func (c *Config) validateLegacyDuty(ps *problems, legacyKey string, legacy *bool
 	}
 }
 
+// channelPrefixRE keeps the prefix printable and free of the glob
+// characters PSUBSCRIBE would treat specially.
+var channelPrefixRE = regexp.MustCompile(`^[A-Za-z0-9._:/-]{1,100}$`)
+
 func (c *Config) validateRedis(ps *problems) {
 	r := c.Redis
 	if r.Password != "" && r.PasswordPath != "" {
@@ -414,6 +420,23 @@ func (c *Config) validateRedis(ps *problems) {
 	}
 	if r.DBID < 0 {
 		ps.add("redis.dbid", "must not be negative")
+	}
+	if (r.CertificateFile == "") != (r.PrivateKeyFile == "") {
+		ps.add("redis.private_key_file", "redis.certificate_file and redis.private_key_file go together")
+	}
+	for _, f := range []struct{ key, path string }{{"redis.certificate_file", r.CertificateFile},
+		{"redis.private_key_file", r.PrivateKeyFile}, {"redis.ca_file", r.CAFile}, {"redis.ca_path", r.CAPath}} {
+		if f.path == "" {
+			continue
+		}
+		if !r.UseTLS {
+			ps.add(f.key, "needs redis.use_tls: true")
+		} else if _, err := os.Stat(f.path); err != nil {
+			ps.add(f.key, "%v", err)
+		}
+	}
+	if r.ChannelPrefix != "" && !channelPrefixRE.MatchString(r.ChannelPrefix) {
+		ps.add("redis.channel_prefix", "must be at most 100 characters of letters, digits and . _ : / -, got %q", r.ChannelPrefix)
 	}
 	// Redis carries the replication stream; without it workers never hear
 	// about new data. The router only proxies HTTP.

@@ -2,11 +2,15 @@ package replication
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -15,13 +19,67 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// RedisOptions locate the Redis server.
+// RedisOptions locate the Redis server and say how to authenticate.
 type RedisOptions struct {
 	Host     string
 	Port     int
 	Path     string // unix socket; overrides Host/Port
 	DB       int
-	Password string
+	Password string // AUTH; Redis carries room ids and memberships
+	// TLS, when set, wraps every connection (redis.use_tls); see RedisTLS.
+	TLS *tls.Config
+}
+
+// RedisTLS builds the TLS settings of redis.use_tls: the server's
+// certificate is verified against the system roots, or against caFile
+// and/or every PEM file in caPath when given; certFile and keyFile (both
+// or neither) are the client certificate for servers that require one
+// (tls-auth-clients). host is the name the certificate must carry.
+func RedisTLS(host, certFile, keyFile, caFile, caPath string) (*tls.Config, error) {
+	cfg := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	if certFile != "" || keyFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load redis client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	if caFile == "" && caPath == "" {
+		return cfg, nil
+	}
+	pool := x509.NewCertPool()
+	var files []string
+	if caFile != "" {
+		files = append(files, caFile)
+	}
+	if caPath != "" {
+		entries, err := os.ReadDir(caPath)
+		if err != nil {
+			return nil, fmt.Errorf("read redis ca_path: %w", err)
+		}
+		for _, e := range entries {
+			if !e.IsDir() {
+				files = append(files, filepath.Join(caPath, e.Name()))
+			}
+		}
+	}
+	added := 0
+	for _, f := range files {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("read redis CA certificate: %w", err)
+		}
+		if pool.AppendCertsFromPEM(pem) {
+			added++
+		} else if f == caFile {
+			return nil, fmt.Errorf("redis ca_file %s holds no PEM certificate", f)
+		}
+	}
+	if added == 0 {
+		return nil, errors.New("redis ca_file/ca_path hold no PEM certificate")
+	}
+	cfg.RootCAs = pool
+	return cfg, nil
 }
 
 // Bus is a process's link to the Redis pub/sub channel of its server: one
@@ -50,13 +108,19 @@ type Bus struct {
 	counts     map[string]*atomic.Int64 // per command name, received
 }
 
-// NewBus prepares a bus on channel (the server name). Call Run to connect.
+// Channel is the pub/sub channel of a fleet: its server name, behind
+// redis.channel_prefix when two fleets share one Redis (the prefix keeps
+// them from hearing each other; pub/sub ignores the database number).
+func Channel(prefix, serverName string) string { return prefix + serverName }
+
+// NewBus prepares a bus on channel (see Channel). Call Run to connect.
 func NewBus(channel string, o RedisOptions, log *slog.Logger) *Bus {
 	opts := &redis.Options{
 		Network:      "tcp",
 		Addr:         net.JoinHostPort(o.Host, strconv.Itoa(o.Port)),
 		DB:           o.DB,
 		Password:     o.Password,
+		TLSConfig:    o.TLS,
 		DialTimeout:  2 * time.Second,
 		ReadTimeout:  5 * time.Second,
 		WriteTimeout: 5 * time.Second,
@@ -69,6 +133,12 @@ func NewBus(channel string, o RedisOptions, log *slog.Logger) *Bus {
 	}
 	return &Bus{channel: channel, log: log, opts: opts, pub: redis.NewClient(opts), counts: map[string]*atomic.Int64{}}
 }
+
+// ChannelName is the pub/sub channel the bus uses.
+func (b *Bus) ChannelName() string { return b.channel }
+
+// UsesTLS reports whether connections are wrapped in TLS (redis.use_tls).
+func (b *Bus) UsesTLS() bool { return b.opts.TLSConfig != nil }
 
 // OnCommand sets the handler of incoming commands.
 func (b *Bus) OnCommand(h func(ctx context.Context, c Command)) { b.handler = h }

@@ -1,7 +1,9 @@
 // Package replication carries stream updates between the processes of a
 // fleet: the Redis pub/sub doorbell (text commands, Synapse's wire format)
 // and the HTTP replication endpoints (internal RPC). The database stays the
-// truth; a lost Redis message is caught up from it.
+// truth; a lost Redis message is caught up from it, and a position heard on
+// Redis is checked against it (or the writer) before anyone believes it:
+// whoever can publish on Redis is not trusted (see Replicator.believe).
 package replication
 
 import (

@@ -42,6 +42,7 @@ func redisOptions(t *testing.T) replication.RedisOptions {
 type memSource struct {
 	mu   sync.Mutex
 	rows map[string][]streams.Row // writer → rows in token order
+	seq  int64                    // ids handed out without rows (bound)
 }
 
 func newMemSource() *memSource { return &memSource{rows: map[string][]streams.Row{}} }
@@ -63,6 +64,20 @@ func (m *memSource) Rows(ctx context.Context, writer string, from, to int64, lim
 		}
 	}
 	return out, nil
+}
+
+// bound is the test's stand-in for the stream's sequence: the highest
+// token any writer added.
+func (m *memSource) bound(ctx context.Context, name streams.Name, writer string) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var b int64
+	for _, rows := range m.rows {
+		for _, r := range rows {
+			b = max(b, r.Token)
+		}
+	}
+	return max(b, m.seq), nil
 }
 
 func (m *memSource) Apply(ctx context.Context, writer string, row streams.Row) []string {
@@ -89,7 +104,7 @@ func start(t *testing.T, channel, instance string, writers map[streams.Name][]st
 	reg.SetSource(streams.Typing, src)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	bus := replication.NewBus(channel, redisOptions(t), log)
-	rep := replication.NewReplicator(bus, reg, log)
+	rep := replication.NewReplicator(bus, reg, src.bound, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &process{reg: reg, rep: rep, cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -232,6 +247,11 @@ func TestStalePositionDoesNotRewind(t *testing.T) {
 	writers := map[streams.Name][]string{streams.Typing: {"w"}, streams.AccountData: {"x"}}
 	w := start(t, ch, "w", writers, src)
 	r := start(t, ch, "r", writers, src)
+	// The typing writer seeds its position from the clock; the bound
+	// (its own answer over HTTP in a fleet) knows that.
+	src.mu.Lock()
+	src.seq = 100
+	src.mu.Unlock()
 	tr := w.reg.LocalTracker(streams.Typing, 100)
 	eventually(t, "both connected", func() bool { return w.rep.Connected() && r.rep.Connected() })
 	eventually(t, "reader knows the typing writer", func() bool { return r.reg.WriterPosition(streams.Typing, "w") == 100 })

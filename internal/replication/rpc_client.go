@@ -469,6 +469,12 @@ func (c *Client) waitForRemote(ctx context.Context, e *Endpoint, target string, 
 			continue
 		}
 		wctx, cancel := context.WithTimeout(ctx, timeout)
+		// The writer told us itself: read its rows from the source now
+		// rather than wait for the Redis doorbell, which may be down.
+		if err := c.reg.CatchUp(wctx, name, writer, p); err != nil {
+			c.log.Warn("catch-up to a remote writer's reported position failed", "endpoint", e.Name,
+				"stream", name, "instance", writer, "position", p, "err", err)
+		}
 		err := c.reg.WaitForWriter(wctx, name, writer, p)
 		cancel()
 		if err == nil {

@@ -275,6 +275,12 @@ func (s *Server) waitForCaller(ctx context.Context, e *Endpoint, pos *wirePositi
 			continue
 		}
 		wctx, cancel := context.WithTimeout(ctx, s.waitTimeout)
+		// The caller is the writer and is authenticated: catch up from the
+		// source now instead of waiting for the Redis doorbell.
+		if err := s.reg.CatchUp(wctx, name, writer, p); err != nil && ctx.Err() == nil {
+			s.log.Warn("catch-up to the caller's position failed", "endpoint", e.Name,
+				"stream", name, "instance", writer, "position", p, "err", err)
+		}
 		err := s.reg.WaitForWriter(wctx, name, writer, p)
 		cancel()
 		if err == nil {

@@ -58,6 +58,7 @@ type Registry struct {
 	notifier *Notifier
 	ids      map[string]int // events writer → id in vector tokens
 	names    map[int]string
+	catchUp  CatchUpFunc
 }
 
 type stream struct {
@@ -383,4 +384,13 @@ func AllDefs() []Def {
 		{Name: DeviceLists, Storage: InTable, MultiWriter: true},
 		{Name: Caches, Storage: InTable, MultiWriter: true},
 	}
+}
+
+// AllDefsByName is AllDefs keyed by stream name.
+func AllDefsByName() map[Name]Def {
+	out := map[Name]Def{}
+	for _, d := range AllDefs() {
+		out[d.Name] = d
+	}
+	return out
 }

@@ -89,3 +89,30 @@ func (r *Registry) WrittenHere() []Name {
 	}
 	return out
 }
+
+// CatchUpFunc brings this process's view of a writer's position on a
+// stream up to pos, reading the rows in between from where they live. pos
+// must come from the writer itself over authenticated HTTP replication
+// (a response or a request carrying its positions), never from Redis.
+type CatchUpFunc func(ctx context.Context, name Name, writer string, pos int64) error
+
+// SetCatchUp installs the fleet's catch-up (the replicator's); without one
+// (a monolith) CatchUp does nothing and waits rely on local advances.
+func (r *Registry) SetCatchUp(f CatchUpFunc) {
+	r.mu.Lock()
+	r.catchUp = f
+	r.mu.Unlock()
+}
+
+// CatchUp brings writer's position here to pos without waiting for the
+// Redis doorbell: read-your-writes across processes must not depend on the
+// bus being up. See CatchUpFunc for where pos may come from.
+func (r *Registry) CatchUp(ctx context.Context, name Name, writer string, pos int64) error {
+	r.mu.Lock()
+	f := r.catchUp
+	r.mu.Unlock()
+	if f == nil || writer == r.instance || r.WriterPosition(name, writer) >= pos {
+		return nil
+	}
+	return f(ctx, name, writer, pos)
+}

@@ -3,6 +3,7 @@ package typing
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"strconv"
 	"time"
@@ -69,9 +70,31 @@ func ServeStreamUpdates(srv *replication.Server, reg *streams.Registry) {
 		if len(rows) == limit {
 			upto = rows[len(rows)-1].Token
 		}
-		return map[string]any{"updates": updates, "upto_token": upto, "limited": len(rows) == limit}, nil
+		// current_token lets readers check a position heard on Redis
+		// against the writer itself (FetchPosition).
+		return map[string]any{"updates": updates, "upto_token": upto, "limited": len(rows) == limit,
+			"current_token": reg.WriterPosition(name, reg.Instance())}, nil
 	}
 	srv.Register(e)
+}
+
+// FetchPosition asks a writer of an in-memory stream for its current
+// position: the replicator's bound for positions of that stream heard on
+// Redis, which only the writer can vouch for. The empty range (0, 0] keeps
+// the answer to the position alone.
+func FetchPosition(ctx context.Context, client *replication.Client, stream streams.Name, writer string) (int64, error) {
+	var out struct {
+		Current *int64 `json:"current_token"`
+	}
+	q := url.Values{"from_token": {"0"}, "upto_token": {"0"}}
+	if err := client.Call(ctx, writer, StreamUpdatesEndpoint, map[string]string{"stream": string(stream)}, nil, &out,
+		replication.WithQuery(q)); err != nil {
+		return 0, fmt.Errorf("ask %s for its %s position: %w", writer, stream, err)
+	}
+	if out.Current == nil {
+		return 0, fmt.Errorf("%s did not report its %s position", writer, stream)
+	}
+	return *out.Current, nil
 }
 
 // FetchUpdates asks a writer for rows of an in-memory stream: the Replica's
