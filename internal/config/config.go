@@ -61,6 +61,14 @@ type Config struct {
 	// default 12). Tests lower it to keep registration cheap.
 	BcryptRounds int `yaml:"bcrypt_rounds"`
 
+	// Session and access token lifetimes (Synapse's keys and defaults:
+	// refreshable access tokens last 5m, everything else is unlimited
+	// unless set). See accounts.Settings.
+	SessionLifetime                   Duration `yaml:"session_lifetime"`
+	RefreshableAccessTokenLifetime    Duration `yaml:"refreshable_access_token_lifetime"`
+	RefreshTokenLifetime              Duration `yaml:"refresh_token_lifetime"`
+	NonrefreshableAccessTokenLifetime Duration `yaml:"nonrefreshable_access_token_lifetime"`
+
 	MaxUploadSize  ByteSize `yaml:"max_upload_size"`
 	MediaStorePath string   `yaml:"media_store_path"`
 
@@ -362,10 +370,13 @@ func (s *StringList) UnmarshalYAML(n *yaml.Node) error {
 // explicit zero (per_second: 0) is respected.
 func Default() *Config {
 	return &Config{
-		MaxUploadSize:      "50M",
-		BcryptRounds:       12,
-		DefaultRoomVersion: "10",
-		Presence:           PresenceConfig{Enabled: true},
+		MaxUploadSize: "50M",
+		BcryptRounds:  12,
+		// Synapse's default; only clients that ask for a refresh token get
+		// expiring access tokens.
+		RefreshableAccessTokenLifetime: "5m",
+		DefaultRoomVersion:             "10",
+		Presence:                       PresenceConfig{Enabled: true},
 		// Synapse's defaults (synapse/config/ratelimiting.py at v1.83).
 		RCMessage:      RateLimit{PerSecond: 0.2, BurstCount: 10},
 		RCRegistration: RateLimit{PerSecond: 0.17, BurstCount: 3},

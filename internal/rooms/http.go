@@ -289,13 +289,6 @@ func (h *roomHandlers) event(w http.ResponseWriter, r *http.Request, req *accoun
 
 func (h *roomHandlers) members(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
 	q := r.URL.Query()
-	var at int64
-	if t := q.Get("at"); t != "" {
-		var err error
-		if at, err = ParseRoomToken(t); err != nil {
-			return err
-		}
-	}
 	for _, k := range []string{"membership", "not_membership"} {
 		switch q.Get(k) {
 		case "", "join", "invite", "leave", "ban", "knock":
@@ -303,7 +296,7 @@ func (h *roomHandlers) members(w http.ResponseWriter, r *http.Request, req *acco
 			return mxhttp.InvalidParam("Invalid %s", k)
 		}
 	}
-	evs, err := h.s.Members(r.Context(), req, r.PathValue("roomId"), at, q.Get("membership"), q.Get("not_membership"))
+	evs, err := h.s.Members(r.Context(), req, r.PathValue("roomId"), q.Get("at"), q.Get("membership"), q.Get("not_membership"))
 	if err != nil {
 		return err
 	}

@@ -587,9 +587,16 @@ func (s *Service) JoinedMembers(ctx context.Context, req *accounts.Requester, ro
 }
 
 // Members is /members with at, membership and not_membership.
-func (s *Service) Members(ctx context.Context, req *accounts.Requester, roomID string, at int64, membership, notMembership string) ([]ClientEvent, error) {
+func (s *Service) Members(ctx context.Context, req *accounts.Requester, roomID, atToken, membership, notMembership string) ([]ClientEvent, error) {
 	if err := s.requireRoom(ctx, roomID); err != nil {
 		return nil, err
+	}
+	var at int64
+	if atToken != "" {
+		var err error
+		if at, err = s.roomPosition(roomID, atToken); err != nil {
+			return nil, err
+		}
 	}
 	pos, current, err := s.readPosition(ctx, req, roomID)
 	if err != nil {
