@@ -54,19 +54,54 @@ func TestMembersAtSyncToken(t *testing.T) {
 		wantMembers(t, ctx, alice, room, mautrix.ReqMembers{Membership: event.MembershipLeave},
 			map[id.UserID]event.Membership{bob.UserID: event.MembershipLeave})
 
+		// The same position as a vector token whose minimum is 0, as when
+		// another persister lags far behind: the room is read at its own
+		// persister's part, not at the minimum (an empty member list).
+		vec := vectorToken(t, srv, at)
+		wantMembers(t, ctx, alice, room, mautrix.ReqMembers{At: vec}, then)
+		wantMembers(t, ctx, alice, room, mautrix.ReqMembers{At: vec, Membership: event.MembershipInvite},
+			map[id.UserID]event.Membership{bob.UserID: event.MembershipInvite})
+
 		// /messages from the same token starts at bob's invite.
-		page, err := alice.Messages(ctx, room, at, "", mautrix.DirectionBackward, nil, 1)
-		if err != nil {
-			t.Fatalf("/messages from a sync token: %v", err)
-		}
-		if len(page.Chunk) != 1 || page.Chunk[0].Type != event.StateMember || page.Chunk[0].StateKey == nil ||
-			*page.Chunk[0].StateKey != bob.UserID.String() || page.Chunk[0].Content.Raw["membership"] != "invite" {
-			t.Fatalf("/messages backwards from %s = %v, want bob's invite first", at, ids(page.Chunk, ""))
+		for _, from := range []string{at, vec} {
+			page, err := alice.Messages(ctx, room, from, "", mautrix.DirectionBackward, nil, 1)
+			if err != nil {
+				t.Fatalf("/messages from sync token %s: %v", from, err)
+			}
+			if len(page.Chunk) != 1 || page.Chunk[0].Type != event.StateMember || page.Chunk[0].StateKey == nil ||
+				*page.Chunk[0].StateKey != bob.UserID.String() || page.Chunk[0].Content.Raw["membership"] != "invite" {
+				t.Fatalf("/messages backwards from %s = %v, want bob's invite first", from, ids(page.Chunk, ""))
+			}
 		}
 		// A garbled token is refused, not read as the beginning of time.
-		_, err = alice.Members(ctx, room, mautrix.ReqMembers{At: "m1~zz_0"})
+		_, err := alice.Members(ctx, room, mautrix.ReqMembers{At: "m1~zz_0"})
 		wantMatrixError(t, err, 400, "M_INVALID_PARAM")
 	})
+}
+
+// vectorToken rewrites a plain sync token "s<E>_<rest>" into the vector
+// form "m0~1.<E>~…_<rest>": minimum 0, every events writer at E. The
+// writers' ids are 1..n (each process assigns them in order at start-up):
+// n is 1 on a monolith, 2 on the harness's fleet.
+func vectorToken(t testing.TB, srv *server, tok string) string {
+	t.Helper()
+	if strings.HasPrefix(tok, "m") {
+		return tok // already a vector
+	}
+	head, rest, ok := strings.Cut(strings.TrimPrefix(tok, "s"), "_")
+	if !ok {
+		t.Fatalf("sync token %q has no stream parts", tok)
+	}
+	writers := 1
+	if srv.fleet != nil {
+		writers = 2
+	}
+	var b strings.Builder
+	b.WriteString("m0")
+	for i := 1; i <= writers; i++ {
+		b.WriteString("~" + itoa(i) + "." + head)
+	}
+	return b.String() + "_" + rest
 }
 
 // TestMessagesLazyMembersIncludesRequester: /messages with lazy_load_members
