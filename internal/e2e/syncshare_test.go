@@ -1,12 +1,15 @@
 package e2e_test
 
 import (
+	"context"
 	"slices"
 	"testing"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"ganglion/internal/testutil"
 )
 
 // presenceOf returns user's presence event in resp, or nil.
@@ -20,6 +23,19 @@ func presenceOf(resp *mautrix.RespSync, user id.UserID) *event.Event {
 	return found
 }
 
+// syncFromUntil syncs from since, without advancing, until cond accepts
+// the response: one response covering everything since since, however far
+// behind the answering process was at first.
+func syncFromUntil(t testing.TB, ctx context.Context, c *mautrix.Client, since, what string, cond func(*mautrix.RespSync) bool) *mautrix.RespSync {
+	t.Helper()
+	var resp *mautrix.RespSync
+	testutil.Eventually(t, waitLimit, what, func() bool {
+		resp = doSync(t, ctx, c, syncParams{since: since, timeout: pollTimeout})
+		return cond(resp)
+	})
+	return resp
+}
+
 // TestSyncPresenceOfNewlySharedUsers: an incremental sync sends the
 // presence of users who newly share a room with the syncing user, though
 // it did not change since the token: the members of a room the user joins,
@@ -31,10 +47,11 @@ func TestSyncPresenceOfNewlySharedUsers(t *testing.T) {
 		alice := srv.register(t, ctx, "alice")
 		bob := srv.register(t, ctx, "bob")
 		carol := srv.register(t, ctx, "carol")
+		dave := srv.register(t, ctx, "dave")
 		for _, c := range []struct {
 			cl  *mautrix.Client
 			msg string
-		}{{alice, "alice here"}, {carol, "carol here"}} {
+		}{{alice, "alice here"}, {carol, "carol here"}, {dave, "dave here"}} {
 			if err := c.cl.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceOnline, StatusMsg: c.msg}); err != nil {
 				t.Fatalf("set presence: %v", err)
 			}
@@ -66,6 +83,25 @@ func TestSyncPresenceOfNewlySharedUsers(t *testing.T) {
 		if p := presenceOf(resp, carol.UserID); p == nil || p.Content.Raw["status_msg"] != "carol here" {
 			t.Fatalf("sync with carol's join: her presence %v, want her unchanged status", p)
 		}
+		// Dave joins, then more messages than the timeline holds: his
+		// join is in the gap before a limited timeline, his presence is
+		// still sent.
+		join(t, ctx, dave, bobRoom.String())
+		var last id.EventID
+		for i := range 12 {
+			last = send(t, ctx, carol, bobRoom, "filler "+itoa(i), "filler-"+itoa(i))
+		}
+		resp = syncFromUntil(t, ctx, bob, bs.since, "carol's last message", func(r *mautrix.RespSync) bool {
+			return findEvent(timelineOf(r, bobRoom), last) != nil
+		})
+		if jr := joinedRoom(t, resp, bobRoom); !jr.Timeline.Limited || memberEventIn(jr.Timeline.Events, dave.UserID) != nil {
+			t.Fatalf("want dave's join before a limited timeline (limited %v)", jr.Timeline.Limited)
+		}
+		if p := presenceOf(resp, dave.UserID); p == nil || p.Content.Raw["status_msg"] != "dave here" {
+			t.Fatalf("sync with dave's join in the gap: his presence %v, want his unchanged status", p)
+		}
+		bs.since = resp.NextBatch
+
 		// A profile change of an existing member is no new sharing.
 		if err := carol.SetDisplayName(ctx, "Carol"); err != nil {
 			t.Fatalf("displayname: %v", err)
@@ -117,13 +153,10 @@ func TestSyncLimitedUnlessEveryEventSinceSince(t *testing.T) {
 		bs.until(t, ctx, "the message", func(r *mautrix.RespSync) bool { return findEvent(timelineOf(r, room), msg) != nil })
 		last := send(t, ctx, alice, room, "one more", "m4")
 		var full *mautrix.RespSync
-		deadline := testContext(t)
-		for full == nil || findEvent(timelineOf(full, room), last) == nil {
-			if deadline.Err() != nil {
-				t.Fatalf("no full_state sync showed the last message")
-			}
+		testutil.Eventually(t, waitLimit, "a full_state sync with the last message", func() bool {
 			full = doSync(t, ctx, bob, syncParams{since: bs.since, fullState: true, timeout: pollTimeout})
-		}
+			return findEvent(timelineOf(full, room), last) != nil
+		})
 		fj := joinedRoom(t, full, room)
 		if got := ids(fj.Timeline.Events, ""); !slices.Equal(got, []id.EventID{last}) || fj.Timeline.Limited {
 			t.Fatalf("full_state incremental timeline = %v (limited %v), want only the event since since, %s", got, fj.Timeline.Limited, last)
