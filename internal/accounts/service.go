@@ -388,12 +388,15 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Requester, e
 		// keeping its device and keys (soft logout).
 		return nil, mxhttp.UnknownToken(true)
 	}
+	r.TokenHash = h
 	if superseding && refreshHash.Valid {
 		if err := s.firstUse(ctx, r.UserID, refreshHash.String); err != nil {
-			return nil, err
+			// The token itself is good; answer the request, and leave it
+			// out of the cache so the next request revokes again.
+			s.log.Warn("could not revoke a superseded refresh token", "user_id", r.UserID, "err", err)
+			return &r, nil
 		}
 	}
-	r.TokenHash = h
 	s.tokens.put(h, r, s.now(), validUntil.Int64)
 	return &r, nil
 }
