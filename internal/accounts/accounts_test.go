@@ -87,7 +87,7 @@ func TestRegisterLoginAndTokens(t *testing.T) {
 			t.Fatalf("empty token: %v", err)
 		}
 
-		second, err := s.CreateSession(ctx, sess.UserID, "", "laptop")
+		second, err := s.CreateSession(ctx, sess.UserID, "", "laptop", false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,7 +96,7 @@ func TestRegisterLoginAndTokens(t *testing.T) {
 			t.Fatalf("devices = %v, %v", devs, err)
 		}
 		// Logging in again with an existing device id replaces its token.
-		again, err := s.CreateSession(ctx, sess.UserID, second.DeviceID, "")
+		again, err := s.CreateSession(ctx, sess.UserID, second.DeviceID, "", false)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -93,7 +93,7 @@ func (s *Service) SetDeviceName(ctx context.Context, userID, deviceID, name stri
 func (s *Service) DeleteDevices(ctx context.Context, userID string, deviceIDs []string) error {
 	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
 		for _, d := range deviceIDs {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2`, userID, d); err != nil {
+			if err := deleteDeviceTokensTx(ctx, tx, userID, d); err != nil {
 				return err
 			}
 			if _, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE user_id = $1 AND device_id = $2`, userID, d); err != nil {

@@ -40,6 +40,11 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, lim Limits) {
 	mux.HandleClient("POST", "/register", srv.Handle(h.register))
 	mux.HandleClient("GET", "/login", srv.Handle(h.loginFlows))
 	mux.HandleClient("POST", "/login", srv.Handle(h.login))
+	if s.RefreshEnabled() {
+		// v3 (spec v1.3) and v1, Synapse's first path for it.
+		mux.HandleClientV3Only("POST", "/refresh", srv.Handle(h.refresh))
+		mux.Handle("POST /_matrix/client/v1/refresh", srv.Handle(h.refresh))
+	}
 	mux.HandleClient("POST", "/logout", srv.Handle(s.Auth(h.logout)))
 	mux.HandleClient("POST", "/logout/all", srv.Handle(s.Auth(h.logoutAll)))
 	mux.HandleClient("GET", "/account/whoami", srv.Handle(s.Auth(h.whoami)))
@@ -116,6 +121,7 @@ type registerBody struct {
 	DeviceID                 string    `json:"device_id"`
 	InitialDeviceDisplayName string    `json:"initial_device_display_name"`
 	InhibitLogin             bool      `json:"inhibit_login"`
+	RefreshToken             bool      `json:"refresh_token"`
 	Auth                     *AuthDict `json:"auth"`
 	Type                     string    `json:"type"` // legacy: some clients send auth type at top level
 }
@@ -159,7 +165,7 @@ func (h *handlers) register(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	sess, err := h.s.Register(r.Context(), NewUser{Localpart: local, Password: body.Password, DeviceID: body.DeviceID,
-		DeviceName: body.InitialDeviceDisplayName, InhibitLogin: body.InhibitLogin})
+		DeviceName: body.InitialDeviceDisplayName, InhibitLogin: body.InhibitLogin, RefreshToken: body.RefreshToken})
 	if err != nil {
 		return err
 	}
@@ -193,6 +199,7 @@ type loginBody struct {
 	Password                 string      `json:"password"`
 	DeviceID                 string      `json:"device_id"`
 	InitialDeviceDisplayName string      `json:"initial_device_display_name"`
+	RefreshToken             bool        `json:"refresh_token"`
 }
 
 func (h *handlers) login(w http.ResponseWriter, r *http.Request) error {
@@ -230,7 +237,7 @@ func (h *handlers) login(w http.ResponseWriter, r *http.Request) error {
 		_, _ = h.lim.LoginFailedAttempt.Allow(userID)
 		return err
 	}
-	sess, err := h.s.CreateSession(r.Context(), userID, body.DeviceID, body.InitialDeviceDisplayName)
+	sess, err := h.s.CreateSession(r.Context(), userID, body.DeviceID, body.InitialDeviceDisplayName, body.RefreshToken)
 	if err != nil {
 		return err
 	}

@@ -37,6 +37,7 @@ type Settings struct {
 	// MaxOutstandingNonces caps unexpired shared-secret registration
 	// nonces; 0 means DefaultMaxOutstandingNonces.
 	MaxOutstandingNonces int
+	Lifetimes            Lifetimes
 }
 
 // RoomHooks is what accounts needs from rooms: profile changes are
@@ -121,6 +122,10 @@ type Session struct {
 	AccessToken string `json:"access_token,omitempty"`
 	DeviceID    string `json:"device_id,omitempty"`
 	HomeServer  string `json:"home_server,omitempty"`
+	// RefreshToken and ExpiresInMS are set when the client asked for a
+	// refresh token, ExpiresInMS also for expiring non-refreshable tokens.
+	RefreshToken string `json:"refresh_token,omitempty"`
+	ExpiresInMS  int64  `json:"expires_in_ms,omitempty"`
 }
 
 var errUserInUse = mxhttp.WithCode(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken.")
@@ -169,6 +174,8 @@ type NewUser struct {
 	DeviceID     string
 	DeviceName   string
 	InhibitLogin bool
+	// RefreshToken asks for a refresh token with the access token.
+	RefreshToken bool
 }
 
 // Register creates the user and, unless InhibitLogin, a device and token.
@@ -205,7 +212,9 @@ func (s *Service) Register(ctx context.Context, u NewUser) (Session, error) {
 		if u.InhibitLogin {
 			return nil
 		}
-		sess.DeviceID, sess.AccessToken, err = s.createDeviceTx(ctx, tx, userID, u.Localpart, u.DeviceID, u.DeviceName)
+		var tokens issued
+		sess.DeviceID, tokens, err = s.createDeviceTx(ctx, tx, userID, u.DeviceID, u.DeviceName, u.RefreshToken)
+		sess.setTokens(tokens)
 		return err
 	})
 	if err != nil {
@@ -219,10 +228,11 @@ func (s *Service) Register(ctx context.Context, u NewUser) (Session, error) {
 	return sess, nil
 }
 
-// createDeviceTx makes (or reuses) a device and issues a new token for it.
-// Logging in again with an existing device id replaces that device's tokens,
-// as the spec says re-using a device id invalidates its old token.
-func (s *Service) createDeviceTx(ctx context.Context, tx *sql.Tx, userID, localpart, deviceID, name string) (string, string, error) {
+// createDeviceTx makes (or reuses) a device and issues new tokens for it.
+// Logging in again with an existing device id replaces that device's
+// tokens (refresh tokens included), as the spec says re-using a device id
+// invalidates its old token.
+func (s *Service) createDeviceTx(ctx context.Context, tx *sql.Tx, userID, deviceID, name string, refreshable bool) (string, issued, error) {
 	if deviceID == "" {
 		deviceID = NewDeviceID()
 	}
@@ -233,27 +243,44 @@ func (s *Service) createDeviceTx(ctx context.Context, tx *sql.Tx, userID, localp
 		display_name = COALESCE(excluded.display_name, devices.display_name)`,
 		userID, deviceID, nullString(name), now)
 	if err != nil {
-		return "", "", fmt.Errorf("create device: %w", err)
+		return "", issued{}, fmt.Errorf("create device: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2`, userID, deviceID); err != nil {
-		return "", "", fmt.Errorf("replace device tokens: %w", err)
+	if err := deleteDeviceTokensTx(ctx, tx, userID, deviceID); err != nil {
+		return "", issued{}, fmt.Errorf("replace device tokens: %w", err)
 	}
-	token := NewAccessToken(localpart)
-	_, err = tx.ExecContext(ctx, `INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)`,
-		HashToken(token), userID, deviceID, now)
+	tokens, err := s.issueTokensTx(ctx, tx, userID, deviceID, refreshable, s.sessionEnd())
 	if err != nil {
-		return "", "", fmt.Errorf("store access token: %w", err)
+		return "", issued{}, err
 	}
-	return deviceID, token, nil
+	return deviceID, tokens, nil
 }
 
-// CreateSession logs an existing user in on a (new or given) device.
-func (s *Service) CreateSession(ctx context.Context, userID, deviceID, deviceName string) (Session, error) {
-	local, _, _ := SplitUserID(userID)
+// deleteDeviceTokensTx deletes a device's access and refresh tokens.
+func deleteDeviceTokensTx(ctx context.Context, tx *sql.Tx, userID, deviceID string) error {
+	for _, q := range []string{
+		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2`,
+		`DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2`,
+	} {
+		if _, err := tx.ExecContext(ctx, q, userID, deviceID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (sess *Session) setTokens(t issued) {
+	sess.AccessToken, sess.RefreshToken, sess.ExpiresInMS = t.access, t.refresh, t.expiresInMS
+}
+
+// CreateSession logs an existing user in on a (new or given) device, with
+// a refresh token if asked for.
+func (s *Service) CreateSession(ctx context.Context, userID, deviceID, deviceName string, refreshable bool) (Session, error) {
 	sess := Session{UserID: userID, HomeServer: s.cfg.ServerName}
 	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
 		var err error
-		sess.DeviceID, sess.AccessToken, err = s.createDeviceTx(ctx, tx, userID, local, deviceID, deviceName)
+		var tokens issued
+		sess.DeviceID, tokens, err = s.createDeviceTx(ctx, tx, userID, deviceID, deviceName, refreshable)
+		sess.setTokens(tokens)
 		return err
 	})
 	if err != nil {
@@ -344,18 +371,36 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Requester, e
 		return cached, nil
 	}
 	var r Requester
-	var deactivated bool
-	err := s.db.Reader().QueryRowContext(ctx, `SELECT t.user_id, t.device_id, u.admin, u.deactivated
+	var deactivated, superseding bool
+	var validUntil sql.NullInt64
+	var refreshHash sql.NullString
+	// superseding: the token came from a refresh whose predecessor refresh
+	// token still exists, i.e. this is the new pair's first use.
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT t.user_id, t.device_id, u.admin, u.deactivated, t.valid_until_ms,
+		t.refresh_token_hash, EXISTS (SELECT 1 FROM refresh_tokens p WHERE p.next_token_hash = t.refresh_token_hash)
 		FROM access_tokens t JOIN users u ON u.user_id = t.user_id WHERE t.token_hash = $1`, h).
-		Scan(&r.UserID, &r.DeviceID, &r.Admin, &deactivated)
+		Scan(&r.UserID, &r.DeviceID, &r.Admin, &deactivated, &validUntil, &refreshHash, &superseding)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && deactivated) {
 		return nil, mxhttp.UnknownToken(false)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up access token: %w", err)
 	}
+	if validUntil.Valid && s.nowMS() >= validUntil.Int64 {
+		// Expired, not revoked: the client may refresh or log in again
+		// keeping its device and keys (soft logout).
+		return nil, mxhttp.UnknownToken(true)
+	}
 	r.TokenHash = h
-	s.tokens.put(h, r, s.now())
+	if superseding && refreshHash.Valid {
+		if err := s.firstUse(ctx, r.UserID, refreshHash.String); err != nil {
+			// The token itself is good; answer the request, and leave it
+			// out of the cache so the next request revokes again.
+			s.log.Warn("could not revoke a superseded refresh token", "user_id", r.UserID, "err", err)
+			return &r, nil
+		}
+	}
+	s.tokens.put(h, r, s.now(), validUntil.Int64)
 	return &r, nil
 }
 
@@ -400,6 +445,9 @@ func (s *Service) LogoutAll(ctx context.Context, userID string) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE user_id = $1`, userID); err != nil {
 			return err
 		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1`, userID); err != nil {
+			return err
+		}
 		_, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE user_id = $1`, userID)
 		return err
 	})
@@ -433,6 +481,9 @@ func (s *Service) ChangePassword(ctx context.Context, userID, newPassword string
 		if _, err := tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2`, userID, keepDevice); err != nil {
 			return err
 		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id <> $2`, userID, keepDevice); err != nil {
+			return err
+		}
 		_, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE user_id = $1 AND device_id <> $2`, userID, keepDevice)
 		return err
 	})
@@ -459,6 +510,7 @@ func (s *Service) Deactivate(ctx context.Context, userID string) error {
 		for _, q := range []string{
 			`UPDATE users SET deactivated = TRUE, password_hash = NULL WHERE user_id = $1`,
 			`DELETE FROM access_tokens WHERE user_id = $1`,
+			`DELETE FROM refresh_tokens WHERE user_id = $1`,
 			`DELETE FROM devices WHERE user_id = $1`,
 			`UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = $1`,
 		} {

@@ -41,14 +41,17 @@ func (c *tokenCache) get(hash string, now time.Time) (*Requester, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.entries[hash]
-	if !ok || now.After(e.expires) {
+	if !ok || !now.Before(e.expires) {
 		return nil, false
 	}
 	r := e.req
 	return &r, true
 }
 
-func (c *tokenCache) put(hash string, r Requester, now time.Time) {
+// put caches r until the cache's ttl or, if sooner, validUntilMS (the
+// token's own expiry; 0 = none): an expired token must miss the cache so
+// the lookup answers soft logout, on every process without any message.
+func (c *tokenCache) put(hash string, r Requester, now time.Time, validUntilMS int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.entries) >= c.max {
@@ -61,7 +64,11 @@ func (c *tokenCache) put(hash string, r Requester, now time.Time) {
 			}
 		}
 	}
-	c.entries[hash] = tokenEntry{req: r, expires: now.Add(c.ttl)}
+	expires := now.Add(c.ttl)
+	if until := time.UnixMilli(validUntilMS); validUntilMS > 0 && until.Before(expires) {
+		expires = until
+	}
+	c.entries[hash] = tokenEntry{req: r, expires: expires}
 }
 
 // dropUsers removes every entry of the users (nil: everything).

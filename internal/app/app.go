@@ -177,6 +177,12 @@ func (p *Process) wire(ctx context.Context) error {
 		RegistrationWithoutVerify: cfg.EnableRegistrationWithoutVerification,
 		RegistrationSharedSecret:  cfg.RegistrationSecret(),
 		BcryptRounds:              cfg.BcryptRounds,
+		Lifetimes: accounts.Lifetimes{
+			Session:        cfg.SessionLifetime.Must(),
+			Refreshable:    cfg.RefreshableAccessTokenLifetime.Must(),
+			RefreshToken:   cfg.RefreshTokenLifetime.Must(),
+			NonRefreshable: cfg.NonrefreshableAccessTokenLifetime.Must(),
+		},
 	}, log)
 
 	inv, err := caches.New(ctx, db, reg, log)

@@ -66,6 +66,13 @@ type Config struct {
 	// in Synapse.
 	TLSCertificatePath string `yaml:"tls_certificate_path"`
 	TLSPrivateKeyPath  string `yaml:"tls_private_key_path"`
+	// Session and access token lifetimes (Synapse's keys and defaults:
+	// refreshable access tokens last 5m, everything else is unlimited
+	// unless set). See accounts.Settings.
+	SessionLifetime                   Duration `yaml:"session_lifetime"`
+	RefreshableAccessTokenLifetime    Duration `yaml:"refreshable_access_token_lifetime"`
+	RefreshTokenLifetime              Duration `yaml:"refresh_token_lifetime"`
+	NonrefreshableAccessTokenLifetime Duration `yaml:"nonrefreshable_access_token_lifetime"`
 
 	MaxUploadSize  ByteSize `yaml:"max_upload_size"`
 	MediaStorePath string   `yaml:"media_store_path"`
@@ -396,12 +403,15 @@ func (s *StringList) UnmarshalYAML(n *yaml.Node) error {
 // explicit zero (per_second: 0) is respected.
 func Default() *Config {
 	c := &Config{
-		MaxUploadSize:      "50M",
-		BcryptRounds:       12,
-		DefaultRoomVersion: "10",
-		Presence:           PresenceConfig{Enabled: true},
-		HTTPLimits:         defaultHTTPLimits(),
-		Redis:              RedisConfig{Host: "localhost", Port: 6379},
+		MaxUploadSize: "50M",
+		BcryptRounds:  12,
+		// Synapse's default; only clients that ask for a refresh token get
+		// expiring access tokens.
+		RefreshableAccessTokenLifetime: "5m",
+		DefaultRoomVersion:             "10",
+		Presence:                       PresenceConfig{Enabled: true},
+		HTTPLimits:                     defaultHTTPLimits(),
+		Redis:                          RedisConfig{Host: "localhost", Port: 6379},
 	}
 	defaultRateLimits(c)
 	return c

@@ -1,9 +1,6 @@
 package config
 
 import (
-	"fmt"
-	"strconv"
-	"strings"
 	"time"
 )
 
@@ -117,35 +114,3 @@ func (c *Config) validateHTTPLimits(ps *problems) {
 	}
 }
 
-// Duration is a time period as Synapse writes them: a number of
-// milliseconds, or a number with a suffix: ms, s, m, h, d, w or y. It is
-// kept as written so a bad value becomes a Validate problem with its key
-// path rather than a decode error.
-type Duration string
-
-// Value parses the duration.
-func (d Duration) Value() (time.Duration, error) {
-	s := strings.TrimSpace(string(d))
-	if s == "" {
-		return 0, fmt.Errorf("empty duration")
-	}
-	units := []struct {
-		suffix string
-		unit   time.Duration
-	}{
-		{"ms", time.Millisecond}, {"s", time.Second}, {"m", time.Minute}, {"h", time.Hour},
-		{"d", 24 * time.Hour}, {"w", 7 * 24 * time.Hour}, {"y", 365 * 24 * time.Hour},
-	}
-	unit := time.Millisecond
-	for _, u := range units {
-		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, unit = rest, u.unit
-			break
-		}
-	}
-	n, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-	if err != nil || n < 0 || n*float64(unit) > float64(1<<62) {
-		return 0, fmt.Errorf("invalid duration %q: want milliseconds or a number with ms, s, m, h, d, w or y", string(d))
-	}
-	return time.Duration(n * float64(unit)), nil
-}

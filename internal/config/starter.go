@@ -144,6 +144,16 @@ registration_shared_secret: {{q .RegSecret}}
 macaroon_secret_key: {{q .MacaroonSecret}}
 form_secret: {{q .FormSecret}}
 
+# Access token lifetimes, as durations (90s, 5m, 12h, 30d). A client that
+# asks for a refresh token gets access tokens lasting
+# refreshable_access_token_lifetime (default 5m) and renews them with
+# POST /refresh; other tokens last until logout unless limited here. No
+# token outlives session_lifetime, counted from the login.
+#refreshable_access_token_lifetime: 5m
+#refresh_token_lifetime: 7d
+#nonrefreshable_access_token_lifetime: 1d
+#session_lifetime: 30d
+
 # Largest upload accepted, with a K, M or G suffix.
 max_upload_size: {{q (print .D.MaxUploadSize)}}
 

@@ -68,6 +68,7 @@ func (c *Config) Validate() error {
 	c.validateListeners(&ps, "worker_listeners", c.WorkerListeners)
 	c.validateDatabase(&ps)
 	c.validateLimits(&ps)
+	c.validateLifetimes(&ps)
 	c.validateWorker(&ps)
 	c.validateInstanceMap(&ps)
 	c.validateWriters(&ps)

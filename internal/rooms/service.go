@@ -696,7 +696,7 @@ func (s *Service) Members(ctx context.Context, req *accounts.Requester, roomID s
 	}
 	var at int64
 	if q.At != "" {
-		if at, err = ParseRoomToken(q.At); err != nil {
+		if at, err = s.roomPosition(roomID, q.At); err != nil {
 			return nil, err
 		}
 	}

@@ -44,6 +44,29 @@ func ParseRoomToken(tok string) (int64, error) {
 	return n, nil
 }
 
+// roomPosition reads a token given for one room: a pagination token
+// ("s<pos>", "t<topo>-<pos>") or a sync token (next_batch, which clients
+// pass as /members' at and /messages' from), whose events part is a vector
+// on a fleet ("m<min>~<writer>.<pos>_…"). A room's events all come from its
+// persister, so that writer's part of the vector is the room's position;
+// the minimum would put the room in the past (an empty member list for a
+// room created after it).
+func (s *Service) roomPosition(roomID, tok string) (int64, error) {
+	if strings.HasPrefix(tok, "m") || (strings.HasPrefix(tok, "s") && strings.Contains(tok, "_")) {
+		t, err := s.reg.ParseToken(tok)
+		if err != nil {
+			return 0, mxhttp.InvalidParam("Invalid pagination token")
+		}
+		return t.EventsFor(s.persisterOf(roomID)), nil
+	}
+	return ParseRoomToken(tok)
+}
+
+// persisterOf names the events writer that owns a room.
+func (s *Service) persisterOf(roomID string) string {
+	return config.ShardFor(s.reg.Writers(streams.Events), roomID)
+}
+
 // FormatRoomToken writes a pagination token.
 func FormatRoomToken(pos int64) string { return "s" + strconv.FormatInt(max(pos, 0), 10) }
 
@@ -100,20 +123,20 @@ func (t *Timeline) Messages(ctx context.Context, mr MessagesRequest) (*MessagesR
 	var err error
 	var from int64
 	if mr.From != "" {
-		if from, err = ParseRoomToken(mr.From); err != nil {
+		if from, err = s.roomPosition(roomID, mr.From); err != nil {
 			return nil, err
 		}
 	} else if mr.Backwards {
 		// The room's own persister's position: its events are readable up
 		// to there whatever other persisters do.
-		from = s.reg.WriterPosition(streams.Events, config.ShardFor(s.reg.Writers(streams.Events), roomID))
+		from = s.reg.WriterPosition(streams.Events, s.persisterOf(roomID))
 		if m, err := s.store.MaxStreamOrdering(ctx, roomID); err == nil {
 			from = max(from, m)
 		}
 	}
 	to := int64(-1)
 	if mr.To != "" {
-		if to, err = ParseRoomToken(mr.To); err != nil {
+		if to, err = s.roomPosition(roomID, mr.To); err != nil {
 			return nil, err
 		}
 	}
@@ -161,7 +184,7 @@ func (t *Timeline) Messages(ctx context.Context, mr MessagesRequest) (*MessagesR
 		return nil, err
 	}
 	if mr.Filter != nil && mr.Filter.LazyLoadMembers && len(kept) > 0 {
-		if resp.State, err = s.membersFor(ctx, f, roomID, kept, req.UserID); err != nil {
+		if resp.State, err = s.membersFor(ctx, f, roomID, kept); err != nil {
 			return nil, err
 		}
 	}
@@ -169,14 +192,17 @@ func (t *Timeline) Messages(ctx context.Context, mr MessagesRequest) (*MessagesR
 }
 
 // membersFor returns the member events of the senders of evs (lazy-loaded
-// members), as of the newest of them.
-func (s *Service) membersFor(ctx context.Context, f *Formatter, roomID string, evs []*StoredEvent, self string) ([]ClientEvent, error) {
+// members), as of the newest of them. The requester is no exception: a
+// client paginating back over its own messages needs its member event as
+// of then (its displayname and avatar may have changed since), as Synapse
+// sends it.
+func (s *Service) membersFor(ctx context.Context, f *Formatter, roomID string, evs []*StoredEvent) ([]ClientEvent, error) {
 	var newest int64
 	seen := map[string]bool{}
 	var keys []eventauth.StateKey
 	for _, se := range evs {
 		newest = max(newest, se.StreamOrdering)
-		if u := se.Event.Sender(); !seen[u] && u != self {
+		if u := se.Event.Sender(); !seen[u] {
 			seen[u] = true
 			keys = append(keys, eventauth.StateKey{Type: "m.room.member", StateKey: u})
 		}
@@ -275,7 +301,7 @@ func (t *Timeline) Context(ctx context.Context, eventID string, limit int, filte
 	}
 	if filter != nil && filter.LazyLoadMembers {
 		all := append(append([]*StoredEvent{se}, before...), after...)
-		resp.State, err = s.membersFor(ctx, f, roomID, all, req.UserID)
+		resp.State, err = s.membersFor(ctx, f, roomID, all)
 	} else {
 		var st []*StoredEvent
 		if st, err = s.store.StateAt(ctx, roomID, se.StreamOrdering, nil); err == nil {

@@ -310,6 +310,10 @@ func spec() []Class {
 				cR0 + "/register/available$",
 				"^/_matrix/client/v1/register/m.login.registration_token/validity$",
 				cR0 + "/password_policy$",
+				// Not in the v1.83 lists, but Synapse's workers serve it
+				// with the other login servlets; it only touches the
+				// shared database, so any generic worker can.
+				"^/_matrix/client/(v1|v3)/refresh$",
 			},
 			Duty: DutyGeneric, Policy: RoundRobin, Pools: []string{PoolRegistration, PoolClient}, Resource: "client",
 		},

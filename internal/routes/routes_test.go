@@ -104,6 +104,8 @@ var classCases = []struct {
 	{"GET", "/_matrix/client/r0/register/available", "registration"},
 	{"GET", "/_matrix/client/v1/register/m.login.registration_token/validity", "registration"},
 	{"GET", "/_matrix/client/v3/password_policy", "registration"},
+	{"POST", "/_matrix/client/v3/refresh", "registration"},
+	{"POST", "/_matrix/client/v1/refresh", "registration"},
 	{"POST", "/_matrix/client/v3/logout", "main_only"},
 
 	// Event sending.

@@ -32,6 +32,21 @@ type request struct {
 	lazySent []lazyEntry
 	// persisterOf names the events writer of a room.
 	persisterOf func(roomID string) string
+	// joinsSeen collects, per room, the users whose join events the
+	// timeline scan passed over (before any filter): candidates for
+	// "newly shares a room" presence.
+	joinsSeen map[string]map[string]bool
+}
+
+// noteJoin records a join event met while reading a timeline.
+func (r *request) noteJoin(roomID, userID string) {
+	if r.joinsSeen == nil {
+		r.joinsSeen = map[string]map[string]bool{}
+	}
+	if r.joinsSeen[roomID] == nil {
+		r.joinsSeen[roomID] = map[string]bool{}
+	}
+	r.joinsSeen[roomID][userID] = true
 }
 
 func (r *request) sinceOr0(f func(streams.Token) int64) int64 {
@@ -58,6 +73,7 @@ const defaultTimelineLimit = 10
 func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	resp := newResponse()
 	r.lazySent = r.lazySent[:0]
+	r.joinsSeen = nil
 	next := r.now
 	sinceMin := r.sinceOr0(func(t streams.Token) int64 { return t.Events })
 	nowMax := r.now.EventsMax()
@@ -105,21 +121,27 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 
 	// Which joined rooms have something to say, and whether each needs its
 	// full state (initial sync, full_state, or joined during the window).
-	type plan struct{ full bool }
+	// A room joined during the window (newlyJoined) is sent like in an
+	// initial sync; anywhere else the timeline starts at since, full_state
+	// or not (the spec: the timeline is still limited by since).
+	type plan struct{ full, newlyJoined bool }
 	plans := map[string]*plan{}
 	for _, roomID := range joined {
 		if !r.filter.RoomAllowed(roomID) {
 			continue
 		}
 		switch {
-		case r.since == nil || r.fullState:
+		case r.since == nil:
 			plans[roomID] = &plan{full: true}
 		case changed[roomID]:
 			before, _, err := s.store.MembershipAt(ctx, roomID, r.userID, r.sinceFor(roomID))
 			if err != nil {
 				return nil, err
 			}
-			plans[roomID] = &plan{full: before != "join"}
+			newly := before != "join"
+			plans[roomID] = &plan{full: newly || r.fullState, newlyJoined: newly}
+		case r.fullState:
+			plans[roomID] = &plan{full: true}
 		}
 	}
 	if r.since != nil {
@@ -151,12 +173,18 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 
 	for roomID, p := range plans {
 		from := r.sinceFor(roomID)
-		if p.full {
+		if r.since == nil || p.newlyJoined {
 			from = 0
 		}
 		jr, err := s.joinedRoom(ctx, r, roomID, from, r.nowFor(roomID), p.full)
 		if err != nil {
 			return nil, fmt.Errorf("sync room %s: %w", roomID, err)
+		}
+		if p.newlyJoined {
+			// The client has none of this room's history (a rejoin: none
+			// since it left): the timeline does not hold every event since
+			// since, whatever fits in it. Synapse says the same.
+			jr.Timeline.Limited = true
 		}
 		for _, e := range ephemeral[roomID] {
 			jr.Ephemeral.Events = append(jr.Ephemeral.Events, e)
@@ -209,6 +237,36 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 		if pres, err = s.Presence.Since(ctx, r.userID, presFrom, r.now.Presence); err != nil {
 			return nil, err
 		}
+	}
+	if r.since != nil && len(plans) > 0 && s.Presence.Enabled() {
+		// Presence of users who newly share a room with the user: the
+		// client never had it, whether or not it changed in the window.
+		var newly []string
+		planned := make([]string, 0, len(plans))
+		for roomID := range plans {
+			planned = append(planned, roomID)
+		}
+		if newly, err = s.newlyShared(ctx, r, planned, func(roomID string) bool { return plans[roomID].newlyJoined },
+			func(roomID string) bool {
+				return resp.Rooms.Join[roomID] != nil && resp.Rooms.Join[roomID].Timeline.Limited
+			}); err != nil {
+			return nil, err
+		}
+		have := map[string]bool{}
+		for _, p := range pres {
+			have[p.Sender] = true
+		}
+		var ask []string
+		for _, u := range newly {
+			if !have[u] {
+				ask = append(ask, u)
+			}
+		}
+		extra, err := s.Presence.ForUsers(ctx, ask)
+		if err != nil {
+			return nil, err
+		}
+		pres = append(pres, extra...)
 	}
 	pf := r.filter.PresenceFilter()
 	for _, p := range pres {
@@ -448,6 +506,9 @@ func (s *Service) timeline(ctx context.Context, r *request, roomID string, from,
 		for _, e := range evs {
 			cursor = e.StreamOrdering - 1
 			ev := e.Event
+			if sk := ev.StateKey(); sk != nil && *sk != r.userID && ev.Type() == "m.room.member" && ev.Membership() == "join" {
+				r.noteJoin(roomID, *sk)
+			}
 			if !vis.CanSee(e) || !tf.MatchesEvent(roomID, ev.Type(), ev.Sender(), ev.Content()) {
 				continue
 			}
@@ -640,8 +701,8 @@ func hasMemberEvent(evs []*rooms.StoredEvent) bool {
 func (s *Service) leftRoom(ctx context.Context, r *request, roomID string, from, leavePos int64) (*LeftRoom, error) {
 	limit := r.filter.TimelineLimit(defaultTimelineLimit)
 	full := r.since == nil || r.fullState
-	if full {
-		from = 0
+	if r.since == nil {
+		from = 0 // full_state or not, an incremental timeline starts at since
 	}
 	tl, limited, err := s.timeline(ctx, r, roomID, from, leavePos, limit)
 	if err != nil {
@@ -716,4 +777,65 @@ func (s *Service) knockedRoom(ctx context.Context, roomID, userID string, m memb
 	kr := &KnockedRoom{}
 	kr.KnockState.Events = st
 	return kr, nil
+}
+
+// newlyShared lists the users who came to share a room with the syncing
+// user in the window, whose presence the client has never been sent: every
+// member of a room the user joined (newlyJoined), and whoever joined one of
+// the user's other rooms (not a profile change of an existing member, and
+// still joined at now). Joins are found among the events the timeline
+// scan passed over; where the timeline was limited the scan stopped short
+// of since, and the state log is asked for the rest of the window.
+func (s *Service) newlyShared(ctx context.Context, r *request, roomIDs []string, newlyJoined, limited func(roomID string) bool) ([]string, error) {
+	out := map[string]bool{}
+	for _, roomID := range roomIDs {
+		if newlyJoined(roomID) {
+			members, err := s.store.JoinedMembers(ctx, roomID)
+			if err != nil {
+				return nil, err
+			}
+			for _, u := range members {
+				out[u] = true
+			}
+			continue
+		}
+		from, to := r.sinceFor(roomID), r.nowFor(roomID)
+		cands := r.joinsSeen[roomID]
+		if limited(roomID) {
+			joins, err := s.store.JoinsBetween(ctx, roomID, from, to)
+			if err != nil {
+				return nil, err
+			}
+			cands = map[string]bool{}
+			for _, u := range joins {
+				cands[u] = true
+			}
+		}
+		for u := range cands {
+			if u == r.userID || out[u] {
+				continue
+			}
+			before, _, err := s.store.MembershipAt(ctx, roomID, u, from)
+			if err != nil {
+				return nil, err
+			}
+			if before == "join" {
+				continue // a profile change
+			}
+			now, _, err := s.store.MembershipAt(ctx, roomID, u, to)
+			if err != nil {
+				return nil, err
+			}
+			if now == "join" {
+				out[u] = true
+			}
+		}
+	}
+	delete(out, r.userID)
+	ids := make([]string, 0, len(out))
+	for u := range out {
+		ids = append(ids, u)
+	}
+	slices.Sort(ids)
+	return ids, nil
 }

@@ -48,6 +48,11 @@ type ToDeviceReader interface {
 // PresenceReader is the presence stream's read side.
 type PresenceReader interface {
 	Since(ctx context.Context, forUser string, from, to int64) ([]presence.Event, error)
+	// ForUsers is the current presence of users (for those who newly
+	// share a room with the syncing user).
+	ForUsers(ctx context.Context, userIDs []string) ([]presence.Event, error)
+	// Enabled is presence.enabled.
+	Enabled() bool
 }
 
 // Response is the /sync body.

@@ -64,7 +64,7 @@ func (f *fixture) user(t *testing.T, localpart string, devices ...string) (strin
 		t.Fatal(err)
 	}
 	for _, d := range devices[1:] {
-		if _, err := f.acc.CreateSession(ctx, sess.UserID, d, ""); err != nil {
+		if _, err := f.acc.CreateSession(ctx, sess.UserID, d, "", false); err != nil {
 			t.Fatal(err)
 		}
 	}

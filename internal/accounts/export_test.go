@@ -1,0 +1,6 @@
+package accounts
+
+import "time"
+
+// SetClock replaces the service's clock (token expiry tests).
+func SetClock(s *Service, now func() time.Time) { s.now = now }
