@@ -265,6 +265,11 @@ func (p *Process) wire(ctx context.Context) error {
 	}
 	adSvc := accountdata.NewService(db, reg, adWriter, log)
 
+	pushSvc, err := wirePush(ctx, p, db, reg, rpcServer, rpcClient, persister, cfg.ServerName, log)
+	if err != nil {
+		return err
+	}
+
 	reg.SetSource(streams.ToDevice, todevice.NewSource(db))
 	var tdWriter todevice.Writer
 	if reg.IsWriter(streams.ToDevice) {
@@ -353,6 +358,7 @@ func (p *Process) wire(ctx context.Context) error {
 		Typing:         typingReader,
 		Receipts:       receiptsStore,
 		AccountData:    adSvc,
+		PushRules:      pushSvc,
 		ToDevice:       tdSvc,
 		Presence:       presSvc,
 		PresenceWriter: presWriter,
@@ -370,6 +376,7 @@ func (p *Process) wire(ctx context.Context) error {
 	typing.NewHandlers(typingWriter, roomStore).Routes(mux, srv, acc)
 	receipts.NewHandlers(receiptsWriter, roomStore, roomSvc, adSvc).Routes(mux, srv, acc)
 	adSvc.Routes(mux, srv, acc)
+	pushSvc.Routes(mux, srv, acc)
 	tdSvc.Routes(mux, srv, acc)
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)

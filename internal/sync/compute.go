@@ -77,6 +77,16 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	if err := s.loadIgnored(ctx, r, adFrom, globalAD); err != nil {
 		return nil, err
 	}
+	// Push rules are account data to clients but their own stream here.
+	if prFrom := r.sinceOr0(func(t streams.Token) int64 { return t.PushRules }); s.PushRules != nil && (r.since == nil || prFrom < r.now.PushRules) {
+		content, err := s.PushRules.AccountData(ctx, r.userID, prFrom, r.now.PushRules)
+		if err != nil {
+			return nil, err
+		}
+		if content != nil {
+			globalAD = append(globalAD, accountdata.Event{Type: accountdata.TypePushRules, Content: content})
+		}
+	}
 
 	atNow, err := s.membershipsAt(ctx, r.userID, r.nowFor, r.since == nil)
 	if err != nil {

@@ -25,6 +25,8 @@ type Deps struct {
 	Typing      TypingReader
 	Receipts    ReceiptsReader
 	AccountData AccountDataReader
+	// PushRules adds m.push_rules to the global account data (nil: none).
+	PushRules PushRulesReader
 	ToDevice    ToDeviceReader
 	Presence    PresenceReader
 	// PresenceWriter learns about syncing users and set_presence.

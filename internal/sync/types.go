@@ -37,6 +37,13 @@ type AccountDataReader interface {
 	IgnoredUsers(ctx context.Context, userID string) (map[string]bool, error)
 }
 
+// PushRulesReader is the push_rules stream's read side: the m.push_rules
+// account data content for a window, nil when it did not change in it
+// (always present for an initial sync, from 0).
+type PushRulesReader interface {
+	AccountData(ctx context.Context, userID string, from, to int64) (json.RawMessage, error)
+}
+
 // ToDeviceReader is the to-device stream's read side.
 type ToDeviceReader interface {
 	Messages(ctx context.Context, userID, deviceID string, from, to int64, limit int) ([]todevice.Message, int64, error)

@@ -1,0 +1,38 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+
+	"ganglion/internal/push"
+	"ganglion/internal/replication"
+	"ganglion/internal/rooms"
+	"ganglion/internal/storage"
+	"ganglion/internal/streams"
+)
+
+// wirePush sets up push rules: the push_rules writer here or a client of
+// it, the stream's source, and evaluation in this process's persister (if
+// it is one). rpcServer and rpcClient are nil in a monolith without Redis.
+func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Registry, rpcServer *replication.Server,
+	rpcClient *replication.Client, persister *rooms.Persister, serverName string, log *slog.Logger) (*push.Service, error) {
+	svc := push.NewService(db, reg, log)
+	reg.SetSource(streams.PushRules, push.NewSource(db, svc.Changed))
+	if reg.IsWriter(streams.PushRules) {
+		lw, err := push.NewLocalWriter(ctx, db, reg, svc.Changed, log)
+		if err != nil {
+			return nil, err
+		}
+		p.positions = append(p.positions, lw)
+		svc.SetWriter(lw)
+		if rpcServer != nil {
+			push.Serve(rpcServer, lw)
+		}
+	} else {
+		svc.SetWriter(push.NewRemoteWriter(rpcClient, reg.Writers(streams.PushRules)[0]))
+	}
+	if persister != nil {
+		persister.SetBatchHook(push.NewHook(db, svc, serverName, log))
+	}
+	return svc, nil
+}
