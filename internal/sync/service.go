@@ -27,8 +27,8 @@ type Deps struct {
 	AccountData AccountDataReader
 	// PushRules adds m.push_rules to the global account data (nil: none).
 	PushRules PushRulesReader
-	ToDevice    ToDeviceReader
-	Presence    PresenceReader
+	ToDevice  ToDeviceReader
+	Presence  PresenceReader
 	// PresenceWriter learns about syncing users and set_presence.
 	PresenceWriter presence.Writer
 }
