@@ -1,0 +1,169 @@
+package e2e_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"testing"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/pushrules"
+)
+
+// pushRulesOf returns the m.push_rules content of a sync's global account
+// data ("" if absent).
+func pushRulesOf(t testing.TB, resp *mautrix.RespSync) *pushrules.PushRuleset {
+	t.Helper()
+	for _, ev := range resp.AccountData.Events {
+		if ev.Type.Type != "m.push_rules" {
+			continue
+		}
+		var c struct {
+			Global *pushrules.PushRuleset `json:"global"`
+		}
+		if err := json.Unmarshal(ev.Content.VeryRaw, &c); err != nil || c.Global == nil {
+			t.Fatalf("m.push_rules content %s: %v", ev.Content.VeryRaw, err)
+		}
+		return c.Global
+	}
+	return nil
+}
+
+// findRule finds a rule by id in one kind's list.
+func findRule(rules pushrules.PushRuleArray, ruleID string) *pushrules.PushRule {
+	for _, r := range rules {
+		if r.RuleID == ruleID {
+			return r
+		}
+	}
+	return nil
+}
+
+func ruleIDs(rules pushrules.PushRuleArray) []string {
+	var out []string
+	for _, r := range rules {
+		out = append(out, r.RuleID)
+	}
+	return out
+}
+
+// TestPushRules: a client starting up gets the server-default rules from
+// GET /pushrules/ and in its first sync's account data; its changes
+// (a rule placed with before=, enabled, actions) come back in the next
+// incremental sync; bad requests get the spec's errors. On the fleet the
+// changes go through the push_rules stream writer.
+func TestPushRules(t *testing.T) {
+	t.Parallel()
+	runDeployments(t, []string{engineSQLite, enginePostgres, engineFleet, engineFleetRouter}, func(t *testing.T, srv *server) {
+		ctx := testContext(t)
+		alice := srv.register(t, ctx, "pushalice")
+		rs, err := alice.GetPushRules(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantOverride := []string{".m.rule.master", ".m.rule.suppress_notices", ".m.rule.invite_for_me", ".m.rule.member_event",
+			".m.rule.is_user_mention", ".m.rule.contains_display_name", ".m.rule.is_room_mention", ".m.rule.roomnotif",
+			".m.rule.tombstone", ".m.rule.reaction", ".m.rule.room.server_acl", ".m.rule.suppress_edits"}
+		wantUnderride := []string{".m.rule.call", ".m.rule.encrypted_room_one_to_one", ".m.rule.room_one_to_one",
+			".m.rule.message", ".m.rule.encrypted"}
+		if got := ruleIDs(rs.Override); !slices.Equal(got, wantOverride) {
+			t.Fatalf("override = %v", got)
+		}
+		if got := ruleIDs(rs.Underride); !slices.Equal(got, wantUnderride) {
+			t.Fatalf("underride = %v", got)
+		}
+		if len(rs.Content) != 1 || rs.Content[0].Pattern != "pushalice" || !rs.Content[0].Default {
+			t.Fatalf("content = %+v", rs.Content)
+		}
+
+		s, first := newSyncer(t, ctx, alice, "")
+		got := pushRulesOf(t, first)
+		if got == nil || !slices.Equal(ruleIDs(got.Override), wantOverride) {
+			t.Fatalf("initial sync m.push_rules: %+v", got)
+		}
+
+		notify := []*pushrules.PushAction{{Action: pushrules.ActionNotify}}
+		err = alice.PutPushRule(ctx, "global", pushrules.OverrideRule, "org.example.a", &mautrix.ReqPutPushRule{
+			Actions:    notify,
+			Conditions: []*pushrules.PushCondition{{Kind: pushrules.KindEventMatch, Key: "type", Pattern: "org.example.a"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = alice.PutPushRule(ctx, "global", pushrules.OverrideRule, "org.example.b", &mautrix.ReqPutPushRule{
+			Before: "org.example.a", Actions: []*pushrules.PushAction{},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantOrder := []string{".m.rule.master", "org.example.b", "org.example.a", ".m.rule.suppress_notices"}
+		s.until(t, ctx, "the new rules in m.push_rules", func(r *mautrix.RespSync) bool {
+			got := pushRulesOf(t, r)
+			return got != nil && len(got.Override) > 4 && slices.Equal(ruleIDs(got.Override)[:4], wantOrder)
+		})
+		// A sync with nothing new does not repeat m.push_rules.
+		if r := s.next(t, ctx, 0); pushRulesOf(t, r) != nil {
+			t.Fatal("an incremental sync without changes carried m.push_rules")
+		}
+
+		if err := alice.SetPushRuleEnabled(ctx, "global", pushrules.OverrideRule, "org.example.a", false); err != nil {
+			t.Fatal(err)
+		}
+		if err := alice.PutPushRuleActions(ctx, "global", pushrules.UnderrideRule, ".m.rule.message",
+			[]*pushrules.PushAction{{Action: pushrules.ActionDontNotify}}); err != nil {
+			t.Fatal(err)
+		}
+		s.until(t, ctx, "enabled and actions changes in m.push_rules", func(r *mautrix.RespSync) bool {
+			got := pushRulesOf(t, r)
+			if got == nil {
+				return false
+			}
+			a, msg := findRule(got.Override, "org.example.a"), findRule(got.Underride, ".m.rule.message")
+			return a != nil && !a.Enabled && msg != nil && len(msg.Actions) == 1 && msg.Actions[0].Action == pushrules.ActionDontNotify
+		})
+		r, err := alice.GetPushRule(ctx, "global", pushrules.OverrideRule, "org.example.a")
+		if err != nil || r.Enabled || r.Default {
+			t.Fatalf("GET rule a = %+v, %v", r, err)
+		}
+		// The r0 prefix serves the same rules.
+		if r := srv.do(t, ctx, "GET", "/_matrix/client/r0/pushrules/", alice.AccessToken, nil); r.status != http.StatusOK {
+			t.Fatalf("r0 GET: %d", r.status)
+		}
+
+		const p = "/_matrix/client/v3/pushrules/global/"
+		bad := []struct {
+			method, path, body string
+			status             int
+			code               string
+		}{
+			{"PUT", p + "nokind/x", `{"actions":[]}`, 400, "M_INVALID_PARAM"},
+			{"GET", p + "nokind/x", "", 400, "M_INVALID_PARAM"},
+			{"PUT", p + "override/x?before=missing", `{"actions":[]}`, 400, "M_UNKNOWN"},
+			{"PUT", p + "override/x", `{"actions":"notify"}`, 400, "M_BAD_JSON"},
+			{"PUT", p + "override/x", `{"actions":[],"conditions":[{"pattern":"x"}]}`, 400, "M_BAD_JSON"},
+			{"PUT", p + "content/x", `{"actions":[]}`, 400, "M_BAD_JSON"},
+			{"PUT", p + "override/x", `{"actions":`, 400, "M_NOT_JSON"},
+			{"PUT", p + "override/.m.rule.x", `{"actions":[]}`, 400, "M_INVALID_PARAM"},
+			{"PUT", p + "override/x/enabled", `{"enabled":"yes"}`, 400, "M_BAD_JSON"},
+			{"PUT", p + "override/missing/enabled", `{"enabled":true}`, 404, "M_NOT_FOUND"},
+			{"GET", p + "override/missing", "", 404, "M_NOT_FOUND"},
+			{"DELETE", p + "override/missing", "", 404, "M_NOT_FOUND"},
+			{"DELETE", p + "override/.m.rule.master", "", 400, "M_UNKNOWN"},
+		}
+		for _, b := range bad {
+			var body []byte
+			if b.body != "" {
+				body = []byte(b.body)
+			}
+			wantRawError(t, srv.do(t, ctx, b.method, b.path, alice.AccessToken, body), b.status, b.code)
+		}
+		// Deleting a rule of one's own works, and the next sync says so.
+		if err := alice.DeletePushRule(ctx, "global", pushrules.OverrideRule, "org.example.b"); err != nil {
+			t.Fatal(err)
+		}
+		s.until(t, ctx, "the deletion in m.push_rules", func(r *mautrix.RespSync) bool {
+			got := pushRulesOf(t, r)
+			return got != nil && findRule(got.Override, "org.example.b") == nil && findRule(got.Override, "org.example.a") != nil
+		})
+	})
+}
