@@ -265,7 +265,7 @@ func (p *Process) wire(ctx context.Context) error {
 	}
 	adSvc := accountdata.NewService(db, reg, adWriter, log)
 
-	pushSvc, err := wirePush(ctx, p, db, reg, rpcServer, rpcClient, persister, cfg.ServerName, log)
+	pushSvc, err := wirePush(ctx, p, db, reg, rpcServer, rpcClient, persister, roomSvc, cfg.ServerName, log)
 	if err != nil {
 		return err
 	}
@@ -359,6 +359,7 @@ func (p *Process) wire(ctx context.Context) error {
 		Receipts:       receiptsStore,
 		AccountData:    adSvc,
 		PushRules:      pushSvc,
+		Notifications:  pushSvc,
 		ToDevice:       tdSvc,
 		Presence:       presSvc,
 		PresenceWriter: presWriter,
@@ -377,6 +378,7 @@ func (p *Process) wire(ctx context.Context) error {
 	receipts.NewHandlers(receiptsWriter, roomStore, roomSvc, adSvc).Routes(mux, srv, acc)
 	adSvc.Routes(mux, srv, acc)
 	pushSvc.Routes(mux, srv, acc)
+	pushSvc.NotificationsRoutes(mux, srv, acc)
 	tdSvc.Routes(mux, srv, acc)
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)

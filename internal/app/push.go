@@ -15,7 +15,7 @@ import (
 // it, the stream's source, and evaluation in this process's persister (if
 // it is one). rpcServer and rpcClient are nil in a monolith without Redis.
 func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Registry, rpcServer *replication.Server,
-	rpcClient *replication.Client, persister *rooms.Persister, serverName string, log *slog.Logger) (*push.Service, error) {
+	rpcClient *replication.Client, persister *rooms.Persister, roomSvc *rooms.Service, serverName string, log *slog.Logger) (*push.Service, error) {
 	svc := push.NewService(db, reg, log)
 	reg.SetSource(streams.PushRules, push.NewSource(db, svc.Changed))
 	if reg.IsWriter(streams.PushRules) {
@@ -31,6 +31,25 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 	} else {
 		svc.SetWriter(push.NewRemoteWriter(rpcClient, reg.Writers(streams.PushRules)[0]))
 	}
+	svc.SetEventLoader(func(ctx context.Context, userID string, ids []string) (map[string]push.EventView, error) {
+		stored, err := roomSvc.Store().EventsByID(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		list := make([]*rooms.StoredEvent, 0, len(stored))
+		for _, se := range stored {
+			list = append(list, se)
+		}
+		formatted, err := roomSvc.Formatter(userID, "").Format(ctx, list)
+		if err != nil {
+			return nil, err
+		}
+		out := make(map[string]push.EventView, len(formatted))
+		for _, ev := range formatted {
+			out[ev.EventID] = push.EventView{Event: ev, OriginServerTS: ev.OriginServerTS}
+		}
+		return out, nil
+	})
 	if persister != nil {
 		persister.SetBatchHook(push.NewHook(db, svc, serverName, log))
 	}

@@ -3,10 +3,14 @@ package e2e_test
 import (
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"slices"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 	"maunium.net/go/mautrix/pushrules"
 )
 
@@ -165,5 +169,144 @@ func TestPushRules(t *testing.T) {
 			got := pushRulesOf(t, r)
 			return got != nil && findRule(got.Override, "org.example.b") == nil && findRule(got.Override, "org.example.a") != nil
 		})
+	})
+}
+
+// unread is the room's unread_notifications in a sync (nil if the room is
+// not in it).
+func unread(resp *mautrix.RespSync, roomID id.RoomID) *mautrix.UnreadNotificationCounts {
+	jr := resp.Rooms.Join[roomID]
+	if jr == nil {
+		return nil
+	}
+	if jr.UnreadNotifications == nil {
+		return &mautrix.UnreadNotificationCounts{}
+	}
+	return jr.UnreadNotifications
+}
+
+// TestNotificationCounts: messages in a one-to-one room notify the other
+// member; a mention highlights; their read receipt (m.read, then
+// m.read.private) resets the counts; thread replies are counted per thread
+// when the filter asks; GET /notifications lists them newest first.
+func TestNotificationCounts(t *testing.T) {
+	t.Parallel()
+	runDeployments(t, []string{engineSQLite, enginePostgres, engineFleet, engineFleetRouter}, func(t *testing.T, srv *server) {
+		ctx := testContext(t)
+		alice := srv.register(t, ctx, "countalice")
+		bob := srv.register(t, ctx, "countbob")
+		room := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+		join(t, ctx, bob, room.String())
+		bs, _ := newSyncer(t, ctx, bob, "")
+		counts := func(what string, n, h int) {
+			t.Helper()
+			bs.until(t, ctx, what, func(r *mautrix.RespSync) bool {
+				u := unread(r, room)
+				return u != nil && u.NotificationCount == n && u.HighlightCount == h
+			})
+		}
+
+		send(t, ctx, alice, room, "hello bob-less world", "c1")
+		counts("one notification", 1, 0)
+		resp, err := alice.SendMessageEvent(ctx, room, event.EventMessage, map[string]any{
+			"msgtype": "m.text", "body": "look", "m.mentions": map[string]any{"user_ids": []string{bob.UserID.String()}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mention := resp.EventID
+		counts("a highlight", 2, 1)
+
+		// The sender's own messages never count for them.
+		_, first := newSyncer(t, ctx, alice, "")
+		if u := unread(first, room); u == nil || u.NotificationCount != 0 {
+			t.Fatalf("alice's own counts: %+v", u)
+		}
+
+		if err := bob.SendReceipt(ctx, room, mention, event.ReceiptTypeRead, nil); err != nil {
+			t.Fatal(err)
+		}
+		counts("counts reset by m.read", 0, 0)
+
+		last := send(t, ctx, alice, room, "more", "c2")
+		counts("a new notification", 1, 0)
+		if err := bob.SendReceipt(ctx, room, last, event.ReceiptTypeReadPrivate, nil); err != nil {
+			t.Fatal(err)
+		}
+		counts("counts reset by m.read.private", 0, 0)
+
+		// A thread reply, counted apart when the filter asks.
+		_, err = alice.SendMessageEvent(ctx, room, event.EventMessage, map[string]any{
+			"msgtype": "m.text", "body": "in thread",
+			"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": last.String()},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts("the thread reply in the room's count", 1, 0)
+		filter := `{"room":{"timeline":{"unread_thread_notifications":true}}}`
+		deadline := time.Now().Add(waitLimit)
+		for {
+			r := srv.do(t, ctx, "GET", "/_matrix/client/v3/sync?filter="+url.QueryEscape(filter), bob.AccessToken, nil)
+			var body struct {
+				Rooms struct {
+					Join map[string]struct {
+						Unread  map[string]int            `json:"unread_notifications"`
+						Threads map[string]map[string]int `json:"unread_thread_notifications"`
+					} `json:"join"`
+				} `json:"rooms"`
+			}
+			if err := json.Unmarshal(r.body, &body); err != nil {
+				t.Fatalf("sync: %d %s", r.status, r.body)
+			}
+			jr := body.Rooms.Join[room.String()]
+			if jr.Unread["notification_count"] == 0 && jr.Threads[last.String()]["notification_count"] == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("thread counts: %+v", jr)
+			}
+		}
+
+		// GET /notifications: newest first (the invite that brought bob in
+		// is the oldest); only=highlight keeps the mention; read reflects
+		// the receipts.
+		var list struct {
+			Notifications []struct {
+				Event  map[string]any `json:"event"`
+				Read   bool           `json:"read"`
+				RoomID string         `json:"room_id"`
+				TS     int64          `json:"ts"`
+			} `json:"notifications"`
+			NextToken string `json:"next_token"`
+		}
+		get := func(q string) {
+			t.Helper()
+			r := srv.do(t, ctx, "GET", "/_matrix/client/v3/notifications"+q, bob.AccessToken, nil)
+			list.Notifications, list.NextToken = nil, ""
+			if r.status != http.StatusOK || json.Unmarshal(r.body, &list) != nil {
+				t.Fatalf("GET /notifications%s: %d %s", q, r.status, r.body)
+			}
+		}
+		get("")
+		if len(list.Notifications) != 5 || list.Notifications[4].Event["type"] != "m.room.member" || list.Notifications[0].Read || !list.Notifications[1].Read ||
+			list.Notifications[2].Event["event_id"] != mention.String() || list.Notifications[0].RoomID != room.String() ||
+			list.Notifications[0].TS == 0 {
+			t.Fatalf("notifications: %+v", list)
+		}
+		get("?only=highlight")
+		if len(list.Notifications) != 1 || list.Notifications[0].Event["event_id"] != mention.String() {
+			t.Fatalf("highlights: %+v", list)
+		}
+		get("?limit=2")
+		if len(list.Notifications) != 2 || list.NextToken == "" {
+			t.Fatalf("first page: %+v", list)
+		}
+		get("?limit=2&from=" + list.NextToken)
+		if len(list.Notifications) != 2 || list.Notifications[0].Event["event_id"] != mention.String() {
+			t.Fatalf("second page: %+v", list)
+		}
+		wantRawError(t, srv.do(t, ctx, "GET", "/_matrix/client/v3/notifications?from=abc", bob.AccessToken, nil), 400, "M_INVALID_PARAM")
+		wantRawError(t, srv.do(t, ctx, "GET", "/_matrix/client/v3/notifications?limit=-1", bob.AccessToken, nil), 400, "M_INVALID_PARAM")
 	})
 }

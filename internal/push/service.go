@@ -23,7 +23,9 @@ type Service struct {
 	reg   *streams.Registry
 	w     Writer
 	cache *rulesCache
-	log   *slog.Logger
+	// events formats notifications' events (GET /notifications).
+	events EventLoader
+	log    *slog.Logger
 }
 
 // NewService builds the service. Call SetWriter before serving requests.

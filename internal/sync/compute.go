@@ -178,6 +178,9 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 		}
 		resp.Rooms.Join[roomID] = jr
 	}
+	if err := s.unreadCounts(ctx, r, resp.Rooms.Join); err != nil {
+		return nil, err
+	}
 
 	for roomID, m := range atNow {
 		if !r.filter.RoomAllowed(roomID) {
@@ -726,4 +729,39 @@ func (s *Service) knockedRoom(ctx context.Context, roomID, userID string, m memb
 	kr := &KnockedRoom{}
 	kr.KnockState.Events = st
 	return kr, nil
+}
+
+// unreadCounts fills the joined rooms' unread_notifications (and
+// unread_thread_notifications when the timeline filter asks for them:
+// then the main timeline's counts stay in unread_notifications).
+func (s *Service) unreadCounts(ctx context.Context, r *request, join map[string]*JoinedRoom) error {
+	if s.Notifications == nil || len(join) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(join))
+	for roomID := range join {
+		ids = append(ids, roomID)
+	}
+	counts, err := s.Notifications.Counts(ctx, r.userID, ids)
+	if err != nil {
+		return err
+	}
+	tl := r.filter.Timeline()
+	perThread := tl != nil && tl.UnreadThreadNotifs
+	for roomID, threads := range counts {
+		jr := join[roomID]
+		for thread, c := range threads {
+			n := Notifications{NotificationCount: c.Notifications, HighlightCount: c.Highlights}
+			if !perThread || thread == "main" {
+				jr.UnreadNotifications.NotificationCount += n.NotificationCount
+				jr.UnreadNotifications.HighlightCount += n.HighlightCount
+				continue
+			}
+			if jr.UnreadThreadNotifications == nil {
+				jr.UnreadThreadNotifications = map[string]Notifications{}
+			}
+			jr.UnreadThreadNotifications[thread] = n
+		}
+	}
+	return nil
 }

@@ -27,8 +27,10 @@ type Deps struct {
 	AccountData AccountDataReader
 	// PushRules adds m.push_rules to the global account data (nil: none).
 	PushRules PushRulesReader
-	ToDevice  ToDeviceReader
-	Presence  PresenceReader
+	// Notifications gives joined rooms their unread counts (nil: zero).
+	Notifications NotificationCounter
+	ToDevice      ToDeviceReader
+	Presence      PresenceReader
 	// PresenceWriter learns about syncing users and set_presence.
 	PresenceWriter presence.Writer
 }

@@ -9,6 +9,7 @@ import (
 
 	"ganglion/internal/accountdata"
 	"ganglion/internal/presence"
+	"ganglion/internal/push"
 	"ganglion/internal/rooms"
 	"ganglion/internal/todevice"
 )
@@ -42,6 +43,12 @@ type AccountDataReader interface {
 // (always present for an initial sync, from 0).
 type PushRulesReader interface {
 	AccountData(ctx context.Context, userID string, from, to int64) (json.RawMessage, error)
+}
+
+// NotificationCounter reads unread notification counts: per room, per
+// thread ("main" outside threads).
+type NotificationCounter interface {
+	Counts(ctx context.Context, userID string, rooms []string) (map[string]map[string]push.Count, error)
 }
 
 // ToDeviceReader is the to-device stream's read side.
@@ -111,9 +118,13 @@ type JoinedRoom struct {
 	Ephemeral           EventList     `json:"ephemeral"`
 	AccountData         EventList     `json:"account_data"`
 	UnreadNotifications Notifications `json:"unread_notifications"`
+	// UnreadThreadNotifications holds per-thread counts when the filter
+	// asks for them (unread_thread_notifications).
+	UnreadThreadNotifications map[string]Notifications `json:"unread_thread_notifications,omitempty"`
 }
 
-// Notifications are the unread counts (push rules arrive later; zero now).
+// Notifications are the unread counts: notifying events after the user's
+// read receipt.
 type Notifications struct {
 	HighlightCount    int `json:"highlight_count"`
 	NotificationCount int `json:"notification_count"`
