@@ -265,7 +265,7 @@ func (p *Process) wire(ctx context.Context) error {
 	}
 	adSvc := accountdata.NewService(db, reg, adWriter, log)
 
-	pushSvc, err := wirePush(ctx, p, db, reg, rpcServer, rpcClient, persister, roomSvc, cfg.ServerName, log)
+	pushSvc, err := wirePush(ctx, p, db, reg, rpcServer, rpcClient, persister, roomSvc, log)
 	if err != nil {
 		return err
 	}
@@ -379,6 +379,7 @@ func (p *Process) wire(ctx context.Context) error {
 	adSvc.Routes(mux, srv, acc)
 	pushSvc.Routes(mux, srv, acc)
 	pushSvc.NotificationsRoutes(mux, srv, acc)
+	pushSvc.PushersRoutes(mux, srv, acc)
 	tdSvc.Routes(mux, srv, acc)
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"log/slog"
+	"slices"
 
 	"ganglion/internal/push"
 	"ganglion/internal/replication"
@@ -13,9 +14,10 @@ import (
 
 // wirePush sets up push rules: the push_rules writer here or a client of
 // it, the stream's source, and evaluation in this process's persister (if
-// it is one). rpcServer and rpcClient are nil in a monolith without Redis.
+// it is one), and the pusher loop where pusher_instances says. rpcServer and rpcClient are nil in a monolith without Redis.
 func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Registry, rpcServer *replication.Server,
-	rpcClient *replication.Client, persister *rooms.Persister, roomSvc *rooms.Service, serverName string, log *slog.Logger) (*push.Service, error) {
+	rpcClient *replication.Client, persister *rooms.Persister, roomSvc *rooms.Service, log *slog.Logger) (*push.Service, error) {
+	cfg := p.cfg
 	svc := push.NewService(db, reg, log)
 	reg.SetSource(streams.PushRules, push.NewSource(db, svc.Changed))
 	if reg.IsWriter(streams.PushRules) {
@@ -51,7 +53,12 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 		return out, nil
 	})
 	if persister != nil {
-		persister.SetBatchHook(push.NewHook(db, svc, serverName, log))
+		persister.SetBatchHook(push.NewHook(db, svc, cfg.ServerName, log))
+	}
+	// The pusher loop runs on pusher_instances (main by default), each
+	// instance sending for the users that shard to it.
+	if pushers := cfg.Pushers(); slices.Contains(pushers, cfg.InstanceName()) {
+		p.runners = append(p.runners, push.NewDelivery(db, reg, cfg.InstanceName(), pushers, push.DeliveryOptions{}, log).Run)
 	}
 	return svc, nil
 }

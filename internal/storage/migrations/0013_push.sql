@@ -28,3 +28,26 @@ CREATE TABLE event_push_actions (
 );
 CREATE INDEX event_push_actions_user_room ON event_push_actions (user_id, room_id, stream_ordering);
 CREATE INDEX event_push_actions_user_stream ON event_push_actions (user_id, stream_ordering);
+
+-- HTTP pushers (POST /pushers/set), written by the main process. The
+-- pusher instance that owns the user (pusher_instances, sharded by user
+-- id) sends each push actions row after last_stream_ordering to the
+-- gateway and then moves last_stream_ordering past it, so a restart
+-- resumes where delivery stopped.
+CREATE TABLE pushers (
+    user_id               TEXT NOT NULL,
+    app_id                TEXT NOT NULL,
+    pushkey               TEXT NOT NULL,
+    kind                  TEXT NOT NULL,
+    app_display_name      TEXT NOT NULL,
+    device_display_name   TEXT NOT NULL,
+    profile_tag           TEXT NOT NULL,
+    lang                  TEXT NOT NULL,
+    -- the pusher's data object as JSON (url, format, …)
+    data                  TEXT NOT NULL,
+    -- when the pusher was set, in ms (sent to gateways as pushkey_ts)
+    pushkey_ts            BIGINT NOT NULL,
+    last_stream_ordering  BIGINT NOT NULL,
+    PRIMARY KEY (user_id, app_id, pushkey)
+);
+CREATE INDEX pushers_app_pushkey ON pushers (app_id, pushkey);
