@@ -3,8 +3,10 @@ package e2e_test
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -188,7 +190,8 @@ func unread(resp *mautrix.RespSync, roomID id.RoomID) *mautrix.UnreadNotificatio
 // TestNotificationCounts: messages in a one-to-one room notify the other
 // member; a mention highlights; their read receipt (m.read, then
 // m.read.private) resets the counts; thread replies are counted per thread
-// when the filter asks; GET /notifications lists them newest first.
+// when the filter asks; GET /notifications lists them newest first; the
+// user's pusher gets the first message at its gateway.
 func TestNotificationCounts(t *testing.T) {
 	t.Parallel()
 	runDeployments(t, []string{engineSQLite, enginePostgres, engineFleet, engineFleetRouter}, func(t *testing.T, srv *server) {
@@ -197,6 +200,26 @@ func TestNotificationCounts(t *testing.T) {
 		bob := srv.register(t, ctx, "countbob")
 		room := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
 		join(t, ctx, bob, room.String())
+		// bob's phone: a pusher to a fake push gateway.
+		gw := make(chan map[string]any, 100)
+		gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var body map[string]any
+			_ = json.NewDecoder(r.Body).Decode(&body)
+			gw <- body
+			_, _ = w.Write([]byte(`{"rejected":[]}`))
+		}))
+		defer gateway.Close()
+		setPusher := srv.doJSON(t, ctx, "POST", "/_matrix/client/v3/pushers/set", bob.AccessToken, map[string]any{
+			"pushkey": "bobs-phone", "kind": "http", "app_id": "org.example.e2e", "app_display_name": "E2E",
+			"device_display_name": "Phone", "lang": "en", "data": map[string]any{"url": gateway.URL + "/_matrix/push/v1/notify"},
+		})
+		if setPusher.status != http.StatusOK {
+			t.Fatalf("set pusher: %d %s", setPusher.status, setPusher.body)
+		}
+		if r := srv.do(t, ctx, "GET", "/_matrix/client/v3/pushers", bob.AccessToken, nil); r.status != http.StatusOK ||
+			!strings.Contains(string(r.body), "bobs-phone") {
+			t.Fatalf("GET /pushers: %d %s", r.status, r.body)
+		}
 		bs, _ := newSyncer(t, ctx, bob, "")
 		counts := func(what string, n, h int) {
 			t.Helper()
@@ -206,8 +229,17 @@ func TestNotificationCounts(t *testing.T) {
 			})
 		}
 
-		send(t, ctx, alice, room, "hello bob-less world", "c1")
+		hello := send(t, ctx, alice, room, "hello bob-less world", "c1")
 		counts("one notification", 1, 0)
+		select {
+		case b := <-gw:
+			n, _ := b["notification"].(map[string]any)
+			if n["event_id"] != hello.String() || n["room_id"] != room.String() {
+				t.Fatalf("push gateway got %v, want %s", b, hello)
+			}
+		case <-ctx.Done():
+			t.Fatal("the push gateway got nothing")
+		}
 		resp, err := alice.SendMessageEvent(ctx, room, event.EventMessage, map[string]any{
 			"msgtype": "m.text", "body": "look", "m.mentions": map[string]any{"user_ids": []string{bob.UserID.String()}},
 		})
