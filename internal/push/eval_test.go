@@ -224,3 +224,30 @@ func TestMasterSilencesEverything(t *testing.T) {
 		t.Fatalf("%v %+v", ok, out)
 	}
 }
+
+// FuzzEvaluate: any conditions, pattern and event a client or a remote
+// server could supply compile and evaluate without panicking, and an
+// unparsable condition list never matches.
+func FuzzEvaluate(f *testing.F) {
+	f.Add(`[{"kind":"event_match","key":"content.body","pattern":"*a?b*"}]`, `ca\.ke`, `{"type":"m.room.message","content":{"body":"xa1b"}}`, "5")
+	f.Add(`[{"kind":"event_property_contains","key":"content.m\\.mentions.user_ids","value":"@u:x"}]`, `*`, `{"content":{"m.mentions":{"user_ids":["@u:x",1,null]}}}`, "2")
+	f.Add(`[{"kind":"room_member_count","is":">=2"},{"kind":"sender_notification_permission","key":"room"},{"kind":"contains_display_name"}]`, `[`, `{"content":{"body":"U?"}}`, "U?")
+	f.Add(`[{"kind":"event_property_is","key":"a\\\\.b\\","value":99999999999999999999}]`, `\`, `{"a\\":{"b\\":1}}`, "")
+	f.Fuzz(func(t *testing.T, conditions, pattern, event, name string) {
+		rs := push.Ruleset{
+			push.Override: {{RuleID: "o", Enabled: true, Actions: []json.RawMessage{json.RawMessage(`"notify"`)}, Conditions: json.RawMessage(conditions)}},
+			push.Content:  {{RuleID: "c", Enabled: true, Actions: []json.RawMessage{json.RawMessage(`{"set_tweak":"highlight"}`)}, Pattern: &pattern}},
+		}
+		e, err := push.NewEvent([]byte(event))
+		if err != nil {
+			return
+		}
+		out, ok := push.NewEvaluator().Evaluate(push.Compile(rs), e, &push.Context{UserID: "@u:x", DisplayName: name, MemberCount: len(name),
+			SenderPower: int64(len(pattern)), NotificationLevels: map[string]int64{"room": 3}})
+		var list []json.RawMessage
+		if ok && out.RuleID == "o" && json.Unmarshal([]byte(conditions), &list) != nil && len(conditions) > 0 {
+			t.Fatalf("a rule with unparsable conditions %q matched", conditions)
+		}
+		_ = push.SplitPath(pattern)
+	})
+}
