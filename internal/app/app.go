@@ -265,7 +265,7 @@ func (p *Process) wire(ctx context.Context) error {
 	}
 	adSvc := accountdata.NewService(db, reg, adWriter, log)
 
-	pushSvc, err := wirePush(ctx, p, db, reg, rpcServer, rpcClient, persister, roomSvc, log)
+	pushSvc, err := wirePush(ctx, p, db, reg, rpcServer, rpcClient, persister, roomSvc, adSvc, inv, log)
 	if err != nil {
 		return err
 	}

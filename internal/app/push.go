@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"slices"
 
+	"ganglion/internal/accountdata"
+	"ganglion/internal/caches"
 	"ganglion/internal/push"
 	"ganglion/internal/replication"
 	"ganglion/internal/rooms"
@@ -16,7 +18,7 @@ import (
 // it, the stream's source, and evaluation in this process's persister (if
 // it is one), and the pusher loop where pusher_instances says. rpcServer and rpcClient are nil in a monolith without Redis.
 func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Registry, rpcServer *replication.Server,
-	rpcClient *replication.Client, persister *rooms.Persister, roomSvc *rooms.Service, log *slog.Logger) (*push.Service, error) {
+	rpcClient *replication.Client, persister *rooms.Persister, roomSvc *rooms.Service, adSvc *accountdata.Service, inv *caches.Invalidator, log *slog.Logger) (*push.Service, error) {
 	cfg := p.cfg
 	svc := push.NewService(db, reg, log)
 	reg.SetSource(streams.PushRules, push.NewSource(db, svc.Changed))
@@ -53,8 +55,17 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 		return out, nil
 	})
 	if persister != nil {
-		persister.SetBatchHook(push.NewHook(db, svc, cfg.ServerName, log))
+		hook := push.NewHook(db, svc, cfg.ServerName, log)
+		persister.SetBatchHook(hook)
+		inv.Register(push.IgnoredCacheName, hook.IgnoredChanged)
 	}
+	// Whoever changes an ignore list announces it on the caches stream,
+	// so that the persisters' evaluation stops notifying of the ignored.
+	adSvc.OnIgnoredListChange(func(ctx context.Context, userID string) {
+		if err := inv.Invalidate(ctx, push.IgnoredCacheName, []string{userID}); err != nil {
+			log.Warn("could not announce an ignore list change", "user_id", userID, "err", err)
+		}
+	})
 	// The pusher loop runs on pusher_instances (main by default), each
 	// instance sending for the users that shard to it.
 	if pushers := cfg.Pushers(); slices.Contains(pushers, cfg.InstanceName()) {

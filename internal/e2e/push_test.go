@@ -342,3 +342,39 @@ func TestNotificationCounts(t *testing.T) {
 		wantRawError(t, srv.do(t, ctx, "GET", "/_matrix/client/v3/notifications?limit=-1", bob.AccessToken, nil), 400, "M_INVALID_PARAM")
 	})
 }
+
+// TestPushIgnoredSender: once bob ignores alice, her messages stop
+// counting for him (on the fleet the change reaches the room's persister
+// through the caches stream), while carol's still count.
+func TestPushIgnoredSender(t *testing.T) {
+	t.Parallel()
+	runDeployments(t, []string{engineSQLite, enginePostgres, engineFleet, engineFleetRouter}, func(t *testing.T, srv *server) {
+		ctx := testContext(t)
+		alice := srv.register(t, ctx, "ignalice")
+		bob := srv.register(t, ctx, "ignbob")
+		carol := srv.register(t, ctx, "igncarol")
+		room := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		join(t, ctx, bob, room.String())
+		join(t, ctx, carol, room.String())
+		err := bob.SetAccountData(ctx, "m.ignored_user_list", map[string]any{"ignored_users": map[string]any{alice.UserID.String(): map[string]any{}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bs, _ := newSyncer(t, ctx, bob, "")
+		send(t, ctx, alice, room, "you cannot hear me", "i1")
+		heard := send(t, ctx, carol, room, "you can hear me", "i2")
+		// alice's message precedes carol's in the stream: any sync that
+		// counts carol's would count alice's too, had it notified.
+		resp := bs.until(t, ctx, "carol's message counted", func(r *mautrix.RespSync) bool {
+			u := unread(r, room)
+			return u != nil && u.NotificationCount > 0
+		})
+		if u := unread(resp, room); u.NotificationCount != 1 {
+			t.Fatalf("bob's count = %d, want 1 (carol's only)", u.NotificationCount)
+		}
+		r := srv.do(t, ctx, "GET", "/_matrix/client/v3/notifications", bob.AccessToken, nil)
+		if r.status != http.StatusOK || !strings.Contains(string(r.body), heard.String()) || strings.Contains(string(r.body), "you cannot hear me") {
+			t.Fatalf("notifications: %d %s", r.status, r.body)
+		}
+	})
+}

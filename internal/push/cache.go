@@ -9,44 +9,47 @@ import (
 	"ganglion/internal/storage"
 )
 
-// rulesCache keeps users' compiled rulesets for evaluation. An entry goes
-// stale only when the user's rules change, which every process hears of:
-// the writer after its commit, the others when they apply the push_rules
-// row (before the stream position advances). A load races with changes:
-// it stores its result only if no change of the user came meanwhile.
-type rulesCache struct {
+// userCache keeps one derived value per user (compiled rules, ignored
+// users) for evaluation. An entry goes stale only when the user's source
+// data changes, which every process hears of after the change commits
+// (Changed). A load races with changes: it remembers the user's version
+// before its query and stores its result only if no change came meanwhile.
+type userCache[T any] struct {
 	mu      sync.Mutex
 	max     int
 	epoch   uint64
 	version map[string]uint64
-	entries map[string]*cachedRules
+	entries map[string]T
 }
 
-type cachedRules struct {
-	ruleset  Ruleset
-	compiled *Compiled
+func newUserCache[T any](max int) *userCache[T] {
+	return &userCache[T]{max: max, version: map[string]uint64{}, entries: map[string]T{}}
 }
 
-func newRulesCache(max int) *rulesCache {
-	return &rulesCache{max: max, version: map[string]uint64{}, entries: map[string]*cachedRules{}}
-}
-
-// Changed drops a user's entry.
-func (c *rulesCache) Changed(userID string) {
+// Changed drops users' entries (nil: everyone's).
+func (c *userCache[T]) Changed(users ...string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.entries, userID)
-	c.version[userID]++
+	if users == nil {
+		clear(c.entries)
+		clear(c.version)
+		c.epoch++
+		return
+	}
+	for _, u := range users {
+		delete(c.entries, u)
+		c.version[u]++
+	}
 }
 
 type cacheStamp struct{ epoch, version uint64 }
 
 // get returns the cached entries of users and, for the others, the stamps
 // a load must present to store its result.
-func (c *rulesCache) get(users []string) (map[string]*cachedRules, map[string]cacheStamp) {
+func (c *userCache[T]) get(users []string) (map[string]T, map[string]cacheStamp) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	hit := make(map[string]*cachedRules, len(users))
+	hit := make(map[string]T, len(users))
 	var miss map[string]cacheStamp
 	for _, u := range users {
 		if e, ok := c.entries[u]; ok {
@@ -61,7 +64,7 @@ func (c *rulesCache) get(users []string) (map[string]*cachedRules, map[string]ca
 	return hit, miss
 }
 
-func (c *rulesCache) put(userID string, st cacheStamp, e *cachedRules) {
+func (c *userCache[T]) put(userID string, st cacheStamp, v T) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if st.epoch != c.epoch || st.version != c.version[userID] {
@@ -73,21 +76,36 @@ func (c *rulesCache) put(userID string, st cacheStamp, e *cachedRules) {
 		c.epoch++
 		return
 	}
-	c.entries[userID] = e
+	c.entries[userID] = v
 }
 
-// rulesOf returns users' rules, loading those not cached with one query
-// per chunk of users (never one per user).
-func (c *rulesCache) rulesOf(ctx context.Context, q storage.Querier, users []string) (map[string]*cachedRules, error) {
+// of returns users' values, loading the missing ones with one query per
+// chunk of users (never one per user): query selects (user_id, raw) rows
+// and ends with "user_id IN"; build derives the value from a user's raw
+// text ("" when the user has no row).
+func (c *userCache[T]) of(ctx context.Context, q storage.Querier, users []string, query string, build func(user, raw string) T) (map[string]T, error) {
 	hit, miss := c.get(users)
 	if len(miss) == 0 {
 		return hit, nil
 	}
-	docs := make(map[string]string, len(miss))
 	ids := make([]string, 0, len(miss))
 	for u := range miss {
 		ids = append(ids, u)
 	}
+	raws, err := loadByUser(ctx, q, query, ids)
+	if err != nil {
+		return nil, err
+	}
+	for u, st := range miss {
+		v := build(u, raws[u])
+		hit[u] = v
+		c.put(u, st, v)
+	}
+	return hit, nil
+}
+
+func loadByUser(ctx context.Context, q storage.Querier, query string, ids []string) (map[string]string, error) {
+	out := make(map[string]string, len(ids))
 	const chunk = 500
 	for lo := 0; lo < len(ids); lo += chunk {
 		part := ids[lo:min(lo+chunk, len(ids))]
@@ -100,29 +118,35 @@ func (c *rulesCache) rulesOf(ctx context.Context, q storage.Querier, users []str
 			fmt.Fprintf(&in, "$%d", i+1)
 			args[i] = u
 		}
-		rows, err := q.QueryContext(ctx, `SELECT user_id, rules FROM push_rules_users WHERE user_id IN (`+in.String()+`)`, args...)
+		rows, err := q.QueryContext(ctx, query+` (`+in.String()+`)`, args...)
 		if err != nil {
-			return nil, fmt.Errorf("load push rules of %d users: %w", len(part), err)
+			return nil, fmt.Errorf("load per-user push data of %d users: %w", len(part), err)
 		}
 		for rows.Next() {
 			var u, raw string
 			if err := rows.Scan(&u, &raw); err != nil {
 				rows.Close()
-				return nil, fmt.Errorf("load push rules: %w", err)
+				return nil, fmt.Errorf("load per-user push data: %w", err)
 			}
-			docs[u] = raw
+			out[u] = raw
 		}
 		err = rows.Err()
 		rows.Close()
 		if err != nil {
-			return nil, fmt.Errorf("load push rules: %w", err)
+			return nil, fmt.Errorf("load per-user push data: %w", err)
 		}
 	}
-	for u, st := range miss {
-		rs := parseUserRules(docs[u]).ruleset(u)
-		e := &cachedRules{ruleset: rs, compiled: Compile(rs)}
-		hit[u] = e
-		c.put(u, st, e)
-	}
-	return hit, nil
+	return out, nil
+}
+
+type cachedRules struct {
+	ruleset  Ruleset
+	compiled *Compiled
+}
+
+const rulesQuery = `SELECT user_id, rules FROM push_rules_users WHERE user_id IN`
+
+func buildRules(user, raw string) *cachedRules {
+	rs := parseUserRules(raw).ruleset(user)
+	return &cachedRules{ruleset: rs, compiled: Compile(rs)}
 }

@@ -23,8 +23,11 @@ import (
 // only writer of its events, so the state only changes through batches
 // this hook sees.
 type Hook struct {
-	db         *storage.DB
-	rules      *rulesCache
+	db    *storage.DB
+	rules *userCache[*cachedRules]
+	// ignored caches each user's m.ignored_user_list: events from users
+	// one ignores notify one of nothing.
+	ignored    *userCache[map[string]bool]
 	eval       *Evaluator
 	serverName string
 	log        *slog.Logger
@@ -50,7 +53,32 @@ const maxHookRooms = 10000
 
 // NewHook builds the hook over the service's rules cache.
 func NewHook(db *storage.DB, s *Service, serverName string, log *slog.Logger) *Hook {
-	return &Hook{db: db, rules: s.cache, eval: NewEvaluator(), serverName: serverName, log: log, rooms: map[string]*roomState{}}
+	return &Hook{db: db, rules: s.cache, ignored: newUserCache[map[string]bool](50000), eval: NewEvaluator(),
+		serverName: serverName, log: log, rooms: map[string]*roomState{}}
+}
+
+// IgnoredCacheName is the caches stream name under which a change of a
+// user's m.ignored_user_list is announced (keys: user ids).
+const IgnoredCacheName = "push_ignored_users"
+
+// IgnoredChanged drops cached ignore lists (the caches stream's handler;
+// nil keys: all of them).
+func (h *Hook) IgnoredChanged(keys []string) { h.ignored.Changed(keys...) }
+
+const ignoredQuery = `SELECT user_id, content FROM account_data WHERE room_id = '' AND type = 'm.ignored_user_list' AND user_id IN`
+
+func buildIgnored(_ string, raw string) map[string]bool {
+	var c struct {
+		IgnoredUsers map[string]json.RawMessage `json:"ignored_users"`
+	}
+	if raw == "" || json.Unmarshal([]byte(raw), &c) != nil || len(c.IgnoredUsers) == 0 {
+		return nil
+	}
+	out := make(map[string]bool, len(c.IgnoredUsers))
+	for u := range c.IgnoredUsers {
+		out[u] = true
+	}
+	return out
 }
 
 // Forget drops the room's cached state (its last batch's outcome is
@@ -123,7 +151,12 @@ type actionRow struct {
 }
 
 func (h *Hook) evaluate(ctx context.Context, st *roomState, ev *events.Event, pos int64, recipients []string, rows []actionRow) ([]actionRow, error) {
-	rules, err := h.rules.rulesOf(ctx, h.db.Reader(), recipients)
+	q := h.db.Reader()
+	rules, err := h.rules.of(ctx, q, recipients, rulesQuery, buildRules)
+	if err != nil {
+		return nil, err
+	}
+	ignored, err := h.ignored.of(ctx, q, recipients, ignoredQuery, buildIgnored)
 	if err != nil {
 		return nil, err
 	}
@@ -140,6 +173,9 @@ func (h *Hook) evaluate(ctx context.Context, st *roomState, ev *events.Event, po
 	}
 	pctx := Context{MemberCount: len(st.joined), SenderPower: st.levels.UserLevel(ev.Sender()), NotificationLevels: st.levels.Notifications}
 	for _, u := range recipients {
+		if ignored[u][ev.Sender()] {
+			continue
+		}
 		pctx.UserID, pctx.DisplayName = u, st.local[u]
 		out, ok := h.eval.Evaluate(rules[u].compiled, pe, &pctx)
 		if !ok || !out.Notify {

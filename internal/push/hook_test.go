@@ -35,6 +35,12 @@ func message(sender, body string) rooms.Draft {
 // newPersister starts a persister with the push hook over db.
 func newPersister(t *testing.T, db *storage.DB, f *fixture) *rooms.Persister {
 	t.Helper()
+	p, _ := newPersisterHook(t, db, f)
+	return p
+}
+
+func newPersisterHook(t *testing.T, db *storage.DB, f *fixture) (*rooms.Persister, *push.Hook) {
+	t.Helper()
 	key, err := events.GenerateSigningKey()
 	if err != nil {
 		t.Fatal(err)
@@ -43,8 +49,9 @@ func newPersister(t *testing.T, db *storage.DB, f *fixture) *rooms.Persister {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.SetBatchHook(push.NewHook(db, f.s, server, discard))
-	return p
+	h := push.NewHook(db, f.s, server, discard)
+	p.SetBatchHook(h)
+	return p, h
 }
 
 // actionsFor lists "user:highlight" for each push actions row of an event.
@@ -77,7 +84,7 @@ func TestHookWritesPushActions(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := ctxT(t)
 		f := newFixture(t, db)
-		p := newPersister(t, db, f)
+		p, hook := newPersisterHook(t, db, f)
 		room := "!push:" + server
 		alice, bob, carol, dave := "@alice:"+server, "@bob:"+server, "@carol:"+server, "@dave:remote.test"
 		create := []rooms.Draft{
@@ -128,6 +135,21 @@ func TestHookWritesPushActions(t *testing.T) {
 		ids = send(member(bob, "leave", ""), message(alice, "bye"))
 		check("after a leave in the same batch", ids[1], carol+":0")
 
+		// Carol ignores alice: once the change is announced, alice's
+		// messages notify her of nothing.
+		if _, err := db.Exec(ctx, `INSERT INTO account_data (user_id, room_id, type, content, stream_id) VALUES ($1, '', 'm.ignored_user_list', $2, 1)`,
+			carol, `{"ignored_users":{"`+alice+`":{}}}`); err != nil {
+			t.Fatal(err)
+		}
+		hook.IgnoredChanged([]string{carol})
+		ids = send(message(alice, "ignored"), message(dave, "not ignored"))
+		check("from an ignored sender", ids[0])
+		check("from another sender", ids[1], alice+":0", carol+":0")
+		if _, err := db.Exec(ctx, `DELETE FROM account_data WHERE user_id = $1`, carol); err != nil {
+			t.Fatal(err)
+		}
+		hook.IgnoredChanged(nil)
+
 		// Carol silences everything; the next message has no row for her.
 		if _, err := f.w.Apply(ctx, carol, push.Op{Op: push.OpSetEnabled, Kind: push.Override, RuleID: ".m.rule.master", Enabled: true}); err != nil {
 			t.Fatal(err)
@@ -157,7 +179,7 @@ func TestHookWritesPushActions(t *testing.T) {
 			t.Fatalf("one-to-one actions = %s", actions)
 		}
 		counts, err := f.s.Counts(ctx, carol, []string{room})
-		if err != nil || counts[room]["main"].Notifications != 4 || counts[room]["main"].Highlights != 1 {
+		if err != nil || counts[room]["main"].Notifications != 5 || counts[room]["main"].Highlights != 1 {
 			t.Fatalf("carol's counts = %+v, %v", counts, err)
 		}
 	})

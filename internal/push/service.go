@@ -22,7 +22,7 @@ type Service struct {
 	db    *storage.DB
 	reg   *streams.Registry
 	w     Writer
-	cache *rulesCache
+	cache *userCache[*cachedRules]
 	// events formats notifications' events (GET /notifications).
 	events EventLoader
 	log    *slog.Logger
@@ -30,7 +30,7 @@ type Service struct {
 
 // NewService builds the service. Call SetWriter before serving requests.
 func NewService(db *storage.DB, reg *streams.Registry, log *slog.Logger) *Service {
-	return &Service{db: db, reg: reg, cache: newRulesCache(50000), log: log}
+	return &Service{db: db, reg: reg, cache: newUserCache[*cachedRules](50000), log: log}
 }
 
 // SetWriter sets the writer (local or remote) requests write through.
