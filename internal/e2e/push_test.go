@@ -14,6 +14,8 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 	"maunium.net/go/mautrix/pushrules"
+
+	"ganglion/internal/config"
 )
 
 // pushRulesOf returns the m.push_rules content of a sync's global account
@@ -377,4 +379,75 @@ func TestPushIgnoredSender(t *testing.T) {
 			t.Fatalf("notifications: %d %s", r.status, r.body)
 		}
 	})
+}
+
+// TestPusherInstances: with pusher_instances naming two generic workers,
+// each user's notifications are sent exactly once, by the one its user id
+// shards to (never by main).
+func TestPusherInstances(t *testing.T) {
+	t.Parallel()
+	withPushers := func(cfg map[string]any) { cfg["pusher_instances"] = []string{instWriter, instWorker2} }
+	runDeployments(t, []string{engineFleet}, func(t *testing.T, srv *server) {
+		ctx := testContext(t)
+		got := make(chan string, 100)
+		gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var body struct {
+				Notification struct {
+					EventID string `json:"event_id"`
+					Devices []struct {
+						PushKey string `json:"pushkey"`
+					} `json:"devices"`
+				} `json:"notification"`
+			}
+			_ = json.NewDecoder(r.Body).Decode(&body)
+			for _, d := range body.Notification.Devices {
+				got <- d.PushKey + " " + body.Notification.EventID + " " + r.Header.Get("User-Agent")
+			}
+			_, _ = w.Write([]byte(`{"rejected":[]}`))
+		}))
+		defer gateway.Close()
+		alice := srv.register(t, ctx, "pialice")
+		room := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		const members = 6
+		sender := map[string]string{} // pushkey → the instance its user shards to
+		for i := range members {
+			c := srv.register(t, ctx, "pimember"+itoa(i))
+			sender["key"+itoa(i)] = "Ganglion (" + config.ShardFor([]string{instWriter, instWorker2}, c.UserID.String()) + ")"
+			join(t, ctx, c, room.String())
+			r := srv.doJSON(t, ctx, "POST", "/_matrix/client/v3/pushers/set", c.AccessToken, map[string]any{
+				"pushkey": "key" + itoa(i), "kind": "http", "app_id": "org.example.e2e", "app_display_name": "E2E",
+				"device_display_name": "Phone", "lang": "en", "data": map[string]any{"url": gateway.URL + "/_matrix/push/v1/notify"},
+			})
+			if r.status != http.StatusOK {
+				t.Fatalf("set pusher: %d %s", r.status, r.body)
+			}
+		}
+		seen := map[string]int{}
+		for round := range 2 {
+			ev := send(t, ctx, alice, room, "round "+itoa(round), "pi"+itoa(round))
+			for n := 0; n < members; {
+				select {
+				case s := <-got:
+					f := strings.SplitN(s, " ", 3)
+					if want := sender[f[0]]; f[2] != want {
+						t.Fatalf("%s sent by %q, want %q", f[0], f[2], want)
+					}
+					seen[f[0]+" "+f[1]]++
+					if f[1] == ev.String() {
+						n++
+					}
+				case <-ctx.Done():
+					t.Fatalf("round %d: %d of %d notifications arrived (%v)", round, n, members, seen)
+				}
+			}
+		}
+		for s, n := range seen {
+			if n != 1 {
+				t.Fatalf("%q delivered %d times (%v)", s, n, seen)
+			}
+		}
+		if len(seen) != 2*members {
+			t.Fatalf("deliveries: %v", seen)
+		}
+	}, withPushers)
 }

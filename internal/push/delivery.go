@@ -197,6 +197,8 @@ func (s *Delivery) send(ctx context.Context, p pending) error {
 		return fmt.Errorf("push request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	// Which instance sent it, for gateway logs (and tests of sharding).
+	req.Header.Set("User-Agent", "Ganglion ("+s.self+")")
 	resp, err := s.opts.Client.Do(req)
 	if err != nil {
 		return fmt.Errorf("post to push gateway: %w", err)
