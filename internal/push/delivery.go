@@ -2,12 +2,16 @@ package push
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"ganglion/internal/config"
@@ -43,6 +47,8 @@ type Delivery struct {
 	opts      DeliveryOptions
 	log       *slog.Logger
 	retry     map[pusherKey]*retryState
+	// lastUpTo is the events position the last complete pass reached.
+	lastUpTo int64
 }
 
 type pusherKey struct{ user, app, pushkey string }
@@ -107,73 +113,174 @@ type pending struct {
 	actions    string
 }
 
-// passLimit bounds the rows one pass sends.
-const passLimit = 500
+// batchLimit bounds the rows one query of a pass reads.
+const batchLimit = 500
 
-// pass sends what is pending for this instance's pushers, oldest first.
+// pass sends what is pending for this instance's pushers, oldest first,
+// until nothing is left up to the current position.
 func (s *Delivery) pass(ctx context.Context) error {
 	// Rows at or below the current position are all committed: a lagging
 	// persister cannot add one below it later.
 	upTo := s.reg.Current(streams.Events)
-	rows, err := s.db.Reader().QueryContext(ctx, `SELECT p.user_id, p.app_id, p.pushkey, p.kind, p.data, p.pushkey_ts,
-		epa.event_id, epa.room_id, epa.stream_ordering, epa.actions
-		FROM pushers p JOIN event_push_actions epa ON epa.user_id = p.user_id
-		AND epa.stream_ordering > p.last_stream_ordering AND epa.stream_ordering <= $1
-		ORDER BY epa.stream_ordering LIMIT $2`, upTo, passLimit)
-	if err != nil {
-		return fmt.Errorf("read pending notifications: %w", err)
+	now := time.Now()
+	due := false
+	for _, r := range s.retry {
+		due = due || !now.Before(r.next)
 	}
-	var todo []pending
-	for rows.Next() {
-		var p pending
-		if err := rows.Scan(&p.key.user, &p.key.app, &p.key.pushkey, &p.kind, &p.data, &p.pushkeyTS,
-			&p.eventID, &p.roomID, &p.pos, &p.actions); err != nil {
-			rows.Close()
-			return fmt.Errorf("read pending notifications: %w", err)
+	if upTo == s.lastUpTo && !due {
+		return nil // nothing new and no retry due
+	}
+	eligible, err := s.eligible(ctx, now)
+	if err != nil {
+		return err
+	}
+	for len(eligible) > 0 {
+		todo, err := s.pending(ctx, eligible, upTo)
+		if err != nil {
+			return err
 		}
-		if config.ShardFor(s.instances, p.key.user) == s.self {
+		for _, p := range todo {
+			if !eligible[p.key] {
+				continue // blocked earlier in this batch
+			}
+			if err := s.deliver(ctx, p); err != nil {
+				if errors.Is(err, errRetryLater) {
+					delete(eligible, p.key)
+					continue
+				}
+				return err
+			}
+		}
+		if len(todo) < batchLimit {
+			break
+		}
+	}
+	s.lastUpTo = upTo
+	return nil
+}
+
+// eligible lists this instance's pushers (their users shard here) that
+// are not waiting to retry.
+func (s *Delivery) eligible(ctx context.Context, now time.Time) (map[pusherKey]bool, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT user_id, app_id, pushkey FROM pushers`)
+	if err != nil {
+		return nil, fmt.Errorf("list pushers: %w", err)
+	}
+	defer rows.Close()
+	out := map[pusherKey]bool{}
+	live := map[pusherKey]bool{}
+	for rows.Next() {
+		var k pusherKey
+		if err := rows.Scan(&k.user, &k.app, &k.pushkey); err != nil {
+			return nil, fmt.Errorf("list pushers: %w", err)
+		}
+		if config.ShardFor(s.instances, k.user) != s.self {
+			continue
+		}
+		live[k] = true
+		if r := s.retry[k]; r == nil || !now.Before(r.next) {
+			out[k] = true
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list pushers: %w", err)
+	}
+	for k := range s.retry {
+		if !live[k] {
+			delete(s.retry, k) // the pusher is gone
+		}
+	}
+	return out, nil
+}
+
+// pending reads the oldest undelivered rows of the eligible pushers, at
+// most batchLimit.
+func (s *Delivery) pending(ctx context.Context, eligible map[pusherKey]bool, upTo int64) ([]pending, error) {
+	var todo []pending
+	keys := make([]pusherKey, 0, len(eligible))
+	for k := range eligible {
+		keys = append(keys, k)
+	}
+	const chunk = 300 // three parameters each
+	for lo := 0; lo < len(keys); lo += chunk {
+		part := keys[lo:min(lo+chunk, len(keys))]
+		var in strings.Builder
+		args := []any{upTo, batchLimit}
+		for i, k := range part {
+			if i > 0 {
+				in.WriteString(", ")
+			}
+			n := len(args)
+			fmt.Fprintf(&in, "($%d, $%d, $%d)", n+1, n+2, n+3)
+			args = append(args, k.user, k.app, k.pushkey)
+		}
+		rows, err := s.db.Reader().QueryContext(ctx, `SELECT p.user_id, p.app_id, p.pushkey, p.kind, p.data, p.pushkey_ts,
+			epa.event_id, epa.room_id, epa.stream_ordering, epa.actions
+			FROM pushers p JOIN event_push_actions epa ON epa.user_id = p.user_id
+			AND epa.stream_ordering > p.last_stream_ordering AND epa.stream_ordering <= $1
+			WHERE (p.user_id, p.app_id, p.pushkey) IN (`+in.String()+`)
+			ORDER BY epa.stream_ordering LIMIT $2`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("read pending notifications: %w", err)
+		}
+		for rows.Next() {
+			var p pending
+			if err := rows.Scan(&p.key.user, &p.key.app, &p.key.pushkey, &p.kind, &p.data, &p.pushkeyTS,
+				&p.eventID, &p.roomID, &p.pos, &p.actions); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("read pending notifications: %w", err)
+			}
 			todo = append(todo, p)
 		}
-	}
-	err = rows.Err()
-	rows.Close()
-	if err != nil {
-		return fmt.Errorf("read pending notifications: %w", err)
-	}
-	blocked := map[pusherKey]bool{}
-	now := time.Now()
-	for _, p := range todo {
-		if blocked[p.key] {
-			continue
-		}
-		if r := s.retry[p.key]; r != nil && now.Before(r.next) {
-			blocked[p.key] = true
-			continue
-		}
-		err := s.send(ctx, p)
+		err = rows.Err()
+		rows.Close()
 		if err != nil {
-			r := s.retry[p.key]
-			if r == nil {
-				r = &retryState{backoff: s.opts.MinBackoff, since: now}
-				s.retry[p.key] = r
-			} else {
-				r.backoff = min(2*r.backoff, s.opts.MaxBackoff)
-			}
-			r.next = now.Add(r.backoff)
-			if now.Sub(r.since) < s.opts.GiveUpAfter {
-				s.log.Info("push gateway failed; will retry", "user_id", p.key.user, "app_id", p.key.app, "event_id", p.eventID,
-					"retry_in", r.backoff, "err", err)
-				blocked[p.key] = true
-				continue
-			}
-			s.log.Warn("push gateway failing for too long; skipping a notification", "user_id", p.key.user, "event_id", p.eventID, "err", err)
+			return nil, fmt.Errorf("read pending notifications: %w", err)
+		}
+	}
+	// Chunks were read apart: keep the oldest batchLimit overall, so that
+	// a pusher's rows stay in order (a later chunk's rows never overtake
+	// an earlier one's unread rows of the same pusher).
+	slices.SortFunc(todo, func(a, b pending) int { return cmp.Compare(a.pos, b.pos) })
+	if len(todo) > batchLimit {
+		todo = todo[:batchLimit]
+	}
+	return todo, nil
+}
+
+// errRetryLater: the gateway failed; the pusher waits for its backoff.
+var errRetryLater = errors.New("push gateway failed; retrying later")
+
+// deliver sends one row and moves the pusher past it, or schedules a
+// retry (errRetryLater). A pusher failing for longer than GiveUpAfter
+// skips the row instead, so a dead gateway cannot hold back everything
+// after it forever.
+func (s *Delivery) deliver(ctx context.Context, p pending) error {
+	now := time.Now()
+	if err := s.send(ctx, p); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r := s.retry[p.key]
+		if r == nil {
+			r = &retryState{backoff: s.opts.MinBackoff, since: now}
+			s.retry[p.key] = r
 		} else {
-			delete(s.retry, p.key)
+			r.backoff = min(2*r.backoff, s.opts.MaxBackoff)
 		}
-		if _, err := s.db.Exec(ctx, `UPDATE pushers SET last_stream_ordering = $4 WHERE user_id = $1 AND app_id = $2 AND pushkey = $3
-			AND last_stream_ordering < $4`, p.key.user, p.key.app, p.key.pushkey, p.pos); err != nil {
-			return fmt.Errorf("advance pusher of %s: %w", p.key.user, err)
+		r.next = now.Add(r.backoff)
+		if now.Sub(r.since) < s.opts.GiveUpAfter {
+			s.log.Info("push gateway failed; will retry", "user_id", p.key.user, "app_id", p.key.app, "event_id", p.eventID,
+				"retry_in", r.backoff, "err", err)
+			return errRetryLater
 		}
+		s.log.Warn("push gateway failing for too long; skipping a notification", "user_id", p.key.user, "event_id", p.eventID, "err", err)
+	} else {
+		delete(s.retry, p.key)
+	}
+	if _, err := s.db.Exec(ctx, `UPDATE pushers SET last_stream_ordering = $4 WHERE user_id = $1 AND app_id = $2 AND pushkey = $3
+		AND last_stream_ordering < $4`, p.key.user, p.key.app, p.key.pushkey, p.pos); err != nil {
+		return fmt.Errorf("advance pusher of %s: %w", p.key.user, err)
 	}
 	return nil
 }

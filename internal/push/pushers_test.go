@@ -140,6 +140,14 @@ func TestPushers(t *testing.T) {
 			t.Fatal("kind null did not delete carol's pusher")
 		}
 
+		// bob's second device has a gateway that always fails: it retries
+		// on its own without holding back the first device.
+		dead := newGateway(t, 503)
+		if st, b := c.do("POST", set, `{"pushkey":"pk2","kind":"http","app_id":"org.example.other","app_display_name":"App",
+			"device_display_name":"Tablet","lang":"en","data":{"url":"`+dead.srv.URL+`/_matrix/push/v1/notify"}}`); st != 200 {
+			t.Fatalf("second pusher: %d %s", st, b)
+		}
+
 		// A message to bob reaches the gateway, after one failure.
 		p := newPersister(t, db, f)
 		room := "!pushers:" + server
@@ -198,6 +206,9 @@ func TestPushers(t *testing.T) {
 		if b := g.next(t); b["notification"].(map[string]any)["content"].(map[string]any)["body"] != "again" {
 			t.Fatalf("next notification = %v", b)
 		}
-		testutil.Eventually(t, 10*time.Second, "rejected pusher removed", func() bool { return len(list(c)) == 0 })
+		testutil.Eventually(t, 10*time.Second, "rejected pusher removed", func() bool { return len(list(c)) == 1 })
+		// The dead gateway was tried more than once meanwhile (backoff).
+		dead.next(t)
+		dead.next(t)
 	})
 }
