@@ -356,11 +356,13 @@ func (s *Delivery) notification(ctx context.Context, p pending, data map[string]
 	if _, ok := tweaks["highlight"]; ok {
 		prio = "high"
 	}
-	var unread int
-	if err := s.db.Reader().QueryRowContext(ctx, `SELECT count(DISTINCT epa.room_id) FROM event_push_actions epa
-		WHERE epa.user_id = $1 AND `+unreadCond, p.key.user).Scan(&unread); err != nil {
-		return nil, fmt.Errorf("unread count of %s: %w", p.key.user, err)
+	// The badge: how many rooms have unread notifications (Synapse's
+	// default, push.group_unread_count_by_room).
+	counts, err := countUnread(ctx, s.db.Reader(), p.key.user, nil)
+	if err != nil {
+		return nil, err
 	}
+	unread := len(counts)
 	n := map[string]any{
 		"event_id": p.eventID,
 		"room_id":  p.roomID,
