@@ -100,6 +100,7 @@ func (h *Hook) InBatch(ctx context.Context, tx *sql.Tx, roomID string, evs []*ev
 		return nil, err
 	}
 	var rows []actionRow
+	users := &batchUsers{rules: map[string]*cachedRules{}, ignored: map[string]map[string]bool{}}
 	owned := false // whether st is this batch's copy yet
 	for i, ev := range evs {
 		recipients := make([]string, 0, len(st.local)+1)
@@ -116,7 +117,7 @@ func (h *Hook) InBatch(ctx context.Context, tx *sql.Tx, roomID string, evs []*ev
 			}
 		}
 		if len(recipients) > 0 {
-			if rows, err = h.evaluate(ctx, st, ev, ids[i], recipients, rows); err != nil {
+			if rows, err = h.evaluate(ctx, users, st, ev, ids[i], recipients, rows); err != nil {
 				return nil, err
 			}
 		}
@@ -150,16 +151,43 @@ type actionRow struct {
 	actions                     []byte
 }
 
-func (h *Hook) evaluate(ctx context.Context, st *roomState, ev *events.Event, pos int64, recipients []string, rows []actionRow) ([]actionRow, error) {
+// batchUsers holds what a batch has looked up of its recipients, so that
+// the caches are consulted once per user per batch, not once per event.
+type batchUsers struct {
+	rules   map[string]*cachedRules
+	ignored map[string]map[string]bool
+}
+
+func (h *Hook) users(ctx context.Context, b *batchUsers, recipients []string) error {
+	var missing []string
+	for _, u := range recipients {
+		if _, ok := b.rules[u]; !ok {
+			missing = append(missing, u)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
 	q := h.db.Reader()
-	rules, err := h.rules.of(ctx, q, recipients, rulesQuery, buildRules)
+	rules, err := h.rules.of(ctx, q, missing, rulesQuery, buildRules)
 	if err != nil {
+		return err
+	}
+	ignored, err := h.ignored.of(ctx, q, missing, ignoredQuery, buildIgnored)
+	if err != nil {
+		return err
+	}
+	for _, u := range missing {
+		b.rules[u], b.ignored[u] = rules[u], ignored[u]
+	}
+	return nil
+}
+
+func (h *Hook) evaluate(ctx context.Context, b *batchUsers, st *roomState, ev *events.Event, pos int64, recipients []string, rows []actionRow) ([]actionRow, error) {
+	if err := h.users(ctx, b, recipients); err != nil {
 		return nil, err
 	}
-	ignored, err := h.ignored.of(ctx, q, recipients, ignoredQuery, buildIgnored)
-	if err != nil {
-		return nil, err
-	}
+	rules, ignored := b.rules, b.ignored
 	pe, err := NewEvent(ev.JSON())
 	if err != nil {
 		h.log.Warn("event not evaluated for push", "event_id", ev.EventID(), "err", err)
