@@ -7,12 +7,25 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 )
 
-// Event is an event decoded once for evaluation against many users' rules.
+// Event is an event decoded once for evaluation against many users' rules
+// (by one goroutine at a time: it caches derived values).
 type Event struct {
 	obj map[string]any
+	// lowerBody is content.body in lower case, made on first use.
+	lowerBody *string
+	hasBody   bool
+}
+
+// body returns content.body in lower case, and whether it is a string.
+func (e *Event) body() (string, bool) {
+	if e.lowerBody == nil {
+		s, ok := stringAt(e, bodyPath)
+		l := strings.ToLower(s)
+		e.lowerBody, e.hasBody = &l, ok
+	}
+	return *e.lowerBody, e.hasBody
 }
 
 // NewEvent decodes an event's JSON (numbers kept exact).
@@ -70,30 +83,10 @@ type Outcome struct {
 	Highlight bool
 }
 
-// Evaluator evaluates compiled rulesets. It caches the display name
-// matchers, which every user of every room needs.
-type Evaluator struct {
-	mu    sync.Mutex
-	names map[string]*regexp.Regexp
-}
+// Evaluator evaluates compiled rulesets.
+type Evaluator struct{}
 
-func NewEvaluator() *Evaluator { return &Evaluator{names: map[string]*regexp.Regexp{}} }
-
-const maxCachedNames = 10000
-
-func (ev *Evaluator) nameMatcher(name string) *regexp.Regexp {
-	ev.mu.Lock()
-	defer ev.mu.Unlock()
-	if re, ok := ev.names[name]; ok {
-		return re
-	}
-	if len(ev.names) >= maxCachedNames {
-		clear(ev.names)
-	}
-	re := regexp.MustCompile(wordBounded(regexp.QuoteMeta(name)))
-	ev.names[name] = re
-	return re
-}
+func NewEvaluator() *Evaluator { return &Evaluator{} }
 
 // Compiled is a ruleset ready to evaluate, in evaluation order.
 type Compiled struct {
@@ -234,12 +227,12 @@ func compileCondition(raw json.RawMessage) condition {
 			return false
 		}
 	case "contains_display_name":
-		return func(ev *Evaluator, e *Event, c *Context) bool {
+		return func(_ *Evaluator, e *Event, c *Context) bool {
 			if c.DisplayName == "" {
 				return false
 			}
-			body, ok := stringAt(e, bodyPath)
-			return ok && ev.nameMatcher(c.DisplayName).MatchString(body)
+			body, ok := e.body()
+			return ok && containsWord(body, strings.ToLower(c.DisplayName))
 		}
 	case "room_member_count":
 		if c.Is == nil {
@@ -278,7 +271,23 @@ func stringAt(e *Event, path []string) (string, bool) {
 // property; the whole value must match, except for content.body, where
 // the pattern matches any run of the body between word boundaries.
 func globCondition(path []string, pattern string) condition {
-	re, err := regexp.Compile(globRegexp(pattern, len(path) == 2 && path[0] == "content" && path[1] == "body"))
+	words := len(path) == 2 && path[0] == "content" && path[1] == "body"
+	if !strings.ContainsAny(pattern, "*?") {
+		// Most patterns are literals (event types, keywords, @room): no
+		// regular expression needed.
+		if words {
+			lower := strings.ToLower(pattern)
+			return func(_ *Evaluator, e *Event, _ *Context) bool {
+				body, ok := e.body()
+				return ok && containsWord(body, lower)
+			}
+		}
+		return func(_ *Evaluator, e *Event, _ *Context) bool {
+			s, ok := stringAt(e, path)
+			return ok && strings.EqualFold(s, pattern)
+		}
+	}
+	re, err := regexp.Compile(globRegexp(pattern, words))
 	if err != nil {
 		return never
 	}
@@ -318,6 +327,31 @@ func globRegexp(glob string, words bool) string {
 // ends of the value or a character outside [A-Za-z0-9_].
 func wordBounded(re string) string {
 	return `(?is)(?:\A|[^A-Za-z0-9_])(?:` + re + `)(?:[^A-Za-z0-9_]|\z)`
+}
+
+// containsWord reports whether needle occurs in hay starting and ending at
+// word boundaries (both already in lower case). An empty needle never
+// matches.
+func containsWord(hay, needle string) bool {
+	if needle == "" {
+		return false
+	}
+	for from := 0; from <= len(hay)-len(needle); {
+		i := strings.Index(hay[from:], needle)
+		if i < 0 {
+			return false
+		}
+		start, end := from+i, from+i+len(needle)
+		if (start == 0 || !isWordByte(hay[start-1])) && (end == len(hay) || !isWordByte(hay[end])) {
+			return true
+		}
+		from = start + 1
+	}
+	return false
+}
+
+func isWordByte(b byte) bool {
+	return b == '_' || (b >= '0' && b <= '9') || (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z')
 }
 
 // SplitPath splits a dotted property path: "\." is a literal dot and "\\"
