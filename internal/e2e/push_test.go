@@ -59,10 +59,11 @@ func ruleIDs(rules pushrules.PushRuleArray) []string {
 // GET /pushrules/ and in its first sync's account data; its changes
 // (a rule placed with before=, enabled, actions) come back in the next
 // incremental sync; bad requests get the spec's errors. On the fleet the
-// changes go through the push_rules stream writer.
+// changes go through the push_rules stream writer (also behind the router
+// and behind nginx with the generated config).
 func TestPushRules(t *testing.T) {
 	t.Parallel()
-	runDeployments(t, []string{engineSQLite, enginePostgres, engineFleet, engineFleetRouter}, func(t *testing.T, srv *server) {
+	forEachEngine(t, func(t *testing.T, srv *server) {
 		ctx := testContext(t)
 		alice := srv.register(t, ctx, "pushalice")
 		rs, err := alice.GetPushRules(ctx)
