@@ -286,7 +286,7 @@ func (p *Process) wire(ctx context.Context) error {
 		tdWriter = todevice.NewRemoteWriter(rpcClient, firstWriter(streams.ToDevice))
 	}
 	tdSvc := todevice.NewService(db, reg, tdWriter, log)
-	acc.SetDeviceHooks(tdSvc)
+	acc.SetDeviceHooks(deviceHooks{tdSvc.DeleteDeviceInbox, pushSvc.DeviceGone})
 
 	reg.SetSource(streams.Presence, presence.NewSource(db, roomStore, log))
 	var presWriter presence.Writer = presence.NoopWriter{}

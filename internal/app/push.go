@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 
@@ -72,4 +73,17 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 		p.runners = append(p.runners, push.NewDelivery(db, reg, cfg.InstanceName(), pushers, push.DeliveryOptions{}, log).Run)
 	}
 	return svc, nil
+}
+
+// deviceHooks runs several domains' clean-up of a deleted device.
+type deviceHooks []func(ctx context.Context, userID, deviceID string) error
+
+// DeleteDeviceInbox implements accounts.DeviceHooks (its one method is
+// named after its first user, to-device): every hook runs.
+func (h deviceHooks) DeleteDeviceInbox(ctx context.Context, userID, deviceID string) error {
+	var errs []error
+	for _, f := range h {
+		errs = append(errs, f(ctx, userID, deviceID))
+	}
+	return errors.Join(errs...)
 }

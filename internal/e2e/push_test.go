@@ -343,6 +343,16 @@ func TestNotificationCounts(t *testing.T) {
 		}
 		wantRawError(t, srv.do(t, ctx, "GET", "/_matrix/client/v3/notifications?from=abc", bob.AccessToken, nil), 400, "M_INVALID_PARAM")
 		wantRawError(t, srv.do(t, ctx, "GET", "/_matrix/client/v3/notifications?limit=-1", bob.AccessToken, nil), 400, "M_INVALID_PARAM")
+
+		// Logging out deletes the device, and with it the pusher it set.
+		other := srv.mustLogin(t, ctx, "countbob", password("countbob"))
+		if _, err := bob.Logout(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if r := srv.do(t, ctx, "GET", "/_matrix/client/v3/pushers", other.AccessToken, nil); r.status != http.StatusOK ||
+			strings.Contains(string(r.body), "bobs-phone") {
+			t.Fatalf("pushers after logout: %d %s", r.status, r.body)
+		}
 	})
 }
 

@@ -140,12 +140,12 @@ func (s *Service) setPusher(w http.ResponseWriter, r *http.Request, req *account
 				return err
 			}
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name, device_display_name,
-			profile_tag, lang, data, pushkey_ts, last_stream_ordering) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-			ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET kind = excluded.kind, app_display_name = excluded.app_display_name,
-			device_display_name = excluded.device_display_name, profile_tag = excluded.profile_tag, lang = excluded.lang,
-			data = excluded.data`,
-			req.UserID, *b.AppID, *b.PushKey, kind, *b.AppDisplayName, *b.DeviceDisplayName, tag, *b.Lang, string(data),
+		_, err := tx.ExecContext(ctx, `INSERT INTO pushers (user_id, device_id, app_id, pushkey, kind, app_display_name, device_display_name,
+			profile_tag, lang, data, pushkey_ts, last_stream_ordering) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+			ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET device_id = excluded.device_id, kind = excluded.kind,
+			app_display_name = excluded.app_display_name, device_display_name = excluded.device_display_name,
+			profile_tag = excluded.profile_tag, lang = excluded.lang, data = excluded.data`,
+			req.UserID, req.DeviceID, *b.AppID, *b.PushKey, kind, *b.AppDisplayName, *b.DeviceDisplayName, tag, *b.Lang, string(data),
 			time.Now().UnixMilli(), start)
 		return err
 	})
@@ -161,6 +161,15 @@ func checkGatewayURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || !strings.HasSuffix(u.Path, notifyPath) {
 		return mxhttp.InvalidParam("data.url must be an http(s) URL ending in %s", notifyPath)
+	}
+	return nil
+}
+
+// DeviceGone deletes the pushers a deleted device set (logout, device
+// deletion): the device will not receive them any more.
+func (s *Service) DeviceGone(ctx context.Context, userID, deviceID string) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM pushers WHERE user_id = $1 AND device_id = $2`, userID, deviceID); err != nil {
+		return fmt.Errorf("delete pushers of device %s of %s: %w", deviceID, userID, err)
 	}
 	return nil
 }

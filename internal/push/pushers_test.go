@@ -139,6 +139,17 @@ func TestPushers(t *testing.T) {
 		if st, _ := carol.do("POST", set, `{"pushkey":"pk1","app_id":"org.example.app","kind":null}`); st != 200 || len(list(carol)) != 0 {
 			t.Fatal("kind null did not delete carol's pusher")
 		}
+		// Deleting the device that set a pusher deletes the pusher; another
+		// device's stays.
+		if st, _ := carol.do("POST", set, pusher(g.srv.URL+"/_matrix/push/v1/notify", `,"append":true`)); st != 200 {
+			t.Fatal("carol's pusher again")
+		}
+		if err := f.s.DeviceGone(ctx, other.UserID, "OTHERDEVICE"); err != nil || len(list(carol)) != 1 {
+			t.Fatalf("another device's deletion removed carol's pusher: %v", err)
+		}
+		if err := f.s.DeviceGone(ctx, other.UserID, other.DeviceID); err != nil || len(list(carol)) != 0 {
+			t.Fatalf("carol's device deletion kept her pusher: %v", err)
+		}
 
 		// bob's second device has a gateway that always fails: it retries
 		// on its own without holding back the first device.

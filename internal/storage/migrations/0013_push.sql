@@ -36,6 +36,9 @@ CREATE INDEX event_push_actions_user_stream ON event_push_actions (user_id, stre
 -- resumes where delivery stopped.
 CREATE TABLE pushers (
     user_id               TEXT NOT NULL,
+    -- the device that set the pusher: deleting the device (logout)
+    -- deletes its pushers, as Synapse does
+    device_id             TEXT NOT NULL,
     app_id                TEXT NOT NULL,
     pushkey               TEXT NOT NULL,
     kind                  TEXT NOT NULL,
