@@ -137,6 +137,7 @@ func TestHTTP(t *testing.T) {
 			{"PUT", p + "override/.m.rule.master/enabled", `{"enabled":true}`, 200, ""},
 			{"PUT", p + "underride/.m.rule.message/actions", `{"actions":["dont_notify"]}`, 200, ""},
 			{"PUT", p + "underride/.m.rule.message/actions", `{"actions":5}`, 400, "M_BAD_JSON"},
+			{"PUT", p + "underride/.m.rule.encrypted/actions", `{"actions":[]}`, 200, ""},
 			{"PUT", p + "override/.m.rule.message/actions", `{"actions":[]}`, 404, "M_NOT_FOUND"},
 			{"GET", p + "override/a/bogus", "", 404, "M_UNRECOGNIZED"},
 			{"DELETE", p + "override/.m.rule.master", "", 400, "M_UNKNOWN"},
@@ -170,6 +171,9 @@ func TestHTTP(t *testing.T) {
 		}
 		if m, _ := rs.Find(push.Underride, ".m.rule.message"); len(m.Actions) != 1 || string(m.Actions[0]) != `"dont_notify"` {
 			t.Fatalf("message actions = %s", m.Actions)
+		}
+		if e, _ := rs.Find(push.Underride, ".m.rule.encrypted"); e.Actions == nil || len(e.Actions) != 0 {
+			t.Fatalf("encrypted actions set to [] read back as %s", e.Actions)
 		}
 		if got := ids(rs[push.Content]); !slices.Equal(got, []string{"kw", ".m.rule.contains_user_name"}) {
 			t.Fatalf("content = %v", got)

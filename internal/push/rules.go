@@ -100,8 +100,9 @@ type storedRule struct {
 
 // defaultChange is a user's change to a server-default rule.
 type defaultChange struct {
-	Enabled *bool             `json:"enabled,omitempty"`
-	Actions []json.RawMessage `json:"actions,omitempty"`
+	Enabled *bool `json:"enabled,omitempty"`
+	// Actions is a pointer so that an empty list (no action) is a change.
+	Actions *[]json.RawMessage `json:"actions,omitempty"`
 }
 
 // userRules is the stored document of one user's push rules.
@@ -149,7 +150,7 @@ func (u *userRules) ruleset(userID string) Ruleset {
 					d.Enabled = *ch.Enabled
 				}
 				if ch.Actions != nil {
-					d.Actions = ch.Actions
+					d.Actions = *ch.Actions
 				}
 			}
 			if d.RuleID == ruleMaster {

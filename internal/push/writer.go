@@ -135,7 +135,11 @@ func (u *userRules) apply(op Op) error {
 		case OpSetEnabled:
 			ch.Enabled = &op.Enabled
 		case OpSetActions:
-			ch.Actions = op.Actions
+			actions := op.Actions
+			if actions == nil {
+				actions = []json.RawMessage{}
+			}
+			ch.Actions = &actions
 		case OpDelete:
 			return mxhttp.WithCode(400, "M_UNKNOWN", "Cannot delete the server-default rule %s", op.RuleID)
 		case OpPut:
