@@ -27,6 +27,22 @@ type Service struct {
 	reg *streams.Registry
 	w   Writer
 	log *slog.Logger
+	// ignoredChanged, if set, hears of each committed change of a user's
+	// m.ignored_user_list (push evaluation caches the lists).
+	ignoredChanged func(ctx context.Context, userID string)
+}
+
+// OnIgnoredListChange sets f to hear of every change of a user's
+// m.ignored_user_list made through this service, after it committed.
+func (s *Service) OnIgnoredListChange(f func(ctx context.Context, userID string)) {
+	s.ignoredChanged = f
+}
+
+// written tells the ignored-list hook of a committed write.
+func (s *Service) written(ctx context.Context, userID, roomID, eventType string) {
+	if s.ignoredChanged != nil && roomID == "" && eventType == TypeIgnoredList {
+		s.ignoredChanged(ctx, userID)
+	}
 }
 
 // NewService builds the service over w (local or remote).
@@ -148,7 +164,11 @@ func (s *Service) Set(ctx context.Context, userID, roomID, eventType string, con
 			return 0, err
 		}
 	}
-	return s.w.Put(ctx, userID, roomID, eventType, c)
+	pos, err := s.w.Put(ctx, userID, roomID, eventType, c)
+	if err == nil {
+		s.written(ctx, userID, roomID, eventType)
+	}
+	return pos, err
 }
 
 // Delete removes account data (MSC3391) by writing {}.
@@ -156,7 +176,11 @@ func (s *Service) Delete(ctx context.Context, userID, roomID, eventType string) 
 	if eventType == TypeFullyRead || eventType == TypePushRules {
 		return 0, mxhttp.WithCode(405, "M_BAD_JSON", "Cannot delete %s through this API.", eventType)
 	}
-	return s.w.Put(ctx, userID, roomID, eventType, json.RawMessage("{}"))
+	pos, err := s.w.Put(ctx, userID, roomID, eventType, json.RawMessage("{}"))
+	if err == nil {
+		s.written(ctx, userID, roomID, eventType)
+	}
+	return pos, err
 }
 
 func validateIgnoredUsers(content json.RawMessage) error {

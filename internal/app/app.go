@@ -293,6 +293,11 @@ func (p *Process) wire(ctx context.Context) error {
 	}
 	adSvc := accountdata.NewService(db, reg, adWriter, log)
 
+	pushSvc, err := wirePush(ctx, p, db, reg, rpcServer, rpcClient, persister, roomSvc, adSvc, inv, log)
+	if err != nil {
+		return err
+	}
+
 	reg.SetSource(streams.ToDevice, todevice.NewSource(db))
 	var tdWriter todevice.Writer
 	if reg.IsWriter(streams.ToDevice) {
@@ -309,7 +314,7 @@ func (p *Process) wire(ctx context.Context) error {
 		tdWriter = todevice.NewRemoteWriter(rpcClient, firstWriter(streams.ToDevice))
 	}
 	tdSvc := todevice.NewService(db, reg, tdWriter, log)
-	acc.SetDeviceHooks(tdSvc)
+	acc.SetDeviceHooks(deviceHooks{tdSvc.DeleteDeviceInbox, pushSvc.DeviceGone})
 
 	presSource := presence.NewSource(db, roomStore, log)
 	reg.SetSource(streams.Presence, presSource)
@@ -384,6 +389,8 @@ func (p *Process) wire(ctx context.Context) error {
 		Typing:         typingReader,
 		Receipts:       receiptsStore,
 		AccountData:    adSvc,
+		PushRules:      pushSvc,
+		Notifications:  pushSvc,
 		ToDevice:       tdSvc,
 		Presence:       presSvc,
 		PresenceWriter: presWriter,
@@ -403,6 +410,9 @@ func (p *Process) wire(ctx context.Context) error {
 	typing.NewHandlers(typingWriter, roomStore).Routes(mux, srv, acc)
 	receipts.NewHandlers(receiptsWriter, roomStore, roomSvc, adSvc).Routes(mux, srv, acc)
 	adSvc.Routes(mux, srv, acc)
+	pushSvc.Routes(mux, srv, acc)
+	pushSvc.NotificationsRoutes(mux, srv, acc)
+	pushSvc.PushersRoutes(mux, srv, acc)
 	tdSvc.Routes(mux, srv, acc)
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)

@@ -471,6 +471,7 @@ func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOptio
 		"account_data": instWriter,
 		"receipts":     instWriter,
 		"presence":     instWriter,
+		"push_rules":   instWriter,
 	}
 	f.shared = writeYAML(t, filepath.Join(f.dir, "shared.yaml"), doc)
 	m.args = []string{"serve", "-c", f.shared}

@@ -82,6 +82,9 @@ type Persister struct {
 	// and before its position becomes visible.
 	stateChanged func(roomID, typ, stateKey string)
 
+	// hook, if set, sees every batch in its transaction (push rules).
+	hook BatchHook
+
 	// queues holds, per room, the requests waiting to be persisted.
 	queueMu sync.Mutex
 	queues  map[string][]*sendRequest
@@ -139,6 +142,23 @@ func (p *Persister) startPosition(ctx context.Context) (int64, error) {
 // to f before readers can see it (Store.StateChanged). Call before the
 // first send.
 func (p *Persister) NotifyStateChanges(f func(roomID, typ, stateKey string)) { p.stateChanged = f }
+
+// BatchHook sees each batch of events in the batch's transaction: push
+// rule evaluation writes its per-user rows there, so an event and what it
+// means for each user's notifications commit together.
+type BatchHook interface {
+	// InBatch runs after the batch's events are inserted (evs[i] at stream
+	// ordering ids[i]) and may write with tx. The function it returns (if
+	// any) runs once the transaction has committed, before readers can
+	// see the events. InBatch may run again if the transaction is retried.
+	InBatch(ctx context.Context, tx *sql.Tx, roomID string, evs []*events.Event, ids []int64) (func(), error)
+	// Forget drops anything cached about the room: a batch's outcome is
+	// unknown.
+	Forget(roomID string)
+}
+
+// SetBatchHook installs the batch hook. Call before the first send.
+func (p *Persister) SetBatchHook(h BatchHook) { p.hook = h }
 
 // Position is this persister's committed position on the events stream.
 func (p *Persister) Position() int64 { return p.tracker.Position() }
@@ -294,11 +314,12 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 
 	var built []*events.Event
 	var last int64
+	var afterCommit func()
 	res := p.tracker.Reserve()
 	defer res.Abort() // no-op after Done
 	err = p.db.Tx(ctx, func(tx *sql.Tx) error {
 		// A retried transaction starts from the committed room again.
-		built, last = built[:0], 0
+		built, last, afterCommit = built[:0], 0, nil
 		clear(work.state)
 		work.extremities, work.depth = rc.extremities, rc.depth
 		b := &batchState{inBatch: map[txnKey]*staged{}}
@@ -340,6 +361,11 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 			d.r.results[d.i] = Persisted{EventID: d.of.ev.EventID(), StreamPos: d.of.id, Deduplicated: true}
 		}
 		last = ids[len(ids)-1]
+		if p.hook != nil {
+			if afterCommit, err = p.hook.InBatch(ctx, tx, roomID, built, ids); err != nil {
+				return err
+			}
+		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM forward_extremities WHERE room_id = $1`, roomID); err != nil {
 			return fmt.Errorf("update extremities: %w", err)
 		}
@@ -370,6 +396,9 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 				p.stateChanged(roomID, ev.Type(), *ev.StateKey())
 			}
 		}
+	}
+	if afterCommit != nil {
+		afterCommit()
 	}
 	res.Done()
 	if len(built) > 0 {
@@ -525,6 +554,9 @@ func (p *Persister) forget(roomID string) {
 	p.cacheMu.Lock()
 	delete(p.cache, roomID)
 	p.cacheMu.Unlock()
+	if p.hook != nil {
+		p.hook.Forget(roomID)
+	}
 }
 
 // room returns the cached room, loading it (or, for a create draft,

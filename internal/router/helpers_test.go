@@ -204,7 +204,7 @@ func newTestFleet(t testing.TB, listenPort int) *testFleet {
 	cfg := config.Default()
 	cfg.ServerName = "test.example"
 	for _, s := range []*config.StringList{&cfg.Writers.Typing, &cfg.Writers.ToDevice, &cfg.Writers.AccountData,
-		&cfg.Writers.Receipts, &cfg.Writers.Presence} {
+		&cfg.Writers.Receipts, &cfg.Writers.Presence, &cfg.Writers.PushRules} {
 		*s = config.StringList{"writer1"}
 	}
 	pools := map[string]config.StringList{}

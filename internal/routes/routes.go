@@ -273,11 +273,20 @@ func spec() []Class {
 			Body: LimitFederation, Resource: "federation",
 		},
 		{
-			// Workers read push rules; every write goes to main.
+			// Any worker reads push rules; changes go to the push_rules
+			// stream writer (Synapse sent them to main before the stream
+			// got a configurable writer).
 			Name:     "push_rules",
 			Patterns: []string{cAll + "/pushrules/"},
-			Methods:  get, Else: MainOnly, Duty: DutyGeneric, Policy: RoundRobin,
+			Methods:  get, Else: "push_rules_write", Duty: DutyGeneric, Policy: RoundRobin,
 			Pools: []string{PoolClient}, Resource: "client",
+		},
+		{
+			// Only reached through push_rules' Else (same paths).
+			Name:     "push_rules_write",
+			Patterns: []string{cAll + "/pushrules/"},
+			Methods:  []string{"PUT", "DELETE"}, Duty: DutyStreamWriter, Stream: config.StreamPushRules,
+			Policy: ToStreamWriter, Pools: []string{PoolClient}, Resource: "client",
 		},
 		{
 			Name:     "to_device",

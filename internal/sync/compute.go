@@ -93,6 +93,16 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 	if err := s.loadIgnored(ctx, r, adFrom, globalAD); err != nil {
 		return nil, err
 	}
+	// Push rules are account data to clients but their own stream here.
+	if prFrom := r.sinceOr0(func(t streams.Token) int64 { return t.PushRules }); s.PushRules != nil && (r.since == nil || prFrom < r.now.PushRules) {
+		content, err := s.PushRules.AccountData(ctx, r.userID, prFrom, r.now.PushRules)
+		if err != nil {
+			return nil, err
+		}
+		if content != nil {
+			globalAD = append(globalAD, accountdata.Event{Type: accountdata.TypePushRules, Content: content})
+		}
+	}
 
 	atNow, err := s.membershipsAt(ctx, r.userID, r.nowFor, r.since == nil)
 	if err != nil {
@@ -195,6 +205,9 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 			continue // a candidate whose own window held nothing
 		}
 		resp.Rooms.Join[roomID] = jr
+	}
+	if err := s.unreadCounts(ctx, r, resp.Rooms.Join); err != nil {
+		return nil, err
 	}
 
 	for roomID, m := range atNow {
@@ -838,4 +851,39 @@ func (s *Service) newlyShared(ctx context.Context, r *request, roomIDs []string,
 	}
 	slices.Sort(ids)
 	return ids, nil
+}
+
+// unreadCounts fills the joined rooms' unread_notifications (and
+// unread_thread_notifications when the timeline filter asks for them:
+// then the main timeline's counts stay in unread_notifications).
+func (s *Service) unreadCounts(ctx context.Context, r *request, join map[string]*JoinedRoom) error {
+	if s.Notifications == nil || len(join) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(join))
+	for roomID := range join {
+		ids = append(ids, roomID)
+	}
+	counts, err := s.Notifications.Counts(ctx, r.userID, ids)
+	if err != nil {
+		return err
+	}
+	tl := r.filter.Timeline()
+	perThread := tl != nil && tl.UnreadThreadNotifs
+	for roomID, threads := range counts {
+		jr := join[roomID]
+		for thread, c := range threads {
+			n := Notifications{NotificationCount: c.Notifications, HighlightCount: c.Highlights}
+			if !perThread || thread == "main" {
+				jr.UnreadNotifications.NotificationCount += n.NotificationCount
+				jr.UnreadNotifications.HighlightCount += n.HighlightCount
+				continue
+			}
+			if jr.UnreadThreadNotifications == nil {
+				jr.UnreadThreadNotifications = map[string]Notifications{}
+			}
+			jr.UnreadThreadNotifications[thread] = n
+		}
+	}
+	return nil
 }

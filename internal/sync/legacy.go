@@ -193,6 +193,13 @@ func (s *Service) handleInitialSync(w http.ResponseWriter, r *http.Request, req 
 	if err != nil {
 		return err
 	}
+	if s.PushRules != nil {
+		content, err := s.PushRules.AccountData(ctx, req.UserID, 0, now.PushRules)
+		if err != nil {
+			return err
+		}
+		global = append(global, accountdata.Event{Type: accountdata.TypePushRules, Content: content})
+	}
 	out := []*legacyRoom{}
 	for roomID, m := range ms {
 		switch m.Membership {

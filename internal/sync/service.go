@@ -25,8 +25,12 @@ type Deps struct {
 	Typing      TypingReader
 	Receipts    ReceiptsReader
 	AccountData AccountDataReader
-	ToDevice    ToDeviceReader
-	Presence    PresenceReader
+	// PushRules adds m.push_rules to the global account data (nil: none).
+	PushRules PushRulesReader
+	// Notifications gives joined rooms their unread counts (nil: zero).
+	Notifications NotificationCounter
+	ToDevice      ToDeviceReader
+	Presence      PresenceReader
 	// PresenceWriter learns about syncing users and set_presence.
 	PresenceWriter presence.Writer
 }

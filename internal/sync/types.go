@@ -9,6 +9,7 @@ import (
 
 	"ganglion/internal/accountdata"
 	"ganglion/internal/presence"
+	"ganglion/internal/push"
 	"ganglion/internal/rooms"
 	"ganglion/internal/todevice"
 )
@@ -35,6 +36,19 @@ type ReceiptsReader interface {
 type AccountDataReader interface {
 	Since(ctx context.Context, userID string, from, to int64) (global []accountdata.Event, rooms map[string][]accountdata.Event, err error)
 	IgnoredUsers(ctx context.Context, userID string) (map[string]bool, error)
+}
+
+// PushRulesReader is the push_rules stream's read side: the m.push_rules
+// account data content for a window, nil when it did not change in it
+// (always present for an initial sync, from 0).
+type PushRulesReader interface {
+	AccountData(ctx context.Context, userID string, from, to int64) (json.RawMessage, error)
+}
+
+// NotificationCounter reads unread notification counts: per room, per
+// thread ("main" outside threads).
+type NotificationCounter interface {
+	Counts(ctx context.Context, userID string, rooms []string) (map[string]map[string]push.Count, error)
 }
 
 // ToDeviceReader is the to-device stream's read side.
@@ -109,9 +123,13 @@ type JoinedRoom struct {
 	Ephemeral           EventList     `json:"ephemeral"`
 	AccountData         EventList     `json:"account_data"`
 	UnreadNotifications Notifications `json:"unread_notifications"`
+	// UnreadThreadNotifications holds per-thread counts when the filter
+	// asks for them (unread_thread_notifications).
+	UnreadThreadNotifications map[string]Notifications `json:"unread_thread_notifications,omitempty"`
 }
 
-// Notifications are the unread counts (push rules arrive later; zero now).
+// Notifications are the unread counts: notifying events after the user's
+// read receipt.
 type Notifications struct {
 	HighlightCount    int `json:"highlight_count"`
 	NotificationCount int `json:"notification_count"`

@@ -1,0 +1,107 @@
+package push
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"ganglion/internal/storage"
+)
+
+// Count is a number of unread notifying events and how many of them
+// highlight.
+type Count struct {
+	Notifications int
+	Highlights    int
+}
+
+// unreadCond says a push actions row (epa) is unread: it comes after the
+// user's latest read receipt (m.read or m.read.private) that is unthreaded
+// or of the row's own thread, and after the user's current membership
+// event (as Synapse counts: what happened before one joined, the invite
+// among it, is not unread in the room one joined).
+const unreadCond = `epa.stream_ordering > (SELECT COALESCE(max(r.event_stream_ordering), 0) FROM receipts r
+	WHERE r.room_id = epa.room_id AND r.user_id = epa.user_id AND r.receipt_type IN ('m.read', 'm.read.private')
+	AND (r.thread_id = '' OR r.thread_id = epa.thread_id))
+	AND epa.stream_ordering > COALESCE((SELECT cs.stream_ordering FROM current_state cs
+	WHERE cs.room_id = epa.room_id AND cs.type = 'm.room.member' AND cs.state_key = epa.user_id), 0)`
+
+// countsSQL counts a user's ($1) unread push actions per room and
+// thread in the joined rooms that inRooms(column) selects. Each room's
+// rows are range-scanned from the later of the user's unthreaded receipt
+// and membership, so read history costs nothing however long it grows;
+// only rows past that bound are checked against their thread's receipt.
+func countsSQL(inRooms func(column string) string) string {
+	return `WITH b AS (
+		SELECT cs.room_id AS room_id,
+			CASE WHEN COALESCE(r.pos, 0) > cs.stream_ordering THEN r.pos ELSE cs.stream_ordering END AS bound
+		FROM current_state cs LEFT JOIN (
+			SELECT room_id, max(event_stream_ordering) AS pos FROM receipts
+			WHERE ` + inRooms("room_id") + ` AND user_id = $1 AND receipt_type IN ('m.read', 'm.read.private') AND thread_id = ''
+			GROUP BY room_id) r ON r.room_id = cs.room_id
+		WHERE ` + inRooms("cs.room_id") + ` AND cs.type = 'm.room.member' AND cs.state_key = $1 AND cs.membership = 'join')
+	SELECT epa.room_id, epa.thread_id, count(*), COALESCE(sum(epa.highlight), 0)
+	FROM b JOIN event_push_actions epa ON epa.user_id = $1 AND epa.room_id = b.room_id AND epa.stream_ordering > b.bound
+	WHERE epa.stream_ordering > (SELECT COALESCE(max(t.event_stream_ordering), 0) FROM receipts t
+		WHERE t.room_id = epa.room_id AND t.user_id = $1 AND t.receipt_type IN ('m.read', 'm.read.private') AND t.thread_id = epa.thread_id)
+	GROUP BY epa.room_id, epa.thread_id`
+}
+
+// Counts returns the user's unread counts in each of rooms, per thread
+// ("main" for events outside threads); rooms without any are absent. One
+// query for all the rooms.
+func (s *Service) Counts(ctx context.Context, userID string, rooms []string) (map[string]map[string]Count, error) {
+	return countUnread(ctx, s.db.Reader(), userID, rooms)
+}
+
+// countUnread counts in rooms, or in every room the user is joined to
+// when rooms is nil.
+func countUnread(ctx context.Context, q storage.Querier, userID string, rooms []string) (map[string]map[string]Count, error) {
+	out := map[string]map[string]Count{}
+	run := func(query string, args []any) error {
+		rows, err := q.QueryContext(ctx, query, args...)
+		if err != nil {
+			return fmt.Errorf("count notifications of %s: %w", userID, err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var room, thread string
+			var c Count
+			if err := rows.Scan(&room, &thread, &c.Notifications, &c.Highlights); err != nil {
+				return fmt.Errorf("count notifications of %s: %w", userID, err)
+			}
+			if out[room] == nil {
+				out[room] = map[string]Count{}
+			}
+			out[room][thread] = c
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("count notifications of %s: %w", userID, err)
+		}
+		return nil
+	}
+	if rooms == nil {
+		joined := func(col string) string {
+			return col + ` IN (SELECT j.room_id FROM current_state j WHERE j.type = 'm.room.member' AND j.state_key = $1 AND j.membership = 'join')`
+		}
+		return out, run(countsSQL(joined), []any{userID})
+	}
+	const chunk = 500
+	for lo := 0; lo < len(rooms); lo += chunk {
+		part := rooms[lo:min(lo+chunk, len(rooms))]
+		var in strings.Builder
+		args := []any{userID}
+		for i, r := range part {
+			if i > 0 {
+				in.WriteString(", ")
+			}
+			fmt.Fprintf(&in, "$%d", len(args)+1)
+			args = append(args, r)
+		}
+		list := in.String()
+		if err := run(countsSQL(func(col string) string { return col + ` IN (` + list + `)` }), args); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

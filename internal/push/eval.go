@@ -1,0 +1,448 @@
+package push
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Event is an event decoded once for evaluation against many users' rules
+// (by one goroutine at a time: it caches derived values).
+type Event struct {
+	obj map[string]any
+	// lowerBody is content.body in lower case, made on first use.
+	lowerBody *string
+	hasBody   bool
+}
+
+// body returns content.body in lower case, and whether it is a string.
+func (e *Event) body() (string, bool) {
+	if e.lowerBody == nil {
+		s, ok := stringAt(e, bodyPath)
+		l := strings.ToLower(s)
+		e.lowerBody, e.hasBody = &l, ok
+	}
+	return *e.lowerBody, e.hasBody
+}
+
+// NewEvent decodes an event's JSON (numbers kept exact).
+func NewEvent(raw []byte) (*Event, error) {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	var obj map[string]any
+	if err := d.Decode(&obj); err != nil || obj == nil {
+		return nil, fmt.Errorf("decode event for push rules: %v", err)
+	}
+	return &Event{obj: obj}, nil
+}
+
+// lookup follows a dotted path (already split) into the event.
+func (e *Event) lookup(path []string) (any, bool) {
+	var cur any = e.obj
+	for _, p := range path {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if cur, ok = m[p]; !ok {
+			return nil, false
+		}
+	}
+	return cur, true
+}
+
+// String returns a string property of the event ("" if absent).
+func (e *Event) String(path ...string) string {
+	v, _ := e.lookup(path)
+	s, _ := v.(string)
+	return s
+}
+
+// Context is what conditions read besides the event: the user the rules
+// belong to and the room's state at the event.
+type Context struct {
+	UserID string
+	// DisplayName is the user's display name in the room ("" for none).
+	DisplayName string
+	// MemberCount is the room's number of joined members.
+	MemberCount int
+	// SenderPower is the sender's power level; NotificationLevels the
+	// power levels' notifications object (absent keys default to 50).
+	SenderPower        int64
+	NotificationLevels map[string]int64
+}
+
+// Outcome is what the first matching rule says.
+type Outcome struct {
+	RuleID    string
+	Actions   []json.RawMessage
+	Notify    bool
+	Highlight bool
+}
+
+// Evaluator evaluates compiled rulesets.
+type Evaluator struct{}
+
+func NewEvaluator() *Evaluator { return &Evaluator{} }
+
+// Compiled is a ruleset ready to evaluate, in evaluation order.
+type Compiled struct {
+	rules []compiledRule
+}
+
+type compiledRule struct {
+	id        string
+	conds     []condition
+	actions   []json.RawMessage
+	notify    bool
+	highlight bool
+}
+
+type condition func(ev *Evaluator, e *Event, c *Context) bool
+
+// Compile prepares a user's ruleset. Disabled rules are left out; a rule
+// with a condition this server does not understand can never match (the
+// spec: unrecognised conditions match no event).
+func Compile(rs Ruleset) *Compiled {
+	out := &Compiled{}
+	for _, k := range kinds {
+		for _, r := range rs[k] {
+			if !r.Enabled {
+				continue
+			}
+			cr := compiledRule{id: r.RuleID, actions: r.Actions}
+			cr.notify, cr.highlight = actionsOutcome(r.Actions)
+			switch k {
+			case Override, PostContent, Underride:
+				var raws []json.RawMessage
+				if len(r.Conditions) > 0 && json.Unmarshal(r.Conditions, &raws) != nil {
+					continue
+				}
+				for _, raw := range raws {
+					cr.conds = append(cr.conds, compileCondition(raw))
+				}
+			case Content:
+				if r.Pattern == nil {
+					continue
+				}
+				cr.conds = []condition{globCondition([]string{"content", "body"}, *r.Pattern)}
+			case Room:
+				cr.conds = []condition{equalsCondition([]string{"room_id"}, r.RuleID)}
+			case Sender:
+				cr.conds = []condition{equalsCondition([]string{"sender"}, r.RuleID)}
+			}
+			out.rules = append(out.rules, cr)
+		}
+	}
+	return out
+}
+
+// Evaluate returns the outcome of the first rule that matches, or false
+// when none does.
+func (ev *Evaluator) Evaluate(c *Compiled, e *Event, ctx *Context) (Outcome, bool) {
+next:
+	for i := range c.rules {
+		r := &c.rules[i]
+		for _, cond := range r.conds {
+			if !cond(ev, e, ctx) {
+				continue next
+			}
+		}
+		return Outcome{RuleID: r.id, Actions: r.actions, Notify: r.notify, Highlight: r.highlight}, true
+	}
+	return Outcome{}, false
+}
+
+// actionsOutcome reads notify and the highlight tweak from actions.
+// dont_notify and coalesce are legacy no-ops.
+func actionsOutcome(actions []json.RawMessage) (notify, highlight bool) {
+	for _, a := range actions {
+		var s string
+		if json.Unmarshal(a, &s) == nil {
+			notify = notify || s == "notify"
+			continue
+		}
+		var t struct {
+			SetTweak string           `json:"set_tweak"`
+			Value    *json.RawMessage `json:"value"`
+		}
+		if json.Unmarshal(a, &t) != nil || t.SetTweak != "highlight" {
+			continue
+		}
+		// The highlight tweak without a value means true.
+		var b bool
+		highlight = t.Value == nil || (json.Unmarshal(*t.Value, &b) == nil && b)
+	}
+	return notify, highlight
+}
+
+func never(*Evaluator, *Event, *Context) bool { return false }
+
+func compileCondition(raw json.RawMessage) condition {
+	var c struct {
+		Kind    string          `json:"kind"`
+		Key     *string         `json:"key"`
+		Pattern *string         `json:"pattern"`
+		Value   json.RawMessage `json:"value"`
+		Is      *string         `json:"is"`
+	}
+	if json.Unmarshal(raw, &c) != nil {
+		return never
+	}
+	switch c.Kind {
+	case "event_match":
+		if c.Key == nil || c.Pattern == nil {
+			return never
+		}
+		return globCondition(SplitPath(*c.Key), *c.Pattern)
+	case "event_property_is", "event_property_contains":
+		if c.Key == nil || c.Value == nil {
+			return never
+		}
+		want, ok := scalar(c.Value)
+		if !ok {
+			return never
+		}
+		path := SplitPath(*c.Key)
+		if c.Kind == "event_property_is" {
+			return func(_ *Evaluator, e *Event, _ *Context) bool {
+				v, ok := e.lookup(path)
+				return ok && scalarEqual(v, want)
+			}
+		}
+		return func(_ *Evaluator, e *Event, _ *Context) bool {
+			v, _ := e.lookup(path)
+			arr, ok := v.([]any)
+			if !ok {
+				return false
+			}
+			for _, x := range arr {
+				if scalarEqual(x, want) {
+					return true
+				}
+			}
+			return false
+		}
+	case "contains_display_name":
+		return func(_ *Evaluator, e *Event, c *Context) bool {
+			if c.DisplayName == "" {
+				return false
+			}
+			body, ok := e.body()
+			return ok && containsWord(body, strings.ToLower(c.DisplayName))
+		}
+	case "room_member_count":
+		if c.Is == nil {
+			return never
+		}
+		cmp, ok := parseMemberCount(*c.Is)
+		if !ok {
+			return never
+		}
+		return func(_ *Evaluator, _ *Event, c *Context) bool { return cmp(c.MemberCount) }
+	case "sender_notification_permission":
+		if c.Key == nil {
+			return never
+		}
+		key := *c.Key
+		return func(_ *Evaluator, _ *Event, c *Context) bool {
+			need, ok := c.NotificationLevels[key]
+			if !ok {
+				need = 50
+			}
+			return c.SenderPower >= need
+		}
+	}
+	return never
+}
+
+var bodyPath = []string{"content", "body"}
+
+func stringAt(e *Event, path []string) (string, bool) {
+	v, ok := e.lookup(path)
+	s, isStr := v.(string)
+	return s, ok && isStr
+}
+
+// globCondition is event_match: a case-insensitive glob over a string
+// property; the whole value must match, except for content.body, where
+// the pattern matches any run of the body between word boundaries.
+func globCondition(path []string, pattern string) condition {
+	words := len(path) == 2 && path[0] == "content" && path[1] == "body"
+	if !strings.ContainsAny(pattern, "*?") {
+		// Most patterns are literals (event types, keywords, @room): no
+		// regular expression needed.
+		if words {
+			lower := strings.ToLower(pattern)
+			return func(_ *Evaluator, e *Event, _ *Context) bool {
+				body, ok := e.body()
+				return ok && containsWord(body, lower)
+			}
+		}
+		return func(_ *Evaluator, e *Event, _ *Context) bool {
+			s, ok := stringAt(e, path)
+			return ok && strings.EqualFold(s, pattern)
+		}
+	}
+	re, err := regexp.Compile(globRegexp(pattern, words))
+	if err != nil {
+		return never
+	}
+	return func(_ *Evaluator, e *Event, _ *Context) bool {
+		s, ok := stringAt(e, path)
+		return ok && re.MatchString(s)
+	}
+}
+
+func equalsCondition(path []string, want string) condition {
+	return func(_ *Evaluator, e *Event, _ *Context) bool {
+		s, ok := stringAt(e, path)
+		return ok && s == want
+	}
+}
+
+// globRegexp translates a glob (* and ?) into a regular expression.
+func globRegexp(glob string, words bool) string {
+	var b strings.Builder
+	for _, r := range glob {
+		switch r {
+		case '*':
+			b.WriteString(".*")
+		case '?':
+			b.WriteString(".")
+		default:
+			b.WriteString(regexp.QuoteMeta(string(r)))
+		}
+	}
+	if words {
+		return wordBounded(b.String())
+	}
+	return `(?is)\A(?:` + b.String() + `)\z`
+}
+
+// wordBounded matches re where it starts and ends at a word boundary: the
+// ends of the value or a character outside [A-Za-z0-9_].
+func wordBounded(re string) string {
+	return `(?is)(?:\A|[^A-Za-z0-9_])(?:` + re + `)(?:[^A-Za-z0-9_]|\z)`
+}
+
+// containsWord reports whether needle occurs in hay starting and ending at
+// word boundaries (both already in lower case). An empty needle never
+// matches.
+func containsWord(hay, needle string) bool {
+	if needle == "" {
+		return false
+	}
+	for from := 0; from <= len(hay)-len(needle); {
+		i := strings.Index(hay[from:], needle)
+		if i < 0 {
+			return false
+		}
+		start, end := from+i, from+i+len(needle)
+		if (start == 0 || !isWordByte(hay[start-1])) && (end == len(hay) || !isWordByte(hay[end])) {
+			return true
+		}
+		from = start + 1
+	}
+	return false
+}
+
+func isWordByte(b byte) bool {
+	return b == '_' || (b >= '0' && b <= '9') || (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z')
+}
+
+// SplitPath splits a dotted property path: "\." is a literal dot and "\\"
+// a literal backslash; any other backslash stands for itself.
+func SplitPath(key string) []string {
+	var out []string
+	var cur strings.Builder
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		switch {
+		case c == '\\' && i+1 < len(key) && (key[i+1] == '.' || key[i+1] == '\\'):
+			cur.WriteByte(key[i+1])
+			i++
+		case c == '.':
+			out = append(out, cur.String())
+			cur.Reset()
+		default:
+			cur.WriteByte(c)
+		}
+	}
+	return append(out, cur.String())
+}
+
+// scalar decodes a condition's value: a string, an integer, a boolean or
+// null (the spec's non-compound canonical JSON values).
+func scalar(raw json.RawMessage) (any, bool) {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	var v any
+	if d.Decode(&v) != nil {
+		return nil, false
+	}
+	switch x := v.(type) {
+	case nil, string, bool:
+		return v, true
+	case json.Number:
+		n, err := x.Int64()
+		return n, err == nil
+	}
+	return nil, false
+}
+
+func scalarEqual(v, want any) bool {
+	switch x := v.(type) {
+	case json.Number:
+		n, err := x.Int64()
+		w, ok := want.(int64)
+		return err == nil && ok && n == w
+	case string, bool, nil:
+		return v == want
+	}
+	return false
+}
+
+// parseMemberCount reads room_member_count's "is": a decimal integer with
+// an optional ==, <, >, <= or >= prefix (== when there is none).
+func parseMemberCount(is string) (func(int) bool, bool) {
+	op := ""
+	for _, p := range []string{"==", "<=", ">=", "<", ">"} {
+		if strings.HasPrefix(is, p) {
+			op, is = p, is[len(p):]
+			break
+		}
+	}
+	n, err := strconv.Atoi(is)
+	if err != nil || n < 0 {
+		return nil, false
+	}
+	switch op {
+	case "<":
+		return func(c int) bool { return c < n }, true
+	case ">":
+		return func(c int) bool { return c > n }, true
+	case "<=":
+		return func(c int) bool { return c <= n }, true
+	case ">=":
+		return func(c int) bool { return c >= n }, true
+	}
+	return func(c int) bool { return c == n }, true
+}
+
+// Sound is the value of the sound tweak in actions ("" for none).
+func Sound(actions []json.RawMessage) string {
+	for _, a := range actions {
+		var t struct {
+			SetTweak string `json:"set_tweak"`
+			Value    string `json:"value"`
+		}
+		if json.Unmarshal(a, &t) == nil && t.SetTweak == "sound" {
+			return t.Value
+		}
+	}
+	return ""
+}

@@ -1,0 +1,381 @@
+package push
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"maps"
+	"strings"
+	"sync"
+
+	"ganglion/internal/eventauth"
+	"ganglion/internal/events"
+	"ganglion/internal/storage"
+)
+
+// Hook evaluates push rules where events are persisted: for each event of
+// a batch, for every local joined member but the sender (and a local user
+// the event invites), in the batch's own transaction, writing an
+// event_push_actions row for each user the event notifies. It keeps each
+// room's members and power levels in memory: the room's persister is the
+// only writer of its events, so the state only changes through batches
+// this hook sees.
+type Hook struct {
+	db    *storage.DB
+	rules *userCache[*cachedRules]
+	// ignored caches each user's m.ignored_user_list: events from users
+	// one ignores notify one of nothing.
+	ignored    *userCache[map[string]bool]
+	eval       *Evaluator
+	serverName string
+	log        *slog.Logger
+
+	mu    sync.Mutex
+	rooms map[string]*roomState
+}
+
+// roomState is what evaluation needs of a room's current state. It is
+// never changed in place once cached: a batch works on a copy, which
+// replaces the cached one only after the batch commits.
+type roomState struct {
+	// joined holds every joined member; local maps each local joined
+	// member to their display name.
+	joined map[string]struct{}
+	local  map[string]string
+	levels eventauth.PowerLevels
+	create *events.Event
+	hasPL  bool
+}
+
+const maxHookRooms = 10000
+
+// NewHook builds the hook over the service's rules cache.
+func NewHook(db *storage.DB, s *Service, serverName string, log *slog.Logger) *Hook {
+	return &Hook{db: db, rules: s.cache, ignored: newUserCache[map[string]bool](50000), eval: NewEvaluator(),
+		serverName: serverName, log: log, rooms: map[string]*roomState{}}
+}
+
+// IgnoredCacheName is the caches stream name under which a change of a
+// user's m.ignored_user_list is announced (keys: user ids).
+const IgnoredCacheName = "push_ignored_users"
+
+// IgnoredChanged drops cached ignore lists (the caches stream's handler;
+// nil keys: all of them).
+func (h *Hook) IgnoredChanged(keys []string) { h.ignored.Changed(keys...) }
+
+const ignoredQuery = `SELECT user_id, content FROM account_data WHERE room_id = '' AND type = 'm.ignored_user_list' AND user_id IN`
+
+func buildIgnored(_ string, raw string) map[string]bool {
+	var c struct {
+		IgnoredUsers map[string]json.RawMessage `json:"ignored_users"`
+	}
+	if raw == "" || json.Unmarshal([]byte(raw), &c) != nil || len(c.IgnoredUsers) == 0 {
+		return nil
+	}
+	out := make(map[string]bool, len(c.IgnoredUsers))
+	for u := range c.IgnoredUsers {
+		out[u] = true
+	}
+	return out
+}
+
+// Forget drops the room's cached state (its last batch's outcome is
+// unknown).
+func (h *Hook) Forget(roomID string) {
+	h.mu.Lock()
+	delete(h.rooms, roomID)
+	h.mu.Unlock()
+}
+
+func (h *Hook) isLocal(userID string) bool { return strings.HasSuffix(userID, ":"+h.serverName) }
+
+// InBatch evaluates the batch's events (evs[i] has stream ordering
+// ids[i]) and writes their push actions with tx. The returned function
+// publishes the room's new state once the transaction has committed.
+func (h *Hook) InBatch(ctx context.Context, tx *sql.Tx, roomID string, evs []*events.Event, ids []int64) (func(), error) {
+	st, err := h.state(ctx, roomID, evs)
+	if err != nil {
+		return nil, err
+	}
+	var rows []actionRow
+	users := &batchUsers{rules: map[string]*cachedRules{}, ignored: map[string]map[string]bool{}}
+	owned := false // whether st is this batch's copy yet
+	for i, ev := range evs {
+		recipients := make([]string, 0, len(st.local)+1)
+		for u := range st.local {
+			if u != ev.Sender() {
+				recipients = append(recipients, u)
+			}
+		}
+		if ev.Type() == "m.room.member" && ev.Membership() == "invite" && ev.StateKey() != nil {
+			if u := *ev.StateKey(); h.isLocal(u) && u != ev.Sender() {
+				if _, joined := st.local[u]; !joined {
+					recipients = append(recipients, u)
+				}
+			}
+		}
+		if len(recipients) > 0 {
+			if rows, err = h.evaluate(ctx, users, st, ev, ids[i], recipients, rows); err != nil {
+				return nil, err
+			}
+		}
+		if affectsState(ev) {
+			if !owned {
+				st, owned = st.clone(), true
+			}
+			h.apply(st, ev)
+		}
+	}
+	if err := insertActions(ctx, tx, rows); err != nil {
+		return nil, err
+	}
+	return func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if len(h.rooms) >= maxHookRooms {
+			for k := range h.rooms { // evict an arbitrary room; reloading is one query
+				delete(h.rooms, k)
+				break
+			}
+		}
+		h.rooms[roomID] = st
+	}, nil
+}
+
+type actionRow struct {
+	user, room, eventID, thread string
+	pos                         int64
+	highlight                   bool
+	actions                     []byte
+}
+
+// batchUsers holds what a batch has looked up of its recipients, so that
+// the caches are consulted once per user per batch, not once per event.
+type batchUsers struct {
+	rules   map[string]*cachedRules
+	ignored map[string]map[string]bool
+}
+
+func (h *Hook) users(ctx context.Context, b *batchUsers, recipients []string) error {
+	var missing []string
+	for _, u := range recipients {
+		if _, ok := b.rules[u]; !ok {
+			missing = append(missing, u)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	q := h.db.Reader()
+	rules, err := h.rules.of(ctx, q, missing, rulesQuery, buildRules)
+	if err != nil {
+		return err
+	}
+	ignored, err := h.ignored.of(ctx, q, missing, ignoredQuery, buildIgnored)
+	if err != nil {
+		return err
+	}
+	for _, u := range missing {
+		b.rules[u], b.ignored[u] = rules[u], ignored[u]
+	}
+	return nil
+}
+
+func (h *Hook) evaluate(ctx context.Context, b *batchUsers, st *roomState, ev *events.Event, pos int64, recipients []string, rows []actionRow) ([]actionRow, error) {
+	if err := h.users(ctx, b, recipients); err != nil {
+		return nil, err
+	}
+	rules, ignored := b.rules, b.ignored
+	pe, err := NewEvent(ev.JSON())
+	if err != nil {
+		h.log.Warn("event not evaluated for push", "event_id", ev.EventID(), "err", err)
+		return rows, nil
+	}
+	thread := "main"
+	if pe.String("content", "m.relates_to", "rel_type") == "m.thread" {
+		if root := pe.String("content", "m.relates_to", "event_id"); root != "" {
+			thread = root
+		}
+	}
+	pctx := Context{MemberCount: len(st.joined), SenderPower: st.levels.UserLevel(ev.Sender()), NotificationLevels: st.levels.Notifications}
+	for _, u := range recipients {
+		if ignored[u][ev.Sender()] {
+			continue
+		}
+		pctx.UserID, pctx.DisplayName = u, st.local[u]
+		out, ok := h.eval.Evaluate(rules[u].compiled, pe, &pctx)
+		if !ok || !out.Notify {
+			continue
+		}
+		actions, err := json.Marshal(out.Actions)
+		if err != nil {
+			return nil, fmt.Errorf("encode push actions: %w", err)
+		}
+		rows = append(rows, actionRow{user: u, room: ev.RoomID(), eventID: ev.EventID(), thread: thread, pos: pos,
+			highlight: out.Highlight, actions: actions})
+	}
+	return rows, nil
+}
+
+// insertChunk bounds one INSERT's rows (7 parameters each).
+const insertChunk = 500
+
+func insertActions(ctx context.Context, tx *sql.Tx, rows []actionRow) error {
+	for lo := 0; lo < len(rows); lo += insertChunk {
+		part := rows[lo:min(lo+insertChunk, len(rows))]
+		var q strings.Builder
+		q.WriteString(`INSERT INTO event_push_actions (user_id, room_id, event_id, stream_ordering, thread_id, highlight, actions) VALUES `)
+		args := make([]any, 0, 7*len(part))
+		for i, r := range part {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			n := len(args)
+			fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7)
+			hl := 0
+			if r.highlight {
+				hl = 1
+			}
+			args = append(args, r.user, r.room, r.eventID, r.pos, r.thread, hl, string(r.actions))
+		}
+		if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+			return fmt.Errorf("insert %d push actions: %w", len(part), err)
+		}
+	}
+	return nil
+}
+
+func affectsState(ev *events.Event) bool {
+	if !ev.IsState() {
+		return false
+	}
+	switch ev.Type() {
+	case "m.room.member":
+		return true
+	case "m.room.power_levels", "m.room.create":
+		return *ev.StateKey() == ""
+	}
+	return false
+}
+
+func (st *roomState) clone() *roomState {
+	c := *st
+	c.joined = maps.Clone(st.joined)
+	c.local = maps.Clone(st.local)
+	return &c
+}
+
+// apply folds a state event into st (a batch's own copy).
+func (h *Hook) apply(st *roomState, ev *events.Event) {
+	switch ev.Type() {
+	case "m.room.create":
+		st.create = ev
+		if !st.hasPL {
+			st.levels = eventauth.DefaultPowerLevels(ev)
+		}
+	case "m.room.power_levels":
+		if pl, err := eventauth.ParsePowerLevels(ev.Content(), ev.Version()); err == nil {
+			st.levels, st.hasPL = pl, true
+		}
+	case "m.room.member":
+		u := *ev.StateKey()
+		if ev.Membership() == "join" {
+			st.joined[u] = struct{}{}
+			if h.isLocal(u) {
+				st.local[u] = displayName(ev.Content())
+			}
+		} else {
+			delete(st.joined, u)
+			delete(st.local, u)
+		}
+	}
+}
+
+func displayName(content json.RawMessage) string {
+	var c struct {
+		DisplayName string `json:"displayname"`
+	}
+	_ = json.Unmarshal(content, &c)
+	return c.DisplayName
+}
+
+// state returns the room's cached state, loading it from the committed
+// state (the batch's own rows are not committed yet, so this is the state
+// before the batch) on first use.
+func (h *Hook) state(ctx context.Context, roomID string, evs []*events.Event) (*roomState, error) {
+	h.mu.Lock()
+	st := h.rooms[roomID]
+	h.mu.Unlock()
+	if st != nil {
+		return st, nil
+	}
+	st = &roomState{joined: map[string]struct{}{}, local: map[string]string{}}
+	q := h.db.Reader()
+	members, err := q.QueryContext(ctx, `SELECT state_key FROM current_state WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("load members of %s: %w", roomID, err)
+	}
+	for members.Next() {
+		var u string
+		if err := members.Scan(&u); err != nil {
+			members.Close()
+			return nil, fmt.Errorf("load members of %s: %w", roomID, err)
+		}
+		st.joined[u] = struct{}{}
+	}
+	err = members.Err()
+	members.Close()
+	if err != nil {
+		return nil, fmt.Errorf("load members of %s: %w", roomID, err)
+	}
+	rows, err := q.QueryContext(ctx, `SELECT cs.type, cs.state_key, e.json FROM current_state cs JOIN events e ON e.event_id = cs.event_id
+		WHERE cs.room_id = $1 AND ((cs.type = 'm.room.member' AND cs.membership = 'join' AND cs.state_key LIKE $2)
+		OR (cs.type IN ('m.room.power_levels', 'm.room.create') AND cs.state_key = ''))`, roomID, "%:"+h.serverName)
+	if err != nil {
+		return nil, fmt.Errorf("load push state of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	var plJSON []byte
+	for rows.Next() {
+		var typ, sk string
+		var raw []byte
+		if err := rows.Scan(&typ, &sk, &raw); err != nil {
+			return nil, fmt.Errorf("load push state of %s: %w", roomID, err)
+		}
+		switch typ {
+		case "m.room.member":
+			if h.isLocal(sk) {
+				var e struct {
+					Content json.RawMessage `json:"content"`
+				}
+				_ = json.Unmarshal(raw, &e)
+				st.local[sk] = displayName(e.Content)
+			}
+		case "m.room.power_levels":
+			plJSON = raw
+		case "m.room.create":
+			if len(evs) > 0 {
+				if ev, err := events.Parse(raw, evs[0].Version()); err == nil {
+					st.create = ev
+				}
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load push state of %s: %w", roomID, err)
+	}
+	st.levels = eventauth.DefaultPowerLevels(st.create)
+	if plJSON != nil && len(evs) > 0 {
+		var e struct {
+			Content json.RawMessage `json:"content"`
+		}
+		if json.Unmarshal(plJSON, &e) == nil {
+			if pl, err := eventauth.ParsePowerLevels(e.Content, evs[0].Version()); err == nil {
+				st.levels, st.hasPL = pl, true
+			}
+		}
+	}
+	return st, nil
+}
