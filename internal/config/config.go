@@ -63,6 +63,12 @@ type Config struct {
 
 	MaxUploadSize  ByteSize `yaml:"max_upload_size"`
 	MediaStorePath string   `yaml:"media_store_path"`
+	// Media repository keys (Synapse's); defaults and checks in media.go.
+	DynamicThumbnails        bool            `yaml:"dynamic_thumbnails"`
+	ThumbnailSizes           []ThumbnailSize `yaml:"thumbnail_sizes"`
+	MaxImagePixels           ByteSize        `yaml:"max_image_pixels"`
+	EnableAuthenticatedMedia *bool           `yaml:"enable_authenticated_media"`
+	MaxPendingMediaUploads   *int            `yaml:"max_pending_media_uploads"`
 
 	RCMessage      RateLimit       `yaml:"rc_message"`
 	RCRegistration RateLimit       `yaml:"rc_registration"`
