@@ -472,7 +472,7 @@ func (p *Process) listenerHandler(l config.Listener) http.Handler {
 				}
 			}
 		}
-		resourceOK := allowed[resourceOf(r.URL.Path)] || (allowed["media"] && mediaPath(r.Method, r.URL.Path))
+		resourceOK := allowed[resourceOf(r.URL.Path)] || (mediaListener(allowed) && mediaPath(r.Method, r.URL.Path))
 		if !resourceOK || !servable(role, r.Method, r.URL.Path) {
 			mxhttp.WriteError(w, mxhttp.Unrecognized(http.StatusNotFound, "Unrecognized request"))
 			return

@@ -49,10 +49,16 @@ func (p *Process) wireMedia(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.S
 	return nil
 }
 
+// mediaListener reports whether a listener with these resources serves the
+// media repository: as in Synapse, the media, client and federation
+// resources all include it.
+func mediaListener(allowed map[string]bool) bool {
+	return allowed["media"] || allowed["client"] || allowed["federation"]
+}
+
 // mediaPath reports whether the routing table gives a request to the media
-// repository: such requests are served on listeners with the media
-// resource even under /_matrix/client/v1/media and /_synapse/admin, as
-// Synapse's media resource includes them.
+// repository; on a media listener these are served even under
+// /_matrix/client/v1/media and /_synapse/admin.
 func mediaPath(method, path string) bool {
 	c, _ := routes.Classify(method, path)
 	return c != nil && c.Duty == routes.DutyMedia
