@@ -456,3 +456,29 @@ func TestAbortedUpload(t *testing.T) {
 		}
 	})
 }
+
+// The pixel budget (max_image_pixels) counts every frame of an animation:
+// an animated request of an animation over it gets a still thumbnail, and
+// an image over it gets none.
+func TestThumbnailPixelBudget(t *testing.T) {
+	db := storagetest.NewDB(t, storage.SQLite)
+	e := newEnv(t, db, func(s *media.Settings) {
+		s.MaxImagePixels = 40*30*3 - 1
+		s.DynamicThumbnails = true
+	})
+	anim := e.upload(e.alice, "image/gif", "", animatedGIF(t, 40, 30, 3))
+	resp, body := e.do("GET", authed+"/thumbnail/"+serverName+"/"+anim+"?width=20&height=15&animated=true", e.alice, nil, nil)
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "image/png" {
+		t.Fatalf("animation over the budget: %d %s, want a still PNG", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	if cfg, _ := decodeConfig(t, body); cfg.Width != 20 || cfg.Height != 15 {
+		t.Fatalf("still is %dx%d", cfg.Width, cfg.Height)
+	}
+	big := e.upload(e.alice, "image/png", "", pngBytes(t, 100, 100))
+	resp, body = e.do("GET", authed+"/thumbnail/"+serverName+"/"+big+"?width=20&height=20", e.alice, nil, nil)
+	wantError(t, "image over the budget", resp, body, 404, "M_NOT_FOUND")
+	// Corrupt images are stored (they are files) but not thumbnailed.
+	bad := e.upload(e.alice, "image/gif", "", []byte("GIF89a\x01\x00\x01\x00garbage"))
+	resp, body = e.do("GET", authed+"/thumbnail/"+serverName+"/"+bad+"?width=20&height=20&animated=true", e.alice, nil, nil)
+	wantError(t, "corrupt gif", resp, body, 404, "M_NOT_FOUND")
+}

@@ -282,18 +282,33 @@ func (s *Service) Open(ctx context.Context, m *Media) (Content, error) {
 	return s.store.Open(ctx, m.SHA256)
 }
 
-// pregenerate makes the configured thumbnails of a new image. Failures are
-// logged, not returned: the upload itself succeeded, and a thumbnail
-// request retries the generation.
+// pregenerate makes the configured thumbnails of a new image, decoding it
+// once. Failures are logged, not returned: the upload itself succeeded,
+// and a thumbnail request makes a missing thumbnail again.
 func (s *Service) pregenerate(ctx context.Context, m *Media) {
 	if !thumbnailable[m.ContentType] {
 		return
 	}
+	src, err := s.store.Open(ctx, m.SHA256)
+	if err != nil {
+		s.log.Warn("could not open media for thumbnailing", "media_id", m.MediaID, "err", err)
+		return
+	}
+	img, err := decodeSource(src, m.ContentType, s.cfg.MaxImagePixels)
+	src.Close()
+	if err != nil {
+		if !errors.Is(err, errNotThumbnailable) {
+			s.log.Warn("could not decode media for thumbnailing", "media_id", m.MediaID, "err", err)
+		}
+		return
+	}
 	for _, size := range s.cfg.ThumbnailSizes {
-		if _, err := s.thumbnail(ctx, m, size, false); err != nil {
-			if !errors.Is(err, errNotThumbnailable) {
-				s.log.Warn("could not make thumbnail", "media_id", m.MediaID, "err", err)
-			}
+		data, contentType, err := encodeStill(resize(img, size.Width, size.Height, size.Method), m.ContentType)
+		if err == nil {
+			_, err = s.storeThumbnail(ctx, m, size, false, data, contentType)
+		}
+		if err != nil {
+			s.log.Warn("could not make thumbnail", "media_id", m.MediaID, "err", err)
 			return
 		}
 	}
@@ -323,10 +338,11 @@ func (s *Service) Thumbnail(ctx context.Context, m *Media, req ThumbnailRequest)
 	}
 	if req.Animated && (m.ContentType == "image/gif" || m.ContentType == "image/webp") {
 		t, err := s.thumbnail(ctx, m, size, true)
-		if err != nil || t != nil {
+		if t != nil || (err != nil && !errors.Is(err, errNotThumbnailable)) {
 			return t, err
 		}
-		// A still source: fall through to a still thumbnail.
+		// A still source, or an animation over the pixel budget: a still
+		// thumbnail (of the first frame) is the next best answer.
 	}
 	return s.thumbnail(ctx, m, size, false)
 }
@@ -357,6 +373,12 @@ func (s *Service) thumbnail(ctx context.Context, m *Media, size ThumbnailSize, a
 	} else if data, contentType, err = makeStill(src, m.ContentType, s.cfg.MaxImagePixels, size); err != nil {
 		return nil, err
 	}
+	return s.storeThumbnail(ctx, m, size, animated, data, contentType)
+}
+
+// storeThumbnail stores a thumbnail's content and records it, with the
+// same publish-commit-publish steps as an upload.
+func (s *Service) storeThumbnail(ctx context.Context, m *Media, size ThumbnailSize, animated bool, data []byte, contentType string) (*Thumbnail, error) {
 	st, err := s.store.Stage(ctx, bytes.NewReader(data), -1)
 	if err != nil {
 		return nil, err

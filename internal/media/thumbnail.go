@@ -1,7 +1,9 @@
 package media
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"image"
@@ -94,59 +96,112 @@ func makeStill(r io.ReadSeeker, contentType string, maxPixels int64, size Thumbn
 	return encodeStill(resize(img, size.Width, size.Height, size.Method), contentType)
 }
 
-// frames is an animation as full frames (each a complete picture).
-type frames struct {
-	images []image.Image
-	delays []int // hundredths of a second, as GIF counts
-}
-
-// decodeAnimation returns the source's frames, or nil when it is a still.
-func decodeAnimation(r io.ReadSeeker, contentType string, maxPixels int64) (*frames, error) {
-	cfg, _, err := image.DecodeConfig(r)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errNotThumbnailable, err)
-	}
-	if _, err := r.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
+// countFrames counts an animation's frames from its container structure,
+// without decoding any pixels, so that the pixel budget is checked before
+// memory is spent on the frames.
+func countFrames(r io.Reader, contentType string) (int, error) {
+	br := bufio.NewReader(r)
 	switch contentType {
 	case "image/gif":
-		g, err := gif.DecodeAll(r)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errNotThumbnailable, err)
-		}
-		if len(g.Image) < 2 {
-			return nil, nil
-		}
-		if int64(cfg.Width)*int64(cfg.Height)*int64(len(g.Image)) > maxPixels {
-			return nil, fmt.Errorf("%w: animation too large", errNotThumbnailable)
-		}
-		return composeGIF(g), nil
+		return countGIFFrames(br)
 	case "image/webp":
-		if int64(cfg.Width)*int64(cfg.Height) > maxPixels {
-			return nil, fmt.Errorf("%w: %dx%d pixels", errNotThumbnailable, cfg.Width, cfg.Height)
-		}
-		a, err := webp.DecodeAll(r)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errNotThumbnailable, err)
-		}
-		if len(a.Image) < 2 {
-			return nil, nil
-		}
-		f := &frames{images: a.Image}
-		for _, d := range a.Delay {
-			f.delays = append(f.delays, max(1, d/10))
-		}
-		return f, nil
+		return countWebPFrames(br)
 	}
-	return nil, nil
+	return 1, nil
+}
+
+func countGIFFrames(br *bufio.Reader) (int, error) {
+	head := make([]byte, 13) // signature, version, logical screen descriptor
+	if _, err := io.ReadFull(br, head); err != nil {
+		return 0, err
+	}
+	if head[10]&0x80 != 0 {
+		if _, err := br.Discard(3 << ((head[10] & 7) + 1)); err != nil {
+			return 0, err
+		}
+	}
+	skipSubBlocks := func() error {
+		for {
+			n, err := br.ReadByte()
+			if err != nil || n == 0 {
+				return err
+			}
+			if _, err := br.Discard(int(n)); err != nil {
+				return err
+			}
+		}
+	}
+	frames := 0
+	for {
+		b, err := br.ReadByte()
+		if err != nil {
+			return 0, err
+		}
+		switch b {
+		case 0x21: // extension: label, then data sub-blocks
+			if _, err := br.ReadByte(); err != nil {
+				return 0, err
+			}
+			if err := skipSubBlocks(); err != nil {
+				return 0, err
+			}
+		case 0x2c: // image descriptor
+			frames++
+			desc := make([]byte, 9)
+			if _, err := io.ReadFull(br, desc); err != nil {
+				return 0, err
+			}
+			if desc[8]&0x80 != 0 {
+				if _, err := br.Discard(3 << ((desc[8] & 7) + 1)); err != nil {
+					return 0, err
+				}
+			}
+			if _, err := br.ReadByte(); err != nil { // LZW minimum code size
+				return 0, err
+			}
+			if err := skipSubBlocks(); err != nil {
+				return 0, err
+			}
+		case 0x3b: // trailer
+			return frames, nil
+		default:
+			return 0, fmt.Errorf("gif: unknown block 0x%02x", b)
+		}
+	}
+}
+
+func countWebPFrames(br *bufio.Reader) (int, error) {
+	head := make([]byte, 12)
+	if _, err := io.ReadFull(br, head); err != nil {
+		return 0, err
+	}
+	frames := 0
+	chunk := make([]byte, 8)
+	for {
+		if _, err := io.ReadFull(br, chunk); err != nil {
+			if errors.Is(err, io.EOF) {
+				return max(frames, 1), nil
+			}
+			return 0, err
+		}
+		if string(chunk[:4]) == "ANMF" {
+			frames++
+		}
+		size := int(binary.LittleEndian.Uint32(chunk[4:]))
+		if _, err := br.Discard(size + size%2); err != nil {
+			if errors.Is(err, io.EOF) {
+				return max(frames, 1), nil
+			}
+			return 0, err
+		}
+	}
 }
 
 // composeGIF turns a GIF's frames (which may cover only part of the
-// canvas and depend on the previous frames' disposal) into full pictures.
-func composeGIF(g *gif.GIF) *frames {
+// canvas and depend on the previous frames' disposal) into full pictures,
+// handing each to add as it is made so only one is held at a time.
+func composeGIF(g *gif.GIF, add func(img image.Image, delay int)) {
 	canvas := image.NewRGBA(image.Rect(0, 0, g.Config.Width, g.Config.Height))
-	out := &frames{}
 	for i, fr := range g.Image {
 		var saved *image.RGBA
 		disposal := byte(0)
@@ -158,14 +213,11 @@ func composeGIF(g *gif.GIF) *frames {
 			draw.Draw(saved, saved.Bounds(), canvas, image.Point{}, draw.Src)
 		}
 		draw.Draw(canvas, fr.Bounds(), fr, fr.Bounds().Min, draw.Over)
-		full := image.NewRGBA(canvas.Bounds())
-		draw.Draw(full, full.Bounds(), canvas, image.Point{}, draw.Src)
-		out.images = append(out.images, full)
 		delay := 10
 		if i < len(g.Delay) {
 			delay = g.Delay[i]
 		}
-		out.delays = append(out.delays, delay)
+		add(canvas, delay)
 		switch disposal {
 		case gif.DisposalBackground:
 			draw.Draw(canvas, fr.Bounds(), image.Transparent, image.Point{}, draw.Src)
@@ -173,23 +225,60 @@ func composeGIF(g *gif.GIF) *frames {
 			canvas = saved
 		}
 	}
-	return out
 }
 
 // makeAnimated produces an animated GIF thumbnail, or (nil, nil) when the
-// source is not animated.
+// source is not animated. The pixel budget counts every frame.
 func makeAnimated(r io.ReadSeeker, contentType string, maxPixels int64, size ThumbnailSize) ([]byte, error) {
-	f, err := decodeAnimation(r, contentType, maxPixels)
-	if err != nil || f == nil {
+	cfg, _, err := image.DecodeConfig(r)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errNotThumbnailable, err)
+	}
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	n, err := countFrames(r, contentType)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errNotThumbnailable, err)
+	}
+	if n < 2 {
+		return nil, nil
+	}
+	if int64(cfg.Width)*int64(cfg.Height)*int64(n) > maxPixels {
+		return nil, fmt.Errorf("%w: %d frames of %dx%d pixels", errNotThumbnailable, n, cfg.Width, cfg.Height)
+	}
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
 		return nil, err
 	}
 	out := &gif.GIF{}
-	for i, img := range f.images {
+	add := func(img image.Image, delay int) {
 		small := resize(img, size.Width, size.Height, size.Method)
 		p := image.NewPaletted(small.Bounds(), palette.Plan9)
 		draw.FloydSteinberg.Draw(p, small.Bounds(), small, small.Bounds().Min)
 		out.Image = append(out.Image, p)
-		out.Delay = append(out.Delay, f.delays[i])
+		out.Delay = append(out.Delay, delay)
+	}
+	switch contentType {
+	case "image/gif":
+		g, err := gif.DecodeAll(r)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errNotThumbnailable, err)
+		}
+		composeGIF(g, add)
+	case "image/webp":
+		a, err := webp.DecodeAll(r)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errNotThumbnailable, err)
+		}
+		for i, img := range a.Image {
+			delay := 10
+			if i < len(a.Delay) {
+				delay = max(1, a.Delay[i]/10) // ms to GIF's hundredths
+			}
+			add(img, delay)
+		}
+	default:
+		return nil, nil
 	}
 	var buf bytes.Buffer
 	if err := gif.EncodeAll(&buf, out); err != nil {
