@@ -1,5 +1,7 @@
 package config
 
+import "fmt"
+
 // ThumbnailSize is one entry of thumbnail_sizes: a thumbnail the media
 // repository generates for every uploaded image.
 type ThumbnailSize struct {
@@ -59,11 +61,12 @@ func (c *Config) PendingMediaUploads() int {
 
 func (c *Config) validateMedia(ps *problems) {
 	for i, s := range c.ThumbnailSizes {
+		p := fmt.Sprintf("thumbnail_sizes[%d]", i)
 		if s.Width < 1 || s.Height < 1 {
-			ps.add("thumbnail_sizes", "entry %d: width and height must be positive, got %dx%d", i, s.Width, s.Height)
+			ps.add(p, "width and height must be positive, got %dx%d", s.Width, s.Height)
 		}
 		if s.Method != "crop" && s.Method != "scale" {
-			ps.add("thumbnail_sizes", "entry %d: method must be crop or scale, got %q", i, s.Method)
+			ps.add(p+".method", "must be crop or scale, got %q", s.Method)
 		}
 	}
 	if c.MaxImagePixels != "" {

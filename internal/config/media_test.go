@@ -1,0 +1,55 @@
+package config_test
+
+import (
+	"slices"
+	"testing"
+
+	"ganglion/internal/config"
+)
+
+func TestMediaKeys(t *testing.T) {
+	cfg, err := config.Load(writeFiles(t, [2]string{"shared.yaml", validFleet}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.EffectiveThumbnailSizes(); !slices.Equal(got, config.DefaultThumbnailSizes()) {
+		t.Errorf("default thumbnail_sizes = %v", got)
+	}
+	if !cfg.AuthenticatedMedia() || cfg.MaxImagePixelCount() != 32<<20 || cfg.PendingMediaUploads() != 5 || cfg.DynamicThumbnails {
+		t.Errorf("media defaults: authenticated %v, max pixels %d, pending %d, dynamic %v",
+			cfg.AuthenticatedMedia(), cfg.MaxImagePixelCount(), cfg.PendingMediaUploads(), cfg.DynamicThumbnails)
+	}
+	cfg, err = config.Load(writeFiles(t, [2]string{"shared.yaml", validFleet}, [2]string{"media.yaml", `
+enable_authenticated_media: false
+dynamic_thumbnails: true
+max_image_pixels: 10M
+max_pending_media_uploads: 2
+thumbnail_sizes:
+  - {width: 10, height: 20, method: crop}
+`}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.AuthenticatedMedia() || !cfg.DynamicThumbnails || cfg.MaxImagePixelCount() != 10<<20 || cfg.PendingMediaUploads() != 2 ||
+		!slices.Equal(cfg.EffectiveThumbnailSizes(), []config.ThumbnailSize{{Width: 10, Height: 20, Method: "crop"}}) {
+		t.Errorf("media keys not read: %+v", cfg)
+	}
+	if len(cfg.UnknownKeys) != 0 {
+		t.Errorf("unknown keys: %v", cfg.UnknownKeys)
+	}
+
+	_, err = config.Load(writeFiles(t, [2]string{"shared.yaml", validFleet}, [2]string{"media.yaml", `
+max_image_pixels: lots
+max_pending_media_uploads: 0
+thumbnail_sizes:
+  - {width: 0, height: 20, method: crop}
+  - {width: 10, height: 20, method: stretch}
+`}), nil)
+	if err == nil {
+		t.Fatal("invalid media keys accepted")
+	}
+	want := []string{"max_image_pixels", "max_pending_media_uploads", "thumbnail_sizes[0]", "thumbnail_sizes[1].method"}
+	if got := problemPaths(t, err); !slices.Equal(got, want) {
+		t.Errorf("problem paths = %v, want %v\n%v", got, want, err)
+	}
+}
