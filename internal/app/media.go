@@ -6,6 +6,7 @@ import (
 
 	"ganglion/internal/accounts"
 	"ganglion/internal/background"
+	"ganglion/internal/config"
 	"ganglion/internal/locks"
 	"ganglion/internal/media"
 	"ganglion/internal/mxhttp"
@@ -33,6 +34,24 @@ func (p *Process) wireMedia(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.S
 	for _, s := range cfg.EffectiveThumbnailSizes() {
 		sizes = append(sizes, media.ThumbnailSize{Width: s.Width, Height: s.Height, Method: s.Method})
 	}
+	preview := media.PreviewSettings{Enabled: cfg.URLPreviewEnabled, MaxSize: cfg.SpiderBytes()}
+	for _, r := range cfg.URLPreviewIPRangeBlock {
+		pr, err := config.ParsePrefix(r)
+		if err != nil {
+			return fmt.Errorf("url_preview_ip_range_blacklist: %w", err)
+		}
+		preview.Block = append(preview.Block, pr)
+	}
+	for _, r := range cfg.URLPreviewIPRangeAllow {
+		pr, err := config.ParsePrefix(r)
+		if err != nil {
+			return fmt.Errorf("url_preview_ip_range_whitelist: %w", err)
+		}
+		preview.Allow = append(preview.Allow, pr)
+	}
+	for _, pat := range cfg.URLPreviewURLBlock {
+		preview.URLBlock = append(preview.URLBlock, pat)
+	}
 	svc := media.NewService(p.db, store, media.Settings{
 		ServerName:         cfg.ServerName,
 		MaxUploadSize:      cfg.MaxUploadBytes(),
@@ -41,6 +60,7 @@ func (p *Process) wireMedia(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.S
 		MaxImagePixels:     cfg.MaxImagePixelCount(),
 		AuthenticatedMedia: cfg.AuthenticatedMedia(),
 		MaxPendingUploads:  cfg.PendingMediaUploads(),
+		Preview:            preview,
 	}, p.log)
 	svc.Routes(mux, srv, acc)
 	jobs := background.NewRunner(lk, cfg.RunsMediaBackgroundJobs(), p.log, nil)

@@ -69,6 +69,11 @@ type Config struct {
 	MaxImagePixels           ByteSize        `yaml:"max_image_pixels"`
 	EnableAuthenticatedMedia *bool           `yaml:"enable_authenticated_media"`
 	MaxPendingMediaUploads   *int            `yaml:"max_pending_media_uploads"`
+	URLPreviewEnabled        bool            `yaml:"url_preview_enabled"`
+	URLPreviewIPRangeBlock   StringList      `yaml:"url_preview_ip_range_blacklist"`
+	URLPreviewIPRangeAllow   StringList      `yaml:"url_preview_ip_range_whitelist"`
+	URLPreviewURLBlock       []URLPattern    `yaml:"url_preview_url_blacklist"`
+	MaxSpiderSize            ByteSize        `yaml:"max_spider_size"`
 
 	RCMessage      RateLimit       `yaml:"rc_message"`
 	RCRegistration RateLimit       `yaml:"rc_registration"`

@@ -1,6 +1,46 @@
 package config
 
-import "fmt"
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+)
+
+// URLPattern is one entry of url_preview_url_blacklist: URL components
+// (scheme, netloc, path, query, fragment, username, password) mapped to a
+// glob, or to a regular expression when the value starts with ^.
+type URLPattern map[string]string
+
+// ParsePrefix reads an IP range of the url_preview_ip_range_* lists: CIDR
+// notation or a single address.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// SpiderBytes is max_spider_size (Synapse's default 10M): the most a URL
+// preview downloads of one page or image.
+func (c *Config) SpiderBytes() int64 {
+	if c.MaxSpiderSize == "" {
+		return 10 << 20
+	}
+	n, err := c.MaxSpiderSize.Bytes()
+	if err != nil {
+		return 10 << 20
+	}
+	return n
+}
 
 // ThumbnailSize is one entry of thumbnail_sizes: a thumbnail the media
 // repository generates for every uploaded image.
@@ -72,6 +112,39 @@ func (c *Config) validateMedia(ps *problems) {
 	if c.MaxImagePixels != "" {
 		if _, err := c.MaxImagePixels.Bytes(); err != nil {
 			ps.add("max_image_pixels", "%v", err)
+		}
+	}
+	if c.URLPreviewEnabled && c.URLPreviewIPRangeBlock == nil {
+		// As Synapse: previews fetch URLs chosen by users, so the operator
+		// must say which networks the server may not reach.
+		ps.add("url_preview_ip_range_blacklist", "required when url_preview_enabled is true")
+	}
+	for key, list := range map[string]StringList{"url_preview_ip_range_blacklist": c.URLPreviewIPRangeBlock,
+		"url_preview_ip_range_whitelist": c.URLPreviewIPRangeAllow} {
+		for i, r := range list {
+			if _, err := ParsePrefix(r); err != nil {
+				ps.add(fmt.Sprintf("%s[%d]", key, i), "invalid IP range %q: %v", r, err)
+			}
+		}
+	}
+	for i, pat := range c.URLPreviewURLBlock {
+		for k, v := range pat {
+			switch k {
+			case "scheme", "netloc", "path", "query", "fragment", "username", "password":
+			default:
+				ps.add(fmt.Sprintf("url_preview_url_blacklist[%d].%s", i, k), "unknown URL component")
+				continue
+			}
+			if strings.HasPrefix(v, "^") {
+				if _, err := regexp.Compile(v); err != nil {
+					ps.add(fmt.Sprintf("url_preview_url_blacklist[%d].%s", i, k), "invalid regular expression: %v", err)
+				}
+			}
+		}
+	}
+	if c.MaxSpiderSize != "" {
+		if _, err := c.MaxSpiderSize.Bytes(); err != nil {
+			ps.add("max_spider_size", "%v", err)
 		}
 	}
 	if c.MaxPendingMediaUploads != nil && *c.MaxPendingMediaUploads < 1 {

@@ -53,3 +53,37 @@ thumbnail_sizes:
 		t.Errorf("problem paths = %v, want %v\n%v", got, want, err)
 	}
 }
+
+func TestURLPreviewKeys(t *testing.T) {
+	_, err := config.Load(writeFiles(t, [2]string{"shared.yaml", validFleet}, [2]string{"p.yaml", "url_preview_enabled: true\n"}), nil)
+	if got := problemPaths(t, err); !slices.Equal(got, []string{"url_preview_ip_range_blacklist"}) {
+		t.Fatalf("previews without a blacklist: %v", err)
+	}
+	_, err = config.Load(writeFiles(t, [2]string{"shared.yaml", validFleet}, [2]string{"p.yaml", `
+url_preview_enabled: true
+url_preview_ip_range_blacklist: [10.0.0.0/8, not-an-ip]
+url_preview_ip_range_whitelist: [1.2.3.4/99]
+url_preview_url_blacklist: [{netloc: '^(bad'}, {host: x}]
+max_spider_size: big
+`}), nil)
+	want := []string{"max_spider_size", "url_preview_ip_range_blacklist[1]", "url_preview_ip_range_whitelist[0]",
+		"url_preview_url_blacklist[0].netloc", "url_preview_url_blacklist[1].host"}
+	if got := problemPaths(t, err); !slices.Equal(got, want) {
+		t.Fatalf("problem paths = %v, want %v\n%v", got, want, err)
+	}
+	cfg, err := config.Load(writeFiles(t, [2]string{"shared.yaml", validFleet}, [2]string{"p.yaml", `
+url_preview_enabled: true
+url_preview_ip_range_blacklist: [127.0.0.0/8, "::1"]
+url_preview_url_blacklist: [{netloc: 'google.com'}]
+max_spider_size: 1M
+`}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.URLPreviewEnabled || len(cfg.URLPreviewIPRangeBlock) != 2 || cfg.SpiderBytes() != 1<<20 || cfg.URLPreviewURLBlock[0]["netloc"] != "google.com" {
+		t.Fatalf("preview keys not read: %+v", cfg)
+	}
+	if p, err := config.ParsePrefix("::1"); err != nil || p.Bits() != 128 {
+		t.Fatalf("single address as a range: %v %v", p, err)
+	}
+}

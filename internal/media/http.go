@@ -51,10 +51,27 @@ func (h *handlers) config(w http.ResponseWriter, r *http.Request, _ *accounts.Re
 	return mxhttp.WriteJSON(w, http.StatusOK, map[string]any{"m.upload.size": h.s.cfg.MaxUploadSize})
 }
 
-func (h *handlers) previewURL(w http.ResponseWriter, r *http.Request, _ *accounts.Requester) error {
-	// Synapse does not mount the endpoint unless url_preview_enabled; we
-	// have no previewer at all, so answer as an unknown endpoint does.
-	return mxhttp.Unrecognized(http.StatusNotFound, "URL previews are disabled on this server")
+func (h *handlers) previewURL(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
+	if h.s.preview == nil {
+		// Synapse does not mount the endpoint unless url_preview_enabled.
+		return mxhttp.Unrecognized(http.StatusNotFound, "URL previews are disabled on this server")
+	}
+	raw := r.URL.Query().Get("url")
+	if raw == "" {
+		return mxhttp.MissingParam("Missing url")
+	}
+	og, err := h.s.Preview(r.Context(), req.UserID, raw)
+	switch {
+	case errors.Is(err, errBlockedURL):
+		return mxhttp.Forbidden("URL blocked")
+	case errors.Is(err, errBlockedIP):
+		// As Synapse, which answers as if the name did not resolve.
+		return &mxhttp.Error{Status: http.StatusBadGateway, Code: "M_UNKNOWN",
+			Message: "DNS resolution failure during URL preview generation", Cause: err}
+	case err != nil:
+		return &mxhttp.Error{Status: http.StatusBadGateway, Code: "M_UNKNOWN", Message: "Failed to download content", Cause: err}
+	}
+	return mxhttp.WriteJSON(w, http.StatusOK, og)
 }
 
 // uploadMeta reads the content type and file name of an upload.

@@ -31,6 +31,7 @@ type Settings struct {
 	// UnusedExpiration is how long an id from /create waits for its
 	// content (Synapse's unused_expiration_time, 24h).
 	UnusedExpiration time.Duration
+	Preview          PreviewSettings
 }
 
 // RemoteFetcher fetches media of other servers. Federation does not exist
@@ -46,7 +47,9 @@ type Service struct {
 	meta   *metaStore
 	store  Store
 	remote RemoteFetcher
-	log    *slog.Logger
+	// preview is nil unless url_preview_enabled.
+	preview *previewer
+	log     *slog.Logger
 	now    func() time.Time
 }
 
@@ -58,7 +61,14 @@ func NewService(db *storage.DB, store Store, cfg Settings, log *slog.Logger) *Se
 	if cfg.MaxPendingUploads <= 0 {
 		cfg.MaxPendingUploads = 5
 	}
-	return &Service{cfg: cfg, meta: &metaStore{db: db}, store: store, log: log.With("module", "media"), now: time.Now}
+	s := &Service{cfg: cfg, meta: &metaStore{db: db}, store: store, log: log.With("module", "media"), now: time.Now}
+	if cfg.Preview.Enabled {
+		if s.cfg.Preview.MaxSize <= 0 {
+			s.cfg.Preview.MaxSize = 10 << 20
+		}
+		s.preview = newPreviewer(s.cfg.Preview)
+	}
+	return s
 }
 
 // SetClock replaces the clock (tests of expiry).
