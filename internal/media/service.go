@@ -50,7 +50,7 @@ type Service struct {
 	// preview is nil unless url_preview_enabled.
 	preview *previewer
 	log     *slog.Logger
-	now    func() time.Time
+	now     func() time.Time
 }
 
 // NewService returns the repository over db and store.
