@@ -3,15 +3,23 @@ package e2e_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
+	"fmt"
 	"image"
 	"image/color"
 	"image/png"
 	"io"
+	"io/fs"
+	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
+
+	"ganglion/internal/testutil"
 )
 
 // TestMediaAvatar: a user uploads an avatar with mautrix, sets it as her
@@ -153,4 +161,109 @@ func TestMediaLargeUploadThroughRouter(t *testing.T) {
 			t.Fatalf("media requests per backend = %v, want all on %s", counts, instMedia)
 		}
 	})
+}
+
+// TestMediaAsyncUpload: MSC2246 through mautrix. An id from /create is
+// only the creator's to fill, once; a download waiting on it gets the
+// content when it arrives.
+func TestMediaAsyncUpload(t *testing.T) {
+	t.Parallel()
+	forEachEngine(t, func(t *testing.T, srv *server) {
+		ctx := testContext(t)
+		alice := srv.register(t, ctx, "alice")
+		bob := srv.register(t, ctx, "bob")
+		created, err := bob.CreateMXC(ctx)
+		if err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		if created.UnusedExpiresAt.IsZero() || created.ContentURI.Homeserver != serverName {
+			t.Fatalf("create: %+v", created)
+		}
+		_, err = alice.UploadMedia(ctx, mautrix.ReqUploadMedia{ContentBytes: []byte("not mine"), ContentType: "text/plain", MXC: created.ContentURI})
+		wantMatrixError(t, err, http.StatusForbidden, "M_FORBIDDEN")
+
+		type result struct {
+			data []byte
+			err  error
+		}
+		waited := make(chan result, 1)
+		go func() {
+			data, err := alice.DownloadBytes(ctx, created.ContentURI)
+			waited <- result{data, err}
+		}()
+		content := []byte("uploaded later")
+		if _, err := bob.UploadMedia(ctx, mautrix.ReqUploadMedia{ContentBytes: content, ContentType: "text/plain", MXC: created.ContentURI}); err != nil {
+			t.Fatalf("async upload: %v", err)
+		}
+		if r := <-waited; r.err != nil || !bytes.Equal(r.data, content) {
+			t.Fatalf("waiting download: %q (%v)", r.data, r.err)
+		}
+		_, err = bob.UploadMedia(ctx, mautrix.ReqUploadMedia{ContentBytes: []byte("again"), ContentType: "text/plain", MXC: created.ContentURI})
+		wantMatrixError(t, err, http.StatusConflict, "M_CANNOT_OVERWRITE_MEDIA")
+	})
+}
+
+// TestMediaAbortedUploadThroughRouter: a client that goes away halfway
+// through an upload to the router leaves nothing in the media store, and
+// its retry succeeds.
+func TestMediaAbortedUploadThroughRouter(t *testing.T) {
+	t.Parallel()
+	runDeployments(t, []string{engineFleetRouter}, func(t *testing.T, srv *server) {
+		ctx := testContext(t)
+		alice := srv.register(t, ctx, "alice")
+		store := filepath.Join(srv.fleet.dir, "media_store")
+		const size = 8 << 20
+		conn, err := net.Dial("tcp", strings.TrimPrefix(srv.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "POST /_matrix/media/v3/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"+
+			"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", alice.AccessToken, size)
+		if _, err := io.Copy(conn, &patternReader{left: size / 2}); err != nil {
+			t.Fatal(err)
+		}
+		// The media worker is receiving it: its staged file exists.
+		testutil.Eventually(t, 20*time.Second, "the upload to reach the media worker", func() bool {
+			return countStoreFiles(t, store) > 0
+		})
+		conn.Close()
+		testutil.Eventually(t, 20*time.Second, "the aborted upload to be cleaned up", func() bool {
+			return countStoreFiles(t, store) == 0
+		})
+		data := bytes.Repeat([]byte("retry!"), 1<<18)
+		up, err := alice.UploadBytes(ctx, data, "application/octet-stream")
+		if err != nil {
+			t.Fatalf("retry: %v", err)
+		}
+		got, err := alice.DownloadBytes(ctx, up.ContentURI)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("retry download: %d bytes (%v)", len(got), err)
+		}
+		if n := countStoreFiles(t, store); n != 1 {
+			t.Fatalf("%d files in the store after the retry, want its content only", n)
+		}
+	})
+}
+
+// countStoreFiles counts the files in a media store (staged and stored).
+func countStoreFiles(t testing.TB, dir string) int {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walk media store: %v", err)
+	}
+	return n
 }
