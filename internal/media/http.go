@@ -156,7 +156,7 @@ func (h *handlers) create(w http.ResponseWriter, r *http.Request, req *accounts.
 func (h *handlers) uploadTo(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
 	server, id := r.PathValue("serverName"), r.PathValue("mediaId")
 	if server != h.s.cfg.ServerName {
-		return mxhttp.Forbidden("Cannot upload to media of another server")
+		return mxhttp.NotFound("Non-local server name specified")
 	}
 	if !ValidMediaID(id) {
 		return mxhttp.NotFound("Unknown media id")

@@ -247,7 +247,7 @@ func TestBadInput(t *testing.T) {
 		{"upload with bad token", "POST", "/_matrix/media/v3/upload", "syt_bad", strings.NewReader("x"), 401, "M_UNKNOWN_TOKEN"},
 		{"config without token", "GET", authed + "/config", "", nil, 401, "M_MISSING_TOKEN"},
 		{"preview_url disabled", "GET", authed + "/preview_url?url=http://example.com", e.alice, nil, 404, "M_UNRECOGNIZED"},
-		{"put to another server", "PUT", "/_matrix/media/v3/upload/other.example/abc", e.alice, strings.NewReader("x"), 403, "M_FORBIDDEN"},
+		{"put to another server", "PUT", "/_matrix/media/v3/upload/other.example/abc", e.alice, strings.NewReader("x"), 404, "M_NOT_FOUND"},
 		{"put to unknown id", "PUT", "/_matrix/media/v3/upload/" + serverName + "/nosuchid", e.alice, strings.NewReader("x"), 404, "M_NOT_FOUND"},
 		{"put to traversal id", "PUT", "/_matrix/media/v3/upload/" + serverName + "/..%2Fx", e.alice, strings.NewReader("x"), 404, "M_NOT_FOUND"},
 		{"put to uploaded id", "PUT", "/_matrix/media/v3/upload/" + serverName + "/" + id, e.alice, strings.NewReader("x"), 409, "M_CANNOT_OVERWRITE_MEDIA"},

@@ -71,6 +71,10 @@ func NewService(db *storage.DB, store Store, cfg Settings, log *slog.Logger) *Se
 	return s
 }
 
+// SetRemote wires the fetcher of other servers' media (federation); until
+// then remote media is answered 404.
+func (s *Service) SetRemote(f RemoteFetcher) { s.remote = f }
+
 // SetClock replaces the clock (tests of expiry).
 func (s *Service) SetClock(now func() time.Time) { s.now = now }
 
