@@ -330,7 +330,7 @@ func (f *fleet) settled(ctx context.Context) bool {
 }
 
 // startFleet starts main, waits for it to be ready (it migrates the
-// database), then starts the five workers at once and waits for all of
+// database), then starts the six workers at once and waits for all of
 // them. Ports are picked free; if one was taken in the meantime, the whole
 // fleet starts again on new ones.
 func startFleet(t *testing.T, opts ...configOption) *fleet {
@@ -338,7 +338,7 @@ func startFleet(t *testing.T, opts ...configOption) *fleet {
 	redisBin := fleetGate(t)
 	dir := t.TempDir()
 	db := databaseSection(t, enginePostgres, dir)
-	// Six processes share the database server with the rest of the run.
+	// Seven processes share the database server with the rest of the run.
 	db["args"].(map[string]any)["cp_min"] = 1
 	db["args"].(map[string]any)["cp_max"] = 4
 	redis := startRedis(t, redisBin)
