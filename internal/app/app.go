@@ -418,6 +418,9 @@ func (p *Process) wire(ctx context.Context) error {
 	filterStore.Routes(mux, srv, acc)
 	syncSvc.Routes(mux, srv, acc)
 	infoRoutes(mux, srv, cfg, acc)
+	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
+		return err
+	}
 	if fleet {
 		p.serveStatus(rpcServer)
 		mux.Handle(replication.PathPrefix, rpcServer)
@@ -519,7 +522,8 @@ func (p *Process) listenerHandler(l config.Listener) http.Handler {
 				r.RemoteAddr = net.JoinHostPort(client.String(), "0")
 			}
 		}
-		if !allowed[resourceOf(r.URL.Path)] || !servable(role, r.Method, r.URL.Path) {
+		resourceOK := allowed[resourceOf(r.URL.Path)] || (mediaListener(allowed) && mediaPath(r.Method, r.URL.Path))
+		if !resourceOK || !servable(role, r.Method, r.URL.Path) {
 			p.unrecognized(r, http.StatusNotFound)
 			mxhttp.WriteError(w, mxhttp.Unrecognized(http.StatusNotFound, "Unrecognized request"))
 			return

@@ -76,6 +76,17 @@ type Config struct {
 
 	MaxUploadSize  ByteSize `yaml:"max_upload_size"`
 	MediaStorePath string   `yaml:"media_store_path"`
+	// Media repository keys (Synapse's); defaults and checks in media.go.
+	DynamicThumbnails        bool            `yaml:"dynamic_thumbnails"`
+	ThumbnailSizes           []ThumbnailSize `yaml:"thumbnail_sizes"`
+	MaxImagePixels           ByteSize        `yaml:"max_image_pixels"`
+	EnableAuthenticatedMedia *bool           `yaml:"enable_authenticated_media"`
+	MaxPendingMediaUploads   *int            `yaml:"max_pending_media_uploads"`
+	URLPreviewEnabled        bool            `yaml:"url_preview_enabled"`
+	URLPreviewIPRangeBlock   StringList      `yaml:"url_preview_ip_range_blacklist"`
+	URLPreviewIPRangeAllow   StringList      `yaml:"url_preview_ip_range_whitelist"`
+	URLPreviewURLBlock       []URLPattern    `yaml:"url_preview_url_blacklist"`
+	MaxSpiderSize            ByteSize        `yaml:"max_spider_size"`
 
 	// Rate limits (ratelimits.go: defaults, validation, which are enforced).
 	RCMessage                   RateLimit            `yaml:"rc_message"`

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"ganglion/internal/routes"
 )
 
 // engineFleet is forEachEngine's third deployment: real `ganglion serve`
@@ -39,12 +41,13 @@ const (
 	instPersister1 = "persister1"
 	instPersister2 = "persister2"
 	instWriter     = "writer1"
+	instMedia      = "media1" // the media_repository worker
 )
 
 // fleetInstances lists a fleet's processes, main first: main migrates the
 // database, so it starts (and becomes healthy) before the others.
 func fleetInstances() []string {
-	return []string{instMain, instWorker1, instWorker2, instPersister1, instPersister2, instWriter}
+	return []string{instMain, instWorker1, instWorker2, instPersister1, instPersister2, instWriter, instMedia}
 }
 
 // clientWorkers are the generic workers that clients talk to, in the order
@@ -241,6 +244,13 @@ type settleFirst struct {
 }
 
 func (s settleFirst) RoundTrip(req *http.Request) (*http.Response, error) {
+	// Without a front, the harness does the router's media routing: the
+	// generic workers do not serve media (enable_media_repo is false).
+	if c, _ := routes.Classify(req.Method, req.URL.Path); s.f.front == nil && c != nil && c.Duty == routes.DutyMedia {
+		req = req.Clone(req.Context())
+		req.URL.Host = strings.TrimPrefix(s.f.clientURL(instMedia), "http://")
+		req.Host = req.URL.Host
+	}
 	if p := req.URL.Path; strings.HasSuffix(p, "/sync") || strings.HasSuffix(p, "/events") || strings.HasSuffix(p, "/initialSync") {
 		// A fresh context: the request's may carry an httptrace hook
 		// meant for the sync request alone.
@@ -320,7 +330,7 @@ func (f *fleet) settled(ctx context.Context) bool {
 }
 
 // startFleet starts main, waits for it to be ready (it migrates the
-// database), then starts the five workers at once and waits for all of
+// database), then starts the six workers at once and waits for all of
 // them. Ports are picked free; if one was taken in the meantime, the whole
 // fleet starts again on new ones.
 func startFleet(t *testing.T, opts ...configOption) *fleet {
@@ -328,7 +338,7 @@ func startFleet(t *testing.T, opts ...configOption) *fleet {
 	redisBin := fleetGate(t)
 	dir := t.TempDir()
 	db := databaseSection(t, enginePostgres, dir)
-	// Six processes share the database server with the rest of the run.
+	// Seven processes share the database server with the rest of the run.
 	db["args"].(map[string]any)["cp_min"] = 1
 	db["args"].(map[string]any)["cp_max"] = 4
 	redis := startRedis(t, redisBin)
@@ -473,9 +483,24 @@ func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOptio
 		"presence":     instWriter,
 		"push_rules":   instWriter,
 	}
+	// Media is the media worker's alone, as in Synapse's worker set-up.
+	doc["enable_media_repo"] = false
+	doc["media_instance_running_background_jobs"] = instMedia
 	f.shared = writeYAML(t, filepath.Join(f.dir, "shared.yaml"), doc)
 	m.args = []string{"serve", "-c", f.shared}
 	for _, p := range f.procs[1:] {
+		if p.name == instMedia {
+			path := writeYAML(t, filepath.Join(f.dir, p.name+".yaml"), map[string]any{
+				"worker_app":  "synapse.app.media_repository",
+				"worker_name": p.name,
+				"worker_listeners": []any{
+					httpListener(p.clientPort, "media"),
+					httpListener(p.replPort, "replication", "metrics"),
+				},
+			})
+			p.args = []string{"serve", "-c", f.shared, "-c", path}
+			continue
+		}
 		path := writeYAML(t, filepath.Join(f.dir, p.name+".yaml"), map[string]any{
 			"worker_app":  "synapse.app.generic_worker",
 			"worker_name": p.name,

@@ -65,6 +65,7 @@ func (f *fleet) routerSection(port int) map[string]any {
 			"sync":   workers,
 			"client": workers,
 			"events": workers,
+			"media":  []string{instMedia},
 		},
 		// Fast active checks: after a fleet restart the harness waits for
 		// the router to see every backend up again.

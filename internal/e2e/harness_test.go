@@ -368,7 +368,7 @@ func (s *server) restart(t testing.TB) {
 // "fleet-router" and "fleet-nginx", each with its own freshly started
 // server: a monolith in-process on each engine, then a fleet of real
 // processes (main, two generic workers, two event persisters, one stream
-// writer) on PostgreSQL and Redis, reached directly, through `ganglion
+// writer, one media worker) on PostgreSQL and Redis, reached directly, through `ganglion
 // route`, and through nginx running the generated config.
 func forEachEngine(t *testing.T, fn func(t *testing.T, srv *server), opts ...configOption) {
 	t.Helper()
