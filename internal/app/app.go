@@ -283,6 +283,11 @@ func (p *Process) wire(ctx context.Context) error {
 	tdSvc := todevice.NewService(db, reg, tdWriter, log)
 	acc.SetDeviceHooks(tdSvc)
 
+	keysSvc, err := p.wireKeys(ctx, reg, acc, rpcClient, rpcServer)
+	if err != nil {
+		return err
+	}
+
 	reg.SetSource(streams.Presence, presence.NewSource(db, roomStore, log))
 	var presWriter presence.Writer = presence.NoopWriter{}
 	tracked := cfg.Presence.Enabled && !cfg.Presence.Untracked
@@ -356,6 +361,7 @@ func (p *Process) wire(ctx context.Context) error {
 		ToDevice:       tdSvc,
 		Presence:       presSvc,
 		PresenceWriter: presWriter,
+		Keys:           keysSvc,
 	}, log)
 
 	mux := mxhttp.NewMux()
@@ -371,6 +377,7 @@ func (p *Process) wire(ctx context.Context) error {
 	receipts.NewHandlers(receiptsWriter, roomStore, roomSvc, adSvc).Routes(mux, srv, acc)
 	adSvc.Routes(mux, srv, acc)
 	tdSvc.Routes(mux, srv, acc)
+	keysSvc.Routes(mux, srv, acc)
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)
 	syncSvc.Routes(mux, srv, acc)
