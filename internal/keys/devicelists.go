@@ -27,6 +27,21 @@ type Update struct {
 	DeviceKeys map[string]json.RawMessage `json:"device_keys,omitempty"`
 	// Deleted devices lose their keys.
 	Deleted bool `json:"deleted,omitempty"`
+	// CrossSigningKeys are the user's cross-signing keys to store, by key
+	// type (master, self_signing, user_signing); they announce "".
+	CrossSigningKeys map[string]json.RawMessage `json:"cross_signing_keys,omitempty"`
+	// Signatures to store (the caller names the devices they announce).
+	Signatures []Signature `json:"signatures,omitempty"`
+}
+
+// Signature is one uploaded signature of a device or cross-signing key.
+type Signature struct {
+	TargetUser string `json:"target_user"`
+	// TargetKey is a device id or a cross-signing public key.
+	TargetKey  string `json:"target_key"`
+	SignerUser string `json:"signer_user"`
+	SignerKey  string `json:"signer_key"` // "ed25519:<device id or public key>"
+	Signature  string `json:"signature"`
 }
 
 // Writer applies device list updates on the device_lists stream.
@@ -71,6 +86,9 @@ func (w *LocalWriter) Update(ctx context.Context, u Update) error {
 	for d := range u.DeviceKeys {
 		devices = append(devices, d)
 	}
+	if len(u.CrossSigningKeys) > 0 {
+		devices = append(devices, "")
+	}
 	slices.Sort(devices)
 	devices = slices.Compact(devices)
 	if len(devices) == 0 {
@@ -90,6 +108,10 @@ func (w *LocalWriter) Update(ctx context.Context, u Update) error {
 						return fmt.Errorf("delete keys of %s: %w", d, err)
 					}
 				}
+				if _, err := tx.ExecContext(ctx, `DELETE FROM e2e_cross_signing_signatures
+					WHERE target_user_id = $1 AND target_key_id = $2`, u.UserID, d); err != nil {
+					return fmt.Errorf("delete signatures of %s: %w", d, err)
+				}
 			}
 		}
 		for d, keys := range u.DeviceKeys {
@@ -98,6 +120,30 @@ func (w *LocalWriter) Update(ctx context.Context, u Update) error {
 				u.UserID, d, string(keys), w.now().UnixMilli())
 			if err != nil {
 				return fmt.Errorf("store device keys of %s: %w", d, err)
+			}
+		}
+		for typ, key := range u.CrossSigningKeys {
+			_, err := tx.ExecContext(ctx, `INSERT INTO e2e_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)
+				ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json`, u.UserID, typ, string(key))
+			if err != nil {
+				return fmt.Errorf("store %s key: %w", typ, err)
+			}
+			if typ == KeyMaster {
+				// Signatures of the replaced master key are void.
+				if _, err := tx.ExecContext(ctx, `DELETE FROM e2e_cross_signing_signatures
+					WHERE target_user_id = $1 AND target_key_id NOT IN (SELECT device_id FROM devices WHERE user_id = $1)`,
+					u.UserID); err != nil {
+					return fmt.Errorf("drop signatures of the old master key: %w", err)
+				}
+			}
+		}
+		for _, sg := range u.Signatures {
+			_, err := tx.ExecContext(ctx, `INSERT INTO e2e_cross_signing_signatures
+				(target_user_id, target_key_id, signer_user_id, signer_key_id, signature) VALUES ($1, $2, $3, $4, $5)
+				ON CONFLICT (target_user_id, target_key_id, signer_user_id, signer_key_id) DO UPDATE SET signature = excluded.signature`,
+				sg.TargetUser, sg.TargetKey, sg.SignerUser, sg.SignerKey, sg.Signature)
+			if err != nil {
+				return fmt.Errorf("store signature: %w", err)
 			}
 		}
 		for _, d := range devices {

@@ -17,6 +17,60 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.Serv
 	mux.HandleClient("POST", "/keys/query", srv.Handle(acc.Auth(s.query)))
 	mux.HandleClient("POST", "/keys/claim", srv.Handle(acc.Auth(s.claim)))
 	mux.HandleClient("GET", "/keys/changes", srv.Handle(acc.Auth(s.changes)))
+	h := &csHandlers{s: s, acc: acc}
+	// v3 and the unstable prefix older clients still use; never under r0.
+	for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/unstable"} {
+		mux.Handle("POST "+prefix+"/keys/device_signing/upload", srv.Handle(acc.Auth(h.uploadSigningKeys)))
+		mux.Handle("POST "+prefix+"/keys/signatures/upload", srv.Handle(acc.Auth(h.uploadSignatures)))
+	}
+}
+
+type csHandlers struct {
+	s   *Service
+	acc *accounts.Service
+}
+
+func (h *csHandlers) uploadSigningKeys(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
+	var body struct {
+		SigningKeysUpload
+		Auth *accounts.AuthDict `json:"auth"`
+	}
+	if err := mxhttp.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	changes, replaces, err := h.s.CheckSigningKeys(r.Context(), req.UserID, body.SigningKeysUpload)
+	if err != nil {
+		return err
+	}
+	// Replacing keys would let a stolen access token take over the
+	// account's identity: prove it is the user. The first upload and an
+	// identical re-upload need nothing (MSC3967).
+	if replaces {
+		if err := h.acc.RunUIA(r.Context(), body.Auth, accounts.Flows{{accounts.StagePassword}}, req.UserID); err != nil {
+			return err
+		}
+	}
+	if err := h.s.StoreSigningKeys(r.Context(), req.UserID, changes); err != nil {
+		return err
+	}
+	return mxhttp.WriteJSON(w, http.StatusOK, struct{}{})
+}
+
+func (h *csHandlers) uploadSignatures(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
+	var body map[string]map[string]json.RawMessage
+	if err := mxhttp.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	for userID, objs := range body {
+		if objs == nil {
+			return mxhttp.BadJSON("signatures for %s must be an object", userID)
+		}
+	}
+	failures, err := h.s.UploadSignatures(r.Context(), req.UserID, body)
+	if err != nil {
+		return err
+	}
+	return mxhttp.WriteJSON(w, http.StatusOK, map[string]any{"failures": failures})
 }
 
 func (s *Service) upload(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {

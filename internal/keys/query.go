@@ -26,32 +26,63 @@ func (s *Service) localUser(userID string) (bool, error) {
 
 // QueryResult is the body of a /keys/query answer.
 type QueryResult struct {
-	DeviceKeys map[string]map[string]json.RawMessage `json:"device_keys"`
-	Failures   map[string]json.RawMessage            `json:"failures"`
+	DeviceKeys      map[string]map[string]json.RawMessage `json:"device_keys"`
+	Failures        map[string]json.RawMessage            `json:"failures"`
+	MasterKeys      map[string]json.RawMessage            `json:"master_keys"`
+	SelfSigningKeys map[string]json.RawMessage            `json:"self_signing_keys"`
+	// UserSigningKeys holds only the requester's own key.
+	UserSigningKeys map[string]json.RawMessage `json:"user_signing_keys"`
 }
 
 // QueryKeys returns the device keys of the requested users' devices (an
 // empty list means every device). Devices without keys, unknown devices and
 // users of other servers (no federation yet) are left out.
 func (s *Service) QueryKeys(ctx context.Context, requester string, want map[string][]string) (*QueryResult, error) {
-	res := &QueryResult{DeviceKeys: map[string]map[string]json.RawMessage{}, Failures: map[string]json.RawMessage{}}
+	res := &QueryResult{DeviceKeys: map[string]map[string]json.RawMessage{}, Failures: map[string]json.RawMessage{},
+		MasterKeys: map[string]json.RawMessage{}, SelfSigningKeys: map[string]json.RawMessage{}, UserSigningKeys: map[string]json.RawMessage{}}
 	for userID, devices := range want {
 		local, err := s.localUser(userID)
 		if err != nil || !local {
 			continue
 		}
-		keys, err := s.deviceKeys(ctx, userID, devices)
+		sigs, err := s.signaturesFor(ctx, userID, requester)
+		if err != nil {
+			return nil, err
+		}
+		keys, err := s.deviceKeys(ctx, userID, devices, sigs)
 		if err != nil {
 			return nil, err
 		}
 		res.DeviceKeys[userID] = keys
+		cs, err := s.storedCrossSigningKeys(ctx, s.db.Reader(), userID)
+		if err != nil {
+			return nil, err
+		}
+		for typ, k := range cs {
+			obj := make(map[string]json.RawMessage, len(k.obj))
+			for f, v := range k.obj {
+				obj[f] = v
+			}
+			mergeSignatures(obj, sigs[k.pub])
+			b, _ := json.Marshal(obj)
+			switch typ {
+			case KeyMaster:
+				res.MasterKeys[userID] = b
+			case KeySelfSigning:
+				res.SelfSigningKeys[userID] = b
+			case KeyUserSigning:
+				if userID == requester {
+					res.UserSigningKeys[userID] = b
+				}
+			}
+		}
 	}
 	return res, nil
 }
 
 // deviceKeys loads a user's device keys with the devices' display names in
 // unsigned, as clients show them.
-func (s *Service) deviceKeys(ctx context.Context, userID string, only []string) (map[string]json.RawMessage, error) {
+func (s *Service) deviceKeys(ctx context.Context, userID string, only []string, sigs map[string][]Signature) (map[string]json.RawMessage, error) {
 	rows, err := s.db.Reader().QueryContext(ctx, `SELECT k.device_id, k.key_json, d.display_name FROM e2e_device_keys k
 		JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id WHERE k.user_id = $1`, userID)
 	if err != nil {
@@ -72,6 +103,7 @@ func (s *Service) deviceKeys(ctx context.Context, userID string, only []string) 
 		if err := json.Unmarshal([]byte(keyJSON), &obj); err != nil {
 			return nil, fmt.Errorf("device keys of %s/%s: %w", userID, deviceID, err)
 		}
+		mergeSignatures(obj, sigs[deviceID])
 		if name.Valid {
 			obj["unsigned"], _ = json.Marshal(map[string]string{"device_display_name": name.String})
 		}
