@@ -17,6 +17,7 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.Serv
 	mux.HandleClient("POST", "/keys/query", srv.Handle(acc.Auth(s.query)))
 	mux.HandleClient("POST", "/keys/claim", srv.Handle(acc.Auth(s.claim)))
 	mux.HandleClient("GET", "/keys/changes", srv.Handle(acc.Auth(s.changes)))
+	s.backupRoutes(mux, srv, acc)
 	h := &csHandlers{s: s, acc: acc}
 	// v3 and the unstable prefix older clients still use; never under r0.
 	for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/unstable"} {
