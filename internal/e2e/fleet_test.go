@@ -459,6 +459,9 @@ func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOptio
 		"account_data": instWriter,
 		"receipts":     instWriter,
 		"presence":     instWriter,
+		// Two writers: device list changes are sharded by user, so both
+		// the local and the forwarded path are exercised.
+		"device_lists": []string{instMain, instWriter},
 	}
 	f.shared = writeYAML(t, filepath.Join(f.dir, "shared.yaml"), doc)
 	m.args = []string{"serve", "-c", f.shared}
