@@ -143,7 +143,7 @@ func (s *Service) ClaimKeys(ctx context.Context, want map[string]map[string]stri
 	for u := range want {
 		users = append(users, u)
 	}
-	slices.Sort(users) // a stable lock order between concurrent claims
+	slices.Sort(users) // deterministic order, for tests and logs
 	for _, userID := range users {
 		local, err := s.localUser(userID)
 		if err != nil || !local {
