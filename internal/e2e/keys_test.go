@@ -150,3 +150,91 @@ func TestE2EEncryptedMessage(t *testing.T) {
 }
 
 func isAlreadyParsed(err error) bool { return errors.Is(err, event.ErrContentAlreadyParsed) }
+
+// TestE2ECrossSigning: mautrix's cross-signing against the server. The
+// first upload of cross-signing keys needs no auth (MSC3967); devices and
+// master keys get signed; another user sees the device as cross-signed,
+// verifies the user with a user-signing signature only he sees; replacing
+// the master key needs the password.
+func TestE2ECrossSigning(t *testing.T) {
+	runDeployments(t, []string{engineSQLite, engineFleetRouter}, func(t *testing.T, srv *server) {
+		ctx := testContext(t)
+		rooms := &roomsState{}
+		alice := newCryptoClient(t, ctx, srv, "alice", rooms)
+		bob := newCryptoClient(t, ctx, srv, "bob", rooms)
+		for _, c := range []*cryptoClient{alice, bob} {
+			keys, err := c.mach.GenerateCrossSigningKeys()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.mach.PublishCrossSigningKeys(ctx, keys, nil); err != nil {
+				t.Fatalf("%s: first cross-signing upload: %v", c.c.UserID, err)
+			}
+			if err := c.mach.SignOwnDevice(ctx, c.mach.OwnIdentity()); err != nil {
+				t.Fatalf("%s: sign own device: %v", c.c.UserID, err)
+			}
+			if err := c.mach.SignOwnMasterKey(ctx); err != nil {
+				t.Fatalf("%s: sign own master key: %v", c.c.UserID, err)
+			}
+		}
+
+		devs, err := bob.mach.FetchKeys(ctx, []id.UserID{alice.c.UserID}, true)
+		if err != nil {
+			t.Fatalf("fetch alice's keys: %v", err)
+		}
+		dev := devs[alice.c.UserID][alice.c.DeviceID]
+		if dev == nil {
+			t.Fatalf("alice's device not fetched: %v", devs)
+		}
+		if trust, err := bob.mach.ResolveTrustContext(ctx, dev); err != nil || trust != id.TrustStateCrossSignedTOFU {
+			t.Fatalf("alice's device seen by bob: %v, %v; want cross-signed (TOFU)", trust, err)
+		}
+
+		alicePub := alice.mach.CrossSigningKeys.PublicKeys()
+		if err := bob.mach.SignUser(ctx, alice.c.UserID, alicePub.MasterKey); err != nil {
+			t.Fatalf("bob signs alice: %v", err)
+		}
+		bobUSK := id.NewKeyID(id.KeyAlgorithmEd25519, bob.mach.CrossSigningKeys.UserSigningKey.PublicKey().String())
+		sigOnAlice := func(viewer *cryptoClient) bool {
+			q, err := viewer.c.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{alice.c.UserID: nil}})
+			if err != nil {
+				t.Fatalf("query: %v", err)
+			}
+			if q.MasterKeys[alice.c.UserID].Keys[id.NewKeyID(id.KeyAlgorithmEd25519, alicePub.MasterKey.String())] != alicePub.MasterKey {
+				t.Fatalf("%s's query: alice's master key %+v", viewer.c.UserID, q.MasterKeys)
+			}
+			return q.MasterKeys[alice.c.UserID].Signatures[bob.c.UserID][bobUSK] != ""
+		}
+		if !sigOnAlice(bob) || sigOnAlice(alice) {
+			t.Fatalf("bob's signature of alice visible to bob %v, to alice %v; want only bob", sigOnAlice(bob), sigOnAlice(alice))
+		}
+		if trusted, err := bob.mach.IsUserTrusted(ctx, alice.c.UserID); err != nil || !trusted {
+			t.Fatalf("bob trusts alice: %v, %v", trusted, err)
+		}
+
+		// Replacing alice's keys: refused without auth, done with it.
+		keys2, err := alice.mach.GenerateCrossSigningKeys()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := alice.mach.PublishCrossSigningKeys(ctx, keys2, nil); err == nil {
+			t.Fatal("replacing cross-signing keys without auth succeeded")
+		}
+		err = alice.mach.PublishCrossSigningKeys(ctx, keys2, func(r *mautrix.RespUserInteractive) any {
+			return map[string]any{"type": "m.login.password", "session": r.Session, "password": password("alice"),
+				"identifier": map[string]string{"type": "m.id.user", "user": alice.c.UserID.String()}}
+		})
+		if err != nil {
+			t.Fatalf("replacing cross-signing keys with auth: %v", err)
+		}
+		q, err := bob.c.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{alice.c.UserID: nil}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		newMaster := keys2.MasterKey.PublicKey()
+		if q.MasterKeys[alice.c.UserID].Keys[id.NewKeyID(id.KeyAlgorithmEd25519, newMaster.String())] != newMaster ||
+			q.MasterKeys[alice.c.UserID].Signatures[bob.c.UserID][bobUSK] != "" {
+			t.Fatalf("after replacement bob sees %+v", q.MasterKeys[alice.c.UserID])
+		}
+	})
+}

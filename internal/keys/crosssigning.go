@@ -148,8 +148,9 @@ func (s *Service) CheckSigningKeys(ctx context.Context, userID string, up Signin
 	changes := map[string]json.RawMessage{}
 	replaces := false
 	for typ, k := range parsed {
-		old := stored[typ]
-		if old != nil && string(old.canon) == string(k.canon) {
+		// The same key again (clients re-upload, with fresh signatures by
+		// the uploading device) changes nothing and needs no auth.
+		if old := stored[typ]; old != nil && sameSignedContent(k.obj, old.canon) {
 			continue
 		}
 		changes[typ] = k.canon
