@@ -4,6 +4,8 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"slices"
 	"testing"
@@ -11,6 +13,7 @@ import (
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto/backup"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
@@ -236,5 +239,69 @@ func TestE2ECrossSigning(t *testing.T) {
 			q.MasterKeys[alice.c.UserID].Signatures[bob.c.UserID][bobUSK] != "" {
 			t.Fatalf("after replacement bob sees %+v", q.MasterKeys[alice.c.UserID])
 		}
+	})
+}
+
+// TestE2EKeyBackup: a Megolm session key encrypted with mautrix's backup
+// code round-trips through /room_keys on any process; writes to an old
+// version are refused with the current one named.
+func TestE2EKeyBackup(t *testing.T) {
+	runDeployments(t, []string{engineSQLite, engineFleet}, func(t *testing.T, srv *server) {
+		ctx := testContext(t)
+		alice := srv.register(t, ctx, "alice")
+		other := srv.client(t, alice.UserID, alice.AccessToken) // another worker on a fleet
+		bk, err := backup.NewMegolmBackupKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		create := func() id.KeyBackupVersion {
+			t.Helper()
+			resp, err := alice.CreateKeyBackupVersion(ctx, &mautrix.ReqRoomKeysVersionCreate[backup.MegolmAuthData]{
+				Algorithm: id.KeyBackupAlgorithmMegolmBackupV1,
+				AuthData:  backup.MegolmAuthData{PublicKey: id.Ed25519(base64.RawStdEncoding.EncodeToString(bk.PublicKey().Bytes()))},
+			})
+			if err != nil {
+				t.Fatalf("create backup version: %v", err)
+			}
+			return resp.Version
+		}
+		v1 := create()
+		enc, err := backup.EncryptSessionData(bk, backup.MegolmSessionData{Algorithm: id.AlgorithmMegolmV1,
+			SenderKey: "sender", SessionKey: "the session key"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := json.Marshal(enc)
+		roomID := id.RoomID("!backup:" + serverName)
+		put, err := alice.PutKeysInBackupForRoomAndSession(ctx, v1, roomID, "sess1",
+			&mautrix.ReqKeyBackupData{FirstMessageIndex: 3, SessionData: data})
+		if err != nil || put.Count != 1 {
+			t.Fatalf("put key: %+v, %v", put, err)
+		}
+		latest, err := other.GetKeyBackupLatestVersion(ctx)
+		if err != nil || latest.Version != v1 || latest.Count != 1 || latest.ETag != put.ETag ||
+			latest.Algorithm != id.KeyBackupAlgorithmMegolmBackupV1 {
+			t.Fatalf("latest version: %+v, %v", latest, err)
+		}
+		got, err := other.GetKeyBackupForRoomAndSession(ctx, v1, roomID, "sess1")
+		if err != nil || got.FirstMessageIndex != 3 {
+			t.Fatalf("get key: %+v, %v", got, err)
+		}
+		sd, err := got.SessionData.Decrypt(bk)
+		if err != nil || sd.SessionKey != "the session key" {
+			t.Fatalf("decrypt backed-up key: %+v, %v", sd, err)
+		}
+
+		v2 := create()
+		_, err = other.PutKeysInBackupForRoomAndSession(ctx, v1, roomID, "sess2", &mautrix.ReqKeyBackupData{SessionData: data})
+		wantMatrixError(t, err, 403, "M_WRONG_ROOM_KEYS_VERSION")
+		if err := other.DeleteKeyBackupVersion(ctx, v2); err != nil {
+			t.Fatalf("delete version: %v", err)
+		}
+		if latest, err := alice.GetKeyBackupLatestVersion(ctx); err != nil || latest.Version != v1 {
+			t.Fatalf("latest after deleting %s: %+v, %v", v2, latest, err)
+		}
+		_, err = alice.GetKeyBackupVersion(ctx, v2)
+		wantMatrixError(t, err, 404, "M_NOT_FOUND")
 	})
 }
