@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -603,3 +605,56 @@ func TestChanges(t *testing.T) {
 		check("alice joined", t3, t4, []string{alice.user, dave.user}, []string{})
 	})
 }
+
+// TestClaimSkipsKeysBeingClaimed: while another transaction (another
+// worker's claim, not yet committed) holds the oldest key, a claim takes
+// the next one at once instead of waiting for it and then finding nothing
+// (which would hand out the fallback key while one-time keys remain).
+// PostgreSQL only: SQLite's single writer has no concurrent claims.
+func TestClaimSkipsKeysBeingClaimed(t *testing.T) {
+	db := storagetest.NewDB(t, storage.Postgres)
+	ctx := ctxT(t)
+	f := newFixture(t, db)
+	alice := f.register(t, "alice", "A")
+	clock := time.UnixMilli(1000)
+	keys.SetClock(f.s, func() time.Time { return clock })
+	for _, id := range []string{"first", "second"} {
+		if _, err := f.s.UploadKeys(ctx, alice.user, alice.id, keys.Upload{OneTimeKeys: alice.otks(t, id, 1)}); err != nil {
+			t.Fatal(err)
+		}
+		clock = clock.Add(time.Second)
+	}
+	fb := map[string]json.RawMessage{"signed_curve25519:fb": raw(t, alice.sign(t, map[string]any{"key": "fallback", "fallback": true}))}
+	if _, err := f.s.UploadKeys(ctx, alice.user, alice.id, keys.Upload{FallbackKeys: fb}); err != nil {
+		t.Fatal(err)
+	}
+	// Another claim holds the oldest key, uncommitted, until released (and
+	// then rolls back).
+	locked, release, done := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		done <- db.Tx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM e2e_one_time_keys WHERE key_id = 'first000'`); err != nil {
+				return err
+			}
+			close(locked)
+			<-release
+			return errRollback
+		})
+	}()
+	<-locked
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	res, err := f.s.ClaimKeys(cctx, map[string]map[string]string{alice.user: {alice.id: "signed_curve25519"}})
+	cancel()
+	close(release)
+	if txErr := <-done; txErr != errRollback {
+		t.Fatalf("locking transaction: %v", txErr)
+	}
+	if err != nil {
+		t.Fatalf("claim while the oldest key is being claimed: %v (it waited for the lock)", err)
+	}
+	if _, ok := res.OneTimeKeys[alice.user][alice.id]["signed_curve25519:second000"]; !ok {
+		t.Fatalf("claimed %v, want the second key", res.OneTimeKeys[alice.user][alice.id])
+	}
+}
+
+var errRollback = errors.New("roll back")
