@@ -86,6 +86,9 @@ func (s *Service) SetDeviceName(ctx context.Context, userID, deviceID, name stri
 	if err != nil {
 		return false, fmt.Errorf("rename device %s of %s: %w", deviceID, userID, err)
 	}
+	if n > 0 {
+		s.devicesChanged(ctx, userID, []string{deviceID}, false)
+	}
 	return n > 0, nil
 }
 

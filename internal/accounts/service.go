@@ -54,6 +54,13 @@ type DeviceHooks interface {
 	DeleteDeviceInbox(ctx context.Context, userID, deviceID string) error
 }
 
+// DeviceListHook is told of every device created (login, registration),
+// renamed or deleted, so the device_lists stream announces it to the users
+// who share a room with the owner (and deleted devices lose their keys).
+type DeviceListHook interface {
+	DevicesChanged(ctx context.Context, userID string, deviceIDs []string, deleted bool) error
+}
+
 // Service is the accounts domain.
 type Service struct {
 	db          *storage.DB
@@ -61,6 +68,7 @@ type Service struct {
 	cfg         Settings
 	hooks       RoomHooks
 	deviceHooks DeviceHooks
+	deviceList  DeviceListHook
 	invalidator Invalidator
 	tokens      *tokenCache
 	now         func() time.Time
@@ -79,10 +87,25 @@ func (s *Service) SetRoomHooks(h RoomHooks) { s.hooks = h }
 // SetDeviceHooks wires the domains that keep per-device data.
 func (s *Service) SetDeviceHooks(h DeviceHooks) { s.deviceHooks = h }
 
+// SetDeviceListHook wires the keys domain in.
+func (s *Service) SetDeviceListHook(h DeviceListHook) { s.deviceList = h }
+
+// devicesChanged runs the device list hook; the device change itself is
+// committed, so a hook failure is logged, not returned.
+func (s *Service) devicesChanged(ctx context.Context, userID string, deviceIDs []string, deleted bool) {
+	if s.deviceList == nil || len(deviceIDs) == 0 {
+		return
+	}
+	if err := s.deviceList.DevicesChanged(ctx, userID, deviceIDs, deleted); err != nil {
+		s.log.Warn("could not announce device list change", "user_id", userID, "devices", deviceIDs, "err", err)
+	}
+}
+
 // devicesGone runs the device hooks for devices that were deleted; the
 // deletion itself is committed, so a hook failure is logged, not returned.
 func (s *Service) devicesGone(ctx context.Context, userID string, deviceIDs []string) {
 	s.tokensChanged(ctx, userID)
+	s.devicesChanged(ctx, userID, deviceIDs, true)
 	if s.deviceHooks == nil {
 		return
 	}
@@ -225,6 +248,9 @@ func (s *Service) Register(ctx context.Context, u NewUser) (Session, error) {
 		return Session{}, fmt.Errorf("register %s: %w", userID, err)
 	}
 	s.log.Info("registered user", "user_id", userID)
+	if sess.DeviceID != "" {
+		s.devicesChanged(ctx, userID, []string{sess.DeviceID}, false)
+	}
 	return sess, nil
 }
 
@@ -290,6 +316,7 @@ func (s *Service) CreateSession(ctx context.Context, userID, deviceID, deviceNam
 		// Re-using a device id replaced its old token.
 		s.tokensChanged(ctx, userID)
 	}
+	s.devicesChanged(ctx, userID, []string{sess.DeviceID}, false)
 	return sess, nil
 }
 

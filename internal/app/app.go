@@ -316,6 +316,11 @@ func (p *Process) wire(ctx context.Context) error {
 	tdSvc := todevice.NewService(db, reg, tdWriter, log)
 	acc.SetDeviceHooks(deviceHooks{tdSvc.DeleteDeviceInbox, pushSvc.DeviceGone})
 
+	keysSvc, err := p.wireKeys(ctx, reg, acc, rpcClient, rpcServer)
+	if err != nil {
+		return err
+	}
+
 	presSource := presence.NewSource(db, roomStore, log)
 	reg.SetSource(streams.Presence, presSource)
 	var presWriter presence.Writer = presence.NoopWriter{}
@@ -394,6 +399,7 @@ func (p *Process) wire(ctx context.Context) error {
 		ToDevice:       tdSvc,
 		Presence:       presSvc,
 		PresenceWriter: presWriter,
+		Keys:           keysSvc,
 	}, log)
 
 	mux := mxhttp.NewMux()
@@ -414,6 +420,7 @@ func (p *Process) wire(ctx context.Context) error {
 	pushSvc.NotificationsRoutes(mux, srv, acc)
 	pushSvc.PushersRoutes(mux, srv, acc)
 	tdSvc.Routes(mux, srv, acc)
+	keysSvc.Routes(mux, srv, acc)
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)
 	syncSvc.Routes(mux, srv, acc)

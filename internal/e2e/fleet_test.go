@@ -482,6 +482,9 @@ func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOptio
 		"receipts":     instWriter,
 		"presence":     instWriter,
 		"push_rules":   instWriter,
+		// Two writers: device list changes are sharded by user, so both
+		// the local and the forwarded path are exercised.
+		"device_lists": []string{instMain, instWriter},
 	}
 	// Media is the media worker's alone, as in Synapse's worker set-up.
 	doc["enable_media_repo"] = false

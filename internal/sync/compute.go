@@ -304,6 +304,9 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 		}
 		next.ToDevice = upTo
 	}
+	if err := s.keys(ctx, r, resp); err != nil {
+		return nil, err
+	}
 	resp.NextBatch = s.Registry.FormatToken(next)
 	s.lazy.record(r.userID, r.deviceID, resp.NextBatch, r.lazySent)
 	return resp, nil

@@ -33,6 +33,8 @@ type Deps struct {
 	Presence      PresenceReader
 	// PresenceWriter learns about syncing users and set_presence.
 	PresenceWriter presence.Writer
+	// Keys is optional (nil: no device lists or key counts).
+	Keys KeysReader
 }
 
 // Service serves sync for one process.

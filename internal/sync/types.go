@@ -11,6 +11,7 @@ import (
 	"ganglion/internal/presence"
 	"ganglion/internal/push"
 	"ganglion/internal/rooms"
+	"ganglion/internal/streams"
 	"ganglion/internal/todevice"
 )
 
@@ -69,6 +70,14 @@ type PresenceReader interface {
 	Enabled() bool
 }
 
+// KeysReader is the E2EE read side: device list changes between two
+// tokens and a device's one-time and fallback key state.
+type KeysReader interface {
+	Changes(ctx context.Context, userID string, from, to streams.Token) (changed, left []string, err error)
+	OneTimeKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, error)
+	UnusedFallbackKeyTypes(ctx context.Context, userID, deviceID string) ([]string, error)
+}
+
 // Response is the /sync body.
 type Response struct {
 	NextBatch   string        `json:"next_batch"`
@@ -81,6 +90,10 @@ type Response struct {
 		Left    []string `json:"left"`
 	} `json:"device_lists"`
 	DeviceOneTimeKeysCount map[string]int `json:"device_one_time_keys_count"`
+	// DeviceUnusedFallbackKeyTypes is omitted when keys are not wired:
+	// clients read its absence as "the server does not support fallback
+	// keys", and an empty list as "upload one".
+	DeviceUnusedFallbackKeyTypes *[]string `json:"device_unused_fallback_key_types,omitempty"`
 }
 
 // EventList is {"events": [...]}.

@@ -1,0 +1,33 @@
+package sync
+
+import "context"
+
+// keys fills the E2EE parts of a response: device_lists (incremental syncs
+// only, as the spec has it) and the device's one-time key counts and unused
+// fallback key types, which clients read on every sync to top their keys up.
+func (s *Service) keys(ctx context.Context, r *request, resp *Response) error {
+	if s.Keys == nil {
+		return nil
+	}
+	if r.since != nil && (r.since.DeviceLists < r.now.DeviceLists || r.since.Events < r.now.EventsMax()) {
+		changed, left, err := s.Keys.Changes(ctx, r.userID, *r.since, r.now)
+		if err != nil {
+			return err
+		}
+		resp.DeviceLists.Changed, resp.DeviceLists.Left = changed, left
+	}
+	if r.deviceID == "" {
+		return nil
+	}
+	counts, err := s.Keys.OneTimeKeyCounts(ctx, r.userID, r.deviceID)
+	if err != nil {
+		return err
+	}
+	resp.DeviceOneTimeKeysCount = counts
+	fb, err := s.Keys.UnusedFallbackKeyTypes(ctx, r.userID, r.deviceID)
+	if err != nil {
+		return err
+	}
+	resp.DeviceUnusedFallbackKeyTypes = &fb
+	return nil
+}
