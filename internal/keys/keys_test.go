@@ -81,7 +81,7 @@ func (f *fixture) register(t *testing.T, localpart, deviceID string) *device {
 
 func (f *fixture) login(t *testing.T, userID, deviceID string) *device {
 	t.Helper()
-	sess, err := f.acc.CreateSession(ctxT(t), userID, deviceID, "")
+	sess, err := f.acc.CreateSession(ctxT(t), userID, deviceID, "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
