@@ -244,14 +244,25 @@ func (s *Service) RoomEvents(ctx context.Context, req *accounts.Requester, c Roo
 	if res.Highlights == nil {
 		res.Highlights = []string{}
 	}
-	if res.Count, err = s.store.Count(ctx, q, leftAt); err != nil {
+	vis := map[string]*rooms.Visibility{}
+	visibility := func(room string) (*rooms.Visibility, error) {
+		if v := vis[room]; v != nil {
+			return v, nil
+		}
+		v, err := s.rooms.VisibilityFor(ctx, room, req.UserID)
+		if err != nil {
+			return nil, err
+		}
+		vis[room] = v
+		return v, nil
+	}
+	if res.Count, err = s.count(ctx, q, leftAt, filter, visibility); err != nil {
 		return nil, err
 	}
 
 	// Page through hits until limit visible ones are found: hits the user
 	// may not see (before they joined a "joined" room, after they left)
 	// are skipped, and the cursor moves past them.
-	vis := map[string]*rooms.Visibility{}
 	var kept []*rooms.StoredEvent
 	ranks := map[string]float64{}
 	more := false
@@ -290,12 +301,9 @@ func (s *Service) RoomEvents(ctx context.Context, req *accounts.Requester, c Roo
 			if se == nil || se.RedactedBy != "" {
 				continue
 			}
-			v := vis[h.RoomID]
-			if v == nil {
-				if v, err = s.rooms.VisibilityFor(ctx, h.RoomID, req.UserID); err != nil {
-					return nil, err
-				}
-				vis[h.RoomID] = v
+			v, err := visibility(h.RoomID)
+			if err != nil {
+				return nil, err
 			}
 			ev := se.Event
 			if !v.CanSee(se) || !filter.MatchesEvent(h.RoomID, ev.Type(), ev.Sender(), ev.Content()) {
@@ -453,4 +461,37 @@ func (s *Service) context(ctx context.Context, f *rooms.Formatter, v *rooms.Visi
 		}
 	}
 	return block, nil
+}
+
+// maxExactCount bounds the hits count judges one by one; past it the count
+// is the index's, bounded only by when the user left each room (the spec
+// calls count approximate).
+const maxExactCount = 5000
+
+// count is the number of hits the user may see, as far as positions,
+// senders and types tell (contains_url is not applied).
+func (s *Service) count(ctx context.Context, q Query, leftAt map[string]int64, filter *filters.RoomEventFilter,
+	visibility func(room string) (*rooms.Visibility, error)) (int, error) {
+	q.Recent, q.Before, q.Offset, q.Limit = true, 0, 0, maxExactCount+1
+	hits, err := s.store.Search(ctx, q)
+	if err != nil {
+		return 0, err
+	}
+	if len(hits) > maxExactCount {
+		return s.store.Count(ctx, q, leftAt)
+	}
+	n := 0
+	for _, h := range hits {
+		if filter != nil && !filter.EventFilter.Matches(h.Type, h.Sender) {
+			continue
+		}
+		v, err := visibility(h.RoomID)
+		if err != nil {
+			return 0, err
+		}
+		if v.CanSeeAt(h.StreamOrdering) {
+			n++
+		}
+	}
+	return n, nil
 }

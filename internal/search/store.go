@@ -141,9 +141,13 @@ type Query struct {
 type Hit struct {
 	EventID        string
 	RoomID         string
+	Sender         string
+	Type           string // from the key: the type that carries it
 	StreamOrdering int64
 	Rank           float64
 }
+
+var typeOfKey = map[string]string{"content.body": "m.room.message", "content.name": "m.room.name", "content.topic": "m.room.topic"}
 
 func (q Query) empty() bool {
 	return len(q.Rooms) == 0 || len(q.Terms) == 0 || len(q.Keys) == 0
@@ -200,14 +204,14 @@ func (s *Store) Search(ctx context.Context, q Query) ([]Hit, error) {
 	if s.db.Engine() == storage.Postgres {
 		cond, a := q.where(args, "e")
 		args = a
-		query = `SELECT e.event_id, e.room_id, e.stream_ordering, ts_rank_cd(e.vector, to_tsquery('english', $1)) AS rank
+		query = `SELECT e.event_id, e.room_id, e.sender, e.key, e.stream_ordering, ts_rank_cd(e.vector, to_tsquery('english', $1)) AS rank
 			FROM event_search e WHERE e.vector @@ to_tsquery('english', $1) AND ` + cond
 	} else {
 		cond, a := q.where(args, "e")
 		args = a
 		// bm25 is lower for better matches; negated so higher is better
 		// on both engines.
-		query = `SELECT e.event_id, e.room_id, e.stream_ordering, -f.rank AS rank
+		query = `SELECT e.event_id, e.room_id, e.sender, e.key, e.stream_ordering, -f.rank AS rank
 			FROM event_search_fts f JOIN event_search e ON e.stream_ordering = f.rowid
 			WHERE event_search_fts MATCH $1 AND ` + cond
 	}
@@ -230,9 +234,11 @@ func (s *Store) Search(ctx context.Context, q Query) ([]Hit, error) {
 	var out []Hit
 	for rows.Next() {
 		var h Hit
-		if err := rows.Scan(&h.EventID, &h.RoomID, &h.StreamOrdering, &h.Rank); err != nil {
+		var key string
+		if err := rows.Scan(&h.EventID, &h.RoomID, &h.Sender, &key, &h.StreamOrdering, &h.Rank); err != nil {
 			return nil, fmt.Errorf("search events: %w", err)
 		}
+		h.Type = typeOfKey[key]
 		out = append(out, h)
 	}
 	if err := rows.Err(); err != nil {
