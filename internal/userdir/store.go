@@ -213,7 +213,9 @@ func escapeLike(s string) string {
 // Search finds up to limit users visible to searcher whose display name (the
 // global one, or a per-room one in a room the searcher can see the members
 // of) or user id has, for every word of term, a word starting with it.
-// limited reports that more matched.
+// limited reports that more matched. A user's display_name is their global
+// one when that matched, else the per-room one that did, so the searcher
+// sees why the user was found.
 func (s *Store) Search(ctx context.Context, searcher, term string, limit int, o SearchOptions) (users []User, limited bool, err error) {
 	terms := splitWords(term)
 	if len(terms) == 0 || limit <= 0 {
