@@ -69,9 +69,11 @@ type Service struct {
 	hooks       RoomHooks
 	deviceHooks DeviceHooks
 	deviceList  DeviceListHook
-	invalidator Invalidator
-	tokens      *tokenCache
-	now         func() time.Time
+	// profileIndex, if set, hears of profile changes in their transaction.
+	profileIndex ProfileIndex
+	invalidator  Invalidator
+	tokens       *tokenCache
+	now          func() time.Time
 }
 
 func NewService(db *storage.DB, cfg Settings, log *slog.Logger) *Service {
@@ -230,6 +232,9 @@ func (s *Service) Register(ctx context.Context, u NewUser) (Session, error) {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)`, userID, display); err != nil {
+			return err
+		}
+		if err := s.indexProfile(ctx, tx, userID); err != nil {
 			return err
 		}
 		if u.InhibitLogin {

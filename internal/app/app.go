@@ -424,6 +424,7 @@ func (p *Process) wire(ctx context.Context) error {
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)
 	syncSvc.Routes(mux, srv, acc)
+	p.wireDirectoryAndSearch(mux, srv, acc, roomSvc, persister, rl(cfg.RCUserDirectory))
 	infoRoutes(mux, srv, cfg, acc)
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err

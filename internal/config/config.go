@@ -115,6 +115,8 @@ type Config struct {
 	LogConfig string         `yaml:"log_config"`
 	Presence  PresenceConfig `yaml:"presence"`
 
+	UserDirectory UserDirectoryConfig `yaml:"user_directory"`
+
 	FormSecret                     string           `yaml:"form_secret"`
 	MacaroonSecretKey              string           `yaml:"macaroon_secret_key"`
 	SuppressKeyServerWarning       bool             `yaml:"suppress_key_server_warning"`
@@ -421,6 +423,7 @@ func Default() *Config {
 		RefreshableAccessTokenLifetime: "5m",
 		DefaultRoomVersion:             "10",
 		Presence:                       PresenceConfig{Enabled: true},
+		UserDirectory:                  UserDirectoryConfig{Enabled: true},
 		HTTPLimits:                     defaultHTTPLimits(),
 		Redis:                          RedisConfig{Host: "localhost", Port: 6379},
 	}

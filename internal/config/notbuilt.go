@@ -17,7 +17,6 @@ func NotBuilt() map[string]string {
 		email      = "email (3PID, notifications, password reset)"
 		media      = "the media repository"
 		federation = "federation"
-		userDir    = "the user directory"
 		captcha    = "registration captcha"
 		turn       = "TURN (VoIP)"
 		modules    = "modules and third-party hooks"
@@ -64,10 +63,6 @@ func NotBuilt() map[string]string {
 		"trusted_key_servers":                           federation,
 		"allow_public_rooms_over_federation":            federation,
 		"allow_profile_lookup_over_federation":          federation,
-
-		"user_directory":                    userDir,
-		"update_user_directory_from_worker": userDir,
-		"update_user_directory":             userDir,
 
 		"enable_registration_captcha": captcha,
 		"recaptcha_public_key":        captcha,

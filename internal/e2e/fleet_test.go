@@ -489,6 +489,9 @@ func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOptio
 	// Media is the media worker's alone, as in Synapse's worker set-up.
 	doc["enable_media_repo"] = false
 	doc["media_instance_running_background_jobs"] = instMedia
+	// The directory is updated by a worker, not main: the updater must
+	// follow the events stream through replication.
+	doc["update_user_directory_from_worker"] = instWriter
 	f.shared = writeYAML(t, filepath.Join(f.dir, "shared.yaml"), doc)
 	m.args = []string{"serve", "-c", f.shared}
 	for _, p := range f.procs[1:] {

@@ -183,6 +183,7 @@ func baseConfig(dir string, db map[string]any, port int) map[string]any {
 		"rc_invites":        map[string]any{"per_room": fastLimit(), "per_user": fastLimit(), "per_issuer": fastLimit()},
 		"rc_room_creation":  fastLimit(),
 		"rc_presence":       map[string]any{"per_user": fastLimit()},
+		"rc_user_directory": fastLimit(),
 	}
 }
 

@@ -88,7 +88,26 @@ type Persister struct {
 	// queues holds, per room, the requests waiting to be persisted.
 	queueMu sync.Mutex
 	queues  map[string][]*sendRequest
+
+	// txHooks run inside each batch's transaction (AddTxHook).
+	txHooks []TxHook
 }
+
+// StoredInTx is an event as a TxHook sees it: written in the transaction,
+// with its stream position, not yet committed.
+type StoredInTx struct {
+	Event          *events.Event
+	StreamOrdering int64
+}
+
+// TxHook maintains another domain's rows derived from events (the search
+// index) in the transaction that stores them, so those rows commit, or
+// not, with the events: a reader that can see an event can see its
+// derived rows. An error rolls the batch back (and it is retried).
+type TxHook func(ctx context.Context, tx *sql.Tx, evs []StoredInTx) error
+
+// AddTxHook registers h. Call before the first send.
+func (p *Persister) AddTxHook(h TxHook) { p.txHooks = append(p.txHooks, h) }
 
 // roomCache is the persister's view of a room it owns. It is only changed
 // after a commit, under the room's lock, so it always matches the database.
@@ -351,6 +370,17 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 		}
 		if err := p.insert(ctx, tx, b.stage, ids); err != nil {
 			return err
+		}
+		if len(p.txHooks) > 0 {
+			stored := make([]StoredInTx, len(b.stage))
+			for j, st := range b.stage {
+				stored[j] = StoredInTx{Event: st.ev, StreamOrdering: ids[j]}
+			}
+			for _, h := range p.txHooks {
+				if err := h(ctx, tx, stored); err != nil {
+					return err
+				}
+			}
 		}
 		for j, st := range b.stage {
 			st.id = ids[j]

@@ -122,7 +122,13 @@ func (v *Visibility) CanSee(se *StoredEvent) bool {
 	if ev.Type() == "m.room.member" && ev.StateKeyEquals(v.userID) {
 		return true // users always see their own membership changes
 	}
-	pos := se.StreamOrdering
+	return v.CanSeeAt(se.StreamOrdering)
+}
+
+// CanSeeAt is CanSee for an event known only by its position, which must
+// not be the user's own membership event (search counts hits this way
+// without loading them).
+func (v *Visibility) CanSeeAt(pos int64) bool {
 	hv := v.historyVisibilityAt(pos)
 	if hv == "world_readable" {
 		return true
