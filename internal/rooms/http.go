@@ -54,6 +54,7 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.Serv
 		}))
 	}
 	mux.HandleClient("POST", "/publicRooms", a(h.publicRoomsPost))
+	s.routesV1(mux, a)
 }
 
 type roomHandlers struct{ s *Service }

@@ -1,0 +1,144 @@
+package rooms
+
+import (
+	"context"
+	"strings"
+)
+
+// bundle adds the bundled aggregations (spec: "Aggregations of child
+// events") to out[i].Unsigned["m.relations"] for each served event evs[i]
+// that has children: the thread summary of a thread root, the latest edit
+// of an edited event, the references to an event. One query for the whole
+// page finds them and one more loads the latest replies and edits, so a
+// page costs the same whatever its length. Since spec v1.7 the server
+// bundles the whole latest edit and leaves the original's content as it
+// is (clients apply the edit).
+//
+// State events and redacted events are not considered: neither is edited
+// or threaded in practice, and state is formatted in bulk (sync's state,
+// member lists), where the query would be wasted.
+func (f *Formatter) bundle(ctx context.Context, evs []*StoredEvent, out []ClientEvent) error {
+	if f.s == nil {
+		return nil
+	}
+	var parents []string
+	byID := map[string]int{}
+	for i, se := range evs {
+		if se.Event.IsState() || se.RedactedBy != "" {
+			continue
+		}
+		id := se.Event.EventID()
+		if _, dup := byID[id]; !dup {
+			parents = append(parents, id)
+		}
+		byID[id] = i
+	}
+	if len(parents) == 0 {
+		return nil
+	}
+	rows, err := f.store.aggregations(ctx, parents, f.userID)
+	if err != nil || len(rows) == 0 {
+		return err
+	}
+	type agg struct {
+		thread     *aggregationRow
+		edit       *aggregationRow
+		references []string
+	}
+	aggs := map[string]*agg{}
+	var need []string
+	for k := range rows {
+		a := &rows[k]
+		orig := evs[byID[a.parent]].Event
+		g := aggs[a.parent]
+		if g == nil {
+			g = &agg{}
+			aggs[a.parent] = g
+		}
+		switch a.relType {
+		case "m.thread":
+			g.thread = a
+			need = append(need, a.eventID)
+		case "m.reference":
+			g.references = append(g.references, a.eventID)
+		case "m.replace":
+			// Spec: an edit counts only if it comes from the original's
+			// sender, has its type, and the original is not itself an
+			// edit; the latest by origin_server_ts (then event id) wins.
+			if a.sender != orig.Sender() || a.typ != orig.Type() {
+				continue
+			}
+			if r, ok := relationOf(orig); ok && r.RelType == "m.replace" {
+				continue
+			}
+			if g.edit == nil || a.ts > g.edit.ts || (a.ts == g.edit.ts && strings.Compare(a.eventID, g.edit.eventID) > 0) {
+				g.edit = a
+			}
+		}
+	}
+	for _, g := range aggs {
+		if g.edit != nil {
+			need = append(need, g.edit.eventID)
+		}
+	}
+	loaded, err := f.store.EventsByID(ctx, need)
+	if err != nil {
+		return err
+	}
+	// A latest reply or an edit the viewer may not see is left out.
+	vis := map[string]*Visibility{}
+	visible := func(se *StoredEvent) (bool, error) {
+		room := se.Event.RoomID()
+		v := vis[room]
+		if v == nil {
+			var err error
+			if v, err = f.s.VisibilityFor(ctx, room, f.userID); err != nil {
+				return false, err
+			}
+			vis[room] = v
+		}
+		return v.CanSee(se), nil
+	}
+	for parent, g := range aggs {
+		i := byID[parent]
+		rels := map[string]any{}
+		if t := g.thread; t != nil {
+			summary := map[string]any{
+				"count":                     t.count,
+				"current_user_participated": t.mine || evs[i].Event.Sender() == f.userID,
+			}
+			if se := loaded[t.eventID]; se != nil {
+				ok, err := visible(se)
+				if err != nil {
+					return err
+				}
+				if ok {
+					summary["latest_event"] = f.one(se, nil)
+				}
+			}
+			rels["m.thread"] = summary
+		}
+		if g.edit != nil {
+			if se := loaded[g.edit.eventID]; se != nil && se.RedactedBy == "" {
+				ok, err := visible(se)
+				if err != nil {
+					return err
+				}
+				if ok {
+					rels["m.replace"] = f.one(se, nil)
+				}
+			}
+		}
+		if len(g.references) > 0 {
+			chunk := make([]map[string]string, len(g.references))
+			for k, id := range g.references {
+				chunk[k] = map[string]string{"event_id": id}
+			}
+			rels["m.reference"] = map[string]any{"chunk": chunk}
+		}
+		if len(rels) > 0 {
+			out[i].Unsigned["m.relations"] = rels
+		}
+	}
+	return nil
+}
