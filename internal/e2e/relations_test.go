@@ -168,6 +168,19 @@ func TestRelationsThreadsAndAggregations(t *testing.T) {
 		}
 		wantSyncSummary(t, ctx, srv, carol, roomID, root, threadSummary{count: 3, latest: r3.String(), ok: true})
 
+		// The latest reply carries its own latest edit.
+		r3edit := sendRaw(t, ctx, bob, roomID, "m.room.message", map[string]any{"msgtype": "m.text", "body": "* r3 fixed",
+			"m.new_content": map[string]any{"msgtype": "m.text", "body": "r3 fixed"},
+			"m.relates_to":  map[string]any{"rel_type": "m.replace", "event_id": r3}})
+		th, _ := relationsOf(messagesEvent(t, ctx, srv, carol, roomID, root))["m.thread"].(map[string]any)
+		latest, _ := th["latest_event"].(map[string]any)
+		if e, _ := relationsOf(latest)["m.replace"].(map[string]any); e["event_id"] != r3edit.String() {
+			t.Fatalf("thread summary's latest_event lacks its edit: %v", latest)
+		}
+		if got := summaryOf(messagesEvent(t, ctx, srv, carol, roomID, root)); got.count != 3 {
+			t.Fatalf("an edit of a reply counted as a reply: %+v", got)
+		}
+
 		// /context and /event bundle too.
 		ctxResp := getJSON(t, ctx, srv, carol.AccessToken, clientPath("rooms", roomID.String(), "context", root.String())+"?limit=2")
 		if got := summaryOf(ctxResp["event"].(map[string]any)); got.count != 3 || got.latest != r3.String() {
@@ -273,7 +286,7 @@ func TestRelationsThreadsAndAggregations(t *testing.T) {
 		root2 := send(t, ctx, carol, roomID, "root2", "")
 		threadReply(t, ctx, bob, roomID, root2, "on root2")
 		thPath := v1Path("rooms", roomID.String(), "threads")
-		th := getJSON(t, ctx, srv, bob.AccessToken, thPath)
+		th = getJSON(t, ctx, srv, bob.AccessToken, thPath)
 		if ids := chunkIDs(th, "chunk"); !slices.Equal(ids, []string{root2.String(), root.String()}) {
 			t.Fatalf("threads %v, want [root2 root]", ids)
 		}

@@ -18,7 +18,16 @@ import (
 // or threaded in practice, and state is formatted in bulk (sync's state,
 // member lists), where the query would be wasted.
 func (f *Formatter) bundle(ctx context.Context, evs []*StoredEvent, out []ClientEvent) error {
-	if f.s == nil {
+	return f.bundleAt(ctx, evs, out, 0)
+}
+
+// bundleAt is bundle for events at a nesting depth: the latest event of a
+// thread summary (depth 1) gets its own aggregations (its latest edit,
+// which clients show in the thread preview), one query for all summaries
+// of the page; deeper nesting is not needed, as a thread reply is not a
+// thread root.
+func (f *Formatter) bundleAt(ctx context.Context, evs []*StoredEvent, out []ClientEvent, depth int) error {
+	if f.s == nil || depth > 1 {
 		return nil
 	}
 	var parents []string
@@ -99,6 +108,30 @@ func (f *Formatter) bundle(ctx context.Context, evs []*StoredEvent, out []Client
 		}
 		return v.CanSee(se), nil
 	}
+	// The latest replies, formatted with their own aggregations.
+	var latestEvs []*StoredEvent
+	for _, g := range aggs {
+		if t := g.thread; t != nil {
+			if se := loaded[t.eventID]; se != nil {
+				ok, err := visible(se)
+				if err != nil {
+					return err
+				}
+				if ok {
+					latestEvs = append(latestEvs, se)
+				}
+			}
+		}
+	}
+	latestOut := make([]ClientEvent, len(latestEvs))
+	latestByID := map[string]*ClientEvent{}
+	for k, se := range latestEvs {
+		latestOut[k] = f.one(se, nil)
+		latestByID[se.Event.EventID()] = &latestOut[k]
+	}
+	if err := f.bundleAt(ctx, latestEvs, latestOut, depth+1); err != nil {
+		return err
+	}
 	for parent, g := range aggs {
 		i := byID[parent]
 		rels := map[string]any{}
@@ -107,14 +140,8 @@ func (f *Formatter) bundle(ctx context.Context, evs []*StoredEvent, out []Client
 				"count":                     t.count,
 				"current_user_participated": t.mine || evs[i].Event.Sender() == f.userID,
 			}
-			if se := loaded[t.eventID]; se != nil {
-				ok, err := visible(se)
-				if err != nil {
-					return err
-				}
-				if ok {
-					summary["latest_event"] = f.one(se, nil)
-				}
+			if ce := latestByID[t.eventID]; ce != nil {
+				summary["latest_event"] = *ce
 			}
 			rels["m.thread"] = summary
 		}
