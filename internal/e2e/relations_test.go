@@ -307,6 +307,11 @@ func TestRelationsThreadsAndAggregations(t *testing.T) {
 			t.Fatalf("threads page 2: %v", ids)
 		}
 
+		// Threads do not nest (spec: validation of m.thread relationships).
+		_, err = carol.SendMessageEvent(ctx, roomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "nested",
+			"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": r1}})
+		wantMatrixError(t, err, 400, "M_UNKNOWN")
+
 		// Bad input.
 		wantRawError(t, srv.do(t, ctx, "GET", v1Path("rooms", roomID.String(), "relations", "$nope"), carol.AccessToken, nil), 404, "M_NOT_FOUND")
 		wantRawError(t, srv.do(t, ctx, "GET", v1Path("rooms", "!nope:"+serverName, "relations", root.String()), carol.AccessToken, nil), 404, "M_NOT_FOUND")

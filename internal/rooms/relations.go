@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"ganglion/internal/events"
+	"ganglion/internal/mxhttp"
 )
 
 // Relations (spec: "Forming relationships between events", threads, edits,
@@ -32,8 +33,9 @@ var relatesToKey = []byte(`"m.relates_to"`)
 // relationOf reads ev's m.relates_to; ok is false for events with none (or
 // one without an event id and a rel_type, such as a plain rich reply's
 // m.in_reply_to).
-func relationOf(ev *events.Event) (relation, bool) {
-	content := ev.Content()
+func relationOf(ev *events.Event) (relation, bool) { return relationOfContent(ev.Content()) }
+
+func relationOfContent(content json.RawMessage) (relation, bool) {
 	// Most events have no relation: skip the decoding.
 	if !bytes.Contains(content, relatesToKey) {
 		return relation{}, false
@@ -59,6 +61,26 @@ func relationOf(ev *events.Event) (relation, bool) {
 	}
 	_ = json.Unmarshal(raw["key"], &r.Key) // only annotations have one
 	return r, true
+}
+
+// checkThreadRoot refuses a thread reply whose root itself relates to an
+// event (spec: "Validation of m.thread relationships": threads do not
+// nest or start off edits, reactions or other replies; 400 M_UNKNOWN, as
+// no specific code exists). Only events with an m.thread relation pay for
+// the lookup of their root; an unknown root is let through.
+func (s *Service) checkThreadRoot(ctx context.Context, content json.RawMessage) error {
+	rel, ok := relationOfContent(content)
+	if !ok || rel.RelType != "m.thread" {
+		return nil
+	}
+	root, err := s.store.Event(ctx, rel.EventID)
+	if err != nil || root == nil {
+		return err
+	}
+	if _, ok := relationOf(root.Event); ok && root.RedactedBy == "" {
+		return mxhttp.WithCode(400, "M_UNKNOWN", "Cannot start a thread from an event with a relation")
+	}
+	return nil
 }
 
 // insertRelation records ev's relation, if it has one. It runs in the
