@@ -307,6 +307,26 @@ func TestRelationsThreadsAndAggregations(t *testing.T) {
 			t.Fatalf("threads page 2: %v", ids)
 		}
 
+		// A reference made after a user left is not bundled for them.
+		frank := srv.register(t, ctx, "frank")
+		join(t, ctx, frank, roomID.String())
+		if _, err := frank.LeaveRoom(ctx, roomID); err != nil {
+			t.Fatalf("frank leaves: %v", err)
+		}
+		ref2 := sendRaw(t, ctx, alice, roomID, "m.room.message", map[string]any{"msgtype": "m.text", "body": "see above too",
+			"m.relates_to": map[string]any{"rel_type": "m.reference", "event_id": root}})
+		seen := func(c *mautrix.Client) []string {
+			ev := getJSON(t, ctx, srv, c.AccessToken, clientPath("rooms", roomID.String(), "event", root.String()))
+			refs, _ := relationsOf(ev)["m.reference"].(map[string]any)
+			return chunkIDs(refs, "chunk")
+		}
+		if got := seen(frank); !slices.Equal(got, []string{ref.String()}) {
+			t.Fatalf("frank, gone, sees references %v, want only [%s]", got, ref)
+		}
+		if got := seen(carol); !slices.Equal(got, []string{ref.String(), ref2.String()}) {
+			t.Fatalf("carol sees references %v, want [%s %s]", got, ref, ref2)
+		}
+
 		// Threads do not nest (spec: validation of m.thread relationships).
 		_, err = carol.SendMessageEvent(ctx, roomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "nested",
 			"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": r1}})

@@ -50,9 +50,9 @@ func (f *Formatter) bundleAt(ctx context.Context, evs []*StoredEvent, out []Clie
 		return err
 	}
 	type agg struct {
-		thread     *aggregationRow
-		edit       *aggregationRow
-		references []string
+		thread  *aggregationRow
+		edit    *aggregationRow
+		refRows []*aggregationRow
 	}
 	aggs := map[string]*agg{}
 	var need []string
@@ -69,7 +69,7 @@ func (f *Formatter) bundleAt(ctx context.Context, evs []*StoredEvent, out []Clie
 			g.thread = a
 			need = append(need, a.eventID)
 		case "m.reference":
-			g.references = append(g.references, a.eventID)
+			g.refRows = append(g.refRows, a)
 		case "m.replace":
 			// Spec: an edit counts only if it comes from the original's
 			// sender, has its type, and the original is not itself an
@@ -96,15 +96,21 @@ func (f *Formatter) bundleAt(ctx context.Context, evs []*StoredEvent, out []Clie
 	}
 	// A latest reply or an edit the viewer may not see is left out.
 	vis := map[string]*Visibility{}
-	visible := func(se *StoredEvent) (bool, error) {
-		room := se.Event.RoomID()
+	roomVis := func(room string) (*Visibility, error) {
 		v := vis[room]
 		if v == nil {
 			var err error
 			if v, err = f.s.VisibilityFor(ctx, room, f.userID); err != nil {
-				return false, err
+				return nil, err
 			}
 			vis[room] = v
+		}
+		return v, nil
+	}
+	visible := func(se *StoredEvent) (bool, error) {
+		v, err := roomVis(se.Event.RoomID())
+		if err != nil {
+			return false, err
 		}
 		return v.CanSee(se), nil
 	}
@@ -156,11 +162,19 @@ func (f *Formatter) bundleAt(ctx context.Context, evs []*StoredEvent, out []Clie
 				}
 			}
 		}
-		if len(g.references) > 0 {
-			chunk := make([]map[string]string, len(g.references))
-			for k, id := range g.references {
-				chunk[k] = map[string]string{"event_id": id}
+		// References the viewer may not see are left out; the reference
+		// rows carry their positions, which is all the check needs.
+		var chunk []map[string]string
+		for _, a := range g.refRows {
+			v, err := roomVis(evs[i].Event.RoomID())
+			if err != nil {
+				return err
 			}
+			if v.canSeeAt(a.pos) {
+				chunk = append(chunk, map[string]string{"event_id": a.eventID})
+			}
+		}
+		if len(chunk) > 0 {
 			rels["m.reference"] = map[string]any{"chunk": chunk}
 		}
 		if len(rels) > 0 {

@@ -186,6 +186,7 @@ func (s *Store) relatedIDs(ctx context.Context, roomID, parent string, q Relatio
 type aggregationRow struct {
 	parent, relType, eventID, sender, typ string
 	ts                                    int64 // origin_server_ts of an edit
+	pos                                   int64 // stream position of an edit or a reference
 	count                                 int64 // replies of a thread
 	mine                                  bool  // the viewer replied in the thread
 }
@@ -206,13 +207,13 @@ func (s *Store) aggregations(ctx context.Context, parents []string, userID strin
 		}
 		in := strings.Join(ph, ",")
 		rows, err := s.db.Reader().QueryContext(ctx, `
-			SELECT relates_to_id, rel_type, event_id, sender, type, origin_server_ts, 0, 0
+			SELECT relates_to_id, rel_type, event_id, sender, type, origin_server_ts, stream_ordering, 0, 0
 			FROM event_relations WHERE relates_to_id IN (`+in+`) AND rel_type IN ('m.replace', 'm.reference')
 			UNION ALL
 			SELECT r.relates_to_id, 'm.thread',
 				(SELECT l.event_id FROM event_relations l WHERE l.relates_to_id = r.relates_to_id AND l.rel_type = 'm.thread'
 					ORDER BY l.stream_ordering DESC LIMIT 1),
-				'', '', 0, count(*), max(CASE WHEN r.sender = $1 THEN 1 ELSE 0 END)
+				'', '', 0, 0, count(*), max(CASE WHEN r.sender = $1 THEN 1 ELSE 0 END)
 			FROM event_relations r WHERE r.relates_to_id IN (`+in+`) AND r.rel_type = 'm.thread'
 			GROUP BY r.relates_to_id`, args...)
 		if err != nil {
@@ -221,7 +222,7 @@ func (s *Store) aggregations(ctx context.Context, parents []string, userID strin
 		for rows.Next() {
 			var a aggregationRow
 			var mine int64
-			if err := rows.Scan(&a.parent, &a.relType, &a.eventID, &a.sender, &a.typ, &a.ts, &a.count, &mine); err != nil {
+			if err := rows.Scan(&a.parent, &a.relType, &a.eventID, &a.sender, &a.typ, &a.ts, &a.pos, &a.count, &mine); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("load aggregations: %w", err)
 			}

@@ -122,7 +122,12 @@ func (v *Visibility) CanSee(se *StoredEvent) bool {
 	if ev.Type() == "m.room.member" && ev.StateKeyEquals(v.userID) {
 		return true // users always see their own membership changes
 	}
-	pos := se.StreamOrdering
+	return v.canSeeAt(se.StreamOrdering)
+}
+
+// canSeeAt applies the algorithm to an event at pos that is not the
+// user's own membership change (all CanSee needs beyond the position).
+func (v *Visibility) canSeeAt(pos int64) bool {
 	hv := v.historyVisibilityAt(pos)
 	if hv == "world_readable" {
 		return true
