@@ -50,8 +50,8 @@ type HierarchyRequest struct {
 const (
 	defaultHierarchyLimit = 50
 	maxHierarchyLimit     = 50
-	// maxHierarchyRooms bounds one walk: a request never visits more rooms
-	// than this, however the space is built.
+	// maxHierarchyRooms bounds one walk: a request never looks at more
+	// rooms than this (shown or hidden), however the space is built.
 	maxHierarchyRooms = 1000
 )
 
@@ -156,10 +156,11 @@ func (s *Service) Hierarchy(ctx context.Context, req *accounts.Requester, roomID
 	resp := &HierarchyResponse{Rooms: []HierarchyRoom{}}
 	queue := []queued{{roomID, 0}}
 	seen := map[string]bool{roomID: true}
-	shown := 0
-	for len(queue) > 0 && shown < maxHierarchyRooms {
+	shown, visited := 0, 0
+	for len(queue) > 0 && visited < maxHierarchyRooms {
 		cur := queue[0]
 		queue = queue[1:]
+		visited++
 		if cur.roomID != roomID {
 			if ok, err := s.store.RoomExists(ctx, cur.roomID); err != nil {
 				return nil, err
