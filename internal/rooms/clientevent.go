@@ -23,6 +23,7 @@ type ClientEvent struct {
 // its transaction id, redacted events are pruned, state events carry the
 // content they replaced.
 type Formatter struct {
+	s        *Service
 	store    *Store
 	userID   string
 	deviceID string
@@ -30,11 +31,11 @@ type Formatter struct {
 }
 
 func (s *Service) Formatter(userID, deviceID string) *Formatter {
-	return &Formatter{store: s.store, userID: userID, deviceID: deviceID, now: s.now}
+	return &Formatter{s: s, store: s.store, userID: userID, deviceID: deviceID, now: s.now}
 }
 
 // Format renders events; prev_content and redacted_because are loaded in
-// one batch.
+// one batch, and so are the bundled aggregations (bundle.go).
 func (f *Formatter) Format(ctx context.Context, evs []*StoredEvent) ([]ClientEvent, error) {
 	var need []string
 	for _, se := range evs {
@@ -55,6 +56,9 @@ func (f *Formatter) Format(ctx context.Context, evs []*StoredEvent) ([]ClientEve
 	out := make([]ClientEvent, 0, len(evs))
 	for _, se := range evs {
 		out = append(out, f.one(se, related))
+	}
+	if err := f.bundle(ctx, evs, out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

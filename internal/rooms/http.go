@@ -34,6 +34,7 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.Serv
 	mux.HandleClient("GET", "/rooms/{roomId}/state/{eventType}", a(h.getState))
 	mux.HandleClient("GET", "/rooms/{roomId}/state/{eventType}/{stateKey...}", a(h.getState))
 	mux.HandleClient("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", a(h.redact))
+	mux.HandleClient("POST", "/rooms/{roomId}/upgrade", a(h.upgrade))
 	mux.HandleClient("GET", "/rooms/{roomId}/event/{eventId}", a(h.event))
 	mux.HandleClient("GET", "/rooms/{roomId}/members", a(h.members))
 	mux.HandleClient("GET", "/rooms/{roomId}/joined_members", a(h.joinedMembers))
@@ -54,6 +55,7 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.Serv
 		}))
 	}
 	mux.HandleClient("POST", "/publicRooms", a(h.publicRoomsPost))
+	s.routesV1(mux, a)
 }
 
 type roomHandlers struct{ s *Service }

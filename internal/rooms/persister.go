@@ -844,7 +844,7 @@ func (p *Persister) insertRows(ctx context.Context, tx *sql.Tx, stage []*staged,
 }
 
 // afterInsert writes what an event needs besides its row: the redaction
-// index, the un-forgetting of a room by a new membership, and the current
+// index, its relation (relations.go), the un-forgetting of a room by a new membership, and the current
 // state and state log for state events.
 func (p *Persister) afterInsert(ctx context.Context, tx *sql.Tx, ev *events.Event, so int64) error {
 	roomID := ev.RoomID()
@@ -852,6 +852,13 @@ func (p *Persister) afterInsert(ctx context.Context, tx *sql.Tx, ev *events.Even
 		if _, err := tx.ExecContext(ctx, `INSERT INTO redactions (event_id, redacts) VALUES ($1, $2)`, ev.EventID(), r); err != nil {
 			return fmt.Errorf("insert redaction: %w", err)
 		}
+		// A redacted event has no m.relates_to any more.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM event_relations WHERE event_id = $1`, r); err != nil {
+			return fmt.Errorf("drop relation of redacted %s: %w", r, err)
+		}
+	}
+	if err := insertRelation(ctx, tx, ev, so); err != nil {
+		return err
 	}
 	if ev.Type() == "m.room.member" && ev.StateKey() != nil {
 		// A new membership un-forgets the room (forgetting applies to the

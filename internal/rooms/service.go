@@ -159,6 +159,9 @@ func (s *Service) Send(ctx context.Context, req *accounts.Requester, roomID, evT
 	if err := s.checkEventRate(req, evType); err != nil {
 		return "", err
 	}
+	if err := s.checkThreadRoot(ctx, content); err != nil {
+		return "", err
+	}
 	d := Draft{Type: evType, Sender: req.UserID, Content: content, TxnID: txnID, TxnScope: "send/" + evType, DeviceID: req.DeviceID}
 	if evType == "m.room.redaction" {
 		var c struct {

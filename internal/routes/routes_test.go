@@ -111,6 +111,8 @@ var classCases = []struct {
 	// Event sending.
 	{"POST", "/_matrix/client/v3/rooms/!r:x/redact/$ev/txn", "event_send"},
 	{"PUT", "/_matrix/client/v3/rooms/!r:x/send/m.room.message/txn1", "event_send"},
+	{"POST", "/_matrix/client/v3/rooms/!r:x/upgrade", "event_send"},
+	{"POST", "/_matrix/client/r0/rooms/!r:x/upgrade", "event_send"},
 	{"PUT", "/_matrix/client/api/v1/rooms/!r:x/send/m.room.message/txn1", "event_send"},
 	{"PUT", "/_matrix/client/v3/rooms/!r:x/send/m.room.message/typing", "event_send"},
 	{"PUT", "/_matrix/client/v3/rooms/!r:x/state/m.room.name/", "event_send"},
@@ -178,7 +180,6 @@ var classCases = []struct {
 	{"GET", "/_synapse/client/password_reset/email/submit_token", "main_only"},
 	{"GET", "/.well-known/matrix/client", "main_only"},
 	{"GET", "/_matrix/client/v3/devices/ABC", "main_only"},
-	{"POST", "/_matrix/client/v3/rooms/!r:x/upgrade", "main_only"},
 	{"GET", "/", ""},
 	{"GET", "/health", ""},
 	{"GET", "/metrics", ""},
