@@ -57,7 +57,7 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 	})
 	if persister != nil {
 		hook := push.NewHook(db, svc, cfg.ServerName, log)
-		persister.SetBatchHook(hook)
+		persister.AddBatchHook(hook)
 		inv.Register(push.IgnoredCacheName, hook.IgnoredChanged)
 	}
 	// Whoever changes an ignore list announces it on the caches stream,

@@ -19,7 +19,7 @@ func (p *Process) wireDirectoryAndSearch(mux *mxhttp.Mux, srv *mxhttp.Server, ac
 	cfg := p.cfg
 	searchStore := search.NewStore(p.db)
 	if persister != nil {
-		persister.AddTxHook(searchStore.IndexEvents)
+		persister.AddBatchHook(searchStore)
 	}
 	search.NewService(searchStore, roomSvc, p.log).Routes(mux, srv, acc)
 

@@ -113,4 +113,3 @@ func (c *Config) validateHTTPLimits(ps *problems) {
 		ps.add("http_limits.max_pending_connections_per_ip", "must not be negative (0 means no cap), got %d", h.MaxPendingConnectionsPerIP)
 	}
 }
-

@@ -15,7 +15,6 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-
 // withKey sets one top-level config key.
 func withKey(key string, v any) configOption {
 	return func(cfg map[string]any) { cfg[key] = v }

@@ -50,7 +50,7 @@ func newPersisterHook(t *testing.T, db *storage.DB, f *fixture) (*rooms.Persiste
 		t.Fatal(err)
 	}
 	h := push.NewHook(db, f.s, server, discard)
-	p.SetBatchHook(h)
+	p.AddBatchHook(h)
 	return p, h
 }
 

@@ -82,32 +82,13 @@ type Persister struct {
 	// and before its position becomes visible.
 	stateChanged func(roomID, typ, stateKey string)
 
-	// hook, if set, sees every batch in its transaction (push rules).
-	hook BatchHook
+	// hooks see every batch in its transaction (push rules, search).
+	hooks []BatchHook
 
 	// queues holds, per room, the requests waiting to be persisted.
 	queueMu sync.Mutex
 	queues  map[string][]*sendRequest
-
-	// txHooks run inside each batch's transaction (AddTxHook).
-	txHooks []TxHook
 }
-
-// StoredInTx is an event as a TxHook sees it: written in the transaction,
-// with its stream position, not yet committed.
-type StoredInTx struct {
-	Event          *events.Event
-	StreamOrdering int64
-}
-
-// TxHook maintains another domain's rows derived from events (the search
-// index) in the transaction that stores them, so those rows commit, or
-// not, with the events: a reader that can see an event can see its
-// derived rows. An error rolls the batch back (and it is retried).
-type TxHook func(ctx context.Context, tx *sql.Tx, evs []StoredInTx) error
-
-// AddTxHook registers h. Call before the first send.
-func (p *Persister) AddTxHook(h TxHook) { p.txHooks = append(p.txHooks, h) }
 
 // roomCache is the persister's view of a room it owns. It is only changed
 // after a commit, under the room's lock, so it always matches the database.
@@ -163,8 +144,10 @@ func (p *Persister) startPosition(ctx context.Context) (int64, error) {
 func (p *Persister) NotifyStateChanges(f func(roomID, typ, stateKey string)) { p.stateChanged = f }
 
 // BatchHook sees each batch of events in the batch's transaction: push
-// rule evaluation writes its per-user rows there, so an event and what it
-// means for each user's notifications commit together.
+// rule evaluation writes its per-user rows there, and the search index its
+// entries, so an event and the rows derived from it commit, or not,
+// together: a reader that can see an event can see what it implies. An
+// error rolls the batch back.
 type BatchHook interface {
 	// InBatch runs after the batch's events are inserted (evs[i] at stream
 	// ordering ids[i]) and may write with tx. The function it returns (if
@@ -176,8 +159,9 @@ type BatchHook interface {
 	Forget(roomID string)
 }
 
-// SetBatchHook installs the batch hook. Call before the first send.
-func (p *Persister) SetBatchHook(h BatchHook) { p.hook = h }
+// AddBatchHook installs a batch hook; hooks run in the order added. Call
+// before the first send.
+func (p *Persister) AddBatchHook(h BatchHook) { p.hooks = append(p.hooks, h) }
 
 // Position is this persister's committed position on the events stream.
 func (p *Persister) Position() int64 { return p.tracker.Position() }
@@ -333,7 +317,7 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 
 	var built []*events.Event
 	var last int64
-	var afterCommit func()
+	var afterCommit []func()
 	res := p.tracker.Reserve()
 	defer res.Abort() // no-op after Done
 	err = p.db.Tx(ctx, func(tx *sql.Tx) error {
@@ -371,17 +355,6 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 		if err := p.insert(ctx, tx, b.stage, ids); err != nil {
 			return err
 		}
-		if len(p.txHooks) > 0 {
-			stored := make([]StoredInTx, len(b.stage))
-			for j, st := range b.stage {
-				stored[j] = StoredInTx{Event: st.ev, StreamOrdering: ids[j]}
-			}
-			for _, h := range p.txHooks {
-				if err := h(ctx, tx, stored); err != nil {
-					return err
-				}
-			}
-		}
 		for j, st := range b.stage {
 			st.id = ids[j]
 			st.r.results[st.i] = Persisted{EventID: st.ev.EventID(), StreamPos: st.id}
@@ -391,9 +364,13 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 			d.r.results[d.i] = Persisted{EventID: d.of.ev.EventID(), StreamPos: d.of.id, Deduplicated: true}
 		}
 		last = ids[len(ids)-1]
-		if p.hook != nil {
-			if afterCommit, err = p.hook.InBatch(ctx, tx, roomID, built, ids); err != nil {
+		for _, h := range p.hooks {
+			after, err := h.InBatch(ctx, tx, roomID, built, ids)
+			if err != nil {
 				return err
+			}
+			if after != nil {
+				afterCommit = append(afterCommit, after)
 			}
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM forward_extremities WHERE room_id = $1`, roomID); err != nil {
@@ -427,8 +404,8 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 			}
 		}
 	}
-	if afterCommit != nil {
-		afterCommit()
+	for _, f := range afterCommit {
+		f()
 	}
 	res.Done()
 	if len(built) > 0 {
@@ -584,8 +561,8 @@ func (p *Persister) forget(roomID string) {
 	p.cacheMu.Lock()
 	delete(p.cache, roomID)
 	p.cacheMu.Unlock()
-	if p.hook != nil {
-		p.hook.Forget(roomID)
+	for _, h := range p.hooks {
+		h.Forget(roomID)
 	}
 }
 

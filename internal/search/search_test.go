@@ -50,7 +50,7 @@ func newPersister(t *testing.T, db *storage.DB, st *search.Store) *rooms.Persist
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.AddTxHook(st.IndexEvents)
+	p.AddBatchHook(st)
 	return p
 }
 

@@ -2,8 +2,8 @@
 // (POST /_matrix/client/v3/search): the index, kept by the persister, and
 // the endpoint, which may run on any generic worker.
 //
-// The index is written inside the persister's transaction (Store.IndexEvents
-// is a rooms.TxHook), as Synapse does, rather than by a follower of the
+// The index is written inside the persister's transaction (Store is a
+// rooms.BatchHook), as Synapse does, rather than by a follower of the
 // events stream with its own position. Both would be durable; the
 // in-transaction index is never behind the events a reader can see, so a
 // message is searchable as soon as its send returns and no catch-up or
@@ -22,6 +22,7 @@ import (
 	"strings"
 	"unicode"
 
+	"ganglion/internal/events"
 	"ganglion/internal/rooms"
 	"ganglion/internal/storage"
 )
@@ -43,14 +44,21 @@ type Store struct {
 
 func NewStore(db *storage.DB) *Store { return &Store{db: db} }
 
-var _ rooms.TxHook = (*Store)(nil).IndexEvents
+var _ rooms.BatchHook = (*Store)(nil)
 
-// IndexEvents adds the searchable events of a batch to the index and drops
-// the targets of redactions from it (a redacted body must not be found).
-// It runs in the persister's transaction.
-func (s *Store) IndexEvents(ctx context.Context, tx *sql.Tx, evs []rooms.StoredInTx) error {
-	for _, st := range evs {
-		ev := st.Event
+// InBatch indexes a batch in the persister's transaction.
+func (s *Store) InBatch(ctx context.Context, tx *sql.Tx, _ string, evs []*events.Event, ids []int64) (func(), error) {
+	return nil, s.IndexEvents(ctx, tx, evs, ids)
+}
+
+// Forget is part of rooms.BatchHook; the index caches nothing.
+func (s *Store) Forget(string) {}
+
+// IndexEvents adds the searchable events of a batch (evs[i] at stream
+// ordering ids[i]) to the index and drops the targets of redactions from
+// it (a redacted body must not be found).
+func (s *Store) IndexEvents(ctx context.Context, tx *sql.Tx, evs []*events.Event, ids []int64) error {
+	for i, ev := range evs {
 		if ev.Type() == "m.room.redaction" {
 			if target := ev.Redacts(); target != "" {
 				if err := s.unindex(ctx, tx, target); err != nil {
@@ -72,7 +80,7 @@ func (s *Store) IndexEvents(ctx context.Context, tx *sql.Tx, evs []rooms.StoredI
 		if json.Unmarshal(content[field], &value) != nil || value == "" {
 			continue
 		}
-		if err := s.index(ctx, tx, ev.EventID(), ev.RoomID(), ev.Sender(), key, st.StreamOrdering, ev.OriginServerTS(), value); err != nil {
+		if err := s.index(ctx, tx, ev.EventID(), ev.RoomID(), ev.Sender(), key, ids[i], ev.OriginServerTS(), value); err != nil {
 			return fmt.Errorf("index event %s for search: %w", ev.EventID(), err)
 		}
 	}
