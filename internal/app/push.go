@@ -55,7 +55,9 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 		}
 		return out, nil
 	})
-	if persister != nil {
+	// push.enabled: false (Synapse's key) turns evaluation off: sends then
+	// write no push actions, so nothing notifies, counts or is pushed.
+	if persister != nil && cfg.Push.Enabled {
 		hook := push.NewHook(db, svc, cfg.ServerName, log)
 		persister.SetBatchHook(hook)
 		inv.Register(push.IgnoredCacheName, hook.IgnoredChanged)

@@ -103,6 +103,7 @@ type Config struct {
 
 	LogConfig string         `yaml:"log_config"`
 	Presence  PresenceConfig `yaml:"presence"`
+	Push      PushConfig     `yaml:"push"`
 
 	FormSecret                     string           `yaml:"form_secret"`
 	MacaroonSecretKey              string           `yaml:"macaroon_secret_key"`
@@ -344,6 +345,12 @@ func (r RedisConfig) EffectivePassword() string {
 
 // PresenceConfig is the presence section. Synapse's enabled: "untracked"
 // (presence on, but users' own activity not tracked) sets both fields.
+// PushConfig is Synapse's push section. Enabled false stops push
+// evaluation on send (so no notifications, unread counts or pushes).
+type PushConfig struct {
+	Enabled bool `yaml:"enabled"`
+}
+
 type PresenceConfig struct {
 	Enabled   bool `yaml:"enabled"`
 	Untracked bool `yaml:"-"`
@@ -410,6 +417,7 @@ func Default() *Config {
 		RefreshableAccessTokenLifetime: "5m",
 		DefaultRoomVersion:             "10",
 		Presence:                       PresenceConfig{Enabled: true},
+		Push:                           PushConfig{Enabled: true},
 		HTTPLimits:                     defaultHTTPLimits(),
 		Redis:                          RedisConfig{Host: "localhost", Port: 6379},
 	}
