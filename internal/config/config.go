@@ -104,6 +104,7 @@ type Config struct {
 	LogConfig string         `yaml:"log_config"`
 	Presence  PresenceConfig `yaml:"presence"`
 	Push      PushConfig     `yaml:"push"`
+	Email     EmailConfig    `yaml:"email"`
 
 	FormSecret                     string           `yaml:"form_secret"`
 	MacaroonSecretKey              string           `yaml:"macaroon_secret_key"`
@@ -418,6 +419,7 @@ func Default() *Config {
 		DefaultRoomVersion:             "10",
 		Presence:                       PresenceConfig{Enabled: true},
 		Push:                           PushConfig{Enabled: true},
+		Email:                          defaultEmail(),
 		HTTPLimits:                     defaultHTTPLimits(),
 		Redis:                          RedisConfig{Host: "localhost", Port: 6379},
 	}

@@ -74,6 +74,7 @@ func (c *Config) Validate() error {
 	c.validateWriters(&ps)
 	c.validateDuties(&ps)
 	c.validateRedis(&ps)
+	c.validateEmail(&ps)
 	if len(ps) == 0 {
 		return nil
 	}
