@@ -22,6 +22,7 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 	rpcClient *replication.Client, persister *rooms.Persister, roomSvc *rooms.Service, adSvc *accountdata.Service, inv *caches.Invalidator, log *slog.Logger) (*push.Service, error) {
 	cfg := p.cfg
 	svc := push.NewService(db, reg, log)
+	svc.SetEmailNotifications(cfg.Email.EnableNotifs)
 	reg.SetSource(streams.PushRules, push.NewSource(db, svc.Changed))
 	if reg.IsWriter(streams.PushRules) {
 		lw, err := push.NewLocalWriter(ctx, db, reg, svc.Changed, log)
@@ -72,7 +73,13 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 	// The pusher loop runs on pusher_instances (main by default), each
 	// instance sending for the users that shard to it.
 	if pushers := cfg.Pushers(); slices.Contains(pushers, cfg.InstanceName()) {
-		p.runners = append(p.runners, push.NewDelivery(db, reg, cfg.InstanceName(), pushers, push.DeliveryOptions{}, log).Run)
+		opts := push.DeliveryOptions{}
+		if e := cfg.Email; e.EnableNotifs {
+			opts.Email = &push.EmailSettings{Host: e.SMTPHost, Port: e.SMTPPort, User: e.SMTPUser, Pass: e.SMTPPass,
+				RequireTLS: e.RequireTransportSecurity, EnableTLS: e.EnableTLS, From: e.NotifFrom, AppName: e.AppName,
+				ClientBaseURL: e.ClientBaseURL, Delay: e.MailDelay()}
+		}
+		p.runners = append(p.runners, push.NewDelivery(db, reg, cfg.InstanceName(), pushers, opts, log).Run)
 	}
 	return svc, nil
 }
