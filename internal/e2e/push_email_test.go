@@ -154,6 +154,20 @@ func TestEmailNotifications(t *testing.T) {
 		if !strings.Contains(all.String(), "first unread") {
 			t.Fatalf("the first message was never mailed:\n%s", all.String())
 		}
+		// What bob reads before the delay is over is not mailed.
+		read := send(t, ctx, alice, room, "read in time", "em3")
+		if err := bob.MarkRead(ctx, room, read); err != nil {
+			t.Fatal(err)
+		}
+		send(t, ctx, alice, room, "third unread", "em4")
+		select {
+		case m := <-mails:
+			if !strings.Contains(m.data, "third unread") || strings.Contains(m.data, "read in time") {
+				t.Fatalf("mail after a read receipt:\n%s", m.data)
+			}
+		case <-ctx.Done():
+			t.Fatal("no mail for the third message")
+		}
 	}, withEmail)
 	// Without email.enable_notifs the same pusher is refused.
 	runDeployments(t, []string{engineSQLite}, func(t *testing.T, srv *server) {
