@@ -105,7 +105,7 @@ func TestEmailNotifications(t *testing.T) {
 	withEmail := func(cfg map[string]any) {
 		cfg["email"] = map[string]any{
 			"smtp_host": "127.0.0.1", "smtp_port": port, "enable_tls": false, "enable_notifs": true,
-			"notif_from": "Ganglion <noreply@example.org>", "app_name": "GanglionTest",
+			"notif_from": "%(app)s <noreply@example.org>", "app_name": "GanglionTest",
 			"client_base_url": "https://client.example.org", "notif_delay_before_mail": "2s",
 		}
 	}
@@ -140,7 +140,7 @@ func TestEmailNotifications(t *testing.T) {
 				if m.to != "bob@example.org" || m.from != "noreply@example.org" {
 					t.Fatalf("mail from %q to %q", m.from, m.to)
 				}
-				for _, want := range []string{"Subject: [GanglionTest]", "Email room", "text/plain", "text/html",
+				for _, want := range []string{"From: GanglionTest <noreply@example.org>", "Subject: [GanglionTest]", "Email room", "text/plain", "text/html",
 					"https://client.example.org/#/room/" + room.String(), alice.UserID.String()} {
 					if !strings.Contains(m.data, want) {
 						t.Fatalf("mail lacks %q:\n%s", want, m.data)
