@@ -43,6 +43,10 @@ const (
 
 var allScenarios = []string{scSend, scFanout, scInitialSync, scJoin, scMessages, scRegister}
 
+// extraScenarios run only when named: they compare server configurations
+// rather than measure one.
+var extraScenarios = []string{scPushSend}
+
 // Registration modes.
 const (
 	regOpen         = "open"
@@ -75,6 +79,7 @@ type options struct {
 	joinUsers, joinBatch               int
 	messagesEvents, messagesLimit      int
 	registerUsers, logins              int
+	pushMembers, pushMessages          int
 
 	// Report mode: render these JSON-lines files as markdown and exit.
 	reportFiles []string
@@ -144,7 +149,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.SetOutput(stderr)
 	var urls, scenarios, pids, pprofURLs, report string
 	fs.StringVar(&urls, "url", "http://127.0.0.1:8008", "homeserver base URL; a comma-separated list spreads clients over several processes (client i uses url[i % n])")
-	fs.StringVar(&scenarios, "scenario", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ", ")+", or all")
+	fs.StringVar(&scenarios, "scenario", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ", ")+", or all; and "+strings.Join(extraScenarios, ", ")+", run only when named")
 	fs.StringVar(&o.registerMode, "register", regOpen, "how users are created: open (/register with m.login.dummy) or shared-secret (/_synapse/admin/v1/register)")
 	fs.StringVar(&o.sharedSecret, "shared-secret", "", "registration_shared_secret for -register shared-secret (setting it implies that mode)")
 	fs.StringVar(&pids, "pid", "", "server PID(s), comma-separated: peak RSS (VmHWM, summed) is reported per scenario")
@@ -175,6 +180,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.messagesLimit, "messages-limit", 100, "messages: limit of each /messages page")
 	fs.IntVar(&o.registerUsers, "register-users", 50, "register: registrations")
 	fs.IntVar(&o.logins, "logins", 50, "register: password logins (of the users just registered)")
+	fs.IntVar(&o.pushMembers, "push-members", 1000, "push_send: members of the room (default push rules), the sender included")
+	fs.IntVar(&o.pushMessages, "push-messages", 200, "push_send: messages sent one at a time (each one's latency is a sample)")
 
 	fs.StringVar(&report, "report", "", "render these JSON-lines result files (comma-separated) as markdown on stdout and exit")
 	fs.Float64Var(&o.pgbenchTPS, "pgbench-tps", 0, "with -report: PostgreSQL's single-row insert rate measured by pgbench, for the send target")
@@ -218,12 +225,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 					o.scenarios = append(o.scenarios, a)
 				}
 			}
-		case slices.Contains(allScenarios, s):
+		case slices.Contains(allScenarios, s) || slices.Contains(extraScenarios, s):
 			if !slices.Contains(o.scenarios, s) {
 				o.scenarios = append(o.scenarios, s)
 			}
 		default:
-			bad("-scenario: unknown scenario %q (want %s or all)", s, strings.Join(allScenarios, ", "))
+			bad("-scenario: unknown scenario %q (want %s or all)", s, strings.Join(append(slices.Clone(allScenarios), extraScenarios...), ", "))
 		}
 	}
 	if len(o.scenarios) == 0 {
@@ -284,6 +291,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		{"join-users", o.joinUsers}, {"join-batch", o.joinBatch},
 		{"messages-events", o.messagesEvents}, {"messages-limit", o.messagesLimit},
 		{"register-users", o.registerUsers}, {"logins", o.logins},
+		{"push-members", o.pushMembers}, {"push-messages", o.pushMessages},
 	} {
 		if n.v < 1 {
 			bad("-%s: must be at least 1, got %d", n.name, n.v)

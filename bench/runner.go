@@ -43,6 +43,7 @@ var scenarioFuncs = map[string]func(*scenarioRun, context.Context) error{
 	scJoin:        (*scenarioRun).join,
 	scMessages:    (*scenarioRun).messages,
 	scRegister:    (*scenarioRun).registerLogin,
+	scPushSend:    (*scenarioRun).pushSend,
 }
 
 // runScenario runs one scenario, bounded by -scenario-timeout. A setup

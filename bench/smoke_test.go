@@ -127,6 +127,19 @@ func TestSmoke(t *testing.T) {
 		}
 	})
 
+	// push_send runs only when named, at its own (here tiny) size.
+	t.Run("push_send", func(t *testing.T) {
+		args := append([]string{"-url", srv, "-scenario", scPushSend, "-push-members", "4", "-push-messages", "3"}, tinySizes...)
+		r := runBench(t, args)[scPushSend]
+		if r == nil {
+			t.Fatal("no result for push_send")
+		}
+		checkCommon(t, r)
+		if r.Ops != 3 || r.LatencyMS == nil {
+			t.Errorf("push_send: %d sends measured (want 3), latency %v", r.Ops, r.LatencyMS)
+		}
+	})
+
 	// Shared-secret registration, and clients spread over a URL list (the
 	// same server twice, standing in for a fleet's workers).
 	t.Run("shared-secret", func(t *testing.T) {

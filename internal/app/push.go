@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"strings"
 
 	"ganglion/internal/accountdata"
 	"ganglion/internal/caches"
@@ -22,6 +23,7 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 	rpcClient *replication.Client, persister *rooms.Persister, roomSvc *rooms.Service, adSvc *accountdata.Service, inv *caches.Invalidator, log *slog.Logger) (*push.Service, error) {
 	cfg := p.cfg
 	svc := push.NewService(db, reg, log)
+	svc.SetEmailNotifications(cfg.Email.EnableNotifs)
 	reg.SetSource(streams.PushRules, push.NewSource(db, svc.Changed))
 	if reg.IsWriter(streams.PushRules) {
 		lw, err := push.NewLocalWriter(ctx, db, reg, svc.Changed, log)
@@ -55,7 +57,9 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 		}
 		return out, nil
 	})
-	if persister != nil {
+	// push.enabled: false (Synapse's key) turns evaluation off: sends then
+	// write no push actions, so nothing notifies, counts or is pushed.
+	if persister != nil && cfg.Push.Enabled {
 		hook := push.NewHook(db, svc, cfg.ServerName, log)
 		persister.AddBatchHook(hook)
 		inv.Register(push.IgnoredCacheName, hook.IgnoredChanged)
@@ -70,7 +74,15 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 	// The pusher loop runs on pusher_instances (main by default), each
 	// instance sending for the users that shard to it.
 	if pushers := cfg.Pushers(); slices.Contains(pushers, cfg.InstanceName()) {
-		p.runners = append(p.runners, push.NewDelivery(db, reg, cfg.InstanceName(), pushers, push.DeliveryOptions{}, log).Run)
+		opts := push.DeliveryOptions{}
+		if e := cfg.Email; e.EnableNotifs {
+			opts.Email = &push.EmailSettings{Host: e.SMTPHost, Port: e.SMTPPort, User: e.SMTPUser, Pass: e.SMTPPass,
+				RequireTLS: e.RequireTransportSecurity, EnableTLS: e.EnableTLS, AppName: e.AppName,
+				// As in Synapse, notif_from may name the app with %(app)s.
+				From:          strings.ReplaceAll(e.NotifFrom, "%(app)s", e.AppName),
+				ClientBaseURL: e.ClientBaseURL, Delay: e.MailDelay()}
+		}
+		p.runners = append(p.runners, push.NewDelivery(db, reg, cfg.InstanceName(), pushers, opts, log).Run)
 	}
 	return svc, nil
 }

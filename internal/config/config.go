@@ -114,6 +114,8 @@ type Config struct {
 
 	LogConfig string         `yaml:"log_config"`
 	Presence  PresenceConfig `yaml:"presence"`
+	Push      PushConfig     `yaml:"push"`
+	Email     EmailConfig    `yaml:"email"`
 
 	UserDirectory UserDirectoryConfig `yaml:"user_directory"`
 
@@ -357,6 +359,12 @@ func (r RedisConfig) EffectivePassword() string {
 
 // PresenceConfig is the presence section. Synapse's enabled: "untracked"
 // (presence on, but users' own activity not tracked) sets both fields.
+// PushConfig is Synapse's push section. Enabled false stops push
+// evaluation on send (so no notifications, unread counts or pushes).
+type PushConfig struct {
+	Enabled bool `yaml:"enabled"`
+}
+
 type PresenceConfig struct {
 	Enabled   bool `yaml:"enabled"`
 	Untracked bool `yaml:"-"`
@@ -424,6 +432,8 @@ func Default() *Config {
 		DefaultRoomVersion:             "10",
 		Presence:                       PresenceConfig{Enabled: true},
 		UserDirectory:                  UserDirectoryConfig{Enabled: true},
+		Push:                           PushConfig{Enabled: true},
+		Email:                          defaultEmail(),
 		HTTPLimits:                     defaultHTTPLimits(),
 		Redis:                          RedisConfig{Host: "localhost", Port: 6379},
 	}

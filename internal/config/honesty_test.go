@@ -93,7 +93,7 @@ app_service_config_files: []
 federation_sender_instances: [fed1]
 worker_daemonize: false
 `})
-	want := []string{"app_service_config_files", "email", "federation_sender_instances", "oidc_providers"}
+	want := []string{"app_service_config_files", "federation_sender_instances", "oidc_providers"}
 	if !slices.Equal(cfg.NotBuiltKeys, want) {
 		t.Errorf("NotBuiltKeys = %v, want %v", cfg.NotBuiltKeys, want)
 	}

@@ -346,7 +346,7 @@ oidc_providers: []
 worker_daemonize: false
 presence: {enabled: untracked, include_offline_users_on_sync: true}
 `})
-	want := []string{"email", "oidc_providers", "worker_daemonize"}
+	want := []string{"oidc_providers", "worker_daemonize"}
 	if !slices.Equal(cfg.UnknownKeys, want) {
 		t.Errorf("UnknownKeys = %v, want %v", cfg.UnknownKeys, want)
 	}

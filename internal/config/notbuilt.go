@@ -14,7 +14,6 @@ func NotBuilt() map[string]string {
 	const (
 		sso        = "single sign-on"
 		appservice = "application services"
-		email      = "email (3PID, notifications, password reset)"
 		media      = "the media repository"
 		federation = "federation"
 		captcha    = "registration captcha"
@@ -35,8 +34,6 @@ func NotBuilt() map[string]string {
 		"notify_appservices_from_worker": appservice,
 		"notify_appservices":             appservice,
 		"track_appservice_user_ips":      appservice,
-
-		"email": email,
 
 		"enable_media_repo":                      media,
 		"media_instance_running_background_jobs": media,

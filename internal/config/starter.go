@@ -154,6 +154,27 @@ form_secret: {{q .FormSecret}}
 #nonrefreshable_access_token_lifetime: 1d
 #session_lifetime: 30d
 
+# Push: enabled: false turns push rule evaluation off (no notifications,
+# unread counts or pushes).
+#push:
+#  enabled: true
+
+# Email notifications: users add an email pusher (kind email, app_id
+# m.email, their address as pushkey) and get their unread messages mailed
+# once notif_delay_before_mail has passed.
+#email:
+#  enable_notifs: true
+#  smtp_host: localhost
+#  smtp_port: 25
+#  smtp_user: matrix
+#  smtp_pass: secret
+#  require_transport_security: false
+#  enable_tls: true
+#  notif_from: "%(app)s <noreply@{{.ServerName}}>"
+#  app_name: Matrix
+#  client_base_url: https://app.element.io
+#  notif_delay_before_mail: 10m
+
 # Largest upload accepted, with a K, M or G suffix.
 max_upload_size: {{q (print .D.MaxUploadSize)}}
 

@@ -75,6 +75,7 @@ func (c *Config) Validate() error {
 	c.validateDuties(&ps)
 	c.validateRedis(&ps)
 	c.validateMedia(&ps)
+	c.validateEmail(&ps)
 	if len(ps) == 0 {
 		return nil
 	}

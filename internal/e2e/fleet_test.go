@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -84,7 +85,7 @@ type fleet struct {
 // fleetProc is one instance of a fleet and its current OS process.
 type fleetProc struct {
 	name       string
-	clientPort int
+	clientPort int // 0: no client listener (a pusher worker)
 	replPort   int // replication + metrics listener, the instance_map port
 	args       []string
 	logs       *syncBuffer
@@ -462,6 +463,7 @@ func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOptio
 	for _, o := range opts {
 		o(doc)
 	}
+	f.addPusherWorkers(t, doc)
 	doc["public_baseurl"] = f.clientURL(instWorker1) + "/"
 	doc["listeners"] = []any{
 		fleetClientListener(m.clientPort),
@@ -507,15 +509,32 @@ func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOptio
 			p.args = []string{"serve", "-c", f.shared, "-c", path}
 			continue
 		}
+		app := "synapse.app.generic_worker"
+		listeners := []any{httpListener(p.replPort, "replication", "metrics")}
+		if p.clientPort == 0 {
+			app = "synapse.app.pusher"
+		} else {
+			listeners = append([]any{fleetClientListener(p.clientPort)}, listeners...)
+		}
 		path := writeYAML(t, filepath.Join(f.dir, p.name+".yaml"), map[string]any{
-			"worker_app":  "synapse.app.generic_worker",
-			"worker_name": p.name,
-			"worker_listeners": []any{
-				fleetClientListener(p.clientPort),
-				httpListener(p.replPort, "replication", "metrics"),
-			},
+			"worker_app":       app,
+			"worker_name":      p.name,
+			"worker_listeners": listeners,
 		})
 		p.args = []string{"serve", "-c", f.shared, "-c", path}
+	}
+}
+
+// addPusherWorkers: each name in the test's pusher_instances that is not
+// one of the fleet's usual instances becomes a pusher worker process of its
+// own (worker_app synapse.app.pusher, no client listener).
+func (f *fleet) addPusherWorkers(t testing.TB, doc map[string]any) {
+	t.Helper()
+	names, _ := doc["pusher_instances"].([]string)
+	for _, name := range names {
+		if !slices.ContainsFunc(f.procs, func(p *fleetProc) bool { return p.name == name }) {
+			f.procs = append(f.procs, &fleetProc{name: name, replPort: fleetPort(t), logs: &syncBuffer{}})
+		}
 	}
 }
 
@@ -612,9 +631,12 @@ func (f *fleet) waitAllReady(t testing.TB) {
 	}
 }
 
-// healthy reports whether p answers 200 on /health of both listeners.
+// healthy reports whether p answers 200 on /health of its listeners.
 func (f *fleet) healthy(ctx context.Context, p *fleetProc) bool {
 	for _, port := range []int{p.clientPort, p.replPort} {
+		if port == 0 {
+			continue // no such listener
+		}
 		if _, err := f.get(ctx, fmt.Sprintf("http://127.0.0.1:%d/health", port)); err != nil {
 			return false
 		}

@@ -55,7 +55,9 @@ type front struct {
 func (f *fleet) routerSection(port int) map[string]any {
 	instances := map[string]any{}
 	for _, p := range f.procs {
-		instances[p.name] = map[string]any{"client_url": f.clientURL(p.name)}
+		if p.clientPort != 0 {
+			instances[p.name] = map[string]any{"client_url": f.clientURL(p.name)}
+		}
 	}
 	workers := clientWorkers()
 	return map[string]any{"router": map[string]any{

@@ -392,19 +392,31 @@ func TestPushIgnoredSender(t *testing.T) {
 	})
 }
 
-// TestPusherInstances: with pusher_instances naming two generic workers,
-// each user's notifications are sent exactly once, by the one its user id
-// shards to (never by main).
+// TestPusherInstances: with pusher_instances naming two pusher workers
+// (worker_app synapse.app.pusher, processes of their own serving no client
+// endpoints), behind the router, each user's notifications are sent
+// exactly once, by the worker its user id shards to, with the unread count.
+// Then one pusher worker is killed (SIGKILL) while notifications are in
+// flight, more messages are sent while it is down, and it is restarted:
+// every notification of its users still arrives (at least once; the
+// gateway dedupes by event id).
 func TestPusherInstances(t *testing.T) {
 	t.Parallel()
-	withPushers := func(cfg map[string]any) { cfg["pusher_instances"] = []string{instWriter, instWorker2} }
-	runDeployments(t, []string{engineFleet}, func(t *testing.T, srv *server) {
+	const pusher1, pusher2 = "pusher1", "pusher2"
+	pushers := []string{pusher1, pusher2}
+	withPushers := func(cfg map[string]any) { cfg["pusher_instances"] = pushers }
+	runDeployments(t, []string{engineFleetRouter}, func(t *testing.T, srv *server) {
 		ctx := testContext(t)
-		got := make(chan string, 100)
+		type delivery struct {
+			pushkey, eventID, agent string
+			unread                  int
+		}
+		got := make(chan delivery, 1000)
 		gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			var body struct {
 				Notification struct {
-					EventID string `json:"event_id"`
+					EventID string         `json:"event_id"`
+					Counts  map[string]int `json:"counts"`
 					Devices []struct {
 						PushKey string `json:"pushkey"`
 					} `json:"devices"`
@@ -412,18 +424,20 @@ func TestPusherInstances(t *testing.T) {
 			}
 			_ = json.NewDecoder(r.Body).Decode(&body)
 			for _, d := range body.Notification.Devices {
-				got <- d.PushKey + " " + body.Notification.EventID + " " + r.Header.Get("User-Agent")
+				got <- delivery{d.PushKey, body.Notification.EventID, r.Header.Get("User-Agent"), body.Notification.Counts["unread"]}
 			}
 			_, _ = w.Write([]byte(`{"rejected":[]}`))
 		}))
 		defer gateway.Close()
+		// A pusher worker serves no client endpoint (it has no client
+		// listener at all here); main sends nothing.
 		alice := srv.register(t, ctx, "pialice")
 		room := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
 		const members = 6
-		sender := map[string]string{} // pushkey → the instance its user shards to
+		sender := map[string]string{} // pushkey → the pusher worker its user shards to
 		for i := range members {
 			c := srv.register(t, ctx, "pimember"+itoa(i))
-			sender["key"+itoa(i)] = "Ganglion (" + config.ShardFor([]string{instWriter, instWorker2}, c.UserID.String()) + ")"
+			sender["key"+itoa(i)] = config.ShardFor(pushers, c.UserID.String())
 			join(t, ctx, c, room.String())
 			r := srv.doJSON(t, ctx, "POST", "/_matrix/client/v3/pushers/set", c.AccessToken, map[string]any{
 				"pushkey": "key" + itoa(i), "kind": "http", "app_id": "org.example.e2e", "app_display_name": "E2E",
@@ -433,24 +447,40 @@ func TestPusherInstances(t *testing.T) {
 				t.Fatalf("set pusher: %d %s", r.status, r.body)
 			}
 		}
-		seen := map[string]int{}
-		for round := range 2 {
-			ev := send(t, ctx, alice, room, "round "+itoa(round), "pi"+itoa(round))
-			for n := 0; n < members; {
+		seen := map[string]int{} // "pushkey event" → deliveries
+		receive := func(what string, want func() bool) {
+			t.Helper()
+			for !want() {
 				select {
-				case s := <-got:
-					f := strings.SplitN(s, " ", 3)
-					if want := sender[f[0]]; f[2] != want {
-						t.Fatalf("%s sent by %q, want %q", f[0], f[2], want)
+				case d := <-got:
+					if w := "Ganglion (" + sender[d.pushkey] + ")"; d.agent != w {
+						t.Fatalf("%s: %s sent by %q, want %q", what, d.pushkey, d.agent, w)
 					}
-					seen[f[0]+" "+f[1]]++
-					if f[1] == ev.String() {
-						n++
+					if d.unread != 1 {
+						t.Fatalf("%s: %s: unread count %d, want 1 (one room with unread notifications)", what, d.pushkey, d.unread)
 					}
+					seen[d.pushkey+" "+d.eventID]++
 				case <-ctx.Done():
-					t.Fatalf("round %d: %d of %d notifications arrived (%v)", round, n, members, seen)
+					t.Fatalf("%s: not every notification arrived: %v", what, seen)
 				}
 			}
+		}
+		allOf := func(evs []id.EventID) func() bool {
+			return func() bool {
+				for _, ev := range evs {
+					for i := range members {
+						if seen["key"+itoa(i)+" "+ev.String()] == 0 {
+							return false
+						}
+					}
+				}
+				return true
+			}
+		}
+		var evs []id.EventID
+		for round := range 2 {
+			evs = append(evs, send(t, ctx, alice, room, "round "+itoa(round), "pi"+itoa(round)))
+			receive("round "+itoa(round), allOf(evs))
 		}
 		for s, n := range seen {
 			if n != 1 {
@@ -459,6 +489,25 @@ func TestPusherInstances(t *testing.T) {
 		}
 		if len(seen) != 2*members {
 			t.Fatalf("deliveries: %v", seen)
+		}
+
+		// Kill the pusher worker of member 0 mid-stream: right after a
+		// burst of sends, while its notifications are going out.
+		victim := sender["key0"]
+		for i := range 5 {
+			evs = append(evs, send(t, ctx, alice, room, "before the kill "+itoa(i), "pk"+itoa(i)))
+		}
+		srv.fleet.killProc(t, victim)
+		for i := range 5 {
+			evs = append(evs, send(t, ctx, alice, room, "while down "+itoa(i), "pd"+itoa(i)))
+		}
+		srv.fleet.restartProc(t, victim)
+		for i := range 3 {
+			evs = append(evs, send(t, ctx, alice, room, "after the restart "+itoa(i), "pr"+itoa(i)))
+		}
+		receive("after "+victim+" was killed and restarted", allOf(evs))
+		if len(seen) != len(evs)*members {
+			t.Fatalf("%d distinct deliveries for %d events to %d members: %v", len(seen), len(evs), members, seen)
 		}
 	}, withPushers)
 }

@@ -26,6 +26,10 @@ type Shared struct {
 	// RouterPools reports whether the files set router.pools; if not, a
 	// router instance gets pools derived from the deployment.
 	RouterPools bool
+	// Pushers reports whether the files set pusher_instances or
+	// start_pushers; if not, the deployment's pusher workers become
+	// pusher_instances.
+	Pushers bool
 }
 
 // ReadShared reads instance_map and stream_writers from the shared config
@@ -44,11 +48,14 @@ func ReadShared(paths []string) (Shared, error) {
 			Router        struct {
 				Pools map[string]any `yaml:"pools"`
 			} `yaml:"router"`
+			PusherInstances any `yaml:"pusher_instances"`
+			StartPushers    any `yaml:"start_pushers"`
 		}
 		if err := yaml.Unmarshal(data, &doc); err != nil {
 			return Shared{}, fmt.Errorf("read shared config %s: %w", p, err)
 		}
 		s.RouterPools = s.RouterPools || doc.Router.Pools != nil
+		s.Pushers = s.Pushers || doc.PusherInstances != nil || doc.StartPushers != nil
 		if doc.InstanceMap != nil && s.InstanceMap == nil {
 			s.InstanceMap = map[string]config.InstanceLocation{}
 		}
@@ -117,7 +124,7 @@ func (p PlannedInstance) ServeArgs() []string {
 }
 
 // Generate turns a validated deployment into the overlay fleet.yaml (the
-// instance_map and stream_writers every instance shares) and one file per
+// instance_map, stream_writers and pusher_instances every instance shares) and one file per
 // instance (worker_app, worker_name, worker_listeners; listeners for
 // main), to be written into dir. Keys the shared config already sets are
 // left out of the overlay, after checking that they agree with the
@@ -126,8 +133,12 @@ func Generate(d *Deployment, shared Shared, dir string) (*Plan, error) {
 	instanceMap := map[string]config.InstanceLocation{}
 	planned := make([]PlannedInstance, 0, len(d.Instances))
 	writers := map[string][]string{}
+	var pushers []string
 	shared0 := d.ConfigPaths()
 	for _, in := range d.Instances {
+		if in.Role() == config.RolePusher {
+			pushers = append(pushers, in.Name)
+		}
 		pi := PlannedInstance{Name: in.Name, Role: in.Role(),
 			ConfigFiles: append(slices.Clone(shared0), filepath.Join(dir, OverlayFile), filepath.Join(dir, in.Name+".yaml"))}
 		if len(in.Listeners) > 0 {
@@ -164,6 +175,12 @@ func Generate(d *Deployment, shared Shared, dir string) (*Plan, error) {
 		}
 	} else {
 		compareWriters(&ps, shared.StreamWriters, writers)
+	}
+	if len(pushers) > 0 && !shared.Pushers {
+		// The modern key, so that several pusher workers share the users
+		// between them (the legacy start_pushers: false would have each
+		// believe it is the only one and send everything).
+		overlay.PusherInstances = pushers
 	}
 	if len(ps) > 0 {
 		return nil, fmt.Errorf("the shared config disagrees with %s; fix it, or remove those keys from the shared "+
@@ -343,6 +360,8 @@ type (
 	overlayDoc struct {
 		InstanceMap   map[string]locationDoc `yaml:"instance_map,omitempty"`
 		StreamWriters writersDoc             `yaml:"stream_writers,omitempty"`
+		// PusherInstances: the pusher workers, when there are any.
+		PusherInstances []string `yaml:"pusher_instances,omitempty"`
 	}
 	locationDoc struct {
 		Host string `yaml:"host"`

@@ -277,6 +277,18 @@ func TestExampleFleet(t *testing.T) {
 	if got := cfgs["main"].StreamWriters(config.StreamEvents); !slices.Equal(got, []string{"persister1", "persister2"}) {
 		t.Errorf("events writers %v", got)
 	}
+	// pusher1 sends every user's push notifications; main sends none.
+	if cfgs["pusher1"].WorkerRole() != config.RolePusher {
+		t.Errorf("pusher1 role %q", cfgs["pusher1"].WorkerRole())
+	}
+	for _, name := range []string{"main", "pusher1", "worker1"} {
+		if got := cfgs[name].Pushers(); !slices.Equal(got, []string{"pusher1"}) {
+			t.Errorf("%s sees pusher instances %v, want [pusher1]", name, got)
+		}
+	}
+	if _, ok := rc.Instances["pusher1"]; ok {
+		t.Errorf("pusher1 has no client listener, yet the router lists it")
+	}
 }
 
 // Behind a router every client listener believes X-Forwarded-For, from the
@@ -328,5 +340,54 @@ instances:
 				t.Errorf("%s: listener %d has x_forwarded without a router", name, l.Port)
 			}
 		}
+	}
+}
+
+// Pusher workers become pusher_instances in the overlay (so that two of
+// them share the users), unless the shared config chose the pushers itself.
+func TestGeneratePushers(t *testing.T) {
+	const deployment = `
+config: [homeserver.yaml]
+instances:
+  - name: main
+    listeners: [{port: 8008, resources: [client]}, {port: 9093, resources: [replication]}]
+  - name: pusher1
+    app: synapse.app.pusher
+    listeners: [{port: 9094, resources: [replication]}]
+  - name: pusher2
+    app: pusher
+`
+	d, err := fleet.Parse([]byte(deployment), "/srv/deployment.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		shared fleet.Shared
+		want   string
+	}{
+		{fleet.Shared{}, "pusher_instances:\n  - pusher1\n  - pusher2\n"},
+		{fleet.Shared{Pushers: true}, ""},
+	} {
+		plan, err := fleet.Generate(d, tc.shared, "/run")
+		if err != nil {
+			t.Fatal(err)
+		}
+		overlay := string(plan.Files[0].Data)
+		if tc.want == "" && strings.Contains(overlay, "pusher_instances") {
+			t.Errorf("shared config sets the pushers, yet the overlay does too:\n%s", overlay)
+		}
+		if tc.want != "" && !strings.Contains(overlay, tc.want) {
+			t.Errorf("overlay lacks %q:\n%s", tc.want, overlay)
+		}
+	}
+	dir := t.TempDir()
+	for name, body := range map[string]string{"a.yaml": "start_pushers: false\n", "b.yaml": "server_name: x\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := fleet.ReadShared([]string{filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")})
+	if err != nil || !s.Pushers {
+		t.Errorf("start_pushers in a shared file: Pushers=%v, err %v", s.Pushers, err)
 	}
 }

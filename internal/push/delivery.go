@@ -32,6 +32,9 @@ type DeliveryOptions struct {
 	Idle time.Duration
 	// Client sends the requests (a 10 s timeout by default).
 	Client *http.Client
+	// Email sends email pushers' notifications; nil when email
+	// notifications are off.
+	Email *EmailSettings
 }
 
 // Delivery is the pusher loop of one pusher instance: it follows the push
@@ -49,6 +52,9 @@ type Delivery struct {
 	retry     map[pusherKey]*retryState
 	// lastUpTo is the events position the last complete pass reached.
 	lastUpTo int64
+	// mailWake is when the next waiting email notification is due (zero:
+	// none waits).
+	mailWake time.Time
 }
 
 type pusherKey struct{ user, app, pushkey string }
@@ -91,6 +97,9 @@ func (s *Delivery) Run(ctx context.Context) error {
 		for _, r := range s.retry {
 			wait = min(wait, max(r.next.Sub(now), time.Millisecond))
 		}
+		if !s.mailWake.IsZero() {
+			wait = min(wait, max(s.mailWake.Sub(now), time.Millisecond))
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -127,13 +136,21 @@ func (s *Delivery) pass(ctx context.Context) error {
 	for _, r := range s.retry {
 		due = due || !now.Before(r.next)
 	}
+	due = due || (!s.mailWake.IsZero() && !now.Before(s.mailWake))
 	if upTo == s.lastUpTo && !due {
-		return nil // nothing new and no retry due
+		return nil // nothing new and no retry or mail due
 	}
-	eligible, err := s.eligible(ctx, now)
+	eligible, mailers, err := s.eligible(ctx, now)
 	if err != nil {
 		return err
 	}
+	// Email pushers batch: each mails its unread notifications once the
+	// oldest has waited the delay.
+	wake, err := s.emailPass(ctx, mailers, upTo, now)
+	if err != nil {
+		return err
+	}
+	s.mailWake = wake
 	for len(eligible) > 0 {
 		todo, err := s.pending(ctx, eligible, upTo)
 		if err != nil {
@@ -160,37 +177,43 @@ func (s *Delivery) pass(ctx context.Context) error {
 }
 
 // eligible lists this instance's pushers (their users shard here) that
-// are not waiting to retry.
-func (s *Delivery) eligible(ctx context.Context, now time.Time) (map[pusherKey]bool, error) {
-	rows, err := s.db.Reader().QueryContext(ctx, `SELECT user_id, app_id, pushkey FROM pushers`)
+// are not waiting to retry: the http ones, and the email ones apart.
+func (s *Delivery) eligible(ctx context.Context, now time.Time) (map[pusherKey]bool, []pusherKey, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT user_id, app_id, pushkey, kind FROM pushers`)
 	if err != nil {
-		return nil, fmt.Errorf("list pushers: %w", err)
+		return nil, nil, fmt.Errorf("list pushers: %w", err)
 	}
 	defer rows.Close()
 	out := map[pusherKey]bool{}
+	var mailers []pusherKey
 	live := map[pusherKey]bool{}
 	for rows.Next() {
 		var k pusherKey
-		if err := rows.Scan(&k.user, &k.app, &k.pushkey); err != nil {
-			return nil, fmt.Errorf("list pushers: %w", err)
+		var kind string
+		if err := rows.Scan(&k.user, &k.app, &k.pushkey, &kind); err != nil {
+			return nil, nil, fmt.Errorf("list pushers: %w", err)
 		}
 		if config.ShardFor(s.instances, k.user) != s.self {
 			continue
 		}
 		live[k] = true
 		if r := s.retry[k]; r == nil || !now.Before(r.next) {
-			out[k] = true
+			if kind == emailKind {
+				mailers = append(mailers, k)
+			} else {
+				out[k] = true
+			}
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list pushers: %w", err)
+		return nil, nil, fmt.Errorf("list pushers: %w", err)
 	}
 	for k := range s.retry {
 		if !live[k] {
 			delete(s.retry, k) // the pusher is gone
 		}
 	}
-	return out, nil
+	return out, mailers, nil
 }
 
 // pending reads the oldest undelivered rows of the eligible pushers, at

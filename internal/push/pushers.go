@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/mail"
 	"net/url"
 	"strings"
 	"time"
@@ -105,19 +106,33 @@ func (s *Service) setPusher(w http.ResponseWriter, r *http.Request, req *account
 	if b.Kind == nil || json.Unmarshal(b.Kind, &kind) != nil {
 		return mxhttp.MissingParam("kind is required (a string, or null to delete)")
 	}
-	if kind != "http" {
-		// Email pushers need an email sender, which this server lacks.
+	switch kind {
+	case "http":
+	case emailKind:
+		if !s.emailNotifs {
+			return mxhttp.InvalidParam("Email notifications are not enabled on this server (email.enable_notifs)")
+		}
+		if *b.AppID != emailAppID {
+			return mxhttp.InvalidParam("email pushers take app_id %q", emailAppID)
+		}
+		// The pushkey is the address mail goes to.
+		if a, err := mail.ParseAddress(*b.PushKey); err != nil || a.Address != *b.PushKey {
+			return mxhttp.InvalidParam("the pushkey of an email pusher must be an email address")
+		}
+	default:
 		return mxhttp.InvalidParam("Unsupported pusher kind %q", kind)
 	}
 	if b.AppDisplayName == nil || b.DeviceDisplayName == nil || b.Lang == nil || b.Data == nil {
 		return mxhttp.MissingParam("app_display_name, device_display_name, lang and data are required")
 	}
-	var u string
-	if json.Unmarshal(b.Data["url"], &u) != nil || u == "" {
-		return mxhttp.MissingParam("data.url is required for http pushers")
-	}
-	if err := checkGatewayURL(u); err != nil {
-		return err
+	if kind == "http" {
+		var u string
+		if json.Unmarshal(b.Data["url"], &u) != nil || u == "" {
+			return mxhttp.MissingParam("data.url is required for http pushers")
+		}
+		if err := checkGatewayURL(u); err != nil {
+			return err
+		}
 	}
 	tag := ""
 	if b.ProfileTag != nil {

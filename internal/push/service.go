@@ -25,13 +25,18 @@ type Service struct {
 	cache *userCache[*cachedRules]
 	// events formats notifications' events (GET /notifications).
 	events EventLoader
-	log    *slog.Logger
+	// emailNotifs: email pushers are accepted (email.enable_notifs).
+	emailNotifs bool
+	log         *slog.Logger
 }
 
 // NewService builds the service. Call SetWriter before serving requests.
 func NewService(db *storage.DB, reg *streams.Registry, log *slog.Logger) *Service {
 	return &Service{db: db, reg: reg, cache: newUserCache[*cachedRules](50000), log: log}
 }
+
+// SetEmailNotifications says whether email pushers are accepted.
+func (s *Service) SetEmailNotifications(on bool) { s.emailNotifs = on }
 
 // SetWriter sets the writer (local or remote) requests write through.
 func (s *Service) SetWriter(w Writer) { s.w = w }
