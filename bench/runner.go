@@ -43,6 +43,9 @@ var scenarioFuncs = map[string]func(*scenarioRun, context.Context) error{
 	scJoin:        (*scenarioRun).join,
 	scMessages:    (*scenarioRun).messages,
 	scRegister:    (*scenarioRun).registerLogin,
+	scKeysQuery:   (*scenarioRun).keysQuery,
+	scKeysClaim:   (*scenarioRun).keysClaim,
+	scMedia:       (*scenarioRun).media,
 }
 
 // runScenario runs one scenario, bounded by -scenario-timeout. A setup
