@@ -65,7 +65,7 @@ func TestDeactivationDeletesKeys(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(res.DeviceKeys[alice.user]) != 0 || res.MasterKeys[alice.user] != nil || res.SelfSigningKeys[alice.user] != nil {
-			t.Fatalf("deactivated user's keys still served: %+v", res)
+			t.Fatalf("deactivated user's keys still served: devices %v, master %s, self-signing %s", res.DeviceKeys[alice.user], res.MasterKeys[alice.user], res.SelfSigningKeys[alice.user])
 		}
 		// The device deletion and the cross-signing deletion are announced.
 		if n := f.streamRows(t); n != before+2 {
