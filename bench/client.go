@@ -134,6 +134,7 @@ type user struct {
 	localpart string
 	id        string
 	token     string
+	deviceID  string
 }
 
 func password(localpart string) string { return "bench-" + localpart + "-horse-staple" }
@@ -143,13 +144,14 @@ func password(localpart string) string { return "bench-" + localpart + "-horse-s
 type authAnswer struct {
 	UserID      string `json:"user_id"`
 	AccessToken string `json:"access_token"`
+	DeviceID    string `json:"device_id"`
 }
 
 func (a authAnswer) user(base, localpart string) (*user, error) {
 	if a.UserID == "" || a.AccessToken == "" {
 		return nil, fmt.Errorf("%s: answer without user_id or access_token", localpart)
 	}
-	return &user{base: base, localpart: localpart, id: a.UserID, token: a.AccessToken}, nil
+	return &user{base: base, localpart: localpart, id: a.UserID, token: a.AccessToken, deviceID: a.DeviceID}, nil
 }
 
 // register creates localpart on base the way -register says.

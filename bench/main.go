@@ -39,9 +39,12 @@ const (
 	scJoin        = "join"
 	scMessages    = "messages"
 	scRegister    = "register"
+	scKeysQuery   = "keys_query"
+	scKeysClaim   = "keys_claim"
+	scMedia       = "media"
 )
 
-var allScenarios = []string{scSend, scFanout, scInitialSync, scJoin, scMessages, scRegister}
+var allScenarios = []string{scSend, scFanout, scInitialSync, scJoin, scMessages, scRegister, scKeysQuery, scKeysClaim, scMedia}
 
 // extraScenarios run only when named: they compare server configurations
 // rather than measure one.
@@ -80,6 +83,8 @@ type options struct {
 	messagesEvents, messagesLimit      int
 	registerUsers, logins              int
 	pushMembers, pushMessages          int
+	keysUsers, keysDevices, keysRepeat int
+	mediaMiB, mediaRepeats             int
 
 	// Report mode: render these JSON-lines files as markdown and exit.
 	reportFiles []string
@@ -182,6 +187,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.logins, "logins", 50, "register: password logins (of the users just registered)")
 	fs.IntVar(&o.pushMembers, "push-members", 1000, "push_send: members of the room (default push rules), the sender included")
 	fs.IntVar(&o.pushMessages, "push-messages", 200, "push_send: messages sent one at a time (each one's latency is a sample)")
+	fs.IntVar(&o.keysUsers, "keys-users", 100, "keys_query: users queried in one /keys/query; keys_claim: devices claimed in one /keys/claim")
+	fs.IntVar(&o.keysDevices, "keys-devices", 5, "keys_query and keys_claim: devices per user")
+	fs.IntVar(&o.keysRepeat, "keys-repeats", 50, "keys_query and keys_claim: requests measured (p50/p99 are the figures)")
+	fs.IntVar(&o.mediaMiB, "media-mib", 10, "media: size of the file uploaded and downloaded, in MiB")
+	fs.IntVar(&o.mediaRepeats, "media-repeats", 5, "media: uploads (and downloads) measured")
 
 	fs.StringVar(&report, "report", "", "render these JSON-lines result files (comma-separated) as markdown on stdout and exit")
 	fs.Float64Var(&o.pgbenchTPS, "pgbench-tps", 0, "with -report: PostgreSQL's single-row insert rate measured by pgbench, for the send target")
@@ -292,6 +302,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		{"messages-events", o.messagesEvents}, {"messages-limit", o.messagesLimit},
 		{"register-users", o.registerUsers}, {"logins", o.logins},
 		{"push-members", o.pushMembers}, {"push-messages", o.pushMessages},
+		{"keys-users", o.keysUsers}, {"keys-devices", o.keysDevices}, {"keys-repeats", o.keysRepeat},
+		{"media-mib", o.mediaMiB}, {"media-repeats", o.mediaRepeats},
 	} {
 		if n.v < 1 {
 			bad("-%s: must be at least 1, got %d", n.name, n.v)

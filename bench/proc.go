@@ -17,17 +17,23 @@ import (
 
 // peakRSSMiB is VmHWM of the processes, summed (for a fleet: an upper
 // bound, the peaks need not coincide).
-func peakRSSMiB(pids []int) (float64, error) {
+func peakRSSMiB(pids []int) (float64, error) { return statusMiB(pids, "VmHWM") }
+
+// rssMiB is VmRSS of the processes now, summed.
+func rssMiB(pids []int) (float64, error) { return statusMiB(pids, "VmRSS") }
+
+// statusMiB sums one kB field of /proc/PID/status over the processes.
+func statusMiB(pids []int, field string) (float64, error) {
 	var kib int64
 	for _, pid := range pids {
 		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		if err != nil {
-			return 0, fmt.Errorf("peak RSS of %d: %w", pid, err)
+			return 0, fmt.Errorf("%s of %d: %w", field, pid, err)
 		}
 		found := false
 		sc := bufio.NewScanner(bytes.NewReader(data))
 		for sc.Scan() {
-			rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:")
+			rest, ok := strings.CutPrefix(sc.Text(), field+":")
 			if !ok {
 				continue
 			}
@@ -37,14 +43,14 @@ func peakRSSMiB(pids []int) (float64, error) {
 			}
 			n, err := strconv.ParseInt(f[0], 10, 64)
 			if err != nil {
-				return 0, fmt.Errorf("peak RSS of %d: VmHWM %q: %w", pid, rest, err)
+				return 0, fmt.Errorf("%s of %d: %q: %w", field, pid, rest, err)
 			}
 			kib += n
 			found = true
 			break
 		}
 		if !found {
-			return 0, fmt.Errorf("peak RSS of %d: no VmHWM in /proc/%d/status", pid, pid)
+			return 0, fmt.Errorf("%s of %d: not in /proc/%d/status", field, pid, pid)
 		}
 	}
 	return round2(float64(kib) / 1024), nil

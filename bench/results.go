@@ -408,6 +408,23 @@ func writeTargets(w io.Writer, labels []string, byLabel map[string][]*Result, pg
 				rows = append(rows, row{"messages ≥ 20,000 events/s", l, fmt.Sprintf("%.0f events/s", r.Rate), yes(r.Rate >= 20000)})
 			}
 		}
+		// Issue 12: key query and claim on the PostgreSQL monolith.
+		for _, sc := range []string{scKeysQuery, scKeysClaim} {
+			if r := find(l, sc); r != nil && r.LatencyMS != nil && l == "postgres" {
+				rows = append(rows, row{fmt.Sprintf("%s p50 < 20 ms (%v)", sc, paramsText(r.Params)), l,
+					fmt.Sprintf("%.1f ms (p99 %.1f)", r.LatencyMS.P50, r.LatencyMS.P99), yes(r.LatencyMS.P50 < 20)})
+			}
+		}
+		// Issue 13: media through the router, with little memory.
+		if r := find(l, scMedia); r != nil && l == "fleet" {
+			up, _ := num(r.Extra, "upload_mib_per_s")
+			down, _ := num(r.Extra, "download_mib_per_s")
+			rows = append(rows, row{fmt.Sprintf("media ≥ 200 MiB/s both ways via the router (%v MiB)", r.Params["mib"]), l,
+				fmt.Sprintf("up %.0f, down %.0f MiB/s", up, down), yes(up >= 200 && down >= 200)})
+			if g, ok := num(r.Extra, "rss_growth_mib"); ok {
+				rows = append(rows, row{"media: peak RSS growth < 32 MiB", l, fmt.Sprintf("%.1f MiB", g), yes(g < 32)})
+			}
+		}
 		peak := 0.0
 		for _, r := range byLabel[l] {
 			if !large(r) { // the RSS target is for the default sizes
@@ -436,4 +453,18 @@ func writeTargets(w io.Writer, labels []string, byLabel map[string][]*Result, pg
 		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", r.target, r.label, r.figure, r.met)
 	}
 	fmt.Fprintln(w)
+}
+
+// paramsText is a result's parameters as "k v, k v" in key order.
+func paramsText(p map[string]any) string {
+	keys := make([]string, 0, len(p))
+	for k := range p {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %v", k, p[k])
+	}
+	return strings.Join(parts, ", ")
 }

@@ -315,7 +315,8 @@ size_args=()
 if [[ $small == 1 ]]; then
 	size_args=(-send-users 8 -send-rooms 2 -send-messages 5 -fanout-members 10 -fanout-messages 10
 		-sync-rooms 5 -sync-events 20 -sync-repeats 3 -join-users 100 -join-batch 20
-		-messages-events 300 -register-users 10 -logins 10)
+		-messages-events 300 -register-users 10 -logins 10
+		-keys-users 20 -keys-repeats 10 -media-mib 2 -media-repeats 2)
 fi
 
 # run_target NAME URLS PIDS [PPROF_URLS]: every scenario against a running
@@ -323,6 +324,11 @@ fi
 run_target() {
 	local name=$1 urls=$2 pids=$3 pprof=${4:-}
 	local args=(-url "$urls" -pid "$pids" -label "$name" -progress 10s)
+	# Media goes to the media worker, which only the router reaches: the
+	# direct fleet runs every other scenario (-scenario in extra still wins).
+	if [[ $name == fleet-direct ]]; then
+		args+=(-scenario send,fanout,initial_sync,join,messages,register,keys_query,keys_claim)
+	fi
 	if [[ $want_pprof == 1 && -n "$pprof" ]]; then
 		args+=(-pprof "$pprof" -pprof-dir "$tmp/profiles")
 	fi

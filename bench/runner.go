@@ -44,6 +44,9 @@ var scenarioFuncs = map[string]func(*scenarioRun, context.Context) error{
 	scMessages:    (*scenarioRun).messages,
 	scRegister:    (*scenarioRun).registerLogin,
 	scPushSend:    (*scenarioRun).pushSend,
+	scKeysQuery:   (*scenarioRun).keysQuery,
+	scKeysClaim:   (*scenarioRun).keysClaim,
+	scMedia:       (*scenarioRun).media,
 }
 
 // runScenario runs one scenario, bounded by -scenario-timeout. A setup

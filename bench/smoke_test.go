@@ -42,6 +42,7 @@ var tinySizes = []string{
 	"-join-users", "5", "-join-batch", "2",
 	"-messages-events", "25", "-messages-limit", "10",
 	"-register-users", "3", "-logins", "3",
+	"-keys-users", "4", "-keys-devices", "2", "-keys-repeats", "3", "-media-mib", "1", "-media-repeats", "2",
 	"-concurrency", "2", "-progress", "0", "-timeout", "20s", "-scenario-timeout", "90s",
 }
 
@@ -118,6 +119,29 @@ func TestSmoke(t *testing.T) {
 			}
 			wantNum(t, r, "missing", 0)
 			wantNum(t, r, "duplicates", 0)
+		}
+		for _, sc := range []string{scKeysQuery, scKeysClaim} {
+			if r := results[sc]; r != nil && (r.Ops != 3 || r.Errors != 0 || r.LatencyMS == nil) {
+				t.Errorf("%s: ops %d, errors %d %v, latency %v; want 3 requests without errors", sc, r.Ops, r.Errors, r.ErrorSamples, r.LatencyMS)
+			}
+		}
+		if r := results[scKeysClaim]; r != nil {
+			if n, _ := num(r.Params, "devices"); n != 4 {
+				t.Errorf("keys_claim: devices %v, want 4 (2 users of 2 devices)", r.Params["devices"])
+			}
+		}
+		if r := results[scMedia]; r != nil {
+			if r.Ops != 4 || r.Errors != 0 {
+				t.Errorf("media: ops %d, errors %d %v; want 2 uploads and 2 downloads", r.Ops, r.Errors, r.ErrorSamples)
+			}
+			for _, k := range []string{"upload_mib_per_s", "download_mib_per_s"} {
+				if v, _ := num(r.Extra, k); v <= 0 {
+					t.Errorf("media: %s %v", k, r.Extra[k])
+				}
+			}
+			if _, ok := num(r.Extra, "rss_growth_mib"); !ok {
+				t.Errorf("media: no rss_growth_mib with -pid in %v", r.Extra)
+			}
 		}
 		if r := results[scRegister]; r != nil {
 			wantNum(t, r, "logins", 3)

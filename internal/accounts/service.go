@@ -61,6 +61,12 @@ type DeviceListHook interface {
 	DevicesChanged(ctx context.Context, userID string, deviceIDs []string, deleted bool) error
 }
 
+// DeactivationHook is told when an account is deactivated, so other
+// domains delete what the user kept there (cross-signing keys, key backups).
+type DeactivationHook interface {
+	UserDeactivated(ctx context.Context, userID string) error
+}
+
 // Service is the accounts domain.
 type Service struct {
 	db          *storage.DB
@@ -74,6 +80,7 @@ type Service struct {
 	invalidator  Invalidator
 	tokens       *tokenCache
 	now          func() time.Time
+	deactivated  DeactivationHook
 }
 
 func NewService(db *storage.DB, cfg Settings, log *slog.Logger) *Service {
@@ -88,6 +95,9 @@ func (s *Service) SetRoomHooks(h RoomHooks) { s.hooks = h }
 
 // SetDeviceHooks wires the domains that keep per-device data.
 func (s *Service) SetDeviceHooks(h DeviceHooks) { s.deviceHooks = h }
+
+// SetDeactivationHook wires the keys domain in.
+func (s *Service) SetDeactivationHook(h DeactivationHook) { s.deactivated = h }
 
 // SetDeviceListHook wires the keys domain in.
 func (s *Service) SetDeviceListHook(h DeviceListHook) { s.deviceList = h }
@@ -556,6 +566,13 @@ func (s *Service) Deactivate(ctx context.Context, userID string) error {
 		return fmt.Errorf("deactivate %s: %w", userID, err)
 	}
 	s.devicesGone(ctx, userID, gone)
+	if s.deactivated != nil {
+		// The account is already locked; like the device hooks, a failure
+		// here is the keys domain's to report and must not undo that.
+		if err := s.deactivated.UserDeactivated(ctx, userID); err != nil {
+			s.log.Error("deactivation cleanup failed", "user_id", userID, "err", err)
+		}
+	}
 	s.log.Info("deactivated user", "user_id", userID)
 	return nil
 }

@@ -39,6 +39,7 @@ func (p *Process) wireKeys(ctx context.Context, reg *streams.Registry, acc *acco
 	w := keys.NewShardedWriter(reg.Instance(), shards, local, remote)
 	svc := keys.NewService(p.db, reg, w, p.cfg.ServerName, p.log)
 	acc.SetDeviceListHook(svc)
+	acc.SetDeactivationHook(svc)
 	return svc, nil
 }
 

@@ -65,6 +65,7 @@ func (p *Process) wireMedia(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.S
 	svc.Routes(mux, srv, acc)
 	jobs := background.NewRunner(lk, cfg.RunsMediaBackgroundJobs(), p.log, nil)
 	jobs.Add(background.Job{Name: "media_expire_unused", Every: mediaExpireEvery, Run: svc.ExpireUnused})
+	jobs.Add(background.Job{Name: "media_expire_url_cache", Every: mediaExpireEvery, Run: svc.ExpireURLCache})
 	p.runners = append(p.runners, jobs.Run)
 	return nil
 }

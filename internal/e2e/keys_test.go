@@ -43,15 +43,21 @@ type cryptoClient struct {
 func newCryptoClient(t *testing.T, ctx context.Context, srv *server, localpart string, rooms *roomsState) *cryptoClient {
 	t.Helper()
 	c := srv.register(t, ctx, localpart)
+	return &cryptoClient{c: c, mach: newOlmMachine(t, ctx, c, rooms)}
+}
+
+// newOlmMachine starts mautrix's crypto machine for the login c and
+// uploads its device keys and a batch of one-time keys.
+func newOlmMachine(t *testing.T, ctx context.Context, c *mautrix.Client, rooms *roomsState) *crypto.OlmMachine {
+	t.Helper()
 	mach := crypto.NewOlmMachine(c, nil, crypto.NewMemoryStore(nil), rooms)
 	if err := mach.Load(ctx); err != nil {
-		t.Fatalf("%s: load olm machine: %v", localpart, err)
+		t.Fatalf("%s: load olm machine: %v", c.UserID, err)
 	}
-	// Uploads the device keys and a batch of one-time keys.
 	if err := mach.ShareKeys(ctx, -1); err != nil {
-		t.Fatalf("%s: share keys: %v", localpart, err)
+		t.Fatalf("%s: share keys: %v", c.UserID, err)
 	}
-	return &cryptoClient{c: c, mach: mach}
+	return mach
 }
 
 // TestE2EEncryptedMessage: two clients running mautrix's crypto upload keys,

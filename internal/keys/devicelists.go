@@ -32,6 +32,9 @@ type Update struct {
 	CrossSigningKeys map[string]json.RawMessage `json:"cross_signing_keys,omitempty"`
 	// Signatures to store (the caller names the devices they announce).
 	Signatures []Signature `json:"signatures,omitempty"`
+	// DeleteCrossSigning deletes the user's cross-signing keys and every
+	// signature of or by the user (deactivation); it announces "".
+	DeleteCrossSigning bool `json:"delete_cross_signing,omitempty"`
 }
 
 // Signature is one uploaded signature of a device or cross-signing key.
@@ -86,7 +89,7 @@ func (w *LocalWriter) Update(ctx context.Context, u Update) error {
 	for d := range u.DeviceKeys {
 		devices = append(devices, d)
 	}
-	if len(u.CrossSigningKeys) > 0 {
+	if len(u.CrossSigningKeys) > 0 || u.DeleteCrossSigning {
 		devices = append(devices, "")
 	}
 	slices.Sort(devices)
@@ -111,6 +114,16 @@ func (w *LocalWriter) Update(ctx context.Context, u Update) error {
 				if _, err := tx.ExecContext(ctx, `DELETE FROM e2e_cross_signing_signatures
 					WHERE target_user_id = $1 AND target_key_id = $2`, u.UserID, d); err != nil {
 					return fmt.Errorf("delete signatures of %s: %w", d, err)
+				}
+			}
+		}
+		if u.DeleteCrossSigning {
+			for _, q := range []string{
+				`DELETE FROM e2e_cross_signing_keys WHERE user_id = $1`,
+				`DELETE FROM e2e_cross_signing_signatures WHERE target_user_id = $1 OR signer_user_id = $1`,
+			} {
+				if _, err := tx.ExecContext(ctx, q, u.UserID); err != nil {
+					return fmt.Errorf("delete cross-signing keys: %w", err)
 				}
 			}
 		}

@@ -59,6 +59,7 @@ func newFixture(t *testing.T, db *storage.DB) *fixture {
 	acc := accounts.NewService(db, accounts.Settings{ServerName: server, BcryptRounds: 4}, discard)
 	s := keys.NewService(db, reg, w, server, discard)
 	acc.SetDeviceListHook(s)
+	acc.SetDeactivationHook(s)
 	mux := mxhttp.NewMux()
 	s.Routes(mux, mxhttp.NewServer(discard), acc)
 	return &fixture{db: db, reg: reg, w: w, s: s, acc: acc, mux: mux}

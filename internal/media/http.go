@@ -60,7 +60,15 @@ func (h *handlers) previewURL(w http.ResponseWriter, r *http.Request, req *accou
 	if raw == "" {
 		return mxhttp.MissingParam("Missing url")
 	}
-	og, err := h.s.Preview(r.Context(), req.UserID, raw)
+	var ts int64
+	if v := r.URL.Query().Get("ts"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return mxhttp.InvalidParam("ts must be a non-negative integer")
+		}
+		ts = n
+	}
+	og, err := h.s.Preview(r.Context(), req.UserID, raw, ts)
 	switch {
 	case errors.Is(err, errBlockedURL):
 		return mxhttp.Forbidden("URL blocked")

@@ -173,10 +173,33 @@ func (p *previewer) get(ctx context.Context, u string) (*http.Response, error) {
 	return resp, nil
 }
 
-// Preview fetches a URL and describes it with Open Graph properties; an
-// image (the page itself, or its og:image) is stored as media of userID
+// Preview describes a URL with Open Graph properties as of ts (ms since the
+// epoch; 0 for now): from the cache when a preview fetched around ts is
+// still fresh, else by fetching the page (then cached for an hour).
+func (s *Service) Preview(ctx context.Context, userID, rawURL string, ts int64) (map[string]any, error) {
+	now := s.nowMS()
+	if ts <= 0 {
+		ts = now
+	}
+	og, err := s.meta.cachedPreview(ctx, rawURL, ts)
+	if err != nil || og != nil {
+		return og, err
+	}
+	og, err = s.fetchPreview(ctx, userID, rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.meta.cachePreview(ctx, rawURL, og, now, now+urlCacheFor.Milliseconds()); err != nil {
+		// The preview itself is good; the next request fetches again.
+		s.log.Warn("could not cache URL preview", "url", rawURL, "err", err)
+	}
+	return og, nil
+}
+
+// fetchPreview fetches a URL and describes it with Open Graph properties;
+// an image (the page itself, or its og:image) is stored as media of userID
 // and named by its mxc URI.
-func (s *Service) Preview(ctx context.Context, userID, rawURL string) (map[string]any, error) {
+func (s *Service) fetchPreview(ctx context.Context, userID, rawURL string) (map[string]any, error) {
 	p := s.preview
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Host == "" {
