@@ -102,6 +102,11 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 		if len(alias) > maxAliasLength {
 			return "", mxhttp.InvalidParam("Room alias %s is longer than %d bytes", alias, maxAliasLength)
 		}
+		if s.appservices != nil {
+			if err := s.appservices.CheckAliasCreation(req, alias); err != nil {
+				return "", err
+			}
+		}
 		if existing, err := s.ResolveAlias(ctx, alias); err != nil {
 			return "", err
 		} else if existing != "" {
