@@ -1,0 +1,328 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"ganglion/internal/testutil"
+)
+
+// Tokens of the test application service.
+const (
+	asToken = "as-token-e2e-bridge"
+	hsToken = "hs-token-e2e-bridge"
+)
+
+// bridge is a real application service (mautrix-go's appservice package)
+// on loopback, recording every event its transactions carry.
+type bridge struct {
+	as   *appservice.AppService
+	port int
+
+	mu     sync.Mutex
+	events []*event.Event
+	done   chan struct{}
+}
+
+// startBridge starts the service's HTTP server on a free loopback port.
+func startBridge(t *testing.T) *bridge {
+	t.Helper()
+	b := &bridge{port: freePort(t), done: make(chan struct{})}
+	t.Cleanup(func() { close(b.done) })
+	return b
+}
+
+// registration is the service's registration file, Synapse's keys.
+func (b *bridge) registration() map[string]any {
+	return map[string]any{
+		"id":               "bridge",
+		"url":              fmt.Sprintf("http://127.0.0.1:%d", b.port),
+		"as_token":         asToken,
+		"hs_token":         hsToken,
+		"sender_localpart": "bridgebot",
+		"rate_limited":     false,
+		"namespaces": map[string]any{
+			"users":   []any{map[string]any{"exclusive": true, "regex": "@puppet_.*:" + serverName}},
+			"aliases": []any{map[string]any{"exclusive": true, "regex": "#bridge_.*:" + serverName}},
+		},
+	}
+}
+
+// withBridge writes the registration to dir and references it.
+func withBridge(t *testing.T, b *bridge, extra map[string]any) configOption {
+	path := writeYAML(t, filepath.Join(t.TempDir(), "bridge.yaml"), b.registration())
+	return func(cfg map[string]any) {
+		cfg["app_service_config_files"] = []string{path}
+		for k, v := range extra {
+			cfg[k] = v
+		}
+	}
+}
+
+// connect creates the mautrix service against srv and starts serving.
+func (b *bridge) connect(t *testing.T, srv *server) {
+	t.Helper()
+	reg := &appservice.Registration{ID: "bridge", URL: fmt.Sprintf("http://127.0.0.1:%d", b.port),
+		AppToken: asToken, ServerToken: hsToken, SenderLocalpart: "bridgebot"}
+	as, err := appservice.CreateFull(appservice.CreateOpts{
+		Registration: reg, HomeserverDomain: serverName, HomeserverURL: srv.url,
+		HostConfig: appservice.HostConfig{Hostname: "127.0.0.1", Port: uint16(b.port)},
+	})
+	if err != nil {
+		t.Fatalf("create appservice: %v", err)
+	}
+	as.HTTPClient = srv.http
+	b.as = as
+	go b.collect()
+	b.start(t)
+	t.Cleanup(b.as.Stop)
+}
+
+// start serves on the service's port and waits until it accepts.
+func (b *bridge) start(t *testing.T) {
+	t.Helper()
+	go b.as.Start()
+	testutil.Eventually(t, 10*time.Second, "appservice listening", func() bool {
+		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(b.port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+func (b *bridge) collect() {
+	for {
+		select {
+		case <-b.done:
+			return
+		case ev := <-b.as.Events:
+			b.mu.Lock()
+			b.events = append(b.events, ev)
+			b.mu.Unlock()
+		}
+	}
+}
+
+// received returns the event ids received so far, in order.
+func (b *bridge) received() []id.EventID {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]id.EventID, len(b.events))
+	for i, e := range b.events {
+		out[i] = e.ID
+	}
+	return out
+}
+
+// waitFor waits until every wanted event arrived, then checks that each
+// arrived once and in the order sent, and that no unwanted one arrived.
+func (b *bridge) waitFor(t *testing.T, want []id.EventID, unwanted map[id.EventID]bool) {
+	t.Helper()
+	testutil.Eventually(t, 60*time.Second, fmt.Sprintf("%d events at the appservice", len(want)), func() bool {
+		got := map[id.EventID]bool{}
+		for _, e := range b.received() {
+			got[e] = true
+		}
+		for _, w := range want {
+			if !got[w] {
+				return false
+			}
+		}
+		return true
+	})
+	got := b.received()
+	seen := map[id.EventID]int{}
+	for i, e := range got {
+		if _, dup := seen[e]; dup {
+			t.Errorf("event %s received twice", e)
+		}
+		seen[e] = i
+		if unwanted[e] {
+			t.Errorf("event %s outside the namespaces was sent to the appservice", e)
+		}
+	}
+	last := -1
+	for _, w := range want {
+		if seen[w] < last {
+			t.Errorf("event %s received out of order", w)
+		}
+		last = seen[w]
+	}
+}
+
+// appserviceEngines are the deployments the appservice scenario runs on.
+func appserviceEngines() []string { return []string{engineSQLite, enginePostgres, engineFleetRouter} }
+
+// TestAppserviceTransactions drives a real bridge: it registers puppets
+// with m.login.application_service, creates a room and sends as them by
+// masquerading, and receives every event of its namespaces exactly once
+// and in order, including those sent while it was down (and, on the
+// fleet, while the notifier worker was killed).
+func TestAppserviceTransactions(t *testing.T) {
+	for _, engine := range appserviceEngines() {
+		t.Run(engine, func(t *testing.T) {
+			b := startBridge(t)
+			var extra map[string]any
+			fleet := engine != engineSQLite && engine != enginePostgres
+			if fleet {
+				// The fleet's second generic worker sends the transactions.
+				extra = map[string]any{"notify_appservices_from_worker": instWorker2}
+			}
+			srv := startServer(t, engine, withBridge(t, b, extra))
+			b.connect(t, srv)
+			ctx := testContext(t)
+
+			alice := b.as.Intent(id.NewUserID("puppet_alice", serverName))
+			bob := b.as.Intent(id.NewUserID("puppet_bob", serverName))
+			for _, p := range []*appservice.IntentAPI{alice, bob} {
+				if err := p.EnsureRegistered(ctx); err != nil {
+					t.Fatalf("register puppet %s: %v", p.UserID, err)
+				}
+			}
+			resp, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomAliasName: "bridge_room"})
+			if err != nil {
+				t.Fatalf("puppet createRoom: %v", err)
+			}
+			room := resp.RoomID
+			if _, err := bob.JoinRoomByID(ctx, room); err != nil {
+				t.Fatalf("puppet join: %v", err)
+			}
+			carol := srv.register(t, ctx, "carol")
+			if _, err := carol.JoinRoom(ctx, room.String(), nil); err != nil {
+				t.Fatalf("carol join: %v", err)
+			}
+			// A room with no namespaced member: none of it is the bridge's.
+			other, err := carol.CreateRoom(ctx, &mautrix.ReqCreateRoom{})
+			if err != nil {
+				t.Fatalf("carol createRoom: %v", err)
+			}
+
+			var want []id.EventID
+			unwanted := map[id.EventID]bool{}
+			send := func(c interface {
+				SendText(context.Context, id.RoomID, string) (*mautrix.RespSendEvent, error)
+			}, roomID id.RoomID, text string, interesting bool) {
+				t.Helper()
+				r, err := c.SendText(ctx, roomID, text)
+				if err != nil {
+					t.Fatalf("send %q: %v", text, err)
+				}
+				if interesting {
+					want = append(want, r.EventID)
+				} else {
+					unwanted[r.EventID] = true
+				}
+			}
+			for i := range 5 {
+				send(alice, room, "alice "+itoa(i), true)
+				send(bob, room, "bob "+itoa(i), true)
+				send(carol, room, "carol "+itoa(i), true) // a namespaced user is a member
+				send(carol, other.RoomID, "elsewhere "+itoa(i), false)
+			}
+			b.waitFor(t, want, unwanted)
+
+			// Down for a while: everything queued arrives after it returns.
+			b.as.Stop()
+			for i := range 5 {
+				send(alice, room, "while down "+itoa(i), true)
+				send(carol, room, "carol while down "+itoa(i), true)
+			}
+			b.start(t)
+			b.waitFor(t, want, unwanted)
+
+			if fleet {
+				// The notifier crashes and comes back: nothing is lost.
+				srv.fleet.killProc(t, instWorker2)
+				for i := range 5 {
+					send(bob, room, "notifier down "+itoa(i), true)
+				}
+				srv.fleet.restartProc(t, instWorker2)
+				for i := range 3 {
+					send(alice, room, "notifier back "+itoa(i), true)
+				}
+				b.waitFor(t, want, unwanted)
+			}
+		})
+	}
+}
+
+// TestAppserviceRefusals checks authentication and namespace rules.
+func TestAppserviceRefusals(t *testing.T) {
+	b := startBridge(t)
+	srv := startServer(t, engineSQLite, withBridge(t, b, nil))
+	b.connect(t, srv)
+	ctx := testContext(t)
+	carol := srv.register(t, ctx, "carol")
+
+	// A user may not take a name a service claims exclusively.
+	r := srv.doJSON(t, ctx, "POST", "/_matrix/client/v3/register", "", map[string]any{
+		"username": "puppet_mallory", "password": password("mallory"), "auth": map[string]any{"type": "m.login.dummy"}})
+	wantRawError(t, r, http.StatusBadRequest, "M_EXCLUSIVE")
+	// The service may not register outside its namespace.
+	r = srv.doJSON(t, ctx, "POST", "/_matrix/client/v3/register", asToken, map[string]any{
+		"username": "outsider", "type": "m.login.application_service"})
+	wantRawError(t, r, http.StatusBadRequest, "M_EXCLUSIVE")
+	// Nor with an unknown token.
+	r = srv.doJSON(t, ctx, "POST", "/_matrix/client/v3/register", "not-an-as-token", map[string]any{
+		"username": "puppet_x", "type": "m.login.application_service"})
+	wantRawError(t, r, http.StatusUnauthorized, "M_UNKNOWN_TOKEN")
+	// The hs_token is not a client token.
+	r = srv.do(t, ctx, "GET", "/_matrix/client/v3/account/whoami", hsToken, nil)
+	wantRawError(t, r, http.StatusUnauthorized, "M_UNKNOWN_TOKEN")
+
+	// The as_token alone acts as the sender; user_id masquerades within
+	// the namespace only.
+	r = srv.do(t, ctx, "GET", "/_matrix/client/v3/account/whoami", asToken, nil)
+	if got := r.object(t)["user_id"]; got != "@bridgebot:"+serverName {
+		t.Errorf("whoami with the as_token = %v, want the sender", got)
+	}
+	r = srv.do(t, ctx, "GET", "/_matrix/client/v3/account/whoami?user_id="+carol.UserID.String(), asToken, nil)
+	wantRawError(t, r, http.StatusForbidden, "M_FORBIDDEN")
+	r = srv.do(t, ctx, "GET", "/_matrix/client/v3/account/whoami?user_id=@puppet_unregistered:"+serverName, asToken, nil)
+	wantRawError(t, r, http.StatusForbidden, "M_FORBIDDEN")
+	puppet := b.as.Intent(id.NewUserID("puppet_dave", serverName))
+	if err := puppet.EnsureRegistered(ctx); err != nil {
+		t.Fatalf("register puppet: %v", err)
+	}
+	r = srv.do(t, ctx, "GET", "/_matrix/client/v3/account/whoami?access_token="+asToken+"&user_id=@puppet_dave:"+serverName, "", nil)
+	if got := r.object(t)["user_id"]; got != "@puppet_dave:"+serverName {
+		t.Errorf("whoami masquerading (access_token query) = %v, want the puppet", got)
+	}
+
+	// Aliases of the exclusive namespace are the service's.
+	room, err := carol.CreateRoom(ctx, &mautrix.ReqCreateRoom{})
+	if err != nil {
+		t.Fatalf("createRoom: %v", err)
+	}
+	r = srv.doJSON(t, ctx, "PUT", clientPath("directory", "room", "#bridge_carol:"+serverName), carol.AccessToken,
+		map[string]any{"room_id": room.RoomID})
+	wantRawError(t, r, http.StatusBadRequest, "M_EXCLUSIVE")
+	r = srv.doJSON(t, ctx, "POST", "/_matrix/client/v3/createRoom", carol.AccessToken, map[string]any{"room_alias_name": "bridge_x"})
+	wantRawError(t, r, http.StatusBadRequest, "M_EXCLUSIVE")
+
+	// Ping: the service pings itself through the homeserver.
+	r = srv.doJSON(t, ctx, "POST", "/_matrix/client/v1/appservice/bridge/ping", asToken, map[string]any{"transaction_id": "t1"})
+	if r.status != 200 {
+		t.Errorf("ping: %d %s", r.status, r.body)
+	} else if _, ok := r.object(t)["duration_ms"]; !ok {
+		t.Errorf("ping answer %s has no duration_ms", r.body)
+	}
+	r = srv.doJSON(t, ctx, "POST", "/_matrix/client/v1/appservice/bridge/ping", carol.AccessToken, map[string]any{})
+	wantRawError(t, r, http.StatusForbidden, "M_FORBIDDEN")
+	b.as.Stop()
+	r = srv.doJSON(t, ctx, "POST", "/_matrix/client/v1/appservice/bridge/ping", asToken, map[string]any{})
+	wantRawError(t, r, http.StatusBadGateway, "M_CONNECTION_FAILED")
+}
