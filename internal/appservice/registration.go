@@ -160,10 +160,12 @@ func parseRegistration(path string, data []byte) (*Registration, [][2]string) {
 	if r.ASToken != "" && r.ASToken == r.HSToken {
 		add("hs_token", "must differ from as_token: the service could not tell the homeserver from a client")
 	}
-	if raw.URL == nil {
-		// Synapse requires the key; null means no transactions.
+	// Synapse requires the key; null means no transactions.
+	var keys map[string]any
+	_ = yaml.Unmarshal(data, &keys)
+	if _, present := keys["url"]; !present {
 		add("url", "required (null for a service that receives no transactions)")
-	} else if *raw.URL != "" {
+	} else if raw.URL != nil && *raw.URL != "" {
 		if !strings.HasPrefix(*raw.URL, "http://") && !strings.HasPrefix(*raw.URL, "https://") {
 			add("url", "must be an http:// or https:// URL, got %q", *raw.URL)
 		}

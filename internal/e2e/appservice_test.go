@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -244,6 +245,13 @@ func TestAppserviceTransactions(t *testing.T) {
 			b.waitFor(t, want, unwanted)
 
 			if fleet {
+				// Exactly one instance sends: the one the config names.
+				for _, name := range fleetInstances() {
+					started := strings.Count(srv.fleet.proc(name).logs.String(), "application service notifier started")
+					if want := map[bool]int{true: 1, false: 0}[name == instWorker2]; started != want {
+						t.Errorf("%s started the notifier %d times, want %d", name, started, want)
+					}
+				}
 				// The notifier crashes and comes back: nothing is lost.
 				srv.fleet.killProc(t, instWorker2)
 				for i := range 5 {
