@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"time"
 
+	"ganglion/internal/receipts"
 	"ganglion/internal/rooms"
 	"ganglion/internal/storage"
 	"ganglion/internal/streams"
@@ -26,6 +27,9 @@ type Notifier struct {
 	reg   *streams.Registry
 	store *rooms.Store
 	fmt   *rooms.Formatter
+	// receipts, when set, is followed for services asking for ephemeral
+	// events.
+	receipts ReceiptRows
 	svc   *Service
 	log   *slog.Logger
 	opts  NotifierOptions
@@ -46,6 +50,15 @@ type NotifierOptions struct {
 }
 
 type interestKey struct{ as, room string }
+
+// ReceiptRows reads the receipts stream's rows (receipts.Store).
+type ReceiptRows interface {
+	Rows(ctx context.Context, from, to int64, limit int) ([]receipts.Row, error)
+}
+
+// FollowReceipts makes the notifier send receipts to the services that
+// set receive_ephemeral.
+func (n *Notifier) FollowReceipts(r ReceiptRows) { n.receipts = r }
 
 type interestEntry struct {
 	yes     bool
@@ -86,15 +99,30 @@ type Transaction struct {
 	UnstableEphemeral []json.RawMessage `json:"de.sorunome.msc2409.ephemeral,omitempty"`
 }
 
-const eventsPositionKey = "events"
+// follower is one stream the notifier follows by position, and how a
+// batch of its rows becomes transactions.
+type follower struct {
+	stream streams.Name
+	pos    int64
+	// read turns the rows in (from, to] (or a prefix of them, up to the
+	// returned position) into transaction bodies per service.
+	read func(ctx context.Context, from, to int64) (next int64, queued map[string]*Transaction, err error)
+}
 
-// Run follows the events stream and sends until ctx ends.
+// Run follows the streams and sends until ctx ends.
 func (n *Notifier) Run(ctx context.Context) error {
-	pos, err := n.loadPosition(ctx)
-	if err != nil {
-		return err
+	fs := []*follower{{stream: streams.Events, read: n.readEvents}}
+	if n.receipts != nil && n.anyEphemeral() {
+		fs = append(fs, &follower{stream: streams.Receipts, read: n.readReceipts})
 	}
-	n.log.Info("application service notifier started", "position", pos, "appservices", len(n.svc.regs))
+	for _, f := range fs {
+		pos, err := n.loadPosition(ctx, f.stream)
+		if err != nil {
+			return err
+		}
+		f.pos = pos
+	}
+	n.log.Info("application service notifier started", "position", fs[0].pos, "appservices", len(n.svc.regs))
 	done := make(chan struct{})
 	defer func() { <-done }()
 	senders, cancelSenders := context.WithCancel(ctx)
@@ -108,32 +136,78 @@ func (n *Notifier) Run(ctx context.Context) error {
 	defer tick.Stop()
 	backoff := n.opts.MinBackoff
 	for {
-		changed := n.reg.Changed(streams.Events)
-		to := n.reg.Current(streams.Events)
-		if to > pos {
-			next, err := n.step(ctx, pos, to)
+		// One goroutine for every stream: transactions are queued in the
+		// order their rows were read, and txn ids never race.
+		changed := make([]<-chan struct{}, len(fs))
+		progressed, failed := false, false
+		for i, f := range fs {
+			changed[i] = n.reg.Changed(f.stream)
+			to := n.reg.Current(f.stream)
+			if to <= f.pos {
+				continue
+			}
+			next, err := n.step(ctx, f, to)
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
-				n.log.Warn("application service notifier step failed", "position", pos, "err", err)
-				if !sleep(ctx, backoff) {
-					return nil
-				}
-				backoff = min(backoff*2, n.opts.MaxBackoff)
+				n.log.Warn("application service notifier step failed", "stream", f.stream, "position", f.pos, "err", err)
+				failed = true
 				continue
 			}
-			backoff = n.opts.MinBackoff
-			pos = next
+			f.pos = next
+			progressed = true
+		}
+		if failed {
+			if !sleep(ctx, backoff) {
+				return nil
+			}
+			backoff = min(backoff*2, n.opts.MaxBackoff)
 			continue
 		}
-		select {
-		case <-ctx.Done():
+		backoff = n.opts.MinBackoff
+		if progressed {
+			continue
+		}
+		if !waitAny(ctx, tick.C, changed) {
 			return nil
-		case <-changed:
-		case <-tick.C:
 		}
 	}
+}
+
+// waitAny waits for any stream to change or the tick; false when ctx ended.
+func waitAny(ctx context.Context, tick <-chan time.Time, changed []<-chan struct{}) bool {
+	merged := make(chan struct{}, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	for _, c := range changed {
+		go func() {
+			select {
+			case <-c:
+				select {
+				case merged <- struct{}{}:
+				default:
+				}
+			case <-stop:
+			}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-merged:
+	case <-tick:
+	}
+	return true
+}
+
+func (n *Notifier) anyEphemeral() bool {
+	for _, r := range n.svc.regs {
+		if r.ReceiveEphemeral && r.URL != "" {
+			return true
+		}
+	}
+	return false
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
@@ -147,82 +221,47 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// loadPosition reads how far the notifier got; the first start begins at
-// the stream's current position (services are not sent the history that
-// predates them).
-func (n *Notifier) loadPosition(ctx context.Context) (int64, error) {
+// loadPosition reads how far the notifier got on a stream; the first start
+// begins at the stream's current position (services are not sent the
+// history that predates them).
+func (n *Notifier) loadPosition(ctx context.Context, stream streams.Name) (int64, error) {
 	var pos int64
 	err := n.db.Reader().QueryRowContext(ctx, `SELECT stream_id FROM appservice_stream_positions WHERE stream_name = $1`,
-		eventsPositionKey).Scan(&pos)
+		string(stream)).Scan(&pos)
 	if err == nil {
 		return pos, nil
 	}
 	if !errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("load application service position: %w", err)
 	}
-	pos = n.reg.Current(streams.Events)
-	if _, err := n.db.Exec(ctx, `INSERT INTO appservice_stream_positions (stream_name, stream_id) VALUES ($1, $2)`,
-		eventsPositionKey, pos); err != nil && !storage.IsUniqueViolation(err) {
+	if _, err := n.db.Exec(ctx, `INSERT INTO appservice_stream_positions (stream_name, stream_id) VALUES ($1, $2)
+		ON CONFLICT (stream_name) DO NOTHING`, string(stream), n.reg.Current(stream)); err != nil {
 		return 0, fmt.Errorf("save application service position: %w", err)
 	}
-	return n.loadPositionAgain(ctx)
-}
-
-func (n *Notifier) loadPositionAgain(ctx context.Context) (int64, error) {
-	var pos int64
 	if err := n.db.Reader().QueryRowContext(ctx, `SELECT stream_id FROM appservice_stream_positions WHERE stream_name = $1`,
-		eventsPositionKey).Scan(&pos); err != nil {
+		string(stream)).Scan(&pos); err != nil {
 		return 0, fmt.Errorf("load application service position: %w", err)
 	}
 	return pos, nil
 }
 
-// step reads one batch of events in (from, to] and queues the services'
-// transactions with the new position, atomically.
-func (n *Notifier) step(ctx context.Context, from, to int64) (int64, error) {
-	evs, err := n.store.EventsAfter(ctx, from, to, n.opts.BatchSize)
+// step reads one batch of f's rows up to to and queues the services'
+// transactions with the new position, in one database transaction.
+func (n *Notifier) step(ctx context.Context, f *follower, to int64) (int64, error) {
+	next, queued, err := f.read(ctx, f.pos, to)
 	if err != nil {
-		return from, err
-	}
-	next := to
-	if len(evs) == n.opts.BatchSize {
-		next = evs[len(evs)-1].StreamOrdering
-	}
-	queued := map[string][]json.RawMessage{}
-	if len(evs) > 0 {
-		formatted, err := n.fmt.Format(ctx, evs)
-		if err != nil {
-			return from, err
-		}
-		for i, se := range evs {
-			raw, err := json.Marshal(formatted[i])
-			if err != nil {
-				return from, fmt.Errorf("encode event %s: %w", se.Event.EventID(), err)
-			}
-			for _, r := range n.svc.regs {
-				if r.URL == "" {
-					continue
-				}
-				yes, err := n.interested(ctx, r, se)
-				if err != nil {
-					return from, err
-				}
-				if yes {
-					queued[r.ID] = append(queued[r.ID], raw)
-				}
-			}
-			if se.Event.Type() == "m.room.member" {
-				n.forgetRoom(se.Event.RoomID())
-			}
-		}
+		return f.pos, err
 	}
 	err = n.db.Tx(ctx, func(tx *sql.Tx) error {
 		for _, r := range n.svc.regs {
-			evs := queued[r.ID]
-			if len(evs) == 0 {
+			txn := queued[r.ID]
+			if txn == nil {
 				continue
 			}
-			body, err := json.Marshal(Transaction{Events: evs})
+			if txn.Events == nil {
+				txn.Events = []json.RawMessage{} // required by the spec
+			}
+			body, err := json.Marshal(txn)
 			if err != nil {
 				return err
 			}
@@ -231,19 +270,19 @@ func (n *Notifier) step(ctx context.Context, from, to int64) (int64, error) {
 			}
 		}
 		res, err := tx.ExecContext(ctx, `UPDATE appservice_stream_positions SET stream_id = $1
-			WHERE stream_name = $2 AND stream_id = $3`, next, eventsPositionKey, from)
+			WHERE stream_name = $2 AND stream_id = $3`, next, string(f.stream), f.pos)
 		if err != nil {
 			return err
 		}
 		if k, err := res.RowsAffected(); err == nil && k != 1 {
 			// Another notifier moved it: two instances configured to send
 			// would each send, so refuse rather than duplicate.
-			return fmt.Errorf("application service position moved under us (another notifier running?)")
+			return fmt.Errorf("application service position of %s moved under us (another notifier running?)", f.stream)
 		}
 		return nil
 	})
 	if err != nil {
-		return from, fmt.Errorf("queue application service transactions: %w", err)
+		return f.pos, fmt.Errorf("queue application service transactions: %w", err)
 	}
 	for id := range queued {
 		n.signal(id)
@@ -251,23 +290,117 @@ func (n *Notifier) step(ctx context.Context, from, to int64) (int64, error) {
 	return next, nil
 }
 
-// enqueue stores the service's next transaction.
-func enqueue(ctx context.Context, tx *sql.Tx, asID string, body []byte) error {
-	var last int64
-	err := tx.QueryRowContext(ctx, `SELECT txn_id FROM appservice_last_txn WHERE as_id = $1`, asID).Scan(&last)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		if _, err := tx.ExecContext(ctx, `INSERT INTO appservice_last_txn (as_id, txn_id) VALUES ($1, 0)`, asID); err != nil {
-			return err
+// readEvents turns events into transactions for the services interested.
+func (n *Notifier) readEvents(ctx context.Context, from, to int64) (int64, map[string]*Transaction, error) {
+	evs, err := n.store.EventsAfter(ctx, from, to, n.opts.BatchSize)
+	if err != nil {
+		return from, nil, err
+	}
+	next := to
+	if len(evs) == n.opts.BatchSize {
+		next = evs[len(evs)-1].StreamOrdering
+	}
+	queued := map[string]*Transaction{}
+	if len(evs) == 0 {
+		return next, queued, nil
+	}
+	formatted, err := n.fmt.Format(ctx, evs)
+	if err != nil {
+		return from, nil, err
+	}
+	for i, se := range evs {
+		raw, err := json.Marshal(formatted[i])
+		if err != nil {
+			return from, nil, fmt.Errorf("encode event %s: %w", se.Event.EventID(), err)
 		}
-	case err != nil:
+		for _, r := range n.svc.regs {
+			if r.URL == "" {
+				continue
+			}
+			yes, err := n.interested(ctx, r, se)
+			if err != nil {
+				return from, nil, err
+			}
+			if yes {
+				txn := queued[r.ID]
+				if txn == nil {
+					txn = &Transaction{}
+					queued[r.ID] = txn
+				}
+				txn.Events = append(txn.Events, raw)
+			}
+		}
+		if se.Event.Type() == "m.room.member" {
+			n.forgetRoom(se.Event.RoomID())
+		}
+	}
+	return next, queued, nil
+}
+
+// readReceipts turns receipts into m.receipt ephemeral events (MSC2409)
+// for the services that asked for them and are interested in the room or
+// the user.
+func (n *Notifier) readReceipts(ctx context.Context, from, to int64) (int64, map[string]*Transaction, error) {
+	rows, err := n.receipts.Rows(ctx, from, to, n.opts.BatchSize)
+	if err != nil {
+		return from, nil, err
+	}
+	next := to
+	if len(rows) == n.opts.BatchSize {
+		next = rows[len(rows)-1].StreamID
+	}
+	queued := map[string]*Transaction{}
+	for _, row := range rows {
+		data := row.Data
+		if len(data) == 0 {
+			data = json.RawMessage("{}")
+		}
+		edu, err := json.Marshal(map[string]any{
+			"type":    "m.receipt",
+			"room_id": row.RoomID,
+			"content": map[string]any{row.EventID: map[string]any{row.Type: map[string]json.RawMessage{row.UserID: data}}},
+		})
+		if err != nil {
+			return from, nil, err
+		}
+		for _, r := range n.svc.regs {
+			if r.URL == "" || !r.ReceiveEphemeral {
+				continue
+			}
+			yes := r.IsInterestedInUser(row.UserID, n.svc.serverName) || r.IsInterestedInRoom(row.RoomID)
+			if !yes {
+				if yes, err = n.roomInterest(ctx, r, row.RoomID); err != nil {
+					return from, nil, err
+				}
+			}
+			if yes {
+				txn := queued[r.ID]
+				if txn == nil {
+					txn = &Transaction{}
+					queued[r.ID] = txn
+				}
+				txn.Ephemeral = append(txn.Ephemeral, edu)
+				txn.UnstableEphemeral = append(txn.UnstableEphemeral, edu)
+			}
+		}
+	}
+	return next, queued, nil
+}
+
+// enqueue stores the service's next transaction. The counter is bumped
+// in place (UPDATE … RETURNING), so concurrent writers could never hand
+// out one txn id twice.
+func enqueue(ctx context.Context, tx *sql.Tx, asID string, body []byte) error {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO appservice_last_txn (as_id, txn_id) VALUES ($1, 0)
+		ON CONFLICT (as_id) DO NOTHING`, asID); err != nil {
 		return err
 	}
-	last++
-	if _, err := tx.ExecContext(ctx, `UPDATE appservice_last_txn SET txn_id = $1 WHERE as_id = $2`, last, asID); err != nil {
+	var id int64
+	if err := tx.QueryRowContext(ctx, `UPDATE appservice_last_txn SET txn_id = txn_id + 1 WHERE as_id = $1 RETURNING txn_id`,
+		asID).Scan(&id); err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO appservice_txns (as_id, txn_id, body) VALUES ($1, $2, $3)`, asID, last, string(body))
+	_, err := tx.ExecContext(ctx, `INSERT INTO appservice_txns (as_id, txn_id, body) VALUES ($1, $2, $3)`, asID, id, string(body))
 	return err
 }
 

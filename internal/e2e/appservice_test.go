@@ -1,8 +1,10 @@
 package e2e_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -32,15 +34,21 @@ type bridge struct {
 	as   *appservice.AppService
 	port int
 
-	mu     sync.Mutex
-	events []*event.Event
-	done   chan struct{}
+	mu       sync.Mutex
+	events   []*event.Event // timeline events, in arrival order
+	receipts []*event.Event // m.receipt ephemeral events
+	// txns maps each transaction id the homeserver sent to its body;
+	// txnOrder lists first arrivals.
+	txns     map[string]string
+	txnOrder []int
+	resent   int // transactions answered 500 once on purpose, then re-sent
+	done     chan struct{}
 }
 
 // startBridge starts the service's HTTP server on a free loopback port.
 func startBridge(t *testing.T) *bridge {
 	t.Helper()
-	b := &bridge{port: freePort(t), done: make(chan struct{})}
+	b := &bridge{port: freePort(t), done: make(chan struct{}), txns: map[string]string{}}
 	t.Cleanup(func() { close(b.done) })
 	return b
 }
@@ -48,12 +56,13 @@ func startBridge(t *testing.T) *bridge {
 // registration is the service's registration file, Synapse's keys.
 func (b *bridge) registration() map[string]any {
 	return map[string]any{
-		"id":               "bridge",
-		"url":              fmt.Sprintf("http://127.0.0.1:%d", b.port),
-		"as_token":         asToken,
-		"hs_token":         hsToken,
-		"sender_localpart": "bridgebot",
-		"rate_limited":     false,
+		"id":                "bridge",
+		"url":               fmt.Sprintf("http://127.0.0.1:%d", b.port),
+		"as_token":          asToken,
+		"hs_token":          hsToken,
+		"sender_localpart":  "bridgebot",
+		"rate_limited":      false,
+		"receive_ephemeral": true,
 		"namespaces": map[string]any{
 			"users":   []any{map[string]any{"exclusive": true, "regex": "@puppet_.*:" + serverName}},
 			"aliases": []any{map[string]any{"exclusive": true, "regex": "#bridge_.*:" + serverName}},
@@ -76,7 +85,7 @@ func withBridge(t *testing.T, b *bridge, extra map[string]any) configOption {
 func (b *bridge) connect(t *testing.T, srv *server) {
 	t.Helper()
 	reg := &appservice.Registration{ID: "bridge", URL: fmt.Sprintf("http://127.0.0.1:%d", b.port),
-		AppToken: asToken, ServerToken: hsToken, SenderLocalpart: "bridgebot"}
+		AppToken: asToken, ServerToken: hsToken, SenderLocalpart: "bridgebot", EphemeralEvents: true}
 	as, err := appservice.CreateFull(appservice.CreateOpts{
 		Registration: reg, HomeserverDomain: serverName, HomeserverURL: srv.url,
 		HostConfig: appservice.HostConfig{Hostname: "127.0.0.1", Port: uint16(b.port)},
@@ -85,6 +94,7 @@ func (b *bridge) connect(t *testing.T, srv *server) {
 		t.Fatalf("create appservice: %v", err)
 	}
 	as.HTTPClient = srv.http
+	as.Middleware = append(as.Middleware, b.checkTxns(t))
 	b.as = as
 	go b.collect()
 	b.start(t)
@@ -104,6 +114,53 @@ func (b *bridge) start(t *testing.T) {
 	})
 }
 
+// checkTxns watches the raw transactions: ids must increase, a re-sent id
+// must carry the same body, and the second transaction is refused once
+// (500) to make the homeserver send it again.
+func (b *bridge) checkTxns(t *testing.T) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			txnID, ok := strings.CutPrefix(r.URL.Path, "/_matrix/app/v1/transactions/")
+			if !ok || r.Method != http.MethodPut {
+				next.ServeHTTP(w, r)
+				return
+			}
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), 400)
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			b.mu.Lock()
+			prev, seen := b.txns[txnID]
+			fail := false
+			if seen && prev != string(body) {
+				t.Errorf("transaction %s re-sent with a different body:\n%s\nthen\n%s", txnID, prev, body)
+			}
+			if !seen {
+				n, err := strconv.Atoi(txnID)
+				if err != nil {
+					t.Errorf("transaction id %q", txnID)
+				} else if len(b.txnOrder) > 0 && n <= b.txnOrder[len(b.txnOrder)-1] {
+					t.Errorf("transaction %d after %d", n, b.txnOrder[len(b.txnOrder)-1])
+				}
+				b.txns[txnID] = string(body)
+				b.txnOrder = append(b.txnOrder, n)
+				fail = len(b.txnOrder) == 2
+				if fail {
+					b.resent++
+				}
+			}
+			b.mu.Unlock()
+			if fail {
+				http.Error(w, `{"errcode":"M_UNKNOWN","error":"refused once by the test"}`, 500)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
 func (b *bridge) collect() {
 	for {
 		select {
@@ -111,7 +168,11 @@ func (b *bridge) collect() {
 			return
 		case ev := <-b.as.Events:
 			b.mu.Lock()
-			b.events = append(b.events, ev)
+			if ev.Type == event.EphemeralEventReceipt {
+				b.receipts = append(b.receipts, ev)
+			} else if ev.ID != "" {
+				b.events = append(b.events, ev)
+			}
 			b.mu.Unlock()
 		}
 	}
@@ -234,6 +295,31 @@ func TestAppserviceTransactions(t *testing.T) {
 				send(carol, other.RoomID, "elsewhere "+itoa(i), false)
 			}
 			b.waitFor(t, want, unwanted)
+			b.mu.Lock()
+			resent := b.resent
+			b.mu.Unlock()
+			if resent != 1 {
+				t.Errorf("refused %d transactions once, want 1 (then re-sent)", resent)
+			}
+
+			// A read receipt in the bridged room reaches it (MSC2409).
+			if err := carol.MarkRead(ctx, room, want[len(want)-1]); err != nil {
+				t.Fatalf("receipt: %v", err)
+			}
+			testutil.Eventually(t, 30*time.Second, "m.receipt at the appservice", func() bool {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				for _, e := range b.receipts {
+					if e.RoomID == room {
+						if rc, ok := e.Content.Parsed.(*event.ReceiptEventContent); ok {
+							if _, ok := (*rc)[want[len(want)-1]]; ok {
+								return true
+							}
+						}
+					}
+				}
+				return false
+			})
 
 			// Down for a while: everything queued arrives after it returns.
 			b.as.Stop()
