@@ -83,3 +83,17 @@ func (h *handlers) registerAppservice(w http.ResponseWriter, r *http.Request, bo
 	}
 	return mxhttp.WriteJSON(w, 200, sess)
 }
+
+// KnownUser is UserExists, except that an unknown user in an application
+// service's namespace is first asked about (the service may register it):
+// used where a user is invited, as in Synapse.
+func (s *Service) KnownUser(ctx context.Context, userID string) (bool, error) {
+	exists, err := s.UserExists(ctx, userID)
+	if err != nil || exists || s.appservices == nil {
+		return exists, err
+	}
+	if !s.appservices.QueryUser(ctx, userID) {
+		return false, nil
+	}
+	return s.UserExists(ctx, userID)
+}

@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -63,6 +64,7 @@ func (b *bridge) registration() map[string]any {
 		"sender_localpart":  "bridgebot",
 		"rate_limited":      false,
 		"receive_ephemeral": true,
+		"protocols":         []string{"irc"},
 		"namespaces": map[string]any{
 			"users":   []any{map[string]any{"exclusive": true, "regex": "@puppet_.*:" + serverName}},
 			"aliases": []any{map[string]any{"exclusive": true, "regex": "#bridge_.*:" + serverName}},
@@ -419,4 +421,118 @@ func TestAppserviceRefusals(t *testing.T) {
 	b.as.Stop()
 	r = srv.doJSON(t, ctx, "POST", "/_matrix/client/v1/appservice/bridge/ping", asToken, map[string]any{})
 	wantRawError(t, r, http.StatusBadGateway, "M_CONNECTION_FAILED")
+}
+
+// bridgeQueries answers the homeserver's user and alias queries by
+// creating what was asked for, as bridges do.
+type bridgeQueries struct {
+	t  *testing.T
+	as *appservice.AppService
+}
+
+func (q bridgeQueries) QueryUser(userID id.UserID) bool {
+	if err := q.as.Intent(userID).EnsureRegistered(context.Background()); err != nil {
+		q.t.Errorf("register queried user %s: %v", userID, err)
+		return false
+	}
+	return true
+}
+
+func (q bridgeQueries) QueryAlias(alias id.RoomAlias) bool {
+	_, err := q.as.BotIntent().CreateRoom(context.Background(), &mautrix.ReqCreateRoom{RoomAliasName: strings.TrimPrefix(strings.SplitN(string(alias), ":", 2)[0], "#")})
+	if err != nil {
+		q.t.Errorf("create room for queried alias %s: %v", alias, err)
+		return false
+	}
+	return true
+}
+
+// serveThirdParty answers the third-party lookups for protocol irc,
+// checking that the homeserver presents the hs_token.
+func (b *bridge) serveThirdParty(t *testing.T) {
+	answer := func(v any) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Authorization") != "Bearer "+hsToken {
+				t.Errorf("%s without the hs_token", r.URL.Path)
+				http.Error(w, "{}", 403)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(v)
+		}
+	}
+	b.as.Router.HandleFunc("GET /_matrix/app/v1/thirdparty/protocol/irc", answer(map[string]any{
+		"user_fields": []string{"network", "nickname"}, "location_fields": []string{"network", "channel"},
+		"icon": "mxc://example.org/irc", "field_types": map[string]any{},
+		"instances": []any{map[string]any{"desc": "Libera", "fields": map[string]any{}, "network_id": "libera"}},
+	}))
+	b.as.Router.HandleFunc("GET /_matrix/app/v1/thirdparty/location/irc", answer([]any{
+		map[string]any{"alias": "#bridge_irc_x:" + serverName, "protocol": "irc", "fields": map[string]any{"channel": "#x"}}}))
+	b.as.Router.HandleFunc("GET /_matrix/app/v1/thirdparty/user/irc", answer([]any{
+		map[string]any{"userid": "@puppet_irc_bob:" + serverName, "protocol": "irc", "fields": map[string]any{"nickname": "bob"}}}))
+}
+
+// TestAppserviceQueries: unknown users and aliases of a namespace are
+// asked about (and created by the service), and third-party lookups are
+// proxied to the services listing the protocol.
+func TestAppserviceQueries(t *testing.T) {
+	for _, engine := range []string{engineSQLite, engineFleetRouter} {
+		t.Run(engine, func(t *testing.T) {
+			b := startBridge(t)
+			srv := startServer(t, engine, withBridge(t, b, nil))
+			b.connect(t, srv)
+			b.as.QueryHandler = bridgeQueries{t: t, as: b.as}
+			b.serveThirdParty(t)
+			ctx := testContext(t)
+			carol := srv.register(t, ctx, "carol")
+
+			// Alias resolution asks the service, which creates the room.
+			r := srv.do(t, ctx, "GET", clientPath("directory", "room", "#bridge_lazy:"+serverName), carol.AccessToken, nil)
+			if r.status != 200 || r.object(t)["room_id"] == nil {
+				t.Errorf("resolve queried alias: %d %s", r.status, r.body)
+			}
+			r = srv.do(t, ctx, "GET", clientPath("directory", "room", "#bridge_missing_not:elsewhere"), carol.AccessToken, nil)
+			if r.status == 200 {
+				t.Errorf("alias on another server resolved: %s", r.body)
+			}
+			// Profile lookup asks about an unknown puppet.
+			r = srv.do(t, ctx, "GET", clientPath("profile", "@puppet_lazy:"+serverName), carol.AccessToken, nil)
+			if r.status != 200 {
+				t.Errorf("profile of queried user: %d %s", r.status, r.body)
+			}
+			// So does an invite.
+			room, err := carol.CreateRoom(ctx, &mautrix.ReqCreateRoom{})
+			if err != nil {
+				t.Fatalf("createRoom: %v", err)
+			}
+			if _, err := carol.InviteUser(ctx, room.RoomID, &mautrix.ReqInviteUser{UserID: id.NewUserID("puppet_invited", serverName)}); err != nil {
+				t.Errorf("invite a puppet the service creates on demand: %v", err)
+			}
+			// A user outside every namespace is not asked about.
+			r = srv.do(t, ctx, "GET", clientPath("profile", "@nobody:"+serverName), carol.AccessToken, nil)
+			wantRawError(t, r, http.StatusNotFound, "M_NOT_FOUND")
+
+			// Third-party lookups.
+			r = srv.do(t, ctx, "GET", "/_matrix/client/v3/thirdparty/protocols", carol.AccessToken, nil)
+			if irc, ok := r.object(t)["irc"].(map[string]any); r.status != 200 || !ok || irc["icon"] != "mxc://example.org/irc" {
+				t.Errorf("protocols: %d %s", r.status, r.body)
+			}
+			r = srv.do(t, ctx, "GET", "/_matrix/client/v3/thirdparty/protocol/irc", carol.AccessToken, nil)
+			if r.status != 200 {
+				t.Errorf("protocol irc: %d %s", r.status, r.body)
+			}
+			r = srv.do(t, ctx, "GET", "/_matrix/client/v3/thirdparty/protocol/xmpp", carol.AccessToken, nil)
+			wantRawError(t, r, http.StatusNotFound, "M_NOT_FOUND")
+			r = srv.do(t, ctx, "GET", "/_matrix/client/v3/thirdparty/location/irc?channel=%23x", carol.AccessToken, nil)
+			if r.status != 200 || !bytes.Contains(r.body, []byte("#bridge_irc_x:")) {
+				t.Errorf("location lookup: %d %s", r.status, r.body)
+			}
+			r = srv.do(t, ctx, "GET", "/_matrix/client/v3/thirdparty/user/irc?nickname=bob", carol.AccessToken, nil)
+			if r.status != 200 || !bytes.Contains(r.body, []byte("@puppet_irc_bob:")) {
+				t.Errorf("user lookup: %d %s", r.status, r.body)
+			}
+			r = srv.do(t, ctx, "GET", "/_matrix/client/v3/thirdparty/protocols", "", nil)
+			wantRawError(t, r, http.StatusUnauthorized, "M_MISSING_TOKEN")
+		})
+	}
 }

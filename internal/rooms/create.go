@@ -85,7 +85,7 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 		if _, server, _ := accounts.SplitUserID(u); server != s.cfg.ServerName {
 			return "", mxhttp.Forbidden("Inviting users on other servers needs federation, which this server does not run yet")
 		}
-		exists, err := s.accounts.UserExists(ctx, u)
+		exists, err := s.accounts.KnownUser(ctx, u)
 		if err != nil {
 			return "", err
 		}

@@ -418,7 +418,7 @@ func (s *Service) ChangeMembership(ctx context.Context, req *accounts.Requester,
 	}
 	if membership == "invite" {
 		if _, server, _ := accounts.SplitUserID(ch.Target); server == s.cfg.ServerName {
-			exists, err := s.accounts.UserExists(ctx, ch.Target)
+			exists, err := s.accounts.KnownUser(ctx, ch.Target)
 			if err != nil {
 				return "", err
 			}
