@@ -358,7 +358,7 @@ func TestAppserviceTransactions(t *testing.T) {
 // TestAppserviceRefusals checks authentication and namespace rules.
 func TestAppserviceRefusals(t *testing.T) {
 	b := startBridge(t)
-	srv := startServer(t, engineSQLite, withBridge(t, b, nil))
+	srv := startServer(t, engineSQLite, withBridge(t, b, nil), withMessageRateLimit(0.01, 3))
 	b.connect(t, srv)
 	ctx := testContext(t)
 	carol := srv.register(t, ctx, "carol")
@@ -398,16 +398,38 @@ func TestAppserviceRefusals(t *testing.T) {
 		t.Errorf("whoami masquerading (access_token query) = %v, want the puppet", got)
 	}
 
-	// Aliases of the exclusive namespace are the service's.
-	room, err := carol.CreateRoom(ctx, &mautrix.ReqCreateRoom{})
+	// MSC3202: a device of the masqueraded user, which must exist.
+	r = srv.do(t, ctx, "GET", "/_matrix/client/v3/account/whoami?user_id=@puppet_dave:"+serverName+
+		"&org.matrix.msc3202.device_id=NOSUCHDEVICE", asToken, nil)
+	wantRawError(t, r, http.StatusBadRequest, "M_UNKNOWN_DEVICE")
+
+	// rate_limited: false exempts the service's users from rc_message;
+	// a user is still limited.
+	shared, err := carol.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
 	if err != nil {
 		t.Fatalf("createRoom: %v", err)
 	}
+	if _, err := puppet.JoinRoomByID(ctx, shared.RoomID); err != nil {
+		t.Fatalf("puppet join: %v", err)
+	}
+	// Aliases of the exclusive namespace are the service's.
+	room := shared
 	r = srv.doJSON(t, ctx, "PUT", clientPath("directory", "room", "#bridge_carol:"+serverName), carol.AccessToken,
 		map[string]any{"room_id": room.RoomID})
 	wantRawError(t, r, http.StatusBadRequest, "M_EXCLUSIVE")
 	r = srv.doJSON(t, ctx, "POST", "/_matrix/client/v3/createRoom", carol.AccessToken, map[string]any{"room_alias_name": "bridge_x"})
 	wantRawError(t, r, http.StatusBadRequest, "M_EXCLUSIVE")
+
+	for i := range 10 {
+		if _, err := puppet.SendText(ctx, shared.RoomID, "unlimited "+itoa(i)); err != nil {
+			t.Fatalf("puppet send %d under a tight rc_message: %v", i, err)
+		}
+	}
+	var limited error
+	for i := 0; i < 10 && limited == nil; i++ {
+		_, limited = carol.SendText(ctx, shared.RoomID, "limited "+itoa(i))
+	}
+	wantMatrixError(t, limited, http.StatusTooManyRequests, "M_LIMIT_EXCEEDED")
 
 	// Ping: the service pings itself through the homeserver.
 	r = srv.doJSON(t, ctx, "POST", "/_matrix/client/v1/appservice/bridge/ping", asToken, map[string]any{"transaction_id": "t1"})
