@@ -408,7 +408,7 @@ func (p *Process) wire(ctx context.Context) error {
 	filterStore.Routes(mux, srv, acc)
 	syncSvc.Routes(mux, srv, acc)
 	infoRoutes(mux, srv, cfg, acc)
-	if err := p.wireAppservices(ctx, acc, roomSvc, roomStore, receiptsStore, mux, srv); err != nil {
+	if err := p.wireAppservices(ctx, acc, roomSvc, roomStore, receiptsStore, typingReader, mux, srv); err != nil {
 		return err
 	}
 	if fleet {

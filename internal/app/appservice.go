@@ -16,7 +16,8 @@ import (
 // client endpoints, and runs the notifier on the one instance that sends
 // transactions (notify_appservices_from_worker).
 func (p *Process) wireAppservices(ctx context.Context, acc *accounts.Service, roomSvc *rooms.Service,
-	roomStore *rooms.Store, receiptsStore *receipts.Store, mux *mxhttp.Mux, srv *mxhttp.Server) error {
+	roomStore *rooms.Store, receiptsStore *receipts.Store, typingReader appservice.TypingReader,
+	mux *mxhttp.Mux, srv *mxhttp.Server) error {
 	regs, err := appservice.LoadRegistrations(p.cfg.AppServiceConfigFiles)
 	if err != nil {
 		return err
@@ -36,6 +37,7 @@ func (p *Process) wireAppservices(ctx context.Context, acc *accounts.Service, ro
 	if p.cfg.NotifiesAppservices() {
 		n := appservice.NewNotifier(p.db, p.reg, roomStore, roomSvc.Formatter("", ""), svc, appservice.NotifierOptions{}, p.log)
 		n.FollowReceipts(receiptsStore)
+		n.FollowTyping(typingReader)
 		p.runners = append(p.runners, n.Run)
 	}
 	return nil

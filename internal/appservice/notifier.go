@@ -30,10 +30,11 @@ type Notifier struct {
 	// receipts, when set, is followed for services asking for ephemeral
 	// events.
 	receipts ReceiptRows
-	svc   *Service
-	log   *slog.Logger
-	opts  NotifierOptions
-	wake  map[string]chan struct{} // per service id
+	typing   TypingReader
+	svc      *Service
+	log      *slog.Logger
+	opts     NotifierOptions
+	wake     map[string]chan struct{} // per service id
 	// interest caches, per service and room, whether a room member or
 	// alias of the room falls in the service's namespaces. Used only by
 	// the reading goroutine.
@@ -55,6 +56,16 @@ type interestKey struct{ as, room string }
 type ReceiptRows interface {
 	Rows(ctx context.Context, from, to int64, limit int) ([]receipts.Row, error)
 }
+
+// TypingReader reads the typing stream (the writer or its replica).
+type TypingReader interface {
+	Typing(roomID string) []string
+	ChangedRooms(from, to int64) []string
+}
+
+// FollowTyping makes the notifier send typing notifications to the
+// services that set receive_ephemeral.
+func (n *Notifier) FollowTyping(t TypingReader) { n.typing = t }
 
 // FollowReceipts makes the notifier send receipts to the services that
 // set receive_ephemeral.
@@ -104,6 +115,10 @@ type Transaction struct {
 type follower struct {
 	stream streams.Name
 	pos    int64
+	// volatile streams (typing) live in their writer's memory: their
+	// position is not saved, restarts with the writer, and what was typed
+	// while the notifier was down is gone anyway.
+	volatile bool
 	// read turns the rows in (from, to] (or a prefix of them, up to the
 	// returned position) into transaction bodies per service.
 	read func(ctx context.Context, from, to int64) (next int64, queued map[string]*Transaction, err error)
@@ -115,7 +130,14 @@ func (n *Notifier) Run(ctx context.Context) error {
 	if n.receipts != nil && n.anyEphemeral() {
 		fs = append(fs, &follower{stream: streams.Receipts, read: n.readReceipts})
 	}
+	if n.typing != nil && n.anyEphemeral() {
+		fs = append(fs, &follower{stream: streams.Typing, read: n.readTyping, volatile: true})
+	}
 	for _, f := range fs {
+		if f.volatile {
+			f.pos = n.reg.Current(f.stream)
+			continue
+		}
 		pos, err := n.loadPosition(ctx, f.stream)
 		if err != nil {
 			return err
@@ -136,13 +158,16 @@ func (n *Notifier) Run(ctx context.Context) error {
 	defer tick.Stop()
 	backoff := n.opts.MinBackoff
 	for {
-		// One goroutine for every stream: transactions are queued in the
-		// order their rows were read, and txn ids never race.
+		// One goroutine follows every stream: transactions are queued in
+		// the order their rows were read.
 		changed := make([]<-chan struct{}, len(fs))
 		progressed, failed := false, false
 		for i, f := range fs {
 			changed[i] = n.reg.Changed(f.stream)
 			to := n.reg.Current(f.stream)
+			if f.volatile && to < f.pos {
+				f.pos = to // the writer restarted
+			}
 			if to <= f.pos {
 				continue
 			}
@@ -269,6 +294,9 @@ func (n *Notifier) step(ctx context.Context, f *follower, to int64) (int64, erro
 				return err
 			}
 		}
+		if f.volatile {
+			return nil
+		}
 		res, err := tx.ExecContext(ctx, `UPDATE appservice_stream_positions SET stream_id = $1
 			WHERE stream_name = $2 AND stream_id = $3`, next, string(f.stream), f.pos)
 		if err != nil {
@@ -337,6 +365,54 @@ func (n *Notifier) readEvents(ctx context.Context, from, to int64) (int64, map[s
 	return next, queued, nil
 }
 
+// readTyping sends each changed room's current typers as m.typing.
+func (n *Notifier) readTyping(ctx context.Context, from, to int64) (int64, map[string]*Transaction, error) {
+	queued := map[string]*Transaction{}
+	for _, roomID := range n.typing.ChangedRooms(from, to) {
+		users := n.typing.Typing(roomID)
+		if users == nil {
+			users = []string{}
+		}
+		edu, err := json.Marshal(map[string]any{"type": "m.typing", "room_id": roomID,
+			"content": map[string]any{"user_ids": users}})
+		if err != nil {
+			return from, nil, err
+		}
+		if err := n.queueEphemeral(ctx, queued, roomID, "", edu); err != nil {
+			return from, nil, err
+		}
+	}
+	return to, queued, nil
+}
+
+// queueEphemeral adds an ephemeral event to the transactions of the
+// services that asked for them and are interested in the room (or the
+// user, when given).
+func (n *Notifier) queueEphemeral(ctx context.Context, queued map[string]*Transaction, roomID, userID string, edu json.RawMessage) error {
+	for _, r := range n.svc.regs {
+		if r.URL == "" || !r.ReceiveEphemeral {
+			continue
+		}
+		yes := (userID != "" && r.IsInterestedInUser(userID, n.svc.serverName)) || r.IsInterestedInRoom(roomID)
+		if !yes {
+			var err error
+			if yes, err = n.roomInterest(ctx, r, roomID); err != nil {
+				return err
+			}
+		}
+		if yes {
+			txn := queued[r.ID]
+			if txn == nil {
+				txn = &Transaction{}
+				queued[r.ID] = txn
+			}
+			txn.Ephemeral = append(txn.Ephemeral, edu)
+			txn.UnstableEphemeral = append(txn.UnstableEphemeral, edu)
+		}
+	}
+	return nil
+}
+
 // readReceipts turns receipts into m.receipt ephemeral events (MSC2409)
 // for the services that asked for them and are interested in the room or
 // the user.
@@ -363,25 +439,24 @@ func (n *Notifier) readReceipts(ctx context.Context, from, to int64) (int64, map
 		if err != nil {
 			return from, nil, err
 		}
-		for _, r := range n.svc.regs {
-			if r.URL == "" || !r.ReceiveEphemeral {
-				continue
-			}
-			yes := r.IsInterestedInUser(row.UserID, n.svc.serverName) || r.IsInterestedInRoom(row.RoomID)
-			if !yes {
-				if yes, err = n.roomInterest(ctx, r, row.RoomID); err != nil {
-					return from, nil, err
+		if row.Type == "m.read.private" {
+			// Private receipts are only for the services whose user
+			// wrote them.
+			for _, r := range n.svc.regs {
+				if r.URL != "" && r.ReceiveEphemeral && r.IsInterestedInUser(row.UserID, n.svc.serverName) {
+					txn := queued[r.ID]
+					if txn == nil {
+						txn = &Transaction{}
+						queued[r.ID] = txn
+					}
+					txn.Ephemeral = append(txn.Ephemeral, edu)
+					txn.UnstableEphemeral = append(txn.UnstableEphemeral, edu)
 				}
 			}
-			if yes {
-				txn := queued[r.ID]
-				if txn == nil {
-					txn = &Transaction{}
-					queued[r.ID] = txn
-				}
-				txn.Ephemeral = append(txn.Ephemeral, edu)
-				txn.UnstableEphemeral = append(txn.UnstableEphemeral, edu)
-			}
+			continue
+		}
+		if err := n.queueEphemeral(ctx, queued, row.RoomID, row.UserID, edu); err != nil {
+			return from, nil, err
 		}
 	}
 	return next, queued, nil

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,7 @@ type bridge struct {
 	mu       sync.Mutex
 	events   []*event.Event // timeline events, in arrival order
 	receipts []*event.Event // m.receipt ephemeral events
+	typing   []*event.Event // m.typing ephemeral events
 	// txns maps each transaction id the homeserver sent to its body;
 	// txnOrder lists first arrivals.
 	txns     map[string]string
@@ -170,9 +172,12 @@ func (b *bridge) collect() {
 			return
 		case ev := <-b.as.Events:
 			b.mu.Lock()
-			if ev.Type == event.EphemeralEventReceipt {
+			switch {
+			case ev.Type == event.EphemeralEventReceipt:
 				b.receipts = append(b.receipts, ev)
-			} else if ev.ID != "" {
+			case ev.Type == event.EphemeralEventTyping:
+				b.typing = append(b.typing, ev)
+			case ev.ID != "":
 				b.events = append(b.events, ev)
 			}
 			b.mu.Unlock()
@@ -318,6 +323,22 @@ func TestAppserviceTransactions(t *testing.T) {
 								return true
 							}
 						}
+					}
+				}
+				return false
+			})
+
+			// So does a typing notification.
+			if _, err := carol.UserTyping(ctx, room, true, 20*time.Second); err != nil {
+				t.Fatalf("typing: %v", err)
+			}
+			testutil.Eventually(t, 30*time.Second, "m.typing at the appservice", func() bool {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				for _, e := range b.typing {
+					if tc, ok := e.Content.Parsed.(*event.TypingEventContent); ok && e.RoomID == room &&
+						slices.Contains(tc.UserIDs, carol.UserID) {
+						return true
 					}
 				}
 				return false
