@@ -579,3 +579,43 @@ func TestAppserviceQueries(t *testing.T) {
 		})
 	}
 }
+
+// TestAppserviceHSTokenMismatch: a service that does not recognise the
+// homeserver's hs_token refuses its transactions (401 M_UNKNOWN_TOKEN);
+// they stay queued and arrive once the service accepts the token.
+func TestAppserviceHSTokenMismatch(t *testing.T) {
+	b := startBridge(t)
+	srv := startServer(t, engineSQLite, withBridge(t, b, nil))
+	b.connect(t, srv)
+	ctx := testContext(t)
+	b.as.Stop()
+	b.as.Registration.ServerToken = "some-other-hs-token"
+	b.start(t)
+
+	puppet := b.as.Intent(id.NewUserID("puppet_erin", serverName))
+	if err := puppet.EnsureRegistered(ctx); err != nil {
+		t.Fatalf("register puppet: %v", err)
+	}
+	room, err := puppet.CreateRoom(ctx, &mautrix.ReqCreateRoom{})
+	if err != nil {
+		t.Fatalf("createRoom: %v", err)
+	}
+	sent, err := puppet.SendText(ctx, room.RoomID, "held back")
+	if err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	// Transactions go oldest first: the first one is refused again and
+	// again, and everything after it waits behind it.
+	testutil.Eventually(t, 30*time.Second, "a refused transaction", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.txns) > 0
+	})
+	if got := b.received(); len(got) > 0 {
+		t.Fatalf("the service accepted events with the wrong hs_token: %v", got)
+	}
+	b.as.Stop()
+	b.as.Registration.ServerToken = hsToken
+	b.start(t)
+	b.waitFor(t, []id.EventID{sent.EventID}, nil)
+}
