@@ -136,6 +136,9 @@ func (h *handlers) register(w http.ResponseWriter, r *http.Request) error {
 	if err := mxhttp.DecodeJSON(r, &body); err != nil {
 		return err
 	}
+	if body.Type == LoginTypeAppservice {
+		return h.registerAppservice(w, r, body)
+	}
 	if !h.s.cfg.EnableRegistration {
 		return mxhttp.Forbidden("Registration has been disabled")
 	}
@@ -146,6 +149,9 @@ func (h *handlers) register(w http.ResponseWriter, r *http.Request) error {
 	if body.Username != "" {
 		// Check the name before UIA so clients learn early that it is taken.
 		if err := h.s.CheckUsername(r.Context(), local); err != nil {
+			return err
+		}
+		if err := h.s.checkNotExclusive(r.Context(), local); err != nil {
 			return err
 		}
 	}
@@ -404,6 +410,11 @@ func (h *handlers) localProfile(r *http.Request) (*Profile, error) {
 		return nil, mxhttp.NotFound("Profile not found")
 	}
 	p, err := h.s.GetProfile(r.Context(), userID)
+	if err == nil && p == nil && h.s.appservices != nil && h.s.appservices.QueryUser(r.Context(), userID) {
+		// An application service owning the id may create the user when
+		// asked (the Application Service API's user query).
+		p, err = h.s.GetProfile(r.Context(), userID)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -25,6 +25,13 @@ type Requester struct {
 	Admin    bool
 	// TokenHash identifies the access token, for logout.
 	TokenHash string
+	// AppserviceID is set when an application service's as_token made
+	// the request (UserID is then its sender or the user it masquerades
+	// as).
+	AppserviceID string
+	// RateLimitExempt skips rc_message and the room limits: an
+	// application service registered with rate_limited: false.
+	RateLimitExempt bool
 }
 
 // Settings are the account-related config values.
@@ -81,6 +88,7 @@ type Service struct {
 	tokens       *tokenCache
 	now          func() time.Time
 	deactivated  DeactivationHook
+	appservices  Appservices
 }
 
 func NewService(db *storage.DB, cfg Settings, log *slog.Logger) *Service {
@@ -464,7 +472,7 @@ type AuthedHandler func(w http.ResponseWriter, r *http.Request, req *Requester) 
 // Auth adapts an AuthedHandler, answering M_MISSING_TOKEN/M_UNKNOWN_TOKEN.
 func (s *Service) Auth(h AuthedHandler) mxhttp.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		req, err := s.Authenticate(r.Context(), TokenFromRequest(r))
+		req, err := s.AuthenticateRequest(r)
 		if err != nil {
 			return err
 		}

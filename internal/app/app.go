@@ -429,6 +429,9 @@ func (p *Process) wire(ctx context.Context) error {
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}
+	if err := p.wireAppservices(ctx, acc, roomSvc, roomStore, receiptsStore, typingReader, mux, srv); err != nil {
+		return err
+	}
 	if fleet {
 		p.serveStatus(rpcServer)
 		mux.Handle(replication.PathPrefix, rpcServer)

@@ -163,7 +163,10 @@ type Config struct {
 	UpdateUserDirectory                *bool      `yaml:"update_user_directory"` // legacy
 	NotifyAppservicesFromWorker        string     `yaml:"notify_appservices_from_worker"`
 	NotifyAppservices                  *bool      `yaml:"notify_appservices"` // legacy
-	OutboundFederationRestrictedTo     StringList `yaml:"outbound_federation_restricted_to"`
+	// AppServiceConfigFiles are the application services' registration
+	// files (internal/appservice reads and checks them at start).
+	AppServiceConfigFiles          []string   `yaml:"app_service_config_files"`
+	OutboundFederationRestrictedTo StringList `yaml:"outbound_federation_restricted_to"`
 
 	// Filled by Load, never read from YAML.
 

@@ -89,11 +89,11 @@ func TestLoadNotBuiltKeys(t *testing.T) {
 	cfg := mustLoad(t, nil, [2]string{"homeserver.yaml", minimalMain + `
 email: {smtp_host: localhost}
 oidc_providers: []
-app_service_config_files: []
+track_appservice_user_ips: true
 federation_sender_instances: [fed1]
 worker_daemonize: false
 `})
-	want := []string{"app_service_config_files", "federation_sender_instances", "oidc_providers"}
+	want := []string{"federation_sender_instances", "oidc_providers", "track_appservice_user_ips"}
 	if !slices.Equal(cfg.NotBuiltKeys, want) {
 		t.Errorf("NotBuiltKeys = %v, want %v", cfg.NotBuiltKeys, want)
 	}

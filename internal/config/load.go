@@ -204,6 +204,9 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.Redis.PrivateKeyFile)
 	abs(&c.Redis.CAFile)
 	abs(&c.Redis.CAPath)
+	for i := range c.AppServiceConfigFiles {
+		abs(&c.AppServiceConfigFiles[i])
+	}
 	if c.Database.Name == DatabaseSQLite || c.Database.Name == "" {
 		db := c.Database.Args.Database
 		// ":memory:" and "file:" URIs are not plain paths.

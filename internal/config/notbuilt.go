@@ -30,10 +30,7 @@ func NotBuilt() map[string]string {
 		"jwt_config":         sso,
 		"password_providers": sso,
 
-		"app_service_config_files":       appservice,
-		"notify_appservices_from_worker": appservice,
-		"notify_appservices":             appservice,
-		"track_appservice_user_ips":      appservice,
+		"track_appservice_user_ips": appservice,
 
 		"enable_media_repo":                      media,
 		"media_instance_running_background_jobs": media,

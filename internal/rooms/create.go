@@ -85,7 +85,7 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 		if _, server, _ := accounts.SplitUserID(u); server != s.cfg.ServerName {
 			return "", mxhttp.Forbidden("Inviting users on other servers needs federation, which this server does not run yet")
 		}
-		exists, err := s.accounts.UserExists(ctx, u)
+		exists, err := s.accounts.KnownUser(ctx, u)
 		if err != nil {
 			return "", err
 		}
@@ -101,6 +101,11 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 		}
 		if len(alias) > maxAliasLength {
 			return "", mxhttp.InvalidParam("Room alias %s is longer than %d bytes", alias, maxAliasLength)
+		}
+		if s.appservices != nil {
+			if err := s.appservices.CheckAliasCreation(req, alias); err != nil {
+				return "", err
+			}
 		}
 		if existing, err := s.ResolveAlias(ctx, alias); err != nil {
 			return "", err

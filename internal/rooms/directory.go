@@ -52,6 +52,20 @@ func (s *Service) ResolveAlias(ctx context.Context, alias string) (string, error
 	return roomID, nil
 }
 
+// resolveAliasAsking is ResolveAlias, and when the alias is unknown but in
+// an application service's namespace, asks the service (which may create
+// it) and looks again.
+func (s *Service) resolveAliasAsking(ctx context.Context, alias string) (string, error) {
+	roomID, err := s.ResolveAlias(ctx, alias)
+	if err != nil || roomID != "" || s.appservices == nil {
+		return roomID, err
+	}
+	if !s.appservices.QueryAlias(ctx, alias) {
+		return "", nil
+	}
+	return s.ResolveAlias(ctx, alias)
+}
+
 func (s *Service) createAlias(ctx context.Context, alias, roomID, creator string) error {
 	_, err := s.store.db.Exec(ctx, `INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4)`,
 		alias, roomID, creator, s.now().UnixMilli())
@@ -75,6 +89,11 @@ func (s *Service) CreateAlias(ctx context.Context, req *accounts.Requester, alia
 	}
 	if err := validateAliasLocalpart(local); err != nil {
 		return err
+	}
+	if s.appservices != nil {
+		if err := s.appservices.CheckAliasCreation(req, alias); err != nil {
+			return err
+		}
 	}
 	if err := s.requireRoom(ctx, roomID); err != nil {
 		return err

@@ -125,7 +125,7 @@ func (h *roomHandlers) resolveTarget(r *http.Request, idOrAlias string) (string,
 		if _, _, err := splitAlias(idOrAlias); err != nil {
 			return "", err
 		}
-		roomID, err := h.s.ResolveAlias(r.Context(), idOrAlias)
+		roomID, err := h.s.resolveAliasAsking(r.Context(), idOrAlias)
 		if err != nil {
 			return "", err
 		}
@@ -422,7 +422,7 @@ func (h *roomHandlers) getAlias(w http.ResponseWriter, r *http.Request) error {
 	if _, _, err := splitAlias(alias); err != nil {
 		return err
 	}
-	roomID, err := h.s.ResolveAlias(r.Context(), alias)
+	roomID, err := h.s.resolveAliasAsking(r.Context(), alias)
 	if err != nil {
 		return err
 	}

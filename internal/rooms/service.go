@@ -46,7 +46,10 @@ type Service struct {
 	log      *slog.Logger
 	msgLimit *ratelimit.Limiter
 	limits   Limits // the other rc_* limits (ratelimits.go)
-	now      func() time.Time
+	// appservices, when set, guards exclusive alias namespaces and asks
+	// services about unknown aliases (appservices.go).
+	appservices Appservices
+	now         func() time.Time
 }
 
 func NewService(cfg Config, store *Store, writer EventWriter, acc *accounts.Service, reg *streams.Registry,
@@ -102,7 +105,7 @@ func (s *Service) sendOne(ctx context.Context, roomID string, d Draft) (string, 
 }
 
 func (s *Service) checkMessageRate(req *accounts.Requester) error {
-	if req.Admin {
+	if req.Admin || req.RateLimitExempt {
 		return nil
 	}
 	if ok, wait := s.msgLimit.Allow(req.UserID); !ok {
@@ -418,7 +421,7 @@ func (s *Service) ChangeMembership(ctx context.Context, req *accounts.Requester,
 	}
 	if membership == "invite" {
 		if _, server, _ := accounts.SplitUserID(ch.Target); server == s.cfg.ServerName {
-			exists, err := s.accounts.UserExists(ctx, ch.Target)
+			exists, err := s.accounts.KnownUser(ctx, ch.Target)
 			if err != nil {
 				return "", err
 			}
