@@ -14,7 +14,7 @@ func NotBuilt() map[string]string {
 	const (
 		sso        = "single sign-on"
 		appservice = "application services"
-		media      = "the media repository"
+		media      = "the media repository's storage providers and retention"
 		federation = "federation"
 		captcha    = "registration captcha"
 		turn       = "TURN (VoIP)"
@@ -32,17 +32,8 @@ func NotBuilt() map[string]string {
 
 		"track_appservice_user_ips": appservice,
 
-		"enable_media_repo":                      media,
-		"media_instance_running_background_jobs": media,
-		"media_storage_providers":                media,
-		"max_image_pixels":                       media,
-		"dynamic_thumbnails":                     media,
-		"thumbnail_sizes":                        media,
-		"url_preview_enabled":                    media,
-		"url_preview_ip_range_blacklist":         media,
-		"url_preview_ip_range_whitelist":         media,
-		"url_preview_url_blacklist":              media,
-		"media_retention":                        media,
+		"media_storage_providers": media,
+		"media_retention":         media,
 
 		"federation_domain_whitelist":                   federation,
 		"federation_sender_instances":                   federation,
