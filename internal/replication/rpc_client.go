@@ -66,6 +66,9 @@ type Client struct {
 
 	mu      sync.Mutex
 	remotes map[string]*remote // by canonical instance name
+
+	// calls times calls (nil without RegisterMetrics).
+	calls *callMetrics
 }
 
 // remote is the connection pool for one instance. Pools are per instance
@@ -172,6 +175,14 @@ func WithWaitTimeout(d time.Duration) CallOption { return func(o *callOptions) {
 // with the remote status, errcode and message. When the response reports
 // stream positions, Call returns once this process has seen them.
 func (c *Client) Call(ctx context.Context, instance string, e Endpoint, args map[string]string, body any, out any,
+	opts ...CallOption) error {
+	start := time.Now()
+	err := c.call(ctx, instance, e, args, body, out, opts...)
+	c.calls.observe(e.Name, instance, time.Since(start), err)
+	return err
+}
+
+func (c *Client) call(ctx context.Context, instance string, e Endpoint, args map[string]string, body any, out any,
 	opts ...CallOption) error {
 	o := callOptions{budget: DefaultBudget, unreachableBudget: DefaultUnreachableBudget, attemptTimeout: DefaultAttemptTimeout,
 		waitTimeout: DefaultWaitTimeout, retryTimeouts: true}

@@ -28,6 +28,7 @@ import (
 	"ganglion/internal/config"
 	"ganglion/internal/forwarded"
 	"ganglion/internal/httpguard"
+	"ganglion/internal/metrics"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/routes"
 )
@@ -44,7 +45,7 @@ type Router struct {
 	rc      *Config
 	plan    *Plan
 	log     *slog.Logger
-	metrics *metrics
+	metrics *routerMetrics
 	// trust says whose X-Forwarded-For the router believes (with
 	// listen.x_forwarded).
 	trust forwarded.Trust
@@ -70,7 +71,8 @@ func New(cfg *config.Config, rc *Config, log *slog.Logger) (*Router, error) {
 	}
 	// complete validated the list.
 	trust, _ := forwarded.Parse(rc.Listen.XForwardedTrustedProxies)
-	rt := &Router{rc: rc, plan: plan, log: log, metrics: newMetrics(rc.Name), limits: cfg.HTTPLimits.Values(), trust: trust}
+	rt := &Router{rc: rc, plan: plan, log: log, limits: cfg.HTTPLimits.Values(), trust: trust}
+	rt.metrics = newMetrics(rc.Name, func() []*Backend { return rt.plan.Backends })
 	dialer := &net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}
 	rt.transport = &http.Transport{
 		DialContext:         dialer.DialContext,
@@ -122,13 +124,11 @@ func (rt *Router) Handler() http.Handler {
 	return mux
 }
 
-// MetricsHandler serves the Prometheus text exposition.
-func (rt *Router) MetricsHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		_, _ = io.WriteString(w, rt.metrics.render(rt.plan.Backends))
-	})
-}
+// MetricsHandler serves the Prometheus exposition of the router's registry.
+func (rt *Router) MetricsHandler() http.Handler { return rt.metrics.reg.Handler() }
+
+// Metrics is the router's registry (for tests and the dashboard check).
+func (rt *Router) Metrics() *metrics.Registry { return rt.metrics.reg }
 
 // attempt is the routing state of one request, shared by the handler, the
 // rewrite hook, the transport and the error handler.
@@ -166,7 +166,9 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &recorder{ResponseWriter: w}
 	a := &attempt{class: "unknown"}
+	rt.metrics.inFlight.Inc()
 	defer func() {
+		rt.metrics.inFlight.Dec()
 		rt.metrics.observe(a.class, a.backendName(), rec.code(), time.Since(start))
 	}()
 

@@ -79,6 +79,10 @@ type DB struct {
 	log    *slog.Logger
 	// readStmts prepares reader queries once (SQLite only; see stmtCache).
 	readStmts *stmtCache
+	// observeTx, if set, hears of every transaction (see SetTxObserver);
+	// names caches the names of Tx call sites.
+	observeTx TxObserver
+	names     txNames
 }
 
 // Open connects to the database and checks that it answers. It does not
@@ -231,7 +235,11 @@ func (db *DB) Exec(ctx context.Context, query string, args ...any) (sql.Result, 
 // jittered backoff, so fn must have no effects outside tx that would be
 // wrong to repeat. The error from fn is returned unwrapped so callers can
 // match their own sentinel errors.
-func (db *DB) Tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+func (db *DB) Tx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
+	if db.observeTx != nil {
+		name, start := db.txName(ctx, 2), time.Now()
+		defer func() { db.observeTx(name, time.Since(start), err) }()
+	}
 	backoff := txBackoffMin
 	for attempt := 1; ; attempt++ {
 		err := db.txOnce(ctx, fn)
