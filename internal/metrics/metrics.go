@@ -49,8 +49,11 @@ func (m *Registry) Gatherer() prometheus.Gatherer { return m.reg }
 // vectors that have no child yet (which Gather leaves out).
 func (m *Registry) Describe(ch chan<- *prometheus.Desc) { m.reg.Describe(ch) }
 
-// Handler serves the text exposition. A collector that fails leaves its
-// series out rather than failing the scrape.
+// Handler serves the exposition. A collector that fails leaves its series
+// out rather than failing the scrape. Responses are not compressed: the
+// listener is private and scrapes are frequent (the test harness polls
+// every process while it waits for replication to settle), so CPU matters
+// more than bytes.
 func (m *Registry) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, DisableCompression: true})
 }
