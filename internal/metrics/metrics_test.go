@@ -180,7 +180,10 @@ func TestInstrumentDB(t *testing.T) {
 	defer db.Close()
 	reg := metrics.New("main")
 	metrics.InstrumentDB(reg.Registerer(), db)
-	ok := func(tx *sql.Tx) error { _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS t (x INTEGER)`); return err }
+	ok := func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS t (x INTEGER)`)
+		return err
+	}
 	if err := db.Tx(storage.WithTxName(ctx, "create_t"), ok); err != nil {
 		t.Fatal(err)
 	}
