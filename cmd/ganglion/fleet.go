@@ -97,6 +97,8 @@ func status(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.Var(&files, "c", "a deployment file, or the shared config file(s) whose instance_map lists the instances")
 	asJSON := fs.Bool("json", false, "print the raw reports as JSON")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to try each instance")
+	sample := fs.Duration("sample", 0, "ask twice this far apart and show request rates and p99 over that window "+
+		"(default: since each instance started)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -110,6 +112,20 @@ func status(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(targets) == 0 {
 		return errors.New("status: the config has no instance_map: nothing to ask (a monolith has no status endpoint)")
 	}
+	var earlier []fleet.Report
+	var elapsed time.Duration
+	if *sample > 0 {
+		earlier = fleet.QueryStatus(ctx, targets, secret, *timeout)
+		start := time.Now()
+		t := time.NewTimer(*sample)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		elapsed = time.Since(start)
+	}
 	reports := fleet.QueryStatus(ctx, targets, secret, *timeout)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -117,7 +133,8 @@ func status(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := enc.Encode(reports); err != nil {
 			return fmt.Errorf("status: %w", err)
 		}
-	} else if err := fleet.WriteStatusTable(stdout, targets, reports); err != nil {
+	} else if err := fleet.WriteStatusTableWithRates(stdout, targets, reports,
+		fleet.RequestRates(earlier, reports, elapsed)); err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
 	if n := fleet.Down(reports); n > 0 {

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"ganglion/internal/metrics"
 	"ganglion/internal/replication"
 	"ganglion/internal/streams"
 )
@@ -23,6 +24,9 @@ type Status struct {
 	Positions   map[string]map[string]int64 `json:"positions"`
 	WrittenHere []string                    `json:"written_here"`
 	Current     map[string]int64            `json:"current"`
+	// HTTP is the request count and latency histogram since start (long-
+	// polls left out), for the request rate and p99 of `ganglion status`.
+	HTTP *metrics.Summary `json:"http,omitempty"`
 }
 
 // status snapshots this process.
@@ -48,7 +52,13 @@ func (p *Process) status() Status {
 
 func (p *Process) serveStatus(srv *replication.Server) {
 	e := StatusEndpoint
-	e.Handle = func(ctx context.Context, req *replication.Request) (any, error) { return p.status(), nil }
+	e.Handle = func(ctx context.Context, req *replication.Request) (any, error) {
+		st := p.status()
+		// Here rather than in status(), which every metrics scrape reads.
+		sum := p.httpMetrics.Summary()
+		st.HTTP = &sum
+		return st, nil
+	}
 	srv.Register(e)
 }
 
