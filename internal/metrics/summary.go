@@ -18,7 +18,7 @@ type Bucket struct {
 // Summary is a process's request count and latency histogram since it
 // started, summed over classes, for `ganglion status`.
 type Summary struct {
-	Requests uint64   `json:"requests"`
+	Requests uint64 `json:"requests"`
 	// Buckets are the finite buckets, ascending; Requests is the +Inf one
 	// (JSON has no infinity).
 	Buckets []Bucket `json:"buckets"`
