@@ -50,3 +50,6 @@ func (p *Process) registerProcessMetrics(r prometheus.Registerer) {
 		Name: "unrecognized_requests_total", Help: "Requests for endpoints this instance does not serve."},
 		func() float64 { return float64(p.unrecognizedRequests.Load()) }))
 }
+
+// Metrics is the process's registry (tests, the dashboard check).
+func (p *Process) Metrics() *metrics.Registry { return p.metrics }
