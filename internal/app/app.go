@@ -43,6 +43,7 @@ import (
 	"ganglion/internal/streams"
 	"ganglion/internal/sync"
 	"ganglion/internal/todevice"
+	"ganglion/internal/tracing"
 	"ganglion/internal/typing"
 )
 
@@ -59,6 +60,8 @@ type Process struct {
 	// httpMetrics measures every request a listener answers.
 	metrics     *metrics.Registry
 	httpMetrics *metrics.HTTP
+	// tracer is the opentelemetry section's (disabled by default).
+	tracer *tracing.Tracer
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -89,8 +92,11 @@ type positionSaver interface {
 // New builds the process: opens the database (migrating it on the main
 // process, waiting for the schema on workers), loads the signing key, and
 // wires the domains.
-func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, error) {
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) (*Process, error) {
 	p := &Process{cfg: cfg, log: log, started: time.Now(), metrics: metrics.New(cfg.InstanceName())}
+	for _, o := range opts {
+		o(p)
+	}
 	engine := storage.SQLite
 	if cfg.Database.Engine() == config.EnginePostgres {
 		engine = storage.Postgres
@@ -101,6 +107,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, e
 	}
 	p.db = db
 	metrics.InstrumentDB(p.metrics.Registerer(), db)
+	if err := p.startTracing(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if err := p.wire(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -169,6 +179,7 @@ func (p *Process) wire(ctx context.Context) error {
 	if fleet {
 		rpcClient = replication.NewClient(replication.InstanceLookup(cfg.InstanceMap), cfg.ReplicationSecret(), instance, reg, log)
 		rpcClient.RegisterMetrics(mr)
+		rpcClient.SetTracer(p.tracer)
 		rpcServer = replication.NewServer(cfg.ReplicationSecret(), reg, log)
 		bus, err := newBus(cfg, log)
 		if err != nil {
@@ -519,7 +530,8 @@ func (p *Process) listenerHandler(l config.Listener) http.Handler {
 		class, className := metrics.Classify(r.Method, r.URL.Path)
 		q := p.httpMetrics.Begin(class, className, r.Method)
 		rec := &metrics.Recorder{ResponseWriter: w}
-		defer func() { q.End(rec.Code(), rec.Size) }()
+		r, endSpan := p.traceRequest(r, className)
+		defer func() { q.End(rec.Code(), rec.Size); endSpan(rec.Code()) }()
 		w = rec
 		if l.XForwarded {
 			// Rate limits and logs key on RemoteAddr: it becomes the client
@@ -701,6 +713,9 @@ func (p *Process) Run(ctx context.Context) error {
 	}
 	if err := p.db.Close(); err != nil {
 		p.log.Warn("close database", "err", err)
+	}
+	if err := p.tracer.Shutdown(shutCtx); err != nil {
+		p.log.Warn("flush traces", "err", err)
 	}
 	return runErr
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"ganglion/internal/streams"
+	"ganglion/internal/tracing"
 )
 
 // heardPositions keeps, per stream and writer, the highest position heard
@@ -138,3 +139,7 @@ func (m *callMetrics) observe(endpoint, target string, took time.Duration, err e
 	}
 	o.(prometheus.Observer).Observe(took.Seconds())
 }
+
+// SetTracer makes the client trace its calls and propagate the trace to
+// the target (W3C traceparent). Call it before the client is used.
+func (c *Client) SetTracer(t *tracing.Tracer) { c.tracer = t }

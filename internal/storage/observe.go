@@ -13,6 +13,13 @@ import (
 // the transaction's name, how long it took, and its error.
 type TxObserver func(name string, took time.Duration, err error)
 
+// TxSpan starts a span for a transaction about to begin (named as for
+// TxObserver) and returns what ends it with the transaction's error.
+type TxSpan func(ctx context.Context, name string) (end func(err error))
+
+// SetTxSpan installs the tracing hook, like SetTxObserver.
+func (db *DB) SetTxSpan(s TxSpan) { db.spanTx = s }
+
 // SetTxObserver installs the observer. Call it before the database is
 // used concurrently (the process sets it right after Open).
 func (db *DB) SetTxObserver(o TxObserver) { db.observeTx = o }

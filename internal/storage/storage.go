@@ -82,6 +82,7 @@ type DB struct {
 	// observeTx, if set, hears of every transaction (see SetTxObserver);
 	// names caches the names of Tx call sites.
 	observeTx TxObserver
+	spanTx    TxSpan
 	names     txNames
 }
 
@@ -236,9 +237,20 @@ func (db *DB) Exec(ctx context.Context, query string, args ...any) (sql.Result, 
 // wrong to repeat. The error from fn is returned unwrapped so callers can
 // match their own sentinel errors.
 func (db *DB) Tx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
-	if db.observeTx != nil {
+	if db.observeTx != nil || db.spanTx != nil {
 		name, start := db.txName(ctx, 2), time.Now()
-		defer func() { db.observeTx(name, time.Since(start), err) }()
+		var end func(error)
+		if db.spanTx != nil {
+			end = db.spanTx(ctx, name)
+		}
+		defer func() {
+			if db.observeTx != nil {
+				db.observeTx(name, time.Since(start), err)
+			}
+			if end != nil {
+				end(err)
+			}
+		}()
 	}
 	backoff := txBackoffMin
 	for attempt := 1; ; attempt++ {
