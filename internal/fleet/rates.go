@@ -76,7 +76,8 @@ func WriteRateTable(w io.Writer, rates []Rate) error {
 		switch {
 		case !r.HasP99:
 		case math.IsInf(r.P99, 1):
-			p99 = fmt.Sprintf(">%gs", metrics.LatencyBuckets[len(metrics.LatencyBuckets)-1])
+			b := metrics.LatencyBuckets()
+			p99 = fmt.Sprintf(">%gs", b[len(b)-1])
 		default:
 			p99 = roundLatency(time.Duration(r.P99 * float64(time.Second))).String()
 		}

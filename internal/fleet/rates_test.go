@@ -16,7 +16,7 @@ import (
 func buckets(counts map[float64]uint64) ([]metrics.Bucket, uint64) {
 	var out []metrics.Bucket
 	var cum uint64
-	for _, le := range metrics.LatencyBuckets {
+	for _, le := range metrics.LatencyBuckets() {
 		cum += counts[le]
 		out = append(out, metrics.Bucket{LE: le, Count: cum})
 	}

@@ -95,7 +95,7 @@ func NewHTTP(r prometheus.Registerer) *HTTP {
 			Help: "Requests answered, per endpoint class, method and status code."}, []string{"class", "method", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Subsystem: "http", Name: "request_duration_seconds",
 			Help:    "Time from the request to the end of its response, per endpoint class, method and status code.",
-			Buckets: LatencyBuckets}, []string{"class", "method", "code"}),
+			Buckets: LatencyBuckets()}, []string{"class", "method", "code"}),
 		size: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Subsystem: "http", Name: "response_size_bytes",
 			Help:    "Size of response bodies, per endpoint class (/sync's is the class sync).",
 			Buckets: prometheus.ExponentialBuckets(256, 4, 9)}, []string{"class"}),

@@ -17,8 +17,11 @@ import (
 const Namespace = "ganglion"
 
 // LatencyBuckets are the request histograms' upper bounds in seconds: fine
-// at the low end for ordinary requests, up to a minute for long-polls.
-var LatencyBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+// at the low end for ordinary requests, up to a minute for long-polls. A
+// fresh slice each call: nothing shared can be changed.
+func LatencyBuckets() []float64 {
+	return []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+}
 
 // Registry is one process's metrics: the registry that is scraped and the
 // registerer modules add their series to, which labels every series with

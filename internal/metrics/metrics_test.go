@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -151,6 +152,11 @@ func TestHTTPMiddleware(t *testing.T) {
 	if s := sample(fams, "ganglion_http_response_size_bytes", map[string]string{"class": "sync"}); s == nil ||
 		s.GetHistogram().GetSampleSum() != float64(len(`{"next_batch":"s1"}`)) {
 		t.Errorf("sync response size: %v", s)
+	}
+	// The status summary leaves the long-poll out: 3 versions + 1 unknown.
+	if sum := m.Summary(); sum.Requests != 4 || len(sum.Buckets) != len(metrics.LatencyBuckets()) ||
+		sum.Buckets[len(sum.Buckets)-1].Count != 4 || !slices.Contains(sum.Excluded, "sync") {
+		t.Errorf("summary: %+v", sum)
 	}
 	// Raw paths never become labels.
 	for _, m := range fams["ganglion_http_requests_total"].Metric {

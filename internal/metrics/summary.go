@@ -2,7 +2,7 @@ package metrics
 
 import (
 	"math"
-	"sort"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -27,15 +27,16 @@ type Summary struct {
 	Excluded []string `json:"excluded,omitempty"`
 }
 
-// longPollClasses are the classes whose requests wait for news: their
+// LongPollClasses are the classes whose requests wait for news: their
 // duration says nothing about the server's speed.
-var longPollClasses = map[string]bool{"sync": true, "legacy_sync": true}
+func LongPollClasses() []string { return []string{"legacy_sync", "sync"} }
 
 // Summary sums the request histogram over every class but the long-polls.
 func (m *HTTP) Summary() Summary {
 	ch := make(chan prometheus.Metric, 64)
 	go func() { m.duration.Collect(ch); close(ch) }()
 	byLE := map[float64]uint64{}
+	excluded := LongPollClasses()
 	var s Summary
 	for pm := range ch {
 		var d dto.Metric
@@ -48,7 +49,7 @@ func (m *HTTP) Summary() Summary {
 				class = l.GetValue()
 			}
 		}
-		if longPollClasses[class] {
+		if slices.Contains(excluded, class) {
 			continue
 		}
 		s.Requests += d.Histogram.GetSampleCount()
@@ -56,13 +57,10 @@ func (m *HTTP) Summary() Summary {
 			byLE[b.GetUpperBound()] += b.GetCumulativeCount()
 		}
 	}
-	for _, le := range LatencyBuckets {
+	for _, le := range LatencyBuckets() {
 		s.Buckets = append(s.Buckets, Bucket{LE: le, Count: byLE[le]})
 	}
-	for c := range longPollClasses {
-		s.Excluded = append(s.Excluded, c)
-	}
-	sort.Strings(s.Excluded)
+	s.Excluded = excluded
 	return s
 }
 

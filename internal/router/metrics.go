@@ -45,7 +45,7 @@ func newMetrics(instance string, backends func() []*Backend) *routerMetrics {
 			Help: "Requests answered by the router, per endpoint class, backend and status."}, []string{"class", "backend", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ganglion_router_request_duration_seconds",
 			Help:    "Time from request to the end of the response, per class and backend.",
-			Buckets: metrics.LatencyBuckets}, []string{"class", "backend"}),
+			Buckets: metrics.LatencyBuckets()}, []string{"class", "backend"}),
 		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ganglion_router_upstream_errors_total",
 			Help: "Failed attempts to reach a backend (refused, reset, timed out)."}, []string{"class", "backend"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ganglion_router_requests_in_flight",
