@@ -97,6 +97,8 @@ func status(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.Var(&files, "c", "a deployment file, or the shared config file(s) whose instance_map lists the instances")
 	asJSON := fs.Bool("json", false, "print the raw reports as JSON")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to try each instance")
+	sample := fs.Duration("sample", 0, "ask twice this far apart and show request rates and p99 over that window "+
+		"(default: since each instance started)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -110,6 +112,20 @@ func status(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(targets) == 0 {
 		return errors.New("status: the config has no instance_map: nothing to ask (a monolith has no status endpoint)")
 	}
+	var earlier []fleet.Report
+	var elapsed time.Duration
+	if *sample > 0 {
+		earlier = fleet.QueryStatus(ctx, targets, secret, *timeout)
+		start := time.Now()
+		t := time.NewTimer(*sample)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		elapsed = time.Since(start)
+	}
 	reports := fleet.QueryStatus(ctx, targets, secret, *timeout)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -117,7 +133,8 @@ func status(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := enc.Encode(reports); err != nil {
 			return fmt.Errorf("status: %w", err)
 		}
-	} else if err := fleet.WriteStatusTable(stdout, targets, reports); err != nil {
+	} else if err := fleet.WriteStatusTableWithRates(stdout, targets, reports,
+		fleet.RequestRates(earlier, reports, elapsed)); err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
 	if n := fleet.Down(reports); n > 0 {
@@ -170,11 +187,14 @@ func statusTargets(files []string) ([]fleet.Target, string, error) {
 	return nil, "", errors.New("status: deployment has no main instance")
 }
 
-// generate writes deployment artefacts for other tools; today systemd
-// units.
+// generate writes deployment artefacts for other tools: systemd units, a
+// Prometheus scrape config.
 func generate(args []string, stdout io.Writer) error {
+	if len(args) > 0 && args[0] == "prometheus" {
+		return generatePrometheus(args[1:], stdout)
+	}
 	if len(args) == 0 || args[0] != "systemd" {
-		return errors.New("generate: want a target: ganglion generate systemd -c deployment.yaml [--out DIR]")
+		return errors.New("generate: want a target: ganglion generate systemd|prometheus -c deployment.yaml [--out …]")
 	}
 	fs := flag.NewFlagSet("generate systemd", flag.ContinueOnError)
 	var files stringList
@@ -228,5 +248,37 @@ func generate(args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, " %s", fleet.UnitName(in.Name))
 	}
 	fmt.Fprintln(stdout)
+	return nil
+}
+
+// generatePrometheus writes the Prometheus scrape config of a deployment
+// to --out, or to stdout.
+func generatePrometheus(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("generate prometheus", flag.ContinueOnError)
+	var files stringList
+	fs.Var(&files, "c", "the deployment file")
+	out := fs.String("out", "", "file to write (default: stdout)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if len(files) != 1 || fs.NArg() > 0 {
+		return errors.New("generate prometheus: want exactly one deployment file: -c deployment.yaml")
+	}
+	d, err := fleet.Load(files[0])
+	if err != nil {
+		return err
+	}
+	data, err := fleet.PrometheusConfig(d)
+	if err != nil {
+		return err
+	}
+	if *out == "" {
+		_, err = stdout.Write(data)
+		return err
+	}
+	if err := os.WriteFile(*out, data, 0o644); err != nil {
+		return fmt.Errorf("generate prometheus: %w", err)
+	}
+	fmt.Fprintf(stdout, "Wrote the scrape config to %s.\n", *out)
 	return nil
 }

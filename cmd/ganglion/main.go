@@ -32,12 +32,13 @@ Commands:
   up               start and supervise a whole fleet on this host from a deployment file
                      ganglion up -c deployment.yaml
                      ganglion up -c deployment.yaml --generate-only DIR   (only write the per-instance configs)
-  status           ask every instance of a fleet for its role, uptime, Redis link and stream lag
-                     ganglion status -c deployment.yaml [--json]
+  status           ask every instance of a fleet for its role, uptime, Redis link, stream lag, request rate and p99
+                     ganglion status -c deployment.yaml [--json] [--sample 5s]   (rates over 5s; default: since start)
                      ganglion status -c homeserver.yaml [-c more.yaml ...] [--json]   (instances from instance_map)
-  generate         write units for a service manager, or an nginx config equivalent to route
+  generate         write units for a service manager, an nginx config equivalent to route, or a Prometheus scrape config
                      ganglion generate systemd -c deployment.yaml [--out DIR] [--binary PATH] [--user USER] [--env-file FILE]
                      ganglion generate nginx -c shared.yaml [-c router.yaml ...] [--out FILE]
+                     ganglion generate prometheus -c deployment.yaml [--out FILE]   (dashboard: contrib/grafana/ganglion.json)
   route            run the built-in reverse proxy in front of a fleet (router: section of the config)
                      ganglion route -c shared.yaml [-c router.yaml ...]
 `

@@ -6,9 +6,11 @@ import (
 	"flag"
 	"log/slog"
 	"os"
+	"time"
 
 	"ganglion/internal/config"
 	"ganglion/internal/router"
+	"ganglion/internal/tracing"
 )
 
 // route runs the built-in reverse proxy in front of a fleet:
@@ -37,6 +39,18 @@ func route(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	tracer, err := tracing.New(ctx, rc.Name, cfg.OpenTelemetry)
+	if err != nil {
+		return err
+	}
+	rt.SetTracer(tracer)
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tracer.Shutdown(sctx); err != nil {
+			log.Warn("flush traces", "err", err)
+		}
+	}()
 	if err := rt.Listen(); err != nil {
 		return err
 	}

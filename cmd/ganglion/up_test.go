@@ -254,6 +254,17 @@ stop_timeout: 15s
 		!regexp.MustCompile(`(?m)^typing\s+worker1\s`).MatchString(table) {
 		t.Errorf("status table:\n%s", table)
 	}
+	// worker1 answered the /versions requests above: a rate since start.
+	if !regexp.MustCompile(`(?m)^worker1\s+\d+\.\d\s+\S+\s+[1-9]\d*\s+since start$`).MatchString(table) {
+		t.Errorf("status table has no request rate for worker1:\n%s", table)
+	}
+	sampled, err := statusCmd("--sample", "300ms")
+	if err != nil {
+		t.Fatalf("status --sample: %v\n%s", err, sampled)
+	}
+	if !regexp.MustCompile(`(?m)^worker1\s+\d+\.\d\s+\S+\s+\d+\s+last 3\d\d`).MatchString(sampled) {
+		t.Errorf("status --sample 300ms has no rate over the window for worker1:\n%s", sampled)
+	}
 
 	// Kill the worker; the supervisor must bring it back.
 	mainPIDs, workerPIDs := startedPIDs(stderr.String(), "main"), startedPIDs(stderr.String(), "worker1")

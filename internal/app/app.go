@@ -31,6 +31,7 @@ import (
 	"ganglion/internal/forwarded"
 	"ganglion/internal/httpguard"
 	"ganglion/internal/locks"
+	"ganglion/internal/metrics"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/presence"
 	"ganglion/internal/ratelimit"
@@ -42,6 +43,7 @@ import (
 	"ganglion/internal/streams"
 	"ganglion/internal/sync"
 	"ganglion/internal/todevice"
+	"ganglion/internal/tracing"
 	"ganglion/internal/typing"
 )
 
@@ -54,6 +56,12 @@ type Process struct {
 	replicator *replication.Replicator // nil in a monolith without Redis
 	handler    http.Handler
 	started    time.Time
+	// metrics is the process's registry, served on the metrics resource;
+	// httpMetrics measures every request a listener answers.
+	metrics     *metrics.Registry
+	httpMetrics *metrics.HTTP
+	// tracer is the opentelemetry section's (disabled by default).
+	tracer *tracing.Tracer
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -84,8 +92,11 @@ type positionSaver interface {
 // New builds the process: opens the database (migrating it on the main
 // process, waiting for the schema on workers), loads the signing key, and
 // wires the domains.
-func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, error) {
-	p := &Process{cfg: cfg, log: log, started: time.Now()}
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) (*Process, error) {
+	p := &Process{cfg: cfg, log: log, started: time.Now(), metrics: metrics.New(cfg.InstanceName())}
+	for _, o := range opts {
+		o(p)
+	}
 	engine := storage.SQLite
 	if cfg.Database.Engine() == config.EnginePostgres {
 		engine = storage.Postgres
@@ -95,6 +106,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, e
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	p.db = db
+	metrics.InstrumentDB(p.metrics.Registerer(), db)
+	if err := p.startTracing(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if err := p.wire(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -109,6 +125,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Process, e
 func (p *Process) wire(ctx context.Context) error {
 	cfg, log, db := p.cfg, p.log, p.db
 	instance := cfg.InstanceName()
+	mr := p.metrics.Registerer()
+	p.httpMetrics = metrics.NewHTTP(mr)
 	if cfg.IsMain() {
 		if err := db.Migrate(ctx); err != nil {
 			return fmt.Errorf("migrate database: %w", err)
@@ -135,6 +153,7 @@ func (p *Process) wire(ctx context.Context) error {
 		return err
 	}
 	p.reg = reg
+	p.registerProcessMetrics(mr)
 	if err := streams.RepairSavedPositions(ctx, db, log); err != nil {
 		return err
 	}
@@ -159,6 +178,8 @@ func (p *Process) wire(ctx context.Context) error {
 	)
 	if fleet {
 		rpcClient = replication.NewClient(replication.InstanceLookup(cfg.InstanceMap), cfg.ReplicationSecret(), instance, reg, log)
+		rpcClient.RegisterMetrics(mr)
+		rpcClient.SetTracer(p.tracer)
 		rpcServer = replication.NewServer(cfg.ReplicationSecret(), reg, log)
 		bus, err := newBus(cfg, log)
 		if err != nil {
@@ -166,6 +187,7 @@ func (p *Process) wire(ctx context.Context) error {
 		}
 		replicator = replication.NewReplicator(bus, reg, replicationBound(db, rpcClient), log)
 		p.replicator = replicator
+		replicator.RegisterMetrics(mr)
 		p.runners = append(p.runners, replicator.Run)
 		p.onShutdown = append(p.onShutdown, func(context.Context) error { rpcClient.CloseIdleConnections(); return nil })
 	}
@@ -216,6 +238,7 @@ func (p *Process) wire(ctx context.Context) error {
 			return err
 		}
 		persister.NotifyStateChanges(roomStore.StateChanged)
+		persister.RegisterMetrics(mr)
 		p.positions = append(p.positions, persister)
 		if fleet {
 			rooms.ServeSendEvents(rpcServer, persister)
@@ -401,6 +424,7 @@ func (p *Process) wire(ctx context.Context) error {
 		PresenceWriter: presWriter,
 		Keys:           keysSvc,
 	}, log)
+	syncSvc.RegisterMetrics(mr)
 
 	mux := mxhttp.NewMux()
 	srv := mxhttp.NewServer(log)
@@ -436,7 +460,7 @@ func (p *Process) wire(ctx context.Context) error {
 		p.serveStatus(rpcServer)
 		mux.Handle(replication.PathPrefix, rpcServer)
 	}
-	mux.Handle("GET /metrics", http.HandlerFunc(p.serveMetrics))
+	mux.Handle("GET /metrics", p.metrics.Handler())
 	mux.OnUnrecognized = p.unrecognized
 	// Profiles for finding slow paths under load (bench -pprof); only on
 	// listeners that name the pprof resource (see resourceOf).
@@ -526,6 +550,13 @@ func (p *Process) listenerHandler(l config.Listener) http.Handler {
 	// trusts loopback peers only.
 	trust, _ := forwarded.Parse(l.XForwardedTrustedProxies)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The path is classified once, for the metrics and for servable.
+		class, className := metrics.Classify(r.Method, r.URL.Path)
+		q := p.httpMetrics.Begin(class, className, r.Method)
+		rec := &metrics.Recorder{ResponseWriter: w}
+		r, endSpan := p.traceRequest(r, className)
+		defer func() { q.End(rec.Code(), rec.Size); endSpan(rec.Code()) }()
+		w = rec
 		if l.XForwarded {
 			// Rate limits and logs key on RemoteAddr: it becomes the client
 			// the trusted proxies report, never what a client wrote itself.
@@ -533,8 +564,8 @@ func (p *Process) listenerHandler(l config.Listener) http.Handler {
 				r.RemoteAddr = net.JoinHostPort(client.String(), "0")
 			}
 		}
-		resourceOK := allowed[resourceOf(r.URL.Path)] || (mediaListener(allowed) && mediaPath(r.Method, r.URL.Path))
-		if !resourceOK || !servable(role, r.Method, r.URL.Path) {
+		resourceOK := allowed[resourceOf(r.URL.Path)] || (mediaListener(allowed) && mediaClass(class))
+		if !resourceOK || !servable(role, class) {
 			p.unrecognized(r, http.StatusNotFound)
 			mxhttp.WriteError(w, mxhttp.Unrecognized(http.StatusNotFound, "Unrecognized request"))
 			return
@@ -708,6 +739,9 @@ func (p *Process) Run(ctx context.Context) error {
 	if err := p.db.Close(); err != nil {
 		p.log.Warn("close database", "err", err)
 	}
+	if err := p.tracer.Shutdown(shutCtx); err != nil {
+		p.log.Warn("flush traces", "err", err)
+	}
 	return runErr
 }
 
@@ -808,14 +842,17 @@ func instanceIDs(ctx context.Context, db *storage.DB, writers []string) (map[str
 	return out, rows.Err()
 }
 
-// servable applies the routing table to what a process answers. The main
+// servable applies the routing table (the class of the request, nil for
+// paths outside it) to what a process answers. The main
 // process and generic workers answer every endpoint Ganglion implements:
 // no endpoint depends on state only main holds (writes to single-writer
 // streams are forwarded to their writer), so a generic worker's answer is
 // never wrong. Other roles (media, pusher, …) answer only their classes.
-func servable(role, method, path string) bool {
+func servable(role string, class *routes.Class) bool {
 	if role == config.RoleMain || role == config.RoleGenericWorker {
 		return true
 	}
-	return routes.Allowed(role, method, path)
+	// As routes.Allowed: paths outside the table (replication, metrics,
+	// /health) are left to the listener's resources.
+	return class == nil || class.ServableBy(role)
 }

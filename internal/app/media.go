@@ -77,10 +77,9 @@ func mediaListener(allowed map[string]bool) bool {
 	return allowed["media"] || allowed["client"] || allowed["federation"]
 }
 
-// mediaPath reports whether the routing table gives a request to the media
-// repository; on a media listener these are served even under
-// /_matrix/client/v1/media and /_synapse/admin.
-func mediaPath(method, path string) bool {
-	c, _ := routes.Classify(method, path)
+// mediaClass reports whether the routing table gives a request (of class
+// c) to the media repository; on a media listener these are served even
+// under /_matrix/client/v1/media and /_synapse/admin.
+func mediaClass(c *routes.Class) bool {
 	return c != nil && c.Duty == routes.DutyMedia
 }

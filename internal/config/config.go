@@ -111,6 +111,8 @@ type Config struct {
 	// HTTPLimits bounds what one connection may hold (httplimits.go);
 	// Ganglion's own section, Synapse has no equivalent.
 	HTTPLimits HTTPLimits `yaml:"http_limits"`
+	// OpenTelemetry is Ganglion's tracing section (opentelemetry.go).
+	OpenTelemetry OpenTelemetry `yaml:"opentelemetry"`
 
 	LogConfig string         `yaml:"log_config"`
 	Presence  PresenceConfig `yaml:"presence"`

@@ -252,6 +252,7 @@ func (c *Config) isFleet() bool {
 func (c *Config) validateLimits(ps *problems) {
 	c.validateRateLimits(ps)
 	c.validateHTTPLimits(ps)
+	c.validateOpenTelemetry(ps)
 }
 
 func (c *Config) validateWorker(ps *problems) {

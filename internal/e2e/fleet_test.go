@@ -286,7 +286,10 @@ func (f *fleet) settle(ctx context.Context) {
 	}
 }
 
-var positionLine = regexp.MustCompile(`^ganglion_stream_position\{instance="([^"]+)",stream="([^"]+)",writer="([^"]+)"\} (\d+)$`)
+// positionLine is a stream position series. Values are in the
+// exposition's float syntax: large ones (typing's clock-based positions)
+// come as 1.7e+15.
+var positionLine = regexp.MustCompile(`^ganglion_stream_position\{instance="([^"]+)",stream="([^"]+)",writer="([^"]+)"\} (\S+)$`)
 
 func (f *fleet) settled(ctx context.Context) bool {
 	var saw []string
@@ -306,7 +309,7 @@ func (f *fleet) settled(ctx context.Context) bool {
 			if m == nil {
 				continue
 			}
-			pos, _ := strconv.ParseInt(m[4], 10, 64)
+			pos := sampleInt(m[4])
 			if m[2] != "caches" && m[2] != "presence" {
 				saw = append(saw, line[len("ganglion_stream_position"):])
 			}

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -397,7 +396,7 @@ func (fr *front) syncsPerBackend(t testing.TB, f *fleet) map[string]int {
 	return out
 }
 
-var routerRequestsLine = regexp.MustCompile(`^ganglion_router_requests_total\{([^}]*)\} (\d+)$`)
+var routerRequestsLine = regexp.MustCompile(`^ganglion_router_requests_total\{([^}]*)\} (\S+)$`)
 
 // requestsPerBackend sums the router's request counters per backend over
 // the series whose labels keep accepts.
@@ -419,7 +418,7 @@ func (fr *front) requestsPerBackend(f *fleet, keep func(labels string) bool) (ma
 			continue
 		}
 		rest := m[1][i+len(`backend="`):]
-		n, _ := strconv.Atoi(m[2])
+		n := int(sampleInt(m[2]))
 		out[rest[:strings.IndexByte(rest, '"')]] += n
 	}
 	return out, nil

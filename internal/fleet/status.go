@@ -173,8 +173,15 @@ func Down(reports []Report) int {
 }
 
 // WriteStatusTable prints one line per instance, then per stream and
-// writer the writer's own position and how far each instance is behind it.
+// writer the writer's own position and how far each instance is behind it,
+// then each instance's request rate and p99 latency since it started.
 func WriteStatusTable(w io.Writer, targets []Target, reports []Report) error {
+	return WriteStatusTableWithRates(w, targets, reports, RequestRates(nil, reports, 0))
+}
+
+// WriteStatusTableWithRates is WriteStatusTable with rates computed by the
+// caller (from two samples: see RequestRates).
+func WriteStatusTableWithRates(w io.Writer, targets []Target, reports []Report, rates []Rate) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "INSTANCE\tROLE\tSTATE\tUPTIME\tREDIS\tWRITES")
 	var errs []string
@@ -227,6 +234,9 @@ func WriteStatusTable(w io.Writer, targets []Target, reports []Report) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+	}
+	if err := WriteRateTable(w, rates); err != nil {
+		return err
 	}
 	if len(errs) > 0 {
 		fmt.Fprintln(w, "\nErrors:")

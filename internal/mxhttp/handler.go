@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"io"
 	"log/slog"
 	"mime"
@@ -42,10 +43,15 @@ func (s *Server) Handle(h HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := s.reqID.Add(1)
+		log := s.log
+		if sc := trace.SpanContextFromContext(r.Context()); sc.HasTraceID() {
+			// The request's log lines name its trace.
+			log = log.With("trace_id", sc.TraceID().String())
+		}
 		rw := &statusWriter{ResponseWriter: w}
 		defer func() {
 			if p := recover(); p != nil {
-				s.log.Error("panic in handler", "request_id", id, "method", r.Method, "path", r.URL.Path,
+				log.Error("panic in handler", "request_id", id, "method", r.Method, "path", r.URL.Path,
 					"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 				if !rw.wrote {
 					WriteError(rw, Internal(fmt.Errorf("panic: %v", p)))
@@ -59,10 +65,10 @@ func (s *Server) Handle(h HandlerFunc) http.Handler {
 				me = Internal(err)
 			}
 			if me.Status >= 500 {
-				s.log.Error("request failed", "request_id", id, "method", r.Method, "path", r.URL.Path,
+				log.Error("request failed", "request_id", id, "method", r.Method, "path", r.URL.Path,
 					"status", me.Status, "err", err)
 			} else {
-				s.log.Debug("request refused", "request_id", id, "method", r.Method, "path", r.URL.Path,
+				log.Debug("request refused", "request_id", id, "method", r.Method, "path", r.URL.Path,
 					"status", me.Status, "errcode", me.Code, "err", me.Message)
 			}
 			if !rw.wrote {
@@ -70,7 +76,7 @@ func (s *Server) Handle(h HandlerFunc) http.Handler {
 			}
 			return
 		}
-		s.log.Debug("request", "request_id", id, "method", r.Method, "path", r.URL.Path,
+		log.Debug("request", "request_id", id, "method", r.Method, "path", r.URL.Path,
 			"status", rw.status, "took", time.Since(start))
 	})
 }

@@ -49,6 +49,8 @@ type Replicator struct {
 	published map[streams.Name]chan struct{} // nudges a stream's publisher
 	bounds    map[string]int64               // boundKey → highest bound read so far
 	applying  map[string]*sync.Mutex         // "stream writer" → held while rows of that writer are applied
+
+	heard heardPositions // for the lag metric
 }
 
 // Bound returns the highest position writer can truthfully have reached on
@@ -418,6 +420,7 @@ func (r *Replicator) believe(ctx context.Context, what string, name streams.Name
 	b, ok := r.bounds[bk]
 	r.mu.Unlock()
 	if ok && pos <= b {
+		r.heard.note(name, writer, pos)
 		return true
 	}
 	if r.bound == nil {
@@ -442,6 +445,7 @@ func (r *Replicator) believe(ctx context.Context, what string, name streams.Name
 			"stream", name, "writer", writer, "claimed", pos, "bound", nb)
 		return false
 	}
+	r.heard.note(name, writer, pos)
 	return true
 }
 

@@ -1,12 +1,17 @@
 package replication
 
 import (
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"ganglion/internal/tracing"
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
@@ -66,6 +71,12 @@ type Client struct {
 
 	mu      sync.Mutex
 	remotes map[string]*remote // by canonical instance name
+
+	// calls times calls (nil without RegisterMetrics).
+	calls *callMetrics
+	// tracer makes a client span of each call and sends its context along
+	// (nil or disabled: no spans).
+	tracer *tracing.Tracer
 }
 
 // remote is the connection pool for one instance. Pools are per instance
@@ -172,6 +183,25 @@ func WithWaitTimeout(d time.Duration) CallOption { return func(o *callOptions) {
 // with the remote status, errcode and message. When the response reports
 // stream positions, Call returns once this process has seen them.
 func (c *Client) Call(ctx context.Context, instance string, e Endpoint, args map[string]string, body any, out any,
+	opts ...CallOption) error {
+	start := time.Now()
+	var span trace.Span
+	if c.tracer.Enabled() {
+		ctx, span = c.tracer.Start(ctx, "replication "+e.Name, trace.SpanKindClient,
+			attribute.String("replication.endpoint", e.Name), attribute.String("replication.target", canonicalInstance(instance)))
+	}
+	err := c.call(ctx, instance, e, args, body, out, opts...)
+	c.calls.observe(e.Name, instance, time.Since(start), err)
+	if span != nil {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}
+	return err
+}
+
+func (c *Client) call(ctx context.Context, instance string, e Endpoint, args map[string]string, body any, out any,
 	opts ...CallOption) error {
 	o := callOptions{budget: DefaultBudget, unreachableBudget: DefaultUnreachableBudget, attemptTimeout: DefaultAttemptTimeout,
 		waitTimeout: DefaultWaitTimeout, retryTimeouts: true}
@@ -418,6 +448,9 @@ func (c *Client) attempt(ctx context.Context, rm *remote, method, u string, payl
 		req.Header.Set("Authorization", "Bearer "+c.secret)
 	}
 	req.Header.Set(callerHeader, c.self)
+	if c.tracer.Enabled() {
+		c.tracer.Inject(ctx, req.Header)
+	}
 	resp, err := rm.hc.Do(req)
 	if err != nil {
 		return 0, nil, err

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"hash/fnv"
 	"log/slog"
 	"strings"
@@ -88,6 +89,9 @@ type Persister struct {
 	// queues holds, per room, the requests waiting to be persisted.
 	queueMu sync.Mutex
 	queues  map[string][]*sendRequest
+
+	// batchSizes, if set, observes each batch's request count.
+	batchSizes prometheus.Observer
 }
 
 // roomCache is the persister's view of a room it owns. It is only changed
@@ -260,6 +264,9 @@ func (p *Persister) persistBatch(ctx context.Context, roomID string, batch []*se
 	// going away must not fail them.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
+	if p.batchSizes != nil {
+		p.batchSizes.Observe(float64(len(batch)))
+	}
 	err := p.persistTogether(ctx, roomID, batch)
 	if storage.CommitUnknown(err) {
 		// The commit may have taken effect: persisting the requests again

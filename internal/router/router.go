@@ -13,6 +13,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"io"
 	"log/slog"
 	"net"
@@ -28,8 +31,10 @@ import (
 	"ganglion/internal/config"
 	"ganglion/internal/forwarded"
 	"ganglion/internal/httpguard"
+	"ganglion/internal/metrics"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/routes"
+	"ganglion/internal/tracing"
 )
 
 // MetricsPath is where the router's own listener serves metrics when no
@@ -44,7 +49,10 @@ type Router struct {
 	rc      *Config
 	plan    *Plan
 	log     *slog.Logger
-	metrics *metrics
+	metrics *routerMetrics
+	// tracer traces requests and passes the trace to the backends
+	// (disabled unless SetTracer is called).
+	tracer *tracing.Tracer
 	// trust says whose X-Forwarded-For the router believes (with
 	// listen.x_forwarded).
 	trust forwarded.Trust
@@ -70,7 +78,9 @@ func New(cfg *config.Config, rc *Config, log *slog.Logger) (*Router, error) {
 	}
 	// complete validated the list.
 	trust, _ := forwarded.Parse(rc.Listen.XForwardedTrustedProxies)
-	rt := &Router{rc: rc, plan: plan, log: log, metrics: newMetrics(rc.Name), limits: cfg.HTTPLimits.Values(), trust: trust}
+	rt := &Router{rc: rc, plan: plan, log: log, limits: cfg.HTTPLimits.Values(), trust: trust}
+	rt.metrics = newMetrics(rc.Name, func() []*Backend { return rt.plan.Backends })
+	rt.tracer = tracing.Disabled()
 	dialer := &net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}
 	rt.transport = &http.Transport{
 		DialContext:         dialer.DialContext,
@@ -122,13 +132,14 @@ func (rt *Router) Handler() http.Handler {
 	return mux
 }
 
-// MetricsHandler serves the Prometheus text exposition.
-func (rt *Router) MetricsHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		_, _ = io.WriteString(w, rt.metrics.render(rt.plan.Backends))
-	})
-}
+// MetricsHandler serves the Prometheus exposition of the router's registry.
+func (rt *Router) MetricsHandler() http.Handler { return rt.metrics.reg.Handler() }
+
+// SetTracer makes the router trace requests (call before serving).
+func (rt *Router) SetTracer(t *tracing.Tracer) { rt.tracer = t }
+
+// Metrics is the router's registry (for tests and the dashboard check).
+func (rt *Router) Metrics() *metrics.Registry { return rt.metrics.reg }
 
 // attempt is the routing state of one request, shared by the handler, the
 // rewrite hook, the transport and the error handler.
@@ -166,8 +177,26 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &recorder{ResponseWriter: w}
 	a := &attempt{class: "unknown"}
+	rt.metrics.inFlight.Inc()
+	var span trace.Span
+	if rt.tracer.Enabled() {
+		var ctx context.Context
+		ctx, span = rt.tracer.Start(rt.tracer.Extract(r.Context(), r.Header), "route "+r.Method, trace.SpanKindServer,
+			attribute.String("http.request.method", r.Method))
+		r = r.WithContext(ctx)
+	}
 	defer func() {
+		rt.metrics.inFlight.Dec()
 		rt.metrics.observe(a.class, a.backendName(), rec.code(), time.Since(start))
+		if span != nil {
+			span.SetName("route " + r.Method + " " + a.class)
+			span.SetAttributes(attribute.String("ganglion.class", a.class), attribute.String("ganglion.backend", a.backendName()),
+				attribute.Int("http.response.status_code", rec.code()))
+			if rec.code() >= 500 {
+				span.SetStatus(codes.Error, http.StatusText(rec.code()))
+			}
+			span.End()
+		}
 	}()
 
 	class, ok := routes.Classify(r.Method, r.URL.Path)
@@ -274,6 +303,11 @@ func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
 	}
 	pr.SetXForwarded()
+	if rt.tracer.Enabled() {
+		// The backend's span is a child of the router's, whatever the
+		// client sent.
+		rt.tracer.Inject(pr.In.Context(), pr.Out.Header)
+	}
 	if behindProxy {
 		if proto := pr.In.Header.Get("X-Forwarded-Proto"); proto != "" {
 			pr.Out.Header.Set("X-Forwarded-Proto", proto)

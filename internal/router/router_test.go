@@ -156,9 +156,9 @@ func TestRouterHealthChecks(t *testing.T) {
 	// Metrics saw it all.
 	m := send(t, base, reqLine{method: "GET", path: router.MetricsPath})
 	for _, want := range []string{
-		`ganglion_router_requests_total{instance="router",class="sync",backend="sync2",code="200"}`,
-		`ganglion_router_request_duration_seconds_bucket{instance="router",class="sync",backend="sync1",le="+Inf"}`,
-		`ganglion_router_backend_up{instance="router",backend="sync1",url="http://` + addr + `"} 1`,
+		`ganglion_router_requests_total{backend="sync2",class="sync",code="200",instance="router"}`,
+		`ganglion_router_request_duration_seconds_bucket{backend="sync1",class="sync",instance="router",le="+Inf"}`,
+		`ganglion_router_backend_up{backend="sync1",instance="router",url="http://` + addr + `"} 1`,
 	} {
 		if !strings.Contains(string(m.body), want) {
 			t.Errorf("metrics lack %s", want)

@@ -79,6 +79,11 @@ type DB struct {
 	log    *slog.Logger
 	// readStmts prepares reader queries once (SQLite only; see stmtCache).
 	readStmts *stmtCache
+	// observeTx, if set, hears of every transaction (see SetTxObserver);
+	// names caches the names of Tx call sites.
+	observeTx TxObserver
+	spanTx    TxSpan
+	names     txNames
 }
 
 // Open connects to the database and checks that it answers. It does not
@@ -231,7 +236,22 @@ func (db *DB) Exec(ctx context.Context, query string, args ...any) (sql.Result, 
 // jittered backoff, so fn must have no effects outside tx that would be
 // wrong to repeat. The error from fn is returned unwrapped so callers can
 // match their own sentinel errors.
-func (db *DB) Tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+func (db *DB) Tx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
+	if db.observeTx != nil || db.spanTx != nil {
+		name, start := db.txName(ctx, 2), time.Now()
+		var end func(error)
+		if db.spanTx != nil {
+			end = db.spanTx(ctx, name)
+		}
+		defer func() {
+			if db.observeTx != nil {
+				db.observeTx(name, time.Since(start), err)
+			}
+			if end != nil {
+				end(err)
+			}
+		}()
+	}
 	backoff := txBackoffMin
 	for attempt := 1; ; attempt++ {
 		err := db.txOnce(ctx, fn)

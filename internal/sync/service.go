@@ -53,6 +53,8 @@ type Service struct {
 	// client gets an empty answer quickly and comes back, rather than
 	// hanging on a writer that is down.
 	catchUpWait time.Duration
+	// metrics are the long-poll series (nil without RegisterMetrics).
+	metrics *syncMetrics
 }
 
 func NewService(d Deps, log *slog.Logger) *Service {
@@ -184,10 +186,13 @@ func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (
 		// else no stream moved past the client's token, so the response
 		// would be empty: wait without computing it. This is every
 		// long-poll's first round after the previous one returned.
+		s.metrics.wait()
 		select {
 		case <-l.C:
+			s.metrics.woke(true, false)
 			l.Close()
 		case <-deadline:
+			s.metrics.woke(false, true)
 			l.Close()
 			if resp == nil {
 				resp = newResponse()
@@ -195,6 +200,7 @@ func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (
 			}
 			return resp, nil
 		case <-ctx.Done():
+			s.metrics.woke(false, false)
 			l.Close()
 			return nil, ctx.Err()
 		}
