@@ -4,7 +4,7 @@
 #
 #   bench/run-matrix.sh                         monolith on SQLite and on PostgreSQL, every scenario, default sizes
 #   bench/run-matrix.sh --small                 small sizes: checks that everything runs (figures mean little)
-#   bench/run-matrix.sh --targets postgres      only these deployments (comma-separated: sqlite, postgres, fleet, fleet-direct)
+#   bench/run-matrix.sh --targets postgres      only these deployments (comma-separated: sqlite, postgres, postgres-nopush, fleet, fleet-direct)
 #   bench/run-matrix.sh --pprof                 also save CPU and heap profiles of every scenario (the
 #                                               monoliths' metrics listener then also names the pprof resource)
 #   bench/run-matrix.sh -- -scenario send,fanout -fanout-members 1000
@@ -212,13 +212,13 @@ start_redis() {
 }
 
 start_monolith() {
-	local name=$1 engine=$2 dir="$tmp/$1" db
+	local name=$1 engine=$2 extra=${3:-} dir="$tmp/$1" db
 	mkdir -p "$dir"
 	case "$engine" in
 	sqlite) db="{\"name\": \"sqlite3\", \"args\": {\"database\": \"$dir/homeserver.db\"}}" ;;
 	postgres)
-		psql_do -d postgres -c "CREATE DATABASE ganglion_$name"
-		db="{\"name\": \"psycopg2\", \"args\": {\"host\": \"127.0.0.1\", \"port\": $pg_port, \"user\": \"postgres\", \"database\": \"ganglion_$name\", \"cp_max\": 20}}"
+		psql_do -d postgres -c "CREATE DATABASE ganglion_${name//-/_}"
+		db="{\"name\": \"psycopg2\", \"args\": {\"host\": \"127.0.0.1\", \"port\": $pg_port, \"user\": \"postgres\", \"database\": \"ganglion_${name//-/_}\", \"cp_max\": 20}}"
 		;;
 	*) die "unknown engine $engine" ;;
 	esac
@@ -226,7 +226,7 @@ start_monolith() {
 	for attempt in 1 2 3 4 5; do
 		port=$(free_port)
 		mport=$(free_port)
-		write_config "$dir/homeserver.yaml" "$port" "$mport" "$db" "$dir"
+		write_config "$dir/homeserver.yaml" "$port" "$mport" "$db" "$dir" "$extra"
 		"$tmp/ganglion" serve -c "$dir/homeserver.yaml" >"$dir/server.log" 2>&1 &
 		server_pid=$!
 		if wait_healthy "http://127.0.0.1:$port" "$server_pid"; then
@@ -246,7 +246,8 @@ start_monolith() {
 	done
 }
 
-# write_config PATH PORT METRICS_PORT DATABASE_JSON DIR. JSON is YAML.
+# write_config PATH PORT METRICS_PORT DATABASE_JSON DIR [EXTRA_JSON_MEMBERS].
+# JSON is YAML. EXTRA_JSON_MEMBERS ("key": value, …) are added to the config.
 # Profiles are served only on a listener naming the pprof resource, so
 # --pprof adds it to the metrics listener.
 write_config() {
@@ -263,7 +264,8 @@ write_config() {
     {"port": $3, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
      "resources": [{"names": [$metrics_names], "compress": false}]}
   ],
-  "enable_metrics": true,
+  "enable_metrics": true,${6:+
+  $6,}
   "database": $4,
   "signing_key_path": "$5/signing.key",
   "media_store_path": "$5/media_store",
@@ -364,6 +366,14 @@ for t in "${target_list[@]}"; do
 	case "$t" in
 	sqlite | postgres)
 		start_monolith "$t" "$t"
+		run_target "$t" "$SERVER_URLS" "$SERVER_PIDS" "$SERVER_PPROF"
+		stop_server
+		;;
+	postgres-nopush)
+		# The PostgreSQL monolith with push evaluation off (push.enabled:
+		# false): against "postgres" in the same run, what evaluating every
+		# member's push rules adds to a send (-scenario push_send).
+		start_monolith "$t" postgres '"push": {"enabled": false}'
 		run_target "$t" "$SERVER_URLS" "$SERVER_PIDS" "$SERVER_PPROF"
 		stop_server
 		;;
