@@ -695,3 +695,62 @@ func TestAppserviceHSTokenMismatch(t *testing.T) {
 	b.start(t)
 	b.waitFor(t, []id.EventID{sent.EventID}, nil)
 }
+
+// TestAppserviceLogin checks POST /login with m.login.application_service:
+// advertised in the flows, only with the service's as_token, only for
+// existing users of its namespace.
+func TestAppserviceLogin(t *testing.T) {
+	b := startBridge(t)
+	srv := startServer(t, engineSQLite, withBridge(t, b, nil))
+	b.connect(t, srv)
+	ctx := testContext(t)
+
+	flows, err := mautrix.NewClient(srv.url, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flows.Client = srv.http
+	resp, err := flows.GetLoginFlows(ctx)
+	if err != nil {
+		t.Fatalf("GET /login: %v", err)
+	}
+	if !resp.HasFlow(mautrix.AuthTypeAppservice) || !resp.HasFlow(mautrix.AuthTypePassword) {
+		t.Errorf("login flows %+v, want m.login.password and m.login.application_service", resp.Flows)
+	}
+
+	puppet := b.as.Intent(id.NewUserID("puppet_dave", serverName))
+	if status, body := asLogin(t, ctx, srv, asToken, "puppet_dave"); status != 403 || body["errcode"] != "M_FORBIDDEN" {
+		t.Errorf("login of an unregistered puppet: %d %v, want 403 M_FORBIDDEN", status, body)
+	}
+	if err := puppet.EnsureRegistered(ctx); err != nil {
+		t.Fatalf("register puppet: %v", err)
+	}
+	srv.register(t, ctx, "erin")
+	for _, c := range []struct {
+		token, user string
+		status      int
+		code        string
+	}{
+		{"", "puppet_dave", 401, "M_MISSING_TOKEN"},
+		{"not-an-as-token", "puppet_dave", 401, "M_UNKNOWN_TOKEN"},
+		{asToken, "erin", 403, "M_FORBIDDEN"}, // outside the namespace
+	} {
+		if status, body := asLogin(t, ctx, srv, c.token, c.user); status != c.status || body["errcode"] != c.code {
+			t.Errorf("login of %s with token %q: %d %v, want %d %s", c.user, c.token, status, body, c.status, c.code)
+		}
+	}
+	status, body := asLogin(t, ctx, srv, asToken, "@puppet_dave:"+serverName)
+	if status != 200 || body["user_id"] != "@puppet_dave:"+serverName {
+		t.Fatalf("login of puppet_dave: %d %v", status, body)
+	}
+	// The token works as the puppet's own.
+	c, err := mautrix.NewClient(srv.url, id.UserID(body["user_id"].(string)), body["access_token"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Client = srv.http
+	who, err := c.Whoami(ctx)
+	if err != nil || who.UserID != puppet.UserID || string(who.DeviceID) != body["device_id"] {
+		t.Errorf("whoami with the puppet's token: %+v %v", who, err)
+	}
+}
