@@ -2,6 +2,7 @@ package accounts
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 
@@ -96,4 +97,48 @@ func (s *Service) KnownUser(ctx context.Context, userID string) (bool, error) {
 		return false, nil
 	}
 	return s.UserExists(ctx, userID)
+}
+
+// loginAppservice is POST /login with type m.login.application_service: a
+// service logs in (gets a device and token for) an existing user of its
+// user namespace; the as_token is the authentication, so no password and
+// no failed-login limits.
+func (h *handlers) loginAppservice(w http.ResponseWriter, r *http.Request, body loginBody) error {
+	token := TokenFromRequest(r)
+	if token == "" {
+		return mxhttp.MissingToken()
+	}
+	ident := body.User
+	if body.Identifier != nil {
+		if body.Identifier.Type != "m.id.user" {
+			return mxhttp.Unknown("Unsupported identifier type %q", body.Identifier.Type)
+		}
+		ident = body.Identifier.User
+	}
+	if ident == "" {
+		return mxhttp.MissingParam("Missing user identifier")
+	}
+	userID, err := h.s.QualifyUser(ident)
+	if err != nil {
+		return err
+	}
+	if err := h.s.appservices.CheckRegistration(r.Context(), token, userID); err != nil {
+		var me *mxhttp.Error
+		if errors.As(err, &me) && me.Code == "M_EXCLUSIVE" {
+			return mxhttp.Forbidden("%s is not in the application service's user namespace", userID)
+		}
+		return err
+	}
+	exists, err := h.s.UserExists(r.Context(), userID)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		return mxhttp.Forbidden("Invalid username")
+	}
+	sess, err := h.s.CreateSession(r.Context(), userID, body.DeviceID, body.InitialDeviceDisplayName, body.RefreshToken)
+	if err != nil {
+		return err
+	}
+	return mxhttp.WriteJSON(w, 200, sess)
 }

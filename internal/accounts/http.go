@@ -195,7 +195,11 @@ func (h *handlers) generateLocalpart(r *http.Request) (string, error) {
 }
 
 func (h *handlers) loginFlows(w http.ResponseWriter, r *http.Request) error {
-	return mxhttp.WriteJSON(w, 200, map[string]any{"flows": []map[string]any{{"type": StagePassword}}})
+	flows := []map[string]any{{"type": StagePassword}}
+	if h.s.appservices != nil {
+		flows = append(flows, map[string]any{"type": LoginTypeAppservice})
+	}
+	return mxhttp.WriteJSON(w, 200, map[string]any{"flows": flows})
 }
 
 type loginBody struct {
@@ -215,6 +219,9 @@ func (h *handlers) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := limit(h.lim.LoginAddress, ClientIP(r)); err != nil {
 		return err
+	}
+	if body.Type == LoginTypeAppservice && h.s.appservices != nil {
+		return h.loginAppservice(w, r, body)
 	}
 	if body.Type != StagePassword {
 		return mxhttp.Unknown("Unknown login type %q", body.Type)

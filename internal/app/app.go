@@ -453,7 +453,7 @@ func (p *Process) wire(ctx context.Context) error {
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}
-	if err := p.wireAppservices(ctx, acc, roomSvc, roomStore, receiptsStore, typingReader, mux, srv); err != nil {
+	if err := p.wireAppservices(ctx, acc, roomSvc, roomStore, receiptsStore, typingReader, presSvc, tdSvc, mux, srv); err != nil {
 		return err
 	}
 	if fleet {

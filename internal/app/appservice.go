@@ -17,7 +17,7 @@ import (
 // transactions (notify_appservices_from_worker).
 func (p *Process) wireAppservices(ctx context.Context, acc *accounts.Service, roomSvc *rooms.Service,
 	roomStore *rooms.Store, receiptsStore *receipts.Store, typingReader appservice.TypingReader,
-	mux *mxhttp.Mux, srv *mxhttp.Server) error {
+	presenceRows appservice.PresenceRows, toDeviceRows appservice.ToDeviceRows, mux *mxhttp.Mux, srv *mxhttp.Server) error {
 	regs, err := appservice.LoadRegistrations(p.cfg.AppServiceConfigFiles)
 	if err != nil {
 		return err
@@ -38,6 +38,8 @@ func (p *Process) wireAppservices(ctx context.Context, acc *accounts.Service, ro
 		n := appservice.NewNotifier(p.db, p.reg, roomStore, roomSvc.Formatter("", ""), svc, appservice.NotifierOptions{}, p.log)
 		n.FollowReceipts(receiptsStore)
 		n.FollowTyping(typingReader)
+		n.FollowPresence(presenceRows)
+		n.FollowToDevice(toDeviceRows)
 		p.runners = append(p.runners, n.Run)
 	}
 	return nil

@@ -9,10 +9,12 @@ import (
 	"log/slog"
 	"time"
 
+	"ganglion/internal/presence"
 	"ganglion/internal/receipts"
 	"ganglion/internal/rooms"
 	"ganglion/internal/storage"
 	"ganglion/internal/streams"
+	"ganglion/internal/todevice"
 )
 
 // Notifier is the one instance's sender of transactions to the services
@@ -31,6 +33,8 @@ type Notifier struct {
 	// events.
 	receipts ReceiptRows
 	typing   TypingReader
+	presence PresenceRows
+	toDevice ToDeviceRows
 	svc      *Service
 	log      *slog.Logger
 	opts     NotifierOptions
@@ -62,6 +66,24 @@ type TypingReader interface {
 	Typing(roomID string) []string
 	ChangedRooms(from, to int64) []string
 }
+
+// PresenceRows reads the presence stream (presence.Service).
+type PresenceRows interface {
+	Changes(ctx context.Context, from, to int64, limit int) ([]presence.Change, error)
+}
+
+// ToDeviceRows reads the to_device stream (todevice.Service).
+type ToDeviceRows interface {
+	Rows(ctx context.Context, from, to int64, limit int) ([]todevice.InboxRow, int64, error)
+}
+
+// FollowPresence makes the notifier send m.presence to the services that
+// set receive_ephemeral.
+func (n *Notifier) FollowPresence(p PresenceRows) { n.presence = p }
+
+// FollowToDevice makes the notifier send to-device messages for their
+// exclusive users to the services that set receive_ephemeral.
+func (n *Notifier) FollowToDevice(t ToDeviceRows) { n.toDevice = t }
 
 // FollowTyping makes the notifier send typing notifications to the
 // services that set receive_ephemeral.
@@ -108,6 +130,10 @@ type Transaction struct {
 	// MSC2409's unstable key, sent alongside for services that predate
 	// the stable one.
 	UnstableEphemeral []json.RawMessage `json:"de.sorunome.msc2409.ephemeral,omitempty"`
+	// To-device messages to the service's exclusive users (MSC2409), under
+	// the stable key and Synapse's unstable one.
+	ToDevice         []json.RawMessage `json:"to_device,omitempty"`
+	UnstableToDevice []json.RawMessage `json:"de.sorunome.msc2409.to_device,omitempty"`
 }
 
 // follower is one stream the notifier follows by position, and how a
@@ -132,6 +158,12 @@ func (n *Notifier) Run(ctx context.Context) error {
 	}
 	if n.typing != nil && n.anyEphemeral() {
 		fs = append(fs, &follower{stream: streams.Typing, read: n.readTyping, volatile: true})
+	}
+	if n.presence != nil && n.anyEphemeral() {
+		fs = append(fs, &follower{stream: streams.Presence, read: n.readPresence})
+	}
+	if n.toDevice != nil && n.anyEphemeral() {
+		fs = append(fs, &follower{stream: streams.ToDevice, read: n.readToDevice})
 	}
 	for _, f := range fs {
 		if f.volatile {
@@ -457,6 +489,96 @@ func (n *Notifier) readReceipts(ctx context.Context, from, to int64) (int64, map
 		}
 		if err := n.queueEphemeral(ctx, queued, row.RoomID, row.UserID, edu); err != nil {
 			return from, nil, err
+		}
+	}
+	return next, queued, nil
+}
+
+// readPresence sends m.presence of the users a service is interested in:
+// those of its user namespace and those sharing a joined room with one.
+func (n *Notifier) readPresence(ctx context.Context, from, to int64) (int64, map[string]*Transaction, error) {
+	changes, err := n.presence.Changes(ctx, from, to, n.opts.BatchSize)
+	if err != nil {
+		return from, nil, err
+	}
+	next := to
+	if len(changes) == n.opts.BatchSize {
+		next = changes[len(changes)-1].StreamID
+	}
+	queued := map[string]*Transaction{}
+	for _, c := range changes {
+		edu, err := json.Marshal(c.Event)
+		if err != nil {
+			return from, nil, err
+		}
+		var joined []string
+		for _, r := range n.svc.regs {
+			if r.URL == "" || !r.ReceiveEphemeral {
+				continue
+			}
+			yes := r.IsInterestedInUser(c.Event.Sender, n.svc.serverName)
+			if !yes && joined == nil {
+				if joined, err = n.store.RoomsForUser(ctx, c.Event.Sender, "join"); err != nil {
+					return from, nil, fmt.Errorf("rooms of %s: %w", c.Event.Sender, err)
+				}
+				if joined == nil {
+					joined = []string{}
+				}
+			}
+			for _, roomID := range joined {
+				if yes {
+					break
+				}
+				if yes, err = n.roomInterest(ctx, r, roomID); err != nil {
+					return from, nil, err
+				}
+			}
+			if yes {
+				txn := queued[r.ID]
+				if txn == nil {
+					txn = &Transaction{}
+					queued[r.ID] = txn
+				}
+				txn.Ephemeral = append(txn.Ephemeral, edu)
+				txn.UnstableEphemeral = append(txn.UnstableEphemeral, edu)
+			}
+		}
+	}
+	return next, queued, nil
+}
+
+// readToDevice sends each to-device message addressed to a user in a
+// service's exclusive user namespace to that service, with its recipient
+// (to_user_id, to_device_id), as Synapse does.
+func (n *Notifier) readToDevice(ctx context.Context, from, to int64) (int64, map[string]*Transaction, error) {
+	rows, next, err := n.toDevice.Rows(ctx, from, to, n.opts.BatchSize)
+	if err != nil {
+		return from, nil, err
+	}
+	queued := map[string]*Transaction{}
+	for _, row := range rows {
+		var msg json.RawMessage
+		for _, r := range n.svc.regs {
+			if r.URL == "" || !r.ReceiveEphemeral || !matches(r.Users, row.UserID, true) {
+				continue
+			}
+			if msg == nil {
+				content := row.Content
+				if len(content) == 0 {
+					content = json.RawMessage("{}")
+				}
+				if msg, err = json.Marshal(map[string]any{"type": row.Type, "sender": row.Sender, "content": content,
+					"to_user_id": row.UserID, "to_device_id": row.DeviceID}); err != nil {
+					return from, nil, err
+				}
+			}
+			txn := queued[r.ID]
+			if txn == nil {
+				txn = &Transaction{}
+				queued[r.ID] = txn
+			}
+			txn.ToDevice = append(txn.ToDevice, msg)
+			txn.UnstableToDevice = append(txn.UnstableToDevice, msg)
 		}
 	}
 	return next, queued, nil

@@ -40,6 +40,8 @@ type bridge struct {
 	events   []*event.Event // timeline events, in arrival order
 	receipts []*event.Event // m.receipt ephemeral events
 	typing   []*event.Event // m.typing ephemeral events
+	presence []*event.Event // m.presence ephemeral events
+	toDevice []*event.Event // to-device messages (MSC2409)
 	// txns maps each transaction id the homeserver sent to its body;
 	// txnOrder lists first arrivals.
 	txns     map[string]string
@@ -177,12 +179,43 @@ func (b *bridge) collect() {
 				b.receipts = append(b.receipts, ev)
 			case ev.Type == event.EphemeralEventTyping:
 				b.typing = append(b.typing, ev)
+			case ev.Type == event.EphemeralEventPresence:
+				b.presence = append(b.presence, ev)
 			case ev.ID != "":
 				b.events = append(b.events, ev)
 			}
 			b.mu.Unlock()
+		case ev := <-b.as.ToDeviceEvents:
+			b.mu.Lock()
+			b.toDevice = append(b.toDevice, ev)
+			b.mu.Unlock()
 		}
 	}
+}
+
+// asLogin is POST /login with type m.login.application_service for user,
+// authenticated with token; it returns the status and the decoded body.
+func asLogin(t *testing.T, ctx context.Context, srv *server, token, user string) (int, map[string]any) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"type": "m.login.application_service",
+		"identifier": map[string]any{"type": "m.id.user", "user": user}})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.url+"/_matrix/client/v3/login", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := srv.http.Do(req)
+	if err != nil {
+		t.Fatalf("login %s: %v", user, err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatalf("login %s: decode: %v", user, err)
+	}
+	return resp.StatusCode, out
 }
 
 // received returns the event ids received so far, in order.
@@ -338,6 +371,49 @@ func TestAppserviceTransactions(t *testing.T) {
 				for _, e := range b.typing {
 					if tc, ok := e.Content.Parsed.(*event.TypingEventContent); ok && e.RoomID == room &&
 						slices.Contains(tc.UserIDs, carol.UserID) {
+						return true
+					}
+				}
+				return false
+			})
+
+			// The bridge logs its puppet in (m.login.application_service),
+			// which gives it a device; a to-device message to it reaches
+			// the bridge with its recipient (MSC2409).
+			status, login := asLogin(t, ctx, srv, asToken, "puppet_alice")
+			if status != 200 || login["device_id"] == nil {
+				t.Fatalf("appservice login of puppet_alice: %d %v", status, login)
+			}
+			puppetDevice := id.DeviceID(login["device_id"].(string))
+			if _, err := carol.SendToDevice(ctx, event.NewEventType("com.example.bridge_ping"), &mautrix.ReqSendToDevice{
+				Messages: map[id.UserID]map[id.DeviceID]*event.Content{
+					alice.UserID: {"*": {Raw: map[string]any{"ping": "to the puppet"}}},
+				}}); err != nil {
+				t.Fatalf("send to-device: %v", err)
+			}
+			testutil.Eventually(t, 30*time.Second, "to-device message at the appservice", func() bool {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				for _, e := range b.toDevice {
+					if e.Sender == carol.UserID && e.ToUserID == alice.UserID && e.ToDeviceID == puppetDevice &&
+						e.Type.Type == "com.example.bridge_ping" && e.Content.Raw["ping"] == "to the puppet" {
+						return true
+					}
+				}
+				return false
+			})
+
+			// Carol shares a room with the puppets: her presence reaches
+			// the bridge.
+			if err := carol.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceOnline, StatusMsg: "bridged"}); err != nil {
+				t.Fatalf("set presence: %v", err)
+			}
+			testutil.Eventually(t, 30*time.Second, "m.presence at the appservice", func() bool {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				for _, e := range b.presence {
+					if pc, ok := e.Content.Parsed.(*event.PresenceEventContent); ok && e.Sender == carol.UserID &&
+						pc.Presence == event.PresenceOnline && pc.StatusMessage == "bridged" {
 						return true
 					}
 				}
@@ -618,4 +694,63 @@ func TestAppserviceHSTokenMismatch(t *testing.T) {
 	b.as.Registration.ServerToken = hsToken
 	b.start(t)
 	b.waitFor(t, []id.EventID{sent.EventID}, nil)
+}
+
+// TestAppserviceLogin checks POST /login with m.login.application_service:
+// advertised in the flows, only with the service's as_token, only for
+// existing users of its namespace.
+func TestAppserviceLogin(t *testing.T) {
+	b := startBridge(t)
+	srv := startServer(t, engineSQLite, withBridge(t, b, nil))
+	b.connect(t, srv)
+	ctx := testContext(t)
+
+	flows, err := mautrix.NewClient(srv.url, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flows.Client = srv.http
+	resp, err := flows.GetLoginFlows(ctx)
+	if err != nil {
+		t.Fatalf("GET /login: %v", err)
+	}
+	if !resp.HasFlow(mautrix.AuthTypeAppservice) || !resp.HasFlow(mautrix.AuthTypePassword) {
+		t.Errorf("login flows %+v, want m.login.password and m.login.application_service", resp.Flows)
+	}
+
+	puppet := b.as.Intent(id.NewUserID("puppet_dave", serverName))
+	if status, body := asLogin(t, ctx, srv, asToken, "puppet_dave"); status != 403 || body["errcode"] != "M_FORBIDDEN" {
+		t.Errorf("login of an unregistered puppet: %d %v, want 403 M_FORBIDDEN", status, body)
+	}
+	if err := puppet.EnsureRegistered(ctx); err != nil {
+		t.Fatalf("register puppet: %v", err)
+	}
+	srv.register(t, ctx, "erin")
+	for _, c := range []struct {
+		token, user string
+		status      int
+		code        string
+	}{
+		{"", "puppet_dave", 401, "M_MISSING_TOKEN"},
+		{"not-an-as-token", "puppet_dave", 401, "M_UNKNOWN_TOKEN"},
+		{asToken, "erin", 403, "M_FORBIDDEN"}, // outside the namespace
+	} {
+		if status, body := asLogin(t, ctx, srv, c.token, c.user); status != c.status || body["errcode"] != c.code {
+			t.Errorf("login of %s with token %q: %d %v, want %d %s", c.user, c.token, status, body, c.status, c.code)
+		}
+	}
+	status, body := asLogin(t, ctx, srv, asToken, "@puppet_dave:"+serverName)
+	if status != 200 || body["user_id"] != "@puppet_dave:"+serverName {
+		t.Fatalf("login of puppet_dave: %d %v", status, body)
+	}
+	// The token works as the puppet's own.
+	c, err := mautrix.NewClient(srv.url, id.UserID(body["user_id"].(string)), body["access_token"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Client = srv.http
+	who, err := c.Whoami(ctx)
+	if err != nil || who.UserID != puppet.UserID || string(who.DeviceID) != body["device_id"] {
+		t.Errorf("whoami with the puppet's token: %+v %v", who, err)
+	}
 }

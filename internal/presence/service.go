@@ -292,3 +292,43 @@ func (s *Service) Status(ctx context.Context, userID string) (Content, error) {
 	}
 	return s.content(st), nil
 }
+
+// Change is one user's presence as it stood at a stream position.
+type Change struct {
+	StreamID int64
+	Event    Event
+}
+
+// Changes returns the presence rows changed in (from, to], oldest first,
+// at most limit, for application services (MSC2409); nothing when presence
+// is disabled. A user has one row, so a user who changed twice appears once,
+// at the latest state.
+func (s *Service) Changes(ctx context.Context, from, to int64, limit int) ([]Change, error) {
+	if !s.opts.Enabled {
+		return nil, nil
+	}
+	q, err := s.db.Reader().QueryContext(ctx, `SELECT stream_id, `+rowColumns+` FROM presence
+		WHERE stream_id > $1 AND stream_id <= $2 ORDER BY stream_id LIMIT $3`, from, to, limit)
+	if err != nil {
+		return nil, fmt.Errorf("presence changes in (%d, %d]: %w", from, to, err)
+	}
+	defer q.Close()
+	var out []Change
+	for q.Next() {
+		var c Change
+		var r row
+		var msg sql.NullString
+		if err := q.Scan(&c.StreamID, &r.userID, &r.state, &msg, &r.lastActive, &r.lastSync, &r.currentlyActive); err != nil {
+			return nil, fmt.Errorf("presence changes in (%d, %d]: %w", from, to, err)
+		}
+		if msg.Valid {
+			r.statusMsg = &msg.String
+		}
+		c.Event = s.event(r)
+		out = append(out, c)
+	}
+	if err := q.Err(); err != nil {
+		return nil, fmt.Errorf("presence changes in (%d, %d]: %w", from, to, err)
+	}
+	return out, nil
+}

@@ -2,6 +2,7 @@ package todevice
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -119,4 +120,51 @@ func (s *Service) PruneTxns(ctx context.Context, now time.Time, maxAge time.Dura
 	}
 	n, _ := res.RowsAffected()
 	return n, nil
+}
+
+// InboxRow is one stored to-device message with its recipient.
+type InboxRow struct {
+	StreamID int64
+	UserID   string
+	DeviceID string
+	Message
+}
+
+// Rows returns the messages of every recipient with stream ids in
+// (from, to], for application services (MSC2409). One send shares a stream
+// id across its recipients, so a batch holds whole stream ids: at most
+// limit of them. upTo is the last stream id read (to when none remain).
+func (s *Service) Rows(ctx context.Context, from, to int64, limit int) (out []InboxRow, upTo int64, err error) {
+	upTo = to
+	var last sql.NullInt64
+	if err := s.db.Reader().QueryRowContext(ctx, `SELECT MAX(stream_id) FROM (SELECT DISTINCT stream_id FROM device_inbox
+		WHERE stream_id > $1 AND stream_id <= $2 ORDER BY stream_id LIMIT $3) AS ids`, from, to, limit).Scan(&last); err != nil {
+		return nil, from, fmt.Errorf("to-device stream ids in (%d, %d]: %w", from, to, err)
+	}
+	if !last.Valid {
+		return nil, to, nil
+	}
+	if last.Int64 < to {
+		// Perhaps more remain past the batch: resume after it.
+		upTo = last.Int64
+	}
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT stream_id, user_id, device_id, sender, type, content FROM device_inbox
+		WHERE stream_id > $1 AND stream_id <= $2 ORDER BY stream_id, user_id, device_id`, from, upTo)
+	if err != nil {
+		return nil, from, fmt.Errorf("to-device messages in (%d, %d]: %w", from, upTo, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r InboxRow
+		var content string
+		if err := rows.Scan(&r.StreamID, &r.UserID, &r.DeviceID, &r.Sender, &r.Type, &content); err != nil {
+			return nil, from, fmt.Errorf("to-device messages in (%d, %d]: %w", from, upTo, err)
+		}
+		r.Content = json.RawMessage(content)
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, from, fmt.Errorf("to-device messages in (%d, %d]: %w", from, upTo, err)
+	}
+	return out, upTo, nil
 }
