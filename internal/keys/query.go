@@ -164,6 +164,10 @@ func (s *Service) deviceKeysOf(ctx context.Context, users string, want map[strin
 		if only := want[userID]; len(only) > 0 && !slices.Contains(only, deviceID) {
 			continue
 		}
+		if b, ok := withDisplayName(keyJSON, name); ok && len(sigs[userID][deviceID]) == 0 {
+			out[userID][deviceID] = b
+			continue
+		}
 		var obj map[string]json.RawMessage
 		if err := json.Unmarshal([]byte(keyJSON), &obj); err != nil {
 			return fmt.Errorf("device keys of %s/%s: %w", userID, deviceID, err)
@@ -294,4 +298,28 @@ func (s *Service) ClaimKeys(ctx context.Context, want map[string]map[string]stri
 		res.OneTimeKeys[c.userID][c.deviceID] = map[string]json.RawMessage{c.alg + ":" + c.keyID: json.RawMessage(c.keyJSON)}
 	}
 	return res, nil
+}
+
+// withDisplayName appends the device's display name in unsigned to stored
+// device keys (a canonical object, which never holds unsigned) without
+// decoding them: a query naming a room's members answers hundreds of
+// devices, and decoding and re-encoding each dominated its cost. ok is
+// false if keyJSON is not an object.
+func withDisplayName(keyJSON string, name sql.NullString) (json.RawMessage, bool) {
+	if len(keyJSON) < 2 || keyJSON[0] != '{' || keyJSON[len(keyJSON)-1] != '}' {
+		return nil, false
+	}
+	if !name.Valid {
+		return json.RawMessage(keyJSON), true
+	}
+	n, _ := json.Marshal(name.String)
+	b := make([]byte, 0, len(keyJSON)+len(n)+40)
+	b = append(b, keyJSON[:len(keyJSON)-1]...)
+	if len(keyJSON) > 2 {
+		b = append(b, ',')
+	}
+	b = append(b, `"unsigned":{"device_display_name":`...)
+	b = append(b, n...)
+	b = append(b, "}}"...)
+	return b, true
 }
