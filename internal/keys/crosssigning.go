@@ -357,27 +357,6 @@ func sameSignedContent(obj map[string]json.RawMessage, storedCanon []byte) bool 
 	return a != nil && string(a) == string(b)
 }
 
-// signaturesFor loads the uploaded signatures of targetUser's keys that
-// viewer may see: those by targetUser itself, and those by viewer.
-func (s *Service) signaturesFor(ctx context.Context, targetUser, viewer string) (map[string][]Signature, error) {
-	rows, err := s.db.Reader().QueryContext(ctx, `SELECT target_key_id, signer_user_id, signer_key_id, signature
-		FROM e2e_cross_signing_signatures WHERE target_user_id = $1 AND (signer_user_id = $1 OR signer_user_id = $2)`,
-		targetUser, viewer)
-	if err != nil {
-		return nil, fmt.Errorf("signatures of %s: %w", targetUser, err)
-	}
-	defer rows.Close()
-	out := map[string][]Signature{}
-	for rows.Next() {
-		sg := Signature{TargetUser: targetUser}
-		if err := rows.Scan(&sg.TargetKey, &sg.SignerUser, &sg.SignerKey, &sg.Signature); err != nil {
-			return nil, fmt.Errorf("signatures of %s: %w", targetUser, err)
-		}
-		out[sg.TargetKey] = append(out[sg.TargetKey], sg)
-	}
-	return out, rows.Err()
-}
-
 // mergeSignatures adds sigs to obj's signatures.
 func mergeSignatures(obj map[string]json.RawMessage, sigs []Signature) {
 	if len(sigs) == 0 {
