@@ -382,11 +382,7 @@ func (n *Notifier) readEvents(ctx context.Context, from, to int64) (int64, map[s
 				return from, nil, err
 			}
 			if yes {
-				txn := queued[r.ID]
-				if txn == nil {
-					txn = &Transaction{}
-					queued[r.ID] = txn
-				}
+				txn := txnFor(queued, r.ID)
 				txn.Events = append(txn.Events, raw)
 			}
 		}
@@ -433,13 +429,7 @@ func (n *Notifier) queueEphemeral(ctx context.Context, queued map[string]*Transa
 			}
 		}
 		if yes {
-			txn := queued[r.ID]
-			if txn == nil {
-				txn = &Transaction{}
-				queued[r.ID] = txn
-			}
-			txn.Ephemeral = append(txn.Ephemeral, edu)
-			txn.UnstableEphemeral = append(txn.UnstableEphemeral, edu)
+			txnFor(queued, r.ID).addEphemeral(edu)
 		}
 	}
 	return nil
@@ -476,13 +466,7 @@ func (n *Notifier) readReceipts(ctx context.Context, from, to int64) (int64, map
 			// wrote them.
 			for _, r := range n.svc.regs {
 				if r.URL != "" && r.ReceiveEphemeral && r.IsInterestedInUser(row.UserID, n.svc.serverName) {
-					txn := queued[r.ID]
-					if txn == nil {
-						txn = &Transaction{}
-						queued[r.ID] = txn
-					}
-					txn.Ephemeral = append(txn.Ephemeral, edu)
-					txn.UnstableEphemeral = append(txn.UnstableEphemeral, edu)
+					txnFor(queued, r.ID).addEphemeral(edu)
 				}
 			}
 			continue
@@ -534,13 +518,7 @@ func (n *Notifier) readPresence(ctx context.Context, from, to int64) (int64, map
 				}
 			}
 			if yes {
-				txn := queued[r.ID]
-				if txn == nil {
-					txn = &Transaction{}
-					queued[r.ID] = txn
-				}
-				txn.Ephemeral = append(txn.Ephemeral, edu)
-				txn.UnstableEphemeral = append(txn.UnstableEphemeral, edu)
+				txnFor(queued, r.ID).addEphemeral(edu)
 			}
 		}
 	}
@@ -572,11 +550,7 @@ func (n *Notifier) readToDevice(ctx context.Context, from, to int64) (int64, map
 					return from, nil, err
 				}
 			}
-			txn := queued[r.ID]
-			if txn == nil {
-				txn = &Transaction{}
-				queued[r.ID] = txn
-			}
+			txn := txnFor(queued, r.ID)
 			txn.ToDevice = append(txn.ToDevice, msg)
 			txn.UnstableToDevice = append(txn.UnstableToDevice, msg)
 		}
@@ -746,4 +720,22 @@ func (n *Notifier) oldest(ctx context.Context, asID string) (int64, []byte, bool
 		return 0, nil, false, fmt.Errorf("read queued transaction: %w", err)
 	}
 	return id, []byte(body), true, nil
+}
+
+// txnFor returns the transaction being assembled for service id, creating
+// it on first use.
+func txnFor(queued map[string]*Transaction, id string) *Transaction {
+	txn := queued[id]
+	if txn == nil {
+		txn = &Transaction{}
+		queued[id] = txn
+	}
+	return txn
+}
+
+// addEphemeral adds an ephemeral event under both the stable and the
+// MSC2409 key.
+func (t *Transaction) addEphemeral(edu json.RawMessage) {
+	t.Ephemeral = append(t.Ephemeral, edu)
+	t.UnstableEphemeral = append(t.UnstableEphemeral, edu)
 }
