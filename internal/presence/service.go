@@ -171,22 +171,24 @@ func (s *Service) Since(ctx context.Context, forUser string, from, to int64) ([]
 	if len(rows) == 0 {
 		return nil, nil
 	}
-	// Few users change presence between two syncs, so checking each of
-	// them against forUser's rooms beats listing all of forUser's
-	// co-members.
-	mine, err := s.rooms.RoomsForUser(ctx, forUser, "join")
-	if err != nil {
-		return nil, fmt.Errorf("rooms of %s: %w", forUser, err)
+	// One query for all changed users: after many users come online at
+	// once (a crowd's first syncs), asking per user would cost a query
+	// per changed user in every sync.
+	others := make([]string, 0, len(rows))
+	for _, r := range rows {
+		if r.userID != forUser {
+			others = append(others, r.userID)
+		}
+	}
+	sharing := map[string]bool{}
+	if len(others) > 0 {
+		if sharing, err = s.rooms.UsersSharingJoinedRoom(ctx, forUser, others); err != nil {
+			return nil, fmt.Errorf("presence for %s: %w", forUser, err)
+		}
 	}
 	var out []Event
 	for _, r := range rows {
-		ok := r.userID == forUser
-		if !ok {
-			if ok, err = s.shareRoom(ctx, mine, r.userID); err != nil {
-				return nil, err
-			}
-		}
-		if ok {
+		if r.userID == forUser || sharing[r.userID] {
 			out = append(out, s.event(r))
 		}
 	}
@@ -238,38 +240,17 @@ func (s *Service) rowsFor(ctx context.Context, userIDs []string, to int64) ([]ro
 	return out, nil
 }
 
-// shareRoom reports whether userID is joined to any of rooms.
-func (s *Service) shareRoom(ctx context.Context, rooms []string, userID string) (bool, error) {
-	if len(rooms) == 0 {
-		return false, nil
-	}
-	theirs, err := s.rooms.RoomsForUser(ctx, userID, "join")
-	if err != nil {
-		return false, fmt.Errorf("rooms of %s: %w", userID, err)
-	}
-	set := make(map[string]bool, len(rooms))
-	for _, r := range rooms {
-		set[r] = true
-	}
-	for _, r := range theirs {
-		if set[r] {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
 // CanSee reports whether observer may see target's presence: themselves,
 // or someone sharing a joined room.
 func (s *Service) CanSee(ctx context.Context, observer, target string) (bool, error) {
 	if observer == target {
 		return true, nil
 	}
-	mine, err := s.rooms.RoomsForUser(ctx, observer, "join")
+	sharing, err := s.rooms.UsersSharingJoinedRoom(ctx, observer, []string{target})
 	if err != nil {
-		return false, fmt.Errorf("rooms of %s: %w", observer, err)
+		return false, fmt.Errorf("presence visibility of %s to %s: %w", target, observer, err)
 	}
-	return s.shareRoom(ctx, mine, target)
+	return sharing[target], nil
 }
 
 // Status is a user's current presence (offline if never set).

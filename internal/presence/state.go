@@ -52,6 +52,9 @@ func ValidState(s string) bool { return s == Online || s == Unavailable || s == 
 type Rooms interface {
 	RoomsForUser(ctx context.Context, userID string, memberships ...string) ([]string, error)
 	JoinedMembers(ctx context.Context, roomID string) ([]string, error)
+	// UsersSharingJoinedRoom returns which of candidates share a joined
+	// room with userID, in one round trip for many candidates.
+	UsersSharingJoinedRoom(ctx context.Context, userID string, candidates []string) (map[string]bool, error)
 }
 
 // status is one user's presence as the writer tracks it. Times are unix

@@ -361,6 +361,41 @@ func (s *Store) RoomsForUser(ctx context.Context, userID string, memberships ...
 	return scanStrings(rows)
 }
 
+// UsersSharingJoinedRoom returns which of candidates are joined to a room
+// that userID is also joined to. One query per 500 candidates, instead of a
+// RoomsForUser per candidate: presence asks this for every user whose
+// presence changed since a sync, which after a crowd comes online is
+// everybody.
+func (s *Store) UsersSharingJoinedRoom(ctx context.Context, userID string, candidates []string) (map[string]bool, error) {
+	const chunk = 500
+	out := map[string]bool{}
+	for i := 0; i < len(candidates); i += chunk {
+		part := candidates[i:min(i+chunk, len(candidates))]
+		args := []any{userID}
+		ph := make([]string, len(part))
+		for j, u := range part {
+			args = append(args, u)
+			ph[j] = fmt.Sprintf("$%d", j+2)
+		}
+		rows, err := s.db.Reader().QueryContext(ctx, `SELECT DISTINCT theirs.state_key FROM current_state mine
+			JOIN current_state theirs ON theirs.room_id = mine.room_id
+			WHERE mine.type = 'm.room.member' AND mine.state_key = $1 AND mine.membership = 'join'
+			AND theirs.type = 'm.room.member' AND theirs.membership = 'join'
+			AND theirs.state_key IN (`+strings.Join(ph, ",")+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("users sharing a room with %s: %w", userID, err)
+		}
+		users, err := scanStrings(rows)
+		if err != nil {
+			return nil, fmt.Errorf("users sharing a room with %s: %w", userID, err)
+		}
+		for _, u := range users {
+			out[u] = true
+		}
+	}
+	return out, nil
+}
+
 // JoinedMembers lists the room's joined users.
 func (s *Store) JoinedMembers(ctx context.Context, roomID string) ([]string, error) {
 	rows, err := s.db.Reader().QueryContext(ctx, `SELECT state_key FROM current_state
