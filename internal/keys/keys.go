@@ -213,6 +213,38 @@ func (s *Service) OneTimeKeyCounts(ctx context.Context, userID, deviceID string)
 	return out, rows.Err()
 }
 
+// SyncKeyCounts is OneTimeKeyCounts and UnusedFallbackKeyTypes in one
+// round trip: /sync asks both on every response, for every device.
+func (s *Service) SyncKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT 0, algorithm, count(*) FROM e2e_one_time_keys
+		WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
+		UNION ALL
+		SELECT 1, algorithm, 0 FROM e2e_fallback_keys WHERE user_id = $1 AND device_id = $2 AND NOT used`, userID, deviceID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("key counts of %s/%s: %w", userID, deviceID, err)
+	}
+	defer rows.Close()
+	counts := map[string]int{AlgSignedCurve25519: 0}
+	fallback := []string{}
+	for rows.Next() {
+		var kind, n int
+		var alg string
+		if err := rows.Scan(&kind, &alg, &n); err != nil {
+			return nil, nil, fmt.Errorf("key counts of %s/%s: %w", userID, deviceID, err)
+		}
+		if kind == 0 {
+			counts[alg] = n
+		} else {
+			fallback = append(fallback, alg)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("key counts of %s/%s: %w", userID, deviceID, err)
+	}
+	slices.Sort(fallback)
+	return counts, fallback, nil
+}
+
 // UnusedFallbackKeyTypes lists the algorithms of the device's fallback keys
 // that nobody has claimed yet.
 func (s *Service) UnusedFallbackKeyTypes(ctx context.Context, userID, deviceID string) ([]string, error) {

@@ -294,6 +294,12 @@ func TestOneTimeAndFallbackKeyUpload(t *testing.T) {
 		if types, _ = f.s.UnusedFallbackKeyTypes(ctx, alice.user, alice.id); !slices.Equal(types, []string{"signed_curve25519"}) {
 			t.Fatalf("fallback types: %v", types)
 		}
+		// /sync reads both in one query: the same answers.
+		syncCounts, syncTypes, err := f.s.SyncKeyCounts(ctx, alice.user, alice.id)
+		if err != nil || syncCounts["signed_curve25519"] != 5 || syncCounts["curve25519"] != 1 || len(syncCounts) != 2 ||
+			!slices.Equal(syncTypes, []string{"signed_curve25519"}) {
+			t.Fatalf("sync key counts %v %v, %v", syncCounts, syncTypes, err)
+		}
 		two := map[string]json.RawMessage{"signed_curve25519:f2": fb["signed_curve25519:f1"], "signed_curve25519:f3": fb["signed_curve25519:f1"]}
 		if _, err := up(nil, two); !isCode(err, "M_INVALID_PARAM") {
 			t.Fatalf("two fallback keys of one algorithm: %v", err)

@@ -19,15 +19,11 @@ func (s *Service) keys(ctx context.Context, r *request, resp *Response) error {
 	if r.deviceID == "" {
 		return nil
 	}
-	counts, err := s.Keys.OneTimeKeyCounts(ctx, r.userID, r.deviceID)
+	counts, fb, err := s.Keys.SyncKeyCounts(ctx, r.userID, r.deviceID)
 	if err != nil {
 		return err
 	}
 	resp.DeviceOneTimeKeysCount = counts
-	fb, err := s.Keys.UnusedFallbackKeyTypes(ctx, r.userID, r.deviceID)
-	if err != nil {
-		return err
-	}
 	resp.DeviceUnusedFallbackKeyTypes = &fb
 	return nil
 }

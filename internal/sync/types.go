@@ -74,8 +74,9 @@ type PresenceReader interface {
 // tokens and a device's one-time and fallback key state.
 type KeysReader interface {
 	Changes(ctx context.Context, userID string, from, to streams.Token) (changed, left []string, err error)
-	OneTimeKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, error)
-	UnusedFallbackKeyTypes(ctx context.Context, userID, deviceID string) ([]string, error)
+	// SyncKeyCounts returns the device's one-time key counts and its
+	// unused fallback key types together.
+	SyncKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error)
 }
 
 // Response is the /sync body.
