@@ -4,7 +4,7 @@
 #
 #   bench/run-matrix.sh                         monolith on SQLite and on PostgreSQL, every scenario, default sizes
 #   bench/run-matrix.sh --small                 small sizes: checks that everything runs (figures mean little)
-#   bench/run-matrix.sh --targets postgres      only these deployments (comma-separated: sqlite, postgres, postgres-nopush, fleet, fleet-direct)
+#   bench/run-matrix.sh --targets postgres      only these deployments (comma-separated: sqlite, postgres, postgres-nopush, postgres-nometrics, fleet, fleet-direct)
 #   bench/run-matrix.sh --pprof                 also save CPU and heap profiles of every scenario (the
 #                                               monoliths' metrics listener then also names the pprof resource)
 #   bench/run-matrix.sh -- -scenario send,fanout -fanout-members 1000
@@ -374,6 +374,14 @@ for t in "${target_list[@]}"; do
 		# false): against "postgres" in the same run, what evaluating every
 		# member's push rules adds to a send (-scenario push_send).
 		start_monolith "$t" postgres '"push": {"enabled": false}'
+		run_target "$t" "$SERVER_URLS" "$SERVER_PIDS" "$SERVER_PPROF"
+		stop_server
+		;;
+	postgres-nometrics)
+		# The PostgreSQL monolith with enable_metrics: false (requests and
+		# transactions not measured): against "postgres" in the same run,
+		# what the instrumentation costs (-scenario send).
+		start_monolith "$t" postgres '"enable_metrics": false'
 		run_target "$t" "$SERVER_URLS" "$SERVER_PIDS" "$SERVER_PPROF"
 		stop_server
 		;;

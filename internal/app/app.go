@@ -106,7 +106,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	p.db = db
-	metrics.InstrumentDB(p.metrics.Registerer(), db)
+	metrics.InstrumentDB(p.metrics.Registerer(), db, cfg.MetricsEnabled())
 	if err := p.startTracing(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -126,7 +126,9 @@ func (p *Process) wire(ctx context.Context) error {
 	cfg, log, db := p.cfg, p.log, p.db
 	instance := cfg.InstanceName()
 	mr := p.metrics.Registerer()
-	p.httpMetrics = metrics.NewHTTP(mr)
+	if cfg.MetricsEnabled() {
+		p.httpMetrics = metrics.NewHTTP(mr)
+	}
 	if cfg.IsMain() {
 		if err := db.Migrate(ctx); err != nil {
 			return fmt.Errorf("migrate database: %w", err)

@@ -130,7 +130,11 @@ type Config struct {
 	AllowPublicRoomsWithoutAuth    bool             `yaml:"allow_public_rooms_without_auth"`
 	AllowPublicRoomsOverFederation bool             `yaml:"allow_public_rooms_over_federation"`
 	RoomListPublicationRules       []map[string]any `yaml:"room_list_publication_rules"` // raw
-	EnableMetrics                  bool             `yaml:"enable_metrics"`
+	// EnableMetrics is Synapse's key, but unset means on here: every
+	// process serves its metrics on a `metrics` listener. false leaves the
+	// series registered but stops measuring requests and transactions,
+	// which is how the benchmark prices the instrumentation.
+	EnableMetrics *bool `yaml:"enable_metrics"`
 
 	// Per-worker keys.
 	WorkerApp       string     `yaml:"worker_app"` // as written; see WorkerRole
@@ -642,3 +646,7 @@ func orMain(name string) string {
 	}
 	return name
 }
+
+// MetricsEnabled reports whether requests and transactions are measured:
+// unless enable_metrics is false.
+func (c *Config) MetricsEnabled() bool { return c.EnableMetrics == nil || *c.EnableMetrics }

@@ -16,7 +16,7 @@ func TestLoadMergeSharedAndWorker(t *testing.T) {
 rc_message: {per_second: 1, burst_count: 20}
 trusted_key_servers: [{server_name: matrix.org}]
 max_upload_size: 10M
-enable_metrics: true
+enable_metrics: false
 `
 	worker := `
 worker_app: synapse.app.generic_worker
@@ -52,7 +52,7 @@ max_upload_size: null
 		{"stream_writers.events replaced", strings.Join(cfg.StreamWriters(config.StreamEvents), ","), "persister1"},
 		{"stream_writers.typing kept", strings.Join(cfg.StreamWriters(config.StreamTyping), ","), "persister1"},
 		{"max_upload_size back to default", cfg.MaxUploadBytes(), int64(50 << 20)},
-		{"enable_metrics from shared", cfg.EnableMetrics, true},
+		{"enable_metrics: false from shared", cfg.MetricsEnabled(), false},
 		{"trusted_key_servers raw", cfg.TrustedKeyServers[0]["server_name"], "matrix.org"},
 		{"instance", cfg.InstanceName(), "persister1"},
 		{"rc_registration default", cfg.RCRegistration, config.RateLimit{PerSecond: 0.17, BurstCount: 3}},

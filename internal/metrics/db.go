@@ -19,8 +19,8 @@ type txSeries struct {
 // InstrumentDB registers the database's series on r: the connection pools
 // (database/sql's DBStats: open, in use, idle, waits, as go_sql_* series
 // labelled db_name) and a duration histogram and error count per named
-// transaction (see storage.WithTxName).
-func InstrumentDB(r prometheus.Registerer, db *storage.DB) {
+// transaction (see storage.WithTxName), measured only when timeTransactions.
+func InstrumentDB(r prometheus.Registerer, db *storage.DB, timeTransactions bool) {
 	for name, pool := range db.Pools() {
 		r.MustRegister(collectors.NewDBStatsCollector(pool, name))
 	}
@@ -30,6 +30,9 @@ func InstrumentDB(r prometheus.Registerer, db *storage.DB) {
 	failed := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Subsystem: "db", Name: "transaction_errors_total",
 		Help: "Transactions that did not commit, per transaction name (including callers' own errors that roll back)."}, []string{"name"})
 	r.MustRegister(duration, failed)
+	if !timeTransactions {
+		return
+	}
 	var byName sync.Map // name → *txSeries
 	db.SetTxObserver(func(name string, took time.Duration, err error) {
 		s, ok := byName.Load(name)

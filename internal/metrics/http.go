@@ -165,8 +165,12 @@ type Request struct {
 	start time.Time
 }
 
-// Begin starts measuring a request of the class Classify returned.
+// Begin starts measuring a request of the class Classify returned. On a
+// nil HTTP (enable_metrics: false) it measures nothing.
 func (m *HTTP) Begin(c *routes.Class, name, method string) Request {
+	if m == nil {
+		return Request{}
+	}
 	m.inFlight.Inc()
 	return Request{m: m, class: m.classIndex(c, name), meth: methodIndex(method), start: time.Now()}
 }
@@ -174,6 +178,9 @@ func (m *HTTP) Begin(c *routes.Class, name, method string) Request {
 // End records the request's status code and response size.
 func (q Request) End(code int, size int64) {
 	m := q.m
+	if m == nil {
+		return
+	}
 	m.inFlight.Dec()
 	took := time.Since(q.start).Seconds()
 	m.sizes[q.class].Observe(float64(size))

@@ -185,7 +185,7 @@ func TestInstrumentDB(t *testing.T) {
 	}
 	defer db.Close()
 	reg := metrics.New("main")
-	metrics.InstrumentDB(reg.Registerer(), db)
+	metrics.InstrumentDB(reg.Registerer(), db, true)
 	ok := func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS t (x INTEGER)`)
 		return err

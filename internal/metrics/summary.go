@@ -33,6 +33,9 @@ func LongPollClasses() []string { return []string{"legacy_sync", "sync"} }
 
 // Summary sums the request histogram over every class but the long-polls.
 func (m *HTTP) Summary() Summary {
+	if m == nil {
+		return Summary{}
+	}
 	ch := make(chan prometheus.Metric, 64)
 	go func() { m.duration.Collect(ch); close(ch) }()
 	byLE := map[float64]uint64{}
