@@ -77,7 +77,7 @@ func wirePush(ctx context.Context, p *Process, db *storage.DB, reg *streams.Regi
 		opts := push.DeliveryOptions{}
 		if e := cfg.Email; e.EnableNotifs {
 			opts.Email = &push.EmailSettings{Host: e.SMTPHost, Port: e.SMTPPort, User: e.SMTPUser, Pass: e.SMTPPass,
-				RequireTLS: e.RequireTransportSecurity, EnableTLS: e.EnableTLS, AppName: e.AppName,
+				RequireTLS: e.RequireTransportSecurity, EnableTLS: e.EnableTLS, ForceTLS: e.ForceTLS, AppName: e.AppName,
 				// As in Synapse, notif_from may name the app with %(app)s.
 				From:          strings.ReplaceAll(e.NotifFrom, "%(app)s", e.AppName),
 				ClientBaseURL: e.ClientBaseURL, Delay: e.MailDelay()}

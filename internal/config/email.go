@@ -16,7 +16,10 @@ type EmailConfig struct {
 	// RequireTransportSecurity refuses to send unless STARTTLS succeeds.
 	RequireTransportSecurity bool `yaml:"require_transport_security"`
 	// EnableTLS: use STARTTLS when the server offers it (default true).
-	EnableTLS    bool   `yaml:"enable_tls"`
+	EnableTLS bool `yaml:"enable_tls"`
+	// ForceTLS speaks TLS from the first byte (SMTPS, usually port 465)
+	// instead of upgrading with STARTTLS.
+	ForceTLS     bool   `yaml:"force_tls"`
 	NotifFrom    string `yaml:"notif_from"`
 	AppName      string `yaml:"app_name"`
 	EnableNotifs bool   `yaml:"enable_notifs"`
@@ -49,6 +52,9 @@ func (c *Config) validateEmail(ps *problems) {
 	e := c.Email
 	if e.SMTPPort < 1 || e.SMTPPort > 65535 {
 		ps.add("email.smtp_port", "must be between 1 and 65535, got %d", e.SMTPPort)
+	}
+	if e.ForceTLS && !e.EnableTLS {
+		ps.add("email.force_tls", "cannot be true while email.enable_tls is false")
 	}
 	if d, err := e.NotifDelayBeforeMail.Parse(); err != nil || d <= 0 {
 		ps.add("email.notif_delay_before_mail", "must be a positive duration such as 10m, got %q", string(e.NotifDelayBeforeMail))

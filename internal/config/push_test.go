@@ -50,11 +50,11 @@ func TestLoadEmail(t *testing.T) {
 		}
 	}
 	_, err := config.Load(writeFiles(t, [2]string{"homeserver.yaml", minimalMain +
-		"email: {enable_notifs: true, smtp_port: 0, notif_delay_before_mail: soon}\n"}), nil)
+		"email: {enable_notifs: true, smtp_port: 0, notif_delay_before_mail: soon, force_tls: true, enable_tls: false}\n"}), nil)
 	if err == nil {
 		t.Fatal("Load succeeded, want problems")
 	}
-	if got, want := problemPaths(t, err), []string{"email.notif_delay_before_mail", "email.notif_from", "email.smtp_port"}; !slices.Equal(got, want) {
+	if got, want := problemPaths(t, err), []string{"email.force_tls", "email.notif_delay_before_mail", "email.notif_from", "email.smtp_port"}; !slices.Equal(got, want) {
 		t.Errorf("problem paths %v, want %v", got, want)
 	}
 }

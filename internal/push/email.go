@@ -29,9 +29,12 @@ type EmailSettings struct {
 	// RequireTLS refuses to send unless STARTTLS succeeds; EnableTLS
 	// uses it when the server offers it.
 	RequireTLS, EnableTLS bool
-	From                  string
-	AppName               string
-	ClientBaseURL         string
+	// ForceTLS is implicit TLS (SMTPS): the connection is TLS from the
+	// start, STARTTLS is not used.
+	ForceTLS      bool
+	From          string
+	AppName       string
+	ClientBaseURL string
 	// Delay is how long a notification waits, unread, before it is mailed.
 	Delay time.Duration
 	// TLSConfig is for tests (a custom root); nil verifies as usual.
@@ -60,6 +63,15 @@ func (e *EmailSettings) sendMail(ctx context.Context, to string, msg []byte) err
 	if err != nil {
 		return fmt.Errorf("connect to SMTP server %s: %w", addr, err)
 	}
+	tlsOn := false
+	if e.ForceTLS {
+		tc := tls.Client(conn, e.tlsConfig())
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return fmt.Errorf("TLS with SMTP server %s: %w", addr, err)
+		}
+		conn, tlsOn = tc, true
+	}
 	// One deadline for the whole conversation: a stuck server cannot hold
 	// the pusher loop.
 	_ = conn.SetDeadline(time.Now().Add(time.Minute))
@@ -72,13 +84,8 @@ func (e *EmailSettings) sendMail(ctx context.Context, to string, msg []byte) err
 	if err := c.Hello("localhost"); err != nil {
 		return fmt.Errorf("SMTP EHLO: %w", err)
 	}
-	tlsOn := false
-	if ok, _ := c.Extension("STARTTLS"); ok && (e.EnableTLS || e.RequireTLS) {
-		cfg := e.TLSConfig
-		if cfg == nil {
-			cfg = &tls.Config{ServerName: e.Host}
-		}
-		if err := c.StartTLS(cfg); err != nil {
+	if ok, _ := c.Extension("STARTTLS"); !tlsOn && ok && (e.EnableTLS || e.RequireTLS) {
+		if err := c.StartTLS(e.tlsConfig()); err != nil {
 			return fmt.Errorf("SMTP STARTTLS: %w", err)
 		}
 		tlsOn = true
@@ -114,6 +121,13 @@ func (e *EmailSettings) sendMail(ctx context.Context, to string, msg []byte) err
 		return fmt.Errorf("SMTP DATA: %w", err)
 	}
 	return c.Quit()
+}
+
+func (e *EmailSettings) tlsConfig() *tls.Config {
+	if e.TLSConfig != nil {
+		return e.TLSConfig
+	}
+	return &tls.Config{ServerName: e.Host}
 }
 
 // composeMail builds a multipart/alternative message (plain text and
