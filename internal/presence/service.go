@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"ganglion/internal/ratelimit"
 	"log/slog"
-	"strings"
 	"time"
 
 	"ganglion/internal/storage"
@@ -220,14 +219,9 @@ func (s *Service) rowsFor(ctx context.Context, userIDs []string, to int64) ([]ro
 	var out []row
 	for i := 0; i < len(userIDs); i += chunk {
 		part := userIDs[i:min(i+chunk, len(userIDs))]
-		args := []any{to}
-		ph := make([]string, len(part))
-		for j, u := range part {
-			args = append(args, u)
-			ph[j] = fmt.Sprintf("$%d", j+2)
-		}
+		args, in := storage.AppendIn([]any{to}, part)
 		q, err := s.db.Reader().QueryContext(ctx, `SELECT `+rowColumns+` FROM presence
-			WHERE stream_id <= $1 AND user_id IN (`+strings.Join(ph, ",")+`) ORDER BY user_id`, args...)
+			WHERE stream_id <= $1 AND user_id IN (`+in+`) ORDER BY user_id`, args...)
 		if err != nil {
 			return nil, err
 		}

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"ganglion/internal/storage"
@@ -133,15 +132,10 @@ func (s *Store) ForRooms(ctx context.Context, userID string, roomIDs []string, f
 	byRoom := map[string]content{}
 	for i := 0; i < len(roomIDs); i += roomChunk {
 		part := roomIDs[i:min(i+roomChunk, len(roomIDs))]
-		args := []any{from, to, ReadPrivate, userID}
-		ph := make([]string, len(part))
-		for j, id := range part {
-			args = append(args, id)
-			ph[j] = fmt.Sprintf("$%d", len(args))
-		}
+		args, in := storage.AppendIn([]any{from, to, ReadPrivate, userID}, part)
 		rows, err := s.db.Reader().QueryContext(ctx, `SELECT room_id, receipt_type, user_id, thread_id, event_id, data
 			FROM receipts WHERE stream_id > $1 AND stream_id <= $2 AND (receipt_type <> $3 OR user_id = $4)
-			AND room_id IN (`+strings.Join(ph, ",")+`) ORDER BY stream_id`, args...)
+			AND room_id IN (`+in+`) ORDER BY stream_id`, args...)
 		if err != nil {
 			return nil, fmt.Errorf("read receipts for %s: %w", userID, err)
 		}

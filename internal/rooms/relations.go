@@ -10,6 +10,7 @@ import (
 
 	"ganglion/internal/events"
 	"ganglion/internal/mxhttp"
+	"ganglion/internal/storage"
 )
 
 // Relations (spec: "Forming relationships between events", threads, edits,
@@ -199,13 +200,7 @@ func (s *Store) aggregations(ctx context.Context, parents []string, userID strin
 	const chunk = 200
 	for i := 0; i < len(parents); i += chunk {
 		part := parents[i:min(i+chunk, len(parents))]
-		args := []any{userID}
-		ph := make([]string, len(part))
-		for j, id := range part {
-			args = append(args, id)
-			ph[j] = fmt.Sprintf("$%d", j+2)
-		}
-		in := strings.Join(ph, ",")
+		args, in := storage.AppendIn([]any{userID}, part)
 		rows, err := s.db.Reader().QueryContext(ctx, `
 			SELECT relates_to_id, rel_type, event_id, sender, type, origin_server_ts, stream_ordering, 0, 0
 			FROM event_relations WHERE relates_to_id IN (`+in+`) AND rel_type IN ('m.replace', 'm.reference')

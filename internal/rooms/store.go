@@ -169,13 +169,8 @@ func (s *Store) EventsByID(ctx context.Context, ids []string) (map[string]*Store
 	const chunk = 200
 	for i := 0; i < len(ids); i += chunk {
 		part := ids[i:min(i+chunk, len(ids))]
-		ph := make([]string, len(part))
-		args := make([]any, len(part))
-		for j, id := range part {
-			ph[j] = fmt.Sprintf("$%d", j+1)
-			args[j] = id
-		}
-		rows, err := s.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM events e WHERE e.event_id IN (`+strings.Join(ph, ",")+`)`, args...)
+		args, in := storage.AppendIn(nil, part)
+		rows, err := s.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM events e WHERE e.event_id IN (`+in+`)`, args...)
 		if err != nil {
 			return nil, fmt.Errorf("load events: %w", err)
 		}
@@ -347,14 +342,9 @@ func (s *Store) stateHistory(ctx context.Context, roomID, typ, stateKey string) 
 // RoomsForUser lists rooms where the user's current membership is one of
 // memberships.
 func (s *Store) RoomsForUser(ctx context.Context, userID string, memberships ...string) ([]string, error) {
-	ph := make([]string, len(memberships))
-	args := []any{userID}
-	for i, m := range memberships {
-		args = append(args, m)
-		ph[i] = fmt.Sprintf("$%d", i+2)
-	}
+	args, in := storage.AppendIn([]any{userID}, memberships)
 	rows, err := s.db.Reader().QueryContext(ctx, `SELECT room_id FROM current_state WHERE type = 'm.room.member'
-		AND state_key = $1 AND membership IN (`+strings.Join(ph, ",")+`) ORDER BY room_id`, args...)
+		AND state_key = $1 AND membership IN (`+in+`) ORDER BY room_id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("rooms of %s: %w", userID, err)
 	}
@@ -371,17 +361,12 @@ func (s *Store) UsersSharingJoinedRoom(ctx context.Context, userID string, candi
 	out := map[string]bool{}
 	for i := 0; i < len(candidates); i += chunk {
 		part := candidates[i:min(i+chunk, len(candidates))]
-		args := []any{userID}
-		ph := make([]string, len(part))
-		for j, u := range part {
-			args = append(args, u)
-			ph[j] = fmt.Sprintf("$%d", j+2)
-		}
+		args, in := storage.AppendIn([]any{userID}, part)
 		rows, err := s.db.Reader().QueryContext(ctx, `SELECT DISTINCT theirs.state_key FROM current_state mine
 			JOIN current_state theirs ON theirs.room_id = mine.room_id
 			WHERE mine.type = 'm.room.member' AND mine.state_key = $1 AND mine.membership = 'join'
 			AND theirs.type = 'm.room.member' AND theirs.membership = 'join'
-			AND theirs.state_key IN (`+strings.Join(ph, ",")+`)`, args...)
+			AND theirs.state_key IN (`+in+`)`, args...)
 		if err != nil {
 			return nil, fmt.Errorf("users sharing a room with %s: %w", userID, err)
 		}

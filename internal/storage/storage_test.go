@@ -742,3 +742,13 @@ func TestCommitUnknown(t *testing.T) {
 		t.Error("an error outside COMMIT is reported as an unknown commit")
 	}
 }
+
+func TestAppendIn(t *testing.T) {
+	args, in := storage.AppendIn([]any{"x"}, []string{"a", "b", "c"})
+	if in != "$2,$3,$4" || len(args) != 4 || args[0] != "x" || args[3] != "c" {
+		t.Fatalf("AppendIn: %q %v", in, args)
+	}
+	if args, in = storage.AppendIn(nil, []string{"only"}); in != "$1" || len(args) != 1 {
+		t.Fatalf("AppendIn: %q %v", in, args)
+	}
+}
