@@ -183,7 +183,7 @@ func TestWellKnownCaching(t *testing.T) {
 	e := newResolveEnv(t)
 	e.host("a.test", "b.test", "c.test", "d.test")
 	e.wk.json("a.test", `{"m.server": "x.test:1"}`, "Cache-Control", "public, max-age=7200")
-	e.wk.json("b.test", `{"m.server": "x.test:1"}`)                              // default 24 h
+	e.wk.json("b.test", `{"m.server": "x.test:1"}`)                                // default 24 h
 	e.wk.json("c.test", `{"m.server": "x.test:1"}`, "Cache-Control", "max-age=10") // raised to 1 h
 	e.wk.json("d.test", `{"m.server": "x.test:1"}`, "Cache-Control", "max-age=9999999")
 	resolve := func(name string) {
