@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -293,6 +294,12 @@ func (c *Client) do(ctx context.Context, req Request) error {
 
 	resp, err := c.http.Do(hreq)
 	if err != nil {
+		// Do names the request itself; url.Error's URL, built from the
+		// opaque path, would only confuse.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return err
 	}
 	defer resp.Body.Close()

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -151,3 +152,5 @@ func newClient(t testing.TB, o client.Options) *client.Client {
 }
 
 func hp(host string, port int) string { return fmt.Sprintf("%s:%d", host, port) }
+
+func writeFile(path, content string) error { return os.WriteFile(path, []byte(content), 0o600) }
