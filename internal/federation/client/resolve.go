@@ -188,7 +188,12 @@ type wellKnownCache struct {
 
 type wellKnownEntry struct {
 	delegated string // "" when the host does not delegate (or failed)
-	expires   time.Time
+	// expires is when the answer may no longer be used; refreshAt, no
+	// later, is when the next lookup fetches again. A valid delegation is
+	// refreshed before it expires so that a failed refresh can keep using
+	// it: one unreachable moment of the .well-known host does not send
+	// our requests to the wrong server.
+	expires, refreshAt time.Time
 	// failures counts consecutive network failures, for the backoff.
 	failures int
 }
@@ -218,6 +223,10 @@ const (
 	wellKnownFailureMax   = time.Hour
 )
 
+// wellKnownRefreshFactor: a valid answer is refreshed after this share of
+// its cache period.
+const wellKnownRefreshFactor = 0.8
+
 // lookup returns the delegated server name of host, from the cache or a
 // fetch.
 func (c *wellKnownCache) lookup(ctx context.Context, host string) (string, bool) {
@@ -225,26 +234,37 @@ func (c *wellKnownCache) lookup(ctx context.Context, host string) (string, bool)
 	c.mu.Lock()
 	e, ok := c.entries[host]
 	c.mu.Unlock()
-	if ok && now.Before(e.expires) {
+	if ok && now.Before(e.refreshAt) {
 		return e.delegated, e.delegated != ""
 	}
 	delegated, status, ttl := c.fetch(ctx, host)
 	if ctx.Err() != nil {
-		// Our caller gave up; that says nothing about the host.
+		// Our caller gave up; that says nothing about the host. A
+		// delegation still valid is still good.
+		if ok && now.Before(e.expires) {
+			return e.delegated, e.delegated != ""
+		}
 		return "", false
 	}
-	next := wellKnownEntry{delegated: delegated}
+	var next wellKnownEntry
 	switch status {
 	case fetchValid:
-		next.expires = now.Add(ttl)
+		next = wellKnownEntry{delegated: delegated, expires: now.Add(ttl),
+			refreshAt: now.Add(time.Duration(float64(ttl) * wellKnownRefreshFactor))}
 	case fetchInvalid:
-		next.delegated = ""
-		next.expires = now.Add(wellKnownInvalidCache)
+		next = wellKnownEntry{expires: now.Add(wellKnownInvalidCache), refreshAt: now.Add(wellKnownInvalidCache)}
 	case fetchFailed:
-		next.delegated = ""
 		next.failures = e.failures + 1
-		backoff := wellKnownFailureFirst << min(next.failures-1, 10)
-		next.expires = now.Add(min(backoff, wellKnownFailureMax))
+		backoff := min(wellKnownFailureFirst<<min(next.failures-1, 10), wellKnownFailureMax)
+		next.expires, next.refreshAt = now.Add(backoff), now.Add(backoff)
+		if ok && e.delegated != "" && now.Before(e.expires) {
+			// The host did not answer: keep the delegation it gave us
+			// while it is valid, and try again after the backoff.
+			next.delegated, next.expires = e.delegated, e.expires
+			if next.refreshAt.After(e.expires) {
+				next.refreshAt = e.expires
+			}
+		}
 	}
 	c.mu.Lock()
 	if c.entries == nil {

@@ -202,27 +202,77 @@ func TestWellKnownCaching(t *testing.T) {
 			t.Fatalf("%s: %d fetches, want %d", host, got, n)
 		}
 	}
+	// Answers are refreshed after 80% of their cache period, so that a
+	// failed refresh can fall back on the answer still valid.
 	want("a.test", 1)
-	e.clock.advance(59 * time.Minute)
+	e.clock.advance(47 * time.Minute)
 	resolve("c.test")
 	want("c.test", 1)
-	e.clock.advance(2 * time.Minute) // 61 min
+	e.clock.advance(2 * time.Minute) // 49 min: 80% of c's 1 h minimum
 	resolve("a.test")
 	resolve("c.test")
 	want("a.test", 1)
 	want("c.test", 2)
-	e.clock.advance(60 * time.Minute) // 2 h 1 min
+	e.clock.advance(47 * time.Minute) // 96 min: 80% of a's 2 h
 	resolve("a.test")
 	want("a.test", 2)
-	e.clock.advance(22 * time.Hour) // 24 h 1 min
+	e.clock.advance(17*time.Hour + 37*time.Minute) // 19 h 13 min: past 80% of b's 24 h
 	resolve("b.test")
 	want("b.test", 2)
-	e.clock.advance(23 * time.Hour) // 47 h 1 min
+	e.clock.advance(19 * time.Hour) // 38 h 13 min
 	resolve("d.test")
 	want("d.test", 1)
-	e.clock.advance(time.Hour) // 48 h 1 min: the 48 h cap
+	e.clock.advance(time.Hour) // 39 h 13 min: past 80% of the 48 h cap
 	resolve("d.test")
 	want("d.test", 2)
+}
+
+// A delegation whose refresh fails is kept until it expires; after that
+// the server is resolved as undelegated.
+func TestWellKnownKeptWhileRefreshFails(t *testing.T) {
+	e := newResolveEnv(t)
+	e.host("flaky.test")
+	e.wk.json("flaky.test", `{"m.server": "x.test:1"}`)
+	host := func() string {
+		t.Helper()
+		r, err := e.c.Resolver().Resolve(context.Background(), "flaky.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Host
+	}
+	if h := host(); h != "x.test:1" {
+		t.Fatalf("Host %s", h)
+	}
+	e.wk.set("flaky.test", func(w http.ResponseWriter, r *http.Request) {
+		hj, _ := w.(http.Hijacker)
+		conn, _, _ := hj.Hijack()
+		conn.Close()
+	})
+	e.clock.advance(20 * time.Hour) // past the refresh point, before expiry
+	// (net/http retries a GET once when a reused connection drops, so one
+	// refresh may reach the server twice.)
+	if h := host(); h != "x.test:1" || e.wk.count("flaky.test") < 2 {
+		t.Fatalf("failed refresh: Host %s after %d fetches, want the old delegation after a refresh", h, e.wk.count("flaky.test"))
+	}
+	fetched := e.wk.count("flaky.test")
+	e.clock.advance(time.Minute)
+	if h := host(); h != "x.test:1" || e.wk.count("flaky.test") != fetched {
+		t.Fatalf("within the backoff: Host %s after %d fetches (%d before)", h, e.wk.count("flaky.test"), fetched)
+	}
+	e.clock.advance(4*time.Hour + time.Minute) // past the 24 h expiry
+	if h := host(); h != "flaky.test" {
+		t.Fatalf("expired delegation still used: Host %s", h)
+	}
+	// A host that now answers "no delegation" is believed at once.
+	e.host("gone.test")
+	e.wk.json("gone.test", `{"m.server": "x.test:1"}`)
+	e.c.Resolver().Resolve(context.Background(), "gone.test")
+	e.wk.set("gone.test", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
+	e.clock.advance(20 * time.Hour)
+	if r, _ := e.c.Resolver().Resolve(context.Background(), "gone.test"); r.Host != "gone.test" {
+		t.Fatalf("delegation kept after a 404: Host %s", r.Host)
+	}
 }
 
 func TestWellKnownErrorCaching(t *testing.T) {
