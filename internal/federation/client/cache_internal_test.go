@@ -1,9 +1,14 @@
 package client
 
 import (
+	"context"
+	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"ganglion/internal/testutil"
 )
 
 func TestCachePeriod(t *testing.T) {
@@ -45,5 +50,51 @@ func TestServerNameOfRoundTrip(t *testing.T) {
 	}
 	if urlHost("a.example") == urlHost("a.example:443") {
 		t.Error("a.example and a.example:443 share a connection pool key")
+	}
+}
+
+// Concurrent lookups of one host share one fetch, and a caller that gives
+// up does not cancel it for the others.
+func TestWellKnownLookupsShareOneFetch(t *testing.T) {
+	entered, release := make(chan struct{}, 4), make(chan struct{})
+	var fetches atomic.Int64
+	c := &wellKnownCache{now: time.Now, log: slog.New(slog.DiscardHandler)}
+	c.fetch = func(ctx context.Context, host string) (string, fetchStatus, time.Duration) {
+		fetches.Add(1)
+		entered <- struct{}{}
+		<-release
+		return "d.example:1", fetchValid, time.Hour
+	}
+	waiters := func() int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if call := c.inflight["h.example"]; call != nil {
+			return call.waiters
+		}
+		return 0
+	}
+	impatient, giveUp := context.WithCancel(context.Background())
+	results := make(chan string, 3)
+	go func() { d, _ := c.lookup(impatient, "h.example"); results <- "impatient:" + d }()
+	<-entered
+	for range 2 {
+		go func() { d, _ := c.lookup(context.Background(), "h.example"); results <- d }()
+	}
+	testutil.Eventually(t, 5*time.Second, "three lookups waiting on one fetch", func() bool { return waiters() == 3 })
+	giveUp()
+	if got := <-results; got != "impatient:" {
+		t.Fatalf("cancelled lookup got %q", got)
+	}
+	close(release)
+	for range 2 {
+		if got := <-results; got != "d.example:1" {
+			t.Fatalf("waiting lookup got %q", got)
+		}
+	}
+	if d, ok := c.lookup(context.Background(), "h.example"); !ok || d != "d.example:1" {
+		t.Fatalf("cached answer %q %v", d, ok)
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Fatalf("%d fetches, want 1", n)
 	}
 }

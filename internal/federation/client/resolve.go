@@ -184,6 +184,16 @@ type wellKnownCache struct {
 
 	mu      sync.Mutex
 	entries map[string]wellKnownEntry
+	// inflight holds the fetch under way per host: concurrent lookups of
+	// a host whose answer expired wait for one fetch instead of each
+	// making their own.
+	inflight map[string]*wellKnownCall
+}
+
+type wellKnownCall struct {
+	done      chan struct{}
+	delegated string // valid once done is closed
+	waiters   int    // lookups waiting (for tests)
 }
 
 type wellKnownEntry struct {
@@ -233,19 +243,46 @@ func (c *wellKnownCache) lookup(ctx context.Context, host string) (string, bool)
 	now := c.now()
 	c.mu.Lock()
 	e, ok := c.entries[host]
-	c.mu.Unlock()
 	if ok && now.Before(e.refreshAt) {
+		c.mu.Unlock()
 		return e.delegated, e.delegated != ""
 	}
-	delegated, status, ttl := c.fetch(ctx, host)
-	if ctx.Err() != nil {
-		// Our caller gave up; that says nothing about the host. A
-		// delegation still valid is still good.
+	call := c.inflight[host]
+	if call == nil {
+		if c.inflight == nil {
+			c.inflight = map[string]*wellKnownCall{}
+		}
+		call = &wellKnownCall{done: make(chan struct{})}
+		c.inflight[host] = call
+		// The fetch outlives a caller that gives up, bounded by its own
+		// timeout, so that its answer is cached for the others.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wellKnownTimeout)
+		go func() {
+			defer cancel()
+			c.refresh(fctx, host, call)
+		}()
+	}
+	call.waiters++
+	c.mu.Unlock()
+	select {
+	case <-call.done:
+		return call.delegated, call.delegated != ""
+	case <-ctx.Done():
+		// Our caller gave up; a delegation still valid is still good.
 		if ok && now.Before(e.expires) {
 			return e.delegated, e.delegated != ""
 		}
 		return "", false
 	}
+}
+
+// refresh fetches host's answer, caches it and completes call.
+func (c *wellKnownCache) refresh(ctx context.Context, host string, call *wellKnownCall) {
+	delegated, status, ttl := c.fetch(ctx, host)
+	now := c.now()
+	c.mu.Lock()
+	e, ok := c.entries[host]
+	c.mu.Unlock()
 	var next wellKnownEntry
 	switch status {
 	case fetchValid:
@@ -280,6 +317,8 @@ func (c *wellKnownCache) lookup(ctx context.Context, host string) (string, bool)
 		}
 	}
 	c.entries[host] = next
+	delete(c.inflight, host)
+	call.delegated = next.delegated
 	c.mu.Unlock()
-	return next.delegated, next.delegated != ""
+	close(call.done)
 }
