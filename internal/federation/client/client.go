@@ -7,6 +7,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -239,6 +240,11 @@ func (c *Client) do(ctx context.Context, req Request) error {
 	if !strings.HasPrefix(req.Path, "/_matrix/") {
 		return fmt.Errorf("path %q does not start with /_matrix/", req.Path)
 	}
+	// The path goes into the request line as it is (it is what is
+	// signed), so it must already be escaped.
+	if i := strings.IndexFunc(req.Path, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '#' || r > 0x7e }); i >= 0 {
+		return fmt.Errorf("path %q is not escaped (byte %d)", req.Path, i)
+	}
 	timeout := c.timeout
 	if req.Timeout > 0 {
 		timeout = req.Timeout
@@ -274,9 +280,9 @@ func (c *Client) do(ctx context.Context, req Request) error {
 	hreq.Host = res.Host
 	hreq.Header.Set("User-Agent", c.userAgent)
 	if body != nil {
-		hreq.Body = io.NopCloser(strings.NewReader(string(body)))
+		hreq.Body = io.NopCloser(bytes.NewReader(body))
 		hreq.ContentLength = int64(len(body))
-		hreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(string(body))), nil }
+		hreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 		hreq.Header.Set("Content-Type", "application/json")
 	}
 	if !req.Unsigned {

@@ -291,8 +291,10 @@ func TestResponses(t *testing.T) {
 	if err := c.GetJSON(ctx, dest, "/_matrix/federation/v1/version", nil); !errors.As(err, &he) || he.Status != 401 || he.Errcode != "M_UNAUTHORIZED" {
 		t.Errorf("unsigned federation request: %v", err)
 	}
-	if err := c.GetJSON(ctx, dest, "/not/matrix", nil); err == nil {
-		t.Error("a path outside /_matrix/ was requested")
+	for _, bad := range []string{"/not/matrix", "/_matrix/a b", "/_matrix/a\r\nX: y", "/_matrix/é", "/_matrix/a#b"} {
+		if err := c.GetJSON(ctx, dest, bad, nil); err == nil {
+			t.Errorf("path %q was requested", bad)
+		}
 	}
 	start := time.Now()
 	err := c.Do(ctx, client.Request{Method: "GET", Destination: dest, Path: "/_matrix/test/slow", Unsigned: true, Timeout: 200 * time.Millisecond})
