@@ -445,12 +445,12 @@ func (p *Process) wire(ctx context.Context) error {
 	pushSvc.PushersRoutes(mux, srv, acc)
 	tdSvc.Routes(mux, srv, acc)
 	keysSvc.Routes(mux, srv, acc)
+	federationInfoRoutes(mux, srv)
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)
 	syncSvc.Routes(mux, srv, acc)
 	p.wireDirectoryAndSearch(mux, srv, acc, roomSvc, persister, rl(cfg.RCUserDirectory))
 	infoRoutes(mux, srv, cfg, acc)
-	federationInfoRoutes(mux, srv)
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}
