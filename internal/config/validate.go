@@ -73,10 +73,10 @@ func (c *Config) Validate() error {
 	c.validateInstanceMap(&ps)
 	c.validateWriters(&ps)
 	c.validateDuties(&ps)
+	c.validateFederation(&ps)
 	c.validateRedis(&ps)
 	c.validateMedia(&ps)
 	c.validateEmail(&ps)
-	c.validateFederation(&ps)
 	if len(ps) == 0 {
 		return nil
 	}
