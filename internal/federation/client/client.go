@@ -173,6 +173,12 @@ func NewFromConfig(cfg *config.Config, key events.SigningKey, log *slog.Logger) 
 	})
 }
 
+// CloseIdleConnections closes the kept-alive connections (at shutdown).
+func (c *Client) CloseIdleConnections() {
+	c.http.CloseIdleConnections()
+	c.wellKnownHTTP.CloseIdleConnections()
+}
+
 // Resolver resolves server names with the client's DNS and .well-known
 // cache.
 func (c *Client) Resolver() *Resolver { return c.resolver }

@@ -22,6 +22,8 @@ type DNS interface {
 	LookupSRV(ctx context.Context, service, proto, name string) (cname string, addrs []*net.SRV, err error)
 }
 
+var _ DNS = (*net.Resolver)(nil)
+
 // DefaultPort is the federation port when nothing names another.
 const DefaultPort = 8448
 
