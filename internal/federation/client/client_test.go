@@ -296,6 +296,12 @@ func TestResponses(t *testing.T) {
 			t.Errorf("path %q was requested", bad)
 		}
 	}
+	// Dropping the kept-alive connections does not stop later requests.
+	c.CloseIdleConnections()
+	if err := c.Do(ctx, client.Request{Method: "GET", Destination: dest, Path: "/_matrix/test/big", Unsigned: true,
+		MaxResponseBytes: 8192}); err != nil {
+		t.Errorf("after CloseIdleConnections: %v", err)
+	}
 	start := time.Now()
 	err := c.Do(ctx, client.Request{Method: "GET", Destination: dest, Path: "/_matrix/test/slow", Unsigned: true, Timeout: 200 * time.Millisecond})
 	if !errors.Is(err, context.DeadlineExceeded) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"ganglion/internal/events"
 	"ganglion/internal/federation/xmatrix"
+	"ganglion/internal/mxhttp"
 )
 
 // keyring is a VerifyKeyFinder over fixed keys, each valid until a time.
@@ -326,5 +328,30 @@ func TestVerifyRejectsMalformedSignature(t *testing.T) {
 	other.Key = "curve25519:x"
 	if err := xmatrix.Verify(context.Background(), ring, other, req, now.UnixMilli()); err == nil {
 		t.Error("a non-ed25519 key id verified")
+	}
+}
+
+// Auth wraps error-returning handlers the same way.
+func TestAuthWrapsHandlerFunc(t *testing.T) {
+	remote := mustKey(t)
+	ring := newKeyring()
+	ring.add("remote.example", remote, now.Add(time.Hour).UnixMilli())
+	a := &xmatrix.Authenticator{ServerName: "us.example", Keys: ring, Now: func() time.Time { return now }}
+	h := mxhttp.NewServer(slog.New(slog.DiscardHandler)).Handle(a.Auth(func(w http.ResponseWriter, r *http.Request) error {
+		origin, ok := xmatrix.Origin(r.Context())
+		if !ok {
+			return errors.New("no origin")
+		}
+		return mxhttp.WriteJSON(w, 200, map[string]string{"origin": origin})
+	}))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, signedRequest(t, remote, "remote.example", "us.example", "PUT", "/_matrix/federation/v1/send/1", `{}`))
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"origin":"remote.example"`) {
+		t.Fatalf("signed: %d %s", rec.Code, rec.Body.String())
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("PUT", "/_matrix/federation/v1/send/1", strings.NewReader(`{}`)))
+	if rec.Code != 401 || !strings.Contains(rec.Body.String(), "M_UNAUTHORIZED") {
+		t.Fatalf("unsigned: %d %s", rec.Code, rec.Body.String())
 	}
 }
