@@ -447,6 +447,7 @@ func (p *Process) wire(ctx context.Context) error {
 	pushSvc.PushersRoutes(mux, srv, acc)
 	tdSvc.Routes(mux, srv, acc)
 	keysSvc.Routes(mux, srv, acc)
+	federationInfoRoutes(mux, srv)
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)
 	syncSvc.Routes(mux, srv, acc)

@@ -2,6 +2,7 @@ package config
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"slices"
@@ -174,6 +175,14 @@ type Config struct {
 	AppServiceConfigFiles          []string   `yaml:"app_service_config_files"`
 	OutboundFederationRestrictedTo StringList `yaml:"outbound_federation_restricted_to"`
 
+	// Federation client and request authentication (federation.go).
+	FederationDomainWhitelist    StringList `yaml:"federation_domain_whitelist"` // nil: every server
+	FederationVerifyCertificates *bool      `yaml:"federation_verify_certificates"`
+	FederationCustomCAList       StringList `yaml:"federation_custom_ca_list"`
+	FederationIPRangeBlacklist   StringList `yaml:"federation_ip_range_blacklist"` // legacy; nil: unset
+	IPRangeBlacklist             StringList `yaml:"ip_range_blacklist"`            // nil: Synapse's default list
+	IPRangeWhitelist             StringList `yaml:"ip_range_whitelist"`
+
 	// Filled by Load, never read from YAML.
 
 	// UnknownKeys lists, sorted, the top-level keys Ganglion ignored.
@@ -194,6 +203,7 @@ type Config struct {
 	replicationSecretFromFile  string
 	registrationSecretFromFile string
 	tlsCert                    *tls.Certificate
+	federationCAs              *x509.CertPool
 }
 
 // Listener is one entry of listeners or worker_listeners.

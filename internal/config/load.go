@@ -204,6 +204,9 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.Redis.PrivateKeyFile)
 	abs(&c.Redis.CAFile)
 	abs(&c.Redis.CAPath)
+	for i := range c.FederationCustomCAList {
+		abs(&c.FederationCustomCAList[i])
+	}
 	for i := range c.AppServiceConfigFiles {
 		abs(&c.AppServiceConfigFiles[i])
 	}
@@ -404,6 +407,7 @@ func (c *Config) readFiles() []Problem {
 	}
 
 	problems = append(problems, c.loadTLS()...)
+	problems = append(problems, c.loadFederationCAs()...)
 
 	// As in Synapse, a worker logs per worker_log_config and never uses the
 	// main process's log_config from the shared file.

@@ -40,6 +40,7 @@ func NotBuilt() map[string]string {
 		"send_federation":                               federation,
 		"outbound_federation_restricted_to":             federation,
 		"federation_verify_certificates":                federation,
+		"federation_custom_ca_list":                     federation,
 		"federation_client_minimum_tls_version":         federation,
 		"federation_certificate_verification_whitelist": federation,
 		"federation_ip_range_blacklist":                 federation,

@@ -73,6 +73,7 @@ func (c *Config) Validate() error {
 	c.validateInstanceMap(&ps)
 	c.validateWriters(&ps)
 	c.validateDuties(&ps)
+	c.validateFederation(&ps)
 	c.validateRedis(&ps)
 	c.validateMedia(&ps)
 	c.validateEmail(&ps)

@@ -33,7 +33,7 @@ func routingCases() []struct {
 		{reqLine{method: "GET", path: "/_matrix/federation/v1/state_ids/!r:x?event_id=$e", origin: "remote.example"}, "federation"},
 		{reqLine{method: "PUT", path: "/_matrix/federation/v2/send_join/!r:x/$e", body: "{}"}, "federation"},
 		{reqLine{method: "POST", path: "/_matrix/key/v2/query", body: "{}"}, "federation"},
-		{reqLine{method: "GET", path: "/_matrix/federation/v1/version"}, "main"},
+		{reqLine{method: "GET", path: "/_matrix/federation/v1/version"}, "federation"},
 		{reqLine{method: "GET", path: "/_matrix/client/v3/rooms/!r:x/members", token: alice}, "client"},
 		{reqLine{method: "GET", path: "/_matrix/client/versions"}, "client"},
 		{reqLine{method: "POST", path: "/_matrix/client/v3/keys/query", token: alice, body: "{}"}, "client"},

@@ -268,6 +268,8 @@ func spec() []Class {
 				"^/_matrix/federation/v1/user/devices/",
 				"^/_matrix/key/v2/query",
 				"^/_matrix/federation/v1/hierarchy/",
+				// Listed by Synapse's workers document after v1.83.
+				"^/_matrix/federation/v1/version$",
 			},
 			Duty: DutyGeneric, Policy: RoundRobin, Pools: []string{PoolFederation},
 			Body: LimitFederation, Resource: "federation",

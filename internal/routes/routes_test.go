@@ -55,7 +55,8 @@ var classCases = []struct {
 	{"GET", "/_matrix/federation/v1/hierarchy/!r:x", "federation_read"},
 	{"PUT", "/_matrix/federation/v1/send/txn1", "federation_inbound"},
 	{"POST", "/_matrix/federation/v1/send/txn1", "!federation_inbound"},
-	{"GET", "/_matrix/federation/v1/version", "main_only"},
+	{"GET", "/_matrix/federation/v1/version", "federation_read"},
+	{"GET", "/_matrix/federation/v1/versions", "main_only"},
 	{"GET", "/_matrix/key/v2/server", "main_only"},
 
 	// Client reads.
