@@ -45,6 +45,17 @@ type Settings struct {
 	// nonces; 0 means DefaultMaxOutstandingNonces.
 	MaxOutstandingNonces int
 	Lifetimes            Lifetimes
+	// RegistrationRequiresToken puts m.login.registration_token first in
+	// every registration flow.
+	RegistrationRequiresToken bool
+	// PasswordPolicy is checked on every new password.
+	PasswordPolicy PasswordPolicy
+	// PasswordLoginDisabled (password_config.enabled false or
+	// only_for_reauth) refuses passwords at /login;
+	// PasswordReauthDisabled (false) also in user-interactive auth and
+	// for password changes. Negated so the zero Settings keep passwords.
+	PasswordLoginDisabled  bool
+	PasswordReauthDisabled bool
 }
 
 // RoomHooks is what accounts needs from rooms: profile changes are
@@ -219,6 +230,10 @@ type NewUser struct {
 	InhibitLogin bool
 	// RefreshToken asks for a refresh token with the access token.
 	RefreshToken bool
+	// UIASession, when set, is a completed registration session holding
+	// a registration token use: the account is created only if this
+	// transaction consumes the session and completes the use.
+	UIASession string
 }
 
 // Register creates the user and, unless InhibitLogin, a device and token.
@@ -251,6 +266,11 @@ func (s *Service) Register(ctx context.Context, u NewUser) (Session, error) {
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)`, userID, display); err != nil {
 			return err
+		}
+		if u.UIASession != "" {
+			if err := completeRegistrationTokenTx(ctx, tx, u.UIASession); err != nil {
+				return err
+			}
 		}
 		if err := s.indexProfile(ctx, tx, userID); err != nil {
 			return err
