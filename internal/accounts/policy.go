@@ -69,9 +69,12 @@ func (p PasswordPolicy) Check(pw string) error {
 // checkNewPassword is what register and the password change run on a new
 // password before user-interactive auth, as Synapse does, so a client
 // learns of a weak password before it asks the user for anything else.
-// (HashPassword refuses passwords bcrypt cannot take with the spec's
-// generic M_WEAK_PASSWORD.)
+// A password bcrypt cannot take whole is refused with the spec's generic
+// M_WEAK_PASSWORD, here as in HashPassword.
 func (s *Service) checkNewPassword(pw string) error {
+	if len(pw) > maxPasswordBytes {
+		return errPasswordTooLong
+	}
 	return s.cfg.PasswordPolicy.Check(pw)
 }
 

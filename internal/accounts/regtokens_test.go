@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,7 +28,7 @@ type tokenServer struct {
 	admin string
 }
 
-func newTokenServer(t *testing.T, db *storage.DB, settings accounts.Settings) *tokenServer {
+func newTokenServer(t *testing.T, db *storage.DB, settings accounts.Settings, adminName ...string) *tokenServer {
 	settings.ServerName, settings.EnableRegistration, settings.BcryptRounds = "acc.test", true, 4
 	s := accounts.NewService(db, settings, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	mux := mxhttp.NewMux()
@@ -36,7 +37,11 @@ func newTokenServer(t *testing.T, db *storage.DB, settings accounts.Settings) *t
 		Registration: off(), LoginAddress: off(), LoginAccount: off(), LoginFailedAttempt: off(),
 		UIAFailedAttempt: off(), AdminNonce: off(), RegistrationTokenValidity: off(),
 	})
-	sess, err := s.Register(ctxT(t), accounts.NewUser{Localpart: "admin", Password: "pw", Admin: true})
+	name := "admin"
+	if len(adminName) > 0 {
+		name = adminName[0]
+	}
+	sess, err := s.Register(ctxT(t), accounts.NewUser{Localpart: name, Password: "pw", Admin: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,4 +302,46 @@ func TestPasswordPolicyCheck(t *testing.T) {
 	if err := (accounts.PasswordPolicy{Enabled: true}).Check(""); err != nil {
 		t.Errorf("an empty policy refused a password: %v", err)
 	}
+}
+
+// password_config.enabled false: no password login (the flow is not
+// offered), no password change, no password stage; a policy's rules and
+// bcrypt's length limit are checked before user-interactive auth.
+func TestPasswordsDisabledAndChecked(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ts := newTokenServer(t, db, accounts.Settings{RegistrationWithoutVerify: true, PasswordLoginDisabled: true,
+			PasswordReauthDisabled: true})
+		if code, out := ts.do("GET", "/_matrix/client/v3/login", "", nil); code != 200 || fmt.Sprint(out["flows"]) != "[]" {
+			t.Fatalf("login flows with passwords off: %d %v", code, out)
+		}
+		login := map[string]any{"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": "admin"}, "password": "pw"}
+		if code, out := ts.do("POST", "/_matrix/client/v3/login", "", login); code != 400 || out["errcode"] != "M_UNKNOWN" {
+			t.Fatalf("password login with passwords off: %d %v", code, out)
+		}
+		change := map[string]any{"new_password": "new-one", "auth": map[string]any{"type": "m.login.password", "password": "pw",
+			"identifier": map[string]any{"type": "m.id.user", "user": "admin"}}}
+		if code, out := ts.do("POST", "/_matrix/client/v3/account/password", ts.admin, change); code != 403 || out["errcode"] != "M_FORBIDDEN" {
+			t.Fatalf("password change with passwords off: %d %v", code, out)
+		}
+		if code, out := ts.do("POST", "/_matrix/client/v3/account/deactivate", ts.admin, map[string]any{"auth": change["auth"]}); code != 401 || out["errcode"] != "M_FORBIDDEN" {
+			t.Fatalf("password stage with passwords off: %d %v", code, out)
+		}
+
+		ts = newTokenServer(t, db, accounts.Settings{RegistrationWithoutVerify: true,
+			PasswordPolicy: accounts.PasswordPolicy{Enabled: true, MinimumLength: 10, RequireDigit: true,
+				Advertised: map[string]any{"m.minimum_length": 10, "m.require_digit": true}}}, "admin2")
+		if code, out := ts.do("GET", "/_matrix/client/unstable/password_policy", "", nil); code != 200 ||
+			out["m.minimum_length"] != float64(10) || out["m.require_digit"] != true || len(out) != 2 {
+			t.Fatalf("password policy: %d %v", code, out)
+		}
+		for pw, want := range map[string]string{"short1": "M_PASSWORD_TOO_SHORT", "longenough": "M_PASSWORD_NO_DIGIT",
+			strings.Repeat("a1", 37): "M_WEAK_PASSWORD"} {
+			if code, out := ts.do("POST", "/_matrix/client/v3/register", "", map[string]any{"username": "u", "password": pw}); code != 400 || out["errcode"] != want {
+				t.Fatalf("register with %q: %d %v, want 400 %s", pw, code, out, want)
+			}
+		}
+		if code, out := ts.do("POST", "/_matrix/client/v3/account/password", ts.admin, map[string]any{"new_password": "nodigitshere"}); code != 400 || out["errcode"] != "M_PASSWORD_NO_DIGIT" {
+			t.Fatalf("password change to a weak password: %d %v", code, out)
+		}
+	})
 }

@@ -205,11 +205,16 @@ func (s *Service) CheckUsername(ctx context.Context, localpart string) error {
 	}
 }
 
+// maxPasswordBytes is what bcrypt reads of a password.
+const maxPasswordBytes = 72
+
+var errPasswordTooLong = mxhttp.WithCode(http.StatusBadRequest, "M_WEAK_PASSWORD", "Password too long (72 bytes at most)")
+
 // HashPassword bcrypt-hashes a password with the configured cost.
 func (s *Service) HashPassword(pw string) (string, error) {
-	if len(pw) > 72 {
+	if len(pw) > maxPasswordBytes {
 		// bcrypt ignores bytes past 72; refuse rather than silently truncate.
-		return "", mxhttp.WithCode(http.StatusBadRequest, "M_WEAK_PASSWORD", "Password too long (72 bytes at most)")
+		return "", errPasswordTooLong
 	}
 	h, err := bcrypt.GenerateFromPassword([]byte(pw), s.cfg.BcryptRounds)
 	if err != nil {
