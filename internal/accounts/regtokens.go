@@ -364,17 +364,18 @@ func (h *handlers) newToken(w http.ResponseWriter, r *http.Request, _ *Requester
 			return mxhttp.InvalidParam("token must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '~' and '-'")
 		}
 	}
+	// length only matters for a generated token; with token it is
+	// ignored, as Synapse does.
 	length := int64(16)
-	if _, l, err := optionalInt(body, "length"); err != nil {
-		return mxhttp.InvalidParam("length must be an integer between 1 and %d", maxTokenLen)
-	} else if l != nil {
-		if token != "" {
-			return mxhttp.InvalidParam("length cannot be given with token")
-		}
-		if *l < 1 || *l > maxTokenLen {
+	if token == "" {
+		if _, l, err := optionalInt(body, "length"); err != nil {
 			return mxhttp.InvalidParam("length must be an integer between 1 and %d", maxTokenLen)
+		} else if l != nil {
+			if *l < 1 || *l > maxTokenLen {
+				return mxhttp.InvalidParam("length must be an integer between 1 and %d", maxTokenLen)
+			}
+			length = *l
 		}
-		length = *l
 	}
 	generated := token == ""
 	for attempt := 0; ; attempt++ {

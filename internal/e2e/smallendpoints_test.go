@@ -452,12 +452,14 @@ func testKnock(t *testing.T, ctx context.Context, alice, bob, carol *mautrix.Cli
 	wantMatrixError(t, err, http.StatusForbidden, "M_FORBIDDEN")
 	join(t, ctx, carol, restricted.String())
 
-	// Bad input: a public room is not knocked on, an unknown alias is 404,
-	// a malformed id 400.
+	// Bad input: a public room is not knocked on, an unknown alias or
+	// room is 404, a malformed id 400.
 	public := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: "10"})
 	_, err = bob.KnockRoom(ctx, public.String(), &mautrix.ReqKnockRoom{})
 	wantMatrixError(t, err, http.StatusForbidden, "M_FORBIDDEN")
 	_, err = bob.KnockRoom(ctx, "#nosuchalias:"+serverName, &mautrix.ReqKnockRoom{})
+	wantMatrixError(t, err, http.StatusNotFound, "M_NOT_FOUND")
+	_, err = bob.KnockRoom(ctx, "!nosuchroom:"+serverName, &mautrix.ReqKnockRoom{})
 	wantMatrixError(t, err, http.StatusNotFound, "M_NOT_FOUND")
 	_, err = bob.KnockRoom(ctx, "not-a-room", &mautrix.ReqKnockRoom{})
 	wantMatrixError(t, err, http.StatusBadRequest, "M_INVALID_PARAM")
