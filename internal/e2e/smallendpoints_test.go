@@ -400,6 +400,8 @@ func memberOf(t testing.TB, ctx context.Context, c *mautrix.Client, room id.Room
 	return content
 }
 
+func ptrInt(i int) *int { return &i }
+
 func testKnock(t *testing.T, ctx context.Context, alice, bob, carol *mautrix.Client) {
 	joinRules := func(rule string, allow ...id.RoomID) []*event.Event {
 		c := map[string]any{"join_rule": rule}
@@ -451,6 +453,12 @@ func testKnock(t *testing.T, ctx context.Context, alice, bob, carol *mautrix.Cli
 	_, err = carol.KnockRoom(ctx, restricted.String(), &mautrix.ReqKnockRoom{})
 	wantMatrixError(t, err, http.StatusForbidden, "M_FORBIDDEN")
 	join(t, ctx, carol, restricted.String())
+	// Nobody here may invite, so nobody can vouch for a join.
+	noVoucher := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: "10",
+		InitialState: joinRules("restricted", space), PowerLevelOverride: &event.PowerLevelsEventContent{
+			Users: map[id.UserID]int{alice.UserID: 100}, InvitePtr: ptrInt(101)}})
+	_, err = carol.JoinRoomByID(ctx, noVoucher)
+	wantMatrixError(t, err, http.StatusBadRequest, "M_UNABLE_TO_GRANT_JOIN")
 
 	// Bad input: a public room is not knocked on, an unknown alias or
 	// room is 404, a malformed id 400.
