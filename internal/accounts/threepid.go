@@ -32,6 +32,7 @@ type ThreePID struct {
 func (h *handlers) threepidRoutes(mux *mxhttp.Mux, srv *mxhttp.Server) {
 	a := func(f AuthedHandler) http.Handler { return srv.Handle(h.s.Auth(f)) }
 	mux.HandleClient("GET", "/account/3pid", a(h.listThreepids))
+	mux.HandleClient("POST", "/account/3pid", a(h.legacyAddThreepid))
 	mux.HandleClient("POST", "/account/3pid/add", a(h.addThreepid))
 	mux.HandleClient("POST", "/account/3pid/bind", a(h.bindThreepid))
 	mux.HandleClient("POST", "/account/3pid/unbind", a(h.unbindThreepid))
@@ -123,6 +124,38 @@ func (h *handlers) addThreepid(w http.ResponseWriter, r *http.Request, req *Requ
 		}
 	}
 	if err := h.reauth(r, auth, req.UserID); err != nil {
+		return err
+	}
+	return mxhttp.WithCode(http.StatusBadRequest, "M_THREEPID_AUTH_FAILED",
+		"No validated 3pid session found: this server does not validate third-party identifiers")
+}
+
+// legacyAddThreepid is the deprecated POST /account/3pid, which adds (and
+// optionally binds) with three_pid_creds from a validation session; as
+// with add, there never is one.
+func (h *handlers) legacyAddThreepid(w http.ResponseWriter, r *http.Request, _ *Requester) error {
+	body, err := decodeObject(r)
+	if err != nil {
+		return err
+	}
+	raw, ok := body["three_pid_creds"]
+	if !ok {
+		raw, ok = body["threePidCreds"] // Synapse still accepts the old spelling
+	}
+	if !ok {
+		return mxhttp.MissingParam("Missing three_pid_creds")
+	}
+	var creds struct {
+		ClientSecret *string `json:"client_secret"`
+		SID          *string `json:"sid"`
+	}
+	if err := json.Unmarshal(raw, &creds); err != nil {
+		return mxhttp.InvalidParam("three_pid_creds must be an object with string client_secret and sid")
+	}
+	if creds.ClientSecret == nil || creds.SID == nil || *creds.SID == "" {
+		return mxhttp.MissingParam("three_pid_creds needs client_secret and sid")
+	}
+	if err := checkClientSecret(*creds.ClientSecret); err != nil {
 		return err
 	}
 	return mxhttp.WithCode(http.StatusBadRequest, "M_THREEPID_AUTH_FAILED",

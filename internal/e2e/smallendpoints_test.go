@@ -507,6 +507,10 @@ func testThreepid(t *testing.T, ctx context.Context, srv *server, carol *mautrix
 		"type": "m.login.password", "password": password("carol"),
 		"identifier": map[string]any{"type": "m.id.user", "user": "carol"}}}, nil), http.StatusBadRequest, "M_THREEPID_AUTH_FAILED")
 	wantMatrixError(t, post(p("add"), map[string]any{"client_secret": "bad secret!", "sid": "s"}, nil), http.StatusBadRequest, "M_INVALID_PARAM")
+	// The deprecated POST /account/3pid: the same, without user-interactive auth.
+	wantMatrixError(t, post(p(), map[string]any{"three_pid_creds": map[string]any{"client_secret": "abc", "sid": "s"}}, nil),
+		http.StatusBadRequest, "M_THREEPID_AUTH_FAILED")
+	wantMatrixError(t, post(p(), map[string]any{}, nil), http.StatusBadRequest, "M_MISSING_PARAM")
 	// requestToken: checked, then refused (no email or SMS is sent).
 	anon := srv.client(t, "", "")
 	req := func(kind string, body map[string]any) error {
