@@ -31,6 +31,9 @@ type Limits struct {
 	// AdminNonce limits GET /_synapse/admin/v1/register per client IP: each
 	// call stores a row, so it must not be free.
 	AdminNonce *ratelimit.Limiter
+	// RegistrationTokenValidity limits the token validity check per
+	// client IP (rc_registration_token_validity).
+	RegistrationTokenValidity *ratelimit.Limiter
 }
 
 // Routes registers the account endpoints.
@@ -60,6 +63,12 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, lim Limits) {
 	mux.HandleClient("PUT", "/profile/{userId}/{field}", srv.Handle(s.Auth(h.putProfileField)))
 	mux.Handle("GET /_synapse/admin/v1/register", srv.Handle(h.adminNonce))
 	mux.Handle("POST /_synapse/admin/v1/register", srv.Handle(h.adminRegister))
+	// Synapse serves the policy under r0, v3 and unstable.
+	mux.HandleClient("GET", "/password_policy", srv.Handle(h.passwordPolicy))
+	mux.Handle("GET /_matrix/client/unstable/password_policy", srv.Handle(h.passwordPolicy))
+	mux.Handle("GET /_matrix/client/v1/register/m.login.registration_token/validity", srv.Handle(h.tokenValidity(lim.RegistrationTokenValidity)))
+	h.adminTokenRoutes(mux, srv)
+	h.threepidRoutes(mux, srv)
 }
 
 type handlers struct {
@@ -155,23 +164,33 @@ func (h *handlers) register(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
+	if body.Password != "" {
+		if err := h.s.checkNewPassword(body.Password); err != nil {
+			return err
+		}
+	}
 	flows := Flows{{StageDummy}}
-	if !h.s.cfg.RegistrationWithoutVerify {
+	if h.s.cfg.RegistrationRequiresToken {
+		// Synapse's flows: the token first, in every flow.
+		flows = Flows{{StageRegistrationToken, StageDummy}}
+	} else if !h.s.cfg.RegistrationWithoutVerify {
 		// Without email/captcha support there is no stage a client could
 		// complete; refuse clearly rather than offer an impossible flow.
-		return mxhttp.Forbidden("Registration requires verification, which this server does not offer; set enable_registration_without_verification")
+		// A registration token is a verification, as in Synapse.
+		return mxhttp.Forbidden("Registration requires verification, which this server does not offer; set enable_registration_without_verification or registration_requires_token")
 	}
-	if err := h.s.RunUIA(r.Context(), body.Auth, flows, ""); err != nil {
+	uiaSession, err := h.s.runUIA(r.Context(), body.Auth, flows, "")
+	if err != nil {
 		return err
 	}
 	if local == "" {
-		var err error
 		if local, err = h.generateLocalpart(r); err != nil {
 			return err
 		}
 	}
 	sess, err := h.s.Register(r.Context(), NewUser{Localpart: local, Password: body.Password, DeviceID: body.DeviceID,
-		DeviceName: body.InitialDeviceDisplayName, InhibitLogin: body.InhibitLogin, RefreshToken: body.RefreshToken})
+		DeviceName: body.InitialDeviceDisplayName, InhibitLogin: body.InhibitLogin, RefreshToken: body.RefreshToken,
+		UIASession: uiaSession})
 	if err != nil {
 		return err
 	}
@@ -195,7 +214,10 @@ func (h *handlers) generateLocalpart(r *http.Request) (string, error) {
 }
 
 func (h *handlers) loginFlows(w http.ResponseWriter, r *http.Request) error {
-	flows := []map[string]any{{"type": StagePassword}}
+	flows := []map[string]any{}
+	if !h.s.cfg.PasswordLoginDisabled {
+		flows = append(flows, map[string]any{"type": StagePassword})
+	}
 	if h.s.appservices != nil {
 		flows = append(flows, map[string]any{"type": LoginTypeAppservice})
 	}
@@ -223,7 +245,7 @@ func (h *handlers) login(w http.ResponseWriter, r *http.Request) error {
 	if body.Type == LoginTypeAppservice && h.s.appservices != nil {
 		return h.loginAppservice(w, r, body)
 	}
-	if body.Type != StagePassword {
+	if body.Type != StagePassword || h.s.cfg.PasswordLoginDisabled {
 		return mxhttp.Unknown("Unknown login type %q", body.Type)
 	}
 	ident := body.User
@@ -283,6 +305,15 @@ func (h *handlers) password(w http.ResponseWriter, r *http.Request, req *Request
 	}
 	if err := mxhttp.DecodeJSON(r, &body); err != nil {
 		return err
+	}
+	if h.s.cfg.PasswordReauthDisabled {
+		// Synapse's answer when passwords are off.
+		return mxhttp.Forbidden("Password change disabled")
+	}
+	if body.NewPassword != "" {
+		if err := h.s.checkNewPassword(body.NewPassword); err != nil {
+			return err
+		}
 	}
 	if err := h.reauth(r, body.Auth, req.UserID); err != nil {
 		return err

@@ -45,6 +45,17 @@ type Settings struct {
 	// nonces; 0 means DefaultMaxOutstandingNonces.
 	MaxOutstandingNonces int
 	Lifetimes            Lifetimes
+	// RegistrationRequiresToken puts m.login.registration_token first in
+	// every registration flow.
+	RegistrationRequiresToken bool
+	// PasswordPolicy is checked on every new password.
+	PasswordPolicy PasswordPolicy
+	// PasswordLoginDisabled (password_config.enabled false or
+	// only_for_reauth) refuses passwords at /login;
+	// PasswordReauthDisabled (false) also in user-interactive auth and
+	// for password changes. Negated so the zero Settings keep passwords.
+	PasswordLoginDisabled  bool
+	PasswordReauthDisabled bool
 }
 
 // RoomHooks is what accounts needs from rooms: profile changes are
@@ -194,11 +205,16 @@ func (s *Service) CheckUsername(ctx context.Context, localpart string) error {
 	}
 }
 
+// maxPasswordBytes is what bcrypt reads of a password.
+const maxPasswordBytes = 72
+
+var errPasswordTooLong = mxhttp.WithCode(http.StatusBadRequest, "M_WEAK_PASSWORD", "Password too long (72 bytes at most)")
+
 // HashPassword bcrypt-hashes a password with the configured cost.
 func (s *Service) HashPassword(pw string) (string, error) {
-	if len(pw) > 72 {
+	if len(pw) > maxPasswordBytes {
 		// bcrypt ignores bytes past 72; refuse rather than silently truncate.
-		return "", mxhttp.WithCode(http.StatusBadRequest, "M_WEAK_PASSWORD", "Password too long (72 bytes at most)")
+		return "", errPasswordTooLong
 	}
 	h, err := bcrypt.GenerateFromPassword([]byte(pw), s.cfg.BcryptRounds)
 	if err != nil {
@@ -219,6 +235,10 @@ type NewUser struct {
 	InhibitLogin bool
 	// RefreshToken asks for a refresh token with the access token.
 	RefreshToken bool
+	// UIASession, when set, is a completed registration session holding
+	// a registration token use: the account is created only if this
+	// transaction consumes the session and completes the use.
+	UIASession string
 }
 
 // Register creates the user and, unless InhibitLogin, a device and token.
@@ -251,6 +271,11 @@ func (s *Service) Register(ctx context.Context, u NewUser) (Session, error) {
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)`, userID, display); err != nil {
 			return err
+		}
+		if u.UIASession != "" {
+			if err := completeRegistrationTokenTx(ctx, tx, u.UIASession); err != nil {
+				return err
+			}
 		}
 		if err := s.indexProfile(ctx, tx, userID); err != nil {
 			return err

@@ -22,6 +22,8 @@ const (
 	StagePassword = "m.login.password"
 )
 
+// Also StageRegistrationToken (regtokens.go).
+
 // uiaSessionTTL bounds how long a client may take between stages.
 const uiaSessionTTL = 30 * time.Minute
 
@@ -41,7 +43,8 @@ type AuthDict struct {
 	Session    string          `json:"session"`
 	Password   string          `json:"password"`
 	Identifier *Identifier     `json:"identifier"`
-	User       string          `json:"user"` // deprecated form of identifier
+	User       string          `json:"user"`  // deprecated form of identifier
+	Token      string          `json:"token"` // m.login.registration_token
 	Extra      json.RawMessage `json:"-"`
 }
 
@@ -87,6 +90,28 @@ func (f Flows) done(completed []string) bool {
 // failed stage, the stage's errcode). userID is the account the stages must
 // prove (empty for registration).
 func (s *Service) RunUIA(ctx context.Context, auth *AuthDict, flows Flows, userID string) error {
+	_, err := s.runUIA(ctx, auth, flows, userID)
+	return err
+}
+
+// runUIA is RunUIA that also returns, on success, the id of a session
+// that holds a registration token use. Such a session is kept past
+// completion: the registration consumes it, with the use, in the
+// transaction that creates the account (see completeRegistrationTokenTx).
+// Other sessions are deleted once complete and "" is returned.
+func (s *Service) runUIA(ctx context.Context, auth *AuthDict, flows Flows, userID string) (string, error) {
+	err := s.runUIAStages(ctx, auth, flows, userID)
+	if err == nil || !errors.Is(err, errUIAKept) {
+		return "", err
+	}
+	return auth.Session, nil
+}
+
+// errUIAKept is runUIAStages' answer for a complete session kept because
+// it holds a registration token use.
+var errUIAKept = errors.New("UIA complete; session kept for its registration token")
+
+func (s *Service) runUIAStages(ctx context.Context, auth *AuthDict, flows Flows, userID string) error {
 	if auth == nil || auth.Type == "" {
 		id, err := s.newUIASession(ctx, userID)
 		if err != nil {
@@ -127,7 +152,7 @@ func (s *Service) RunUIA(ctx context.Context, auth *AuthDict, flows Flows, userI
 			Extra: flows.body(sessionID, completed)}
 		return e
 	}
-	if err := s.checkStage(ctx, auth, userID); err != nil {
+	if err := s.checkStage(ctx, auth, sessionID, userID); err != nil {
 		if errors.Is(err, errOtherUser) {
 			// Not a stage to try again: the request is refused, as
 			// Synapse does ("Invalid auth").
@@ -147,23 +172,42 @@ func (s *Service) RunUIA(ctx context.Context, auth *AuthDict, flows Flows, userI
 	if !slices.Contains(completed, auth.Type) {
 		completed = append(completed, auth.Type)
 	}
-	if flows.done(completed) {
-		_, _ = s.db.Exec(ctx, `DELETE FROM uia_sessions WHERE session_id = $1`, sessionID)
-		return nil
+	done := flows.done(completed)
+	if done {
+		holds, err := s.sessionHoldsToken(ctx, sessionID)
+		if err != nil {
+			return err
+		}
+		if !holds {
+			_, _ = s.db.Exec(ctx, `DELETE FROM uia_sessions WHERE session_id = $1`, sessionID)
+			return nil
+		}
 	}
 	js, _ := json.Marshal(completed)
 	if _, err := s.db.Exec(ctx, `UPDATE uia_sessions SET completed = $1 WHERE session_id = $2`, string(js), sessionID); err != nil {
 		return fmt.Errorf("update UIA session: %w", err)
 	}
+	if done {
+		auth.Session = sessionID
+		return errUIAKept
+	}
 	return &mxhttp.Error{Status: http.StatusUnauthorized, Code: "M_UNKNOWN", Message: "More authentication required",
 		Raw: flows.body(sessionID, completed)}
 }
 
-func (s *Service) checkStage(ctx context.Context, auth *AuthDict, userID string) error {
+func (s *Service) checkStage(ctx context.Context, auth *AuthDict, sessionID, userID string) error {
 	switch auth.Type {
 	case StageDummy:
 		return nil
+	case StageRegistrationToken:
+		if userID != "" {
+			return mxhttp.Unknown("%s is a registration stage", StageRegistrationToken)
+		}
+		return s.holdRegistrationToken(ctx, sessionID, auth.Token)
 	case StagePassword:
+		if s.cfg.PasswordReauthDisabled {
+			return mxhttp.Forbidden("Password authentication is disabled on this server (password_config.enabled)")
+		}
 		ident := auth.User
 		if auth.Identifier != nil {
 			if auth.Identifier.Type != "m.id.user" {
@@ -198,7 +242,7 @@ func (s *Service) newUIASession(ctx context.Context, userID string) (string, err
 	now := s.nowMS()
 	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
 		// Expire old sessions opportunistically; there is no other cleanup.
-		if _, err := tx.ExecContext(ctx, `DELETE FROM uia_sessions WHERE created_ts < $1`, now-uiaSessionTTL.Milliseconds()); err != nil {
+		if err := expireUIASessionsTx(ctx, tx, now-uiaSessionTTL.Milliseconds()); err != nil {
 			return err
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO uia_sessions (session_id, created_ts, user_id) VALUES ($1, $2, $3)`,

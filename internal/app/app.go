@@ -201,6 +201,10 @@ func (p *Process) wire(ctx context.Context) error {
 		RegistrationWithoutVerify: cfg.EnableRegistrationWithoutVerification,
 		RegistrationSharedSecret:  cfg.RegistrationSecret(),
 		BcryptRounds:              cfg.BcryptRounds,
+		RegistrationRequiresToken: cfg.RegistrationRequiresToken,
+		PasswordPolicy:            passwordPolicy(cfg.PasswordConfig),
+		PasswordLoginDisabled:     !cfg.PasswordConfig.Enabled.ForLogin(),
+		PasswordReauthDisabled:    !cfg.PasswordConfig.Enabled.ForReauth(),
 		Lifetimes: accounts.Lifetimes{
 			Session:        cfg.SessionLifetime.Must(),
 			Refreshable:    cfg.RefreshableAccessTokenLifetime.Must(),
@@ -437,6 +441,8 @@ func (p *Process) wire(ctx context.Context) error {
 		LoginFailedAttempt: rl(cfg.RCLogin.FailedAttempts),
 		UIAFailedAttempt:   rl(cfg.RCLogin.FailedAttempts),
 		AdminNonce:         rl(cfg.RCRegistration),
+		// rc_registration_token_validity, per client IP.
+		RegistrationTokenValidity: rl(cfg.RCRegistrationTokenValidity),
 	})
 	roomSvc.Routes(mux, srv, acc, cfg.AllowPublicRoomsWithoutAuth)
 	typing.NewHandlers(typingWriter, roomStore).Routes(mux, srv, acc)

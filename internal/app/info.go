@@ -29,7 +29,7 @@ func infoRoutes(mux *mxhttp.Mux, srv *mxhttp.Server, cfg *config.Config, acc *ac
 			available[v] = "stable"
 		}
 		return mxhttp.WriteJSON(w, 200, map[string]any{"capabilities": map[string]any{
-			"m.change_password": map[string]bool{"enabled": true},
+			"m.change_password": map[string]bool{"enabled": cfg.PasswordConfig.Enabled.ForReauth()},
 			"m.room_versions":   map[string]any{"default": defaultVersion, "available": available},
 			"m.set_displayname": map[string]bool{"enabled": true},
 			"m.set_avatar_url":  map[string]bool{"enabled": true},

@@ -62,6 +62,11 @@ type Config struct {
 	// BcryptRounds is the bcrypt cost of password hashes (Synapse's key;
 	// default 12). Tests lower it to keep registration cheap.
 	BcryptRounds int `yaml:"bcrypt_rounds"`
+	// RegistrationRequiresToken adds the m.login.registration_token stage
+	// to every registration flow (Synapse's key; tokens come from the
+	// admin API). PasswordConfig is password_config (passwords.go).
+	RegistrationRequiresToken bool           `yaml:"registration_requires_token"`
+	PasswordConfig            PasswordConfig `yaml:"password_config"`
 
 	// TLS certificate and key (PEM) of every listener with tls: true, as
 	// in Synapse.

@@ -132,7 +132,7 @@ func (c *Config) RateLimitKeys() []RateLimitKey {
 	keys := []RateLimitKey{
 		{"rc_message", c.RCMessage, true, "sending events, state, membership changes, room creation and redactions; per user; server admins are exempt"},
 		{"rc_registration", c.RCRegistration, true, "POST /register, GET /register/available and GET /_synapse/admin/v1/register (nonces); per client IP"},
-		{"rc_registration_token_validity", c.RCRegistrationTokenValidity, false, "registration token validity checks (registration tokens are not implemented)"},
+		{"rc_registration_token_validity", c.RCRegistrationTokenValidity, true, "GET /_matrix/client/v1/register/m.login.registration_token/validity; per client IP"},
 		{"rc_login.address", c.RCLogin.Address, true, "POST /login; per client IP"},
 		{"rc_login.account", c.RCLogin.Account, true, "POST /login; per account"},
 		{"rc_login.failed_attempts", c.RCLogin.FailedAttempts, true, "failed POST /login; per account"},

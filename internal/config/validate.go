@@ -77,6 +77,7 @@ func (c *Config) Validate() error {
 	c.validateRedis(&ps)
 	c.validateMedia(&ps)
 	c.validateEmail(&ps)
+	c.validatePasswords(&ps)
 	if len(ps) == 0 {
 		return nil
 	}

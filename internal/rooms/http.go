@@ -157,6 +157,13 @@ func (h *roomHandlers) knock(w http.ResponseWriter, r *http.Request, req *accoun
 	if err := mxhttp.DecodeJSON(r, &body); err != nil {
 		return err
 	}
+	// As for joins: a room this server is not in could only be knocked on
+	// over federation.
+	if ok, err := h.s.store.RoomExists(r.Context(), roomID); err != nil {
+		return err
+	} else if !ok {
+		return mxhttp.NotFound("No known servers to knock on %s via; knocking on remote rooms needs federation", roomID)
+	}
 	if _, err := h.s.ChangeMembership(r.Context(), req, roomID, MembershipChange{Target: req.UserID, Membership: "knock", Reason: body.Reason}); err != nil {
 		return err
 	}

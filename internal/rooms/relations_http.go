@@ -19,6 +19,7 @@ func (s *Service) routesV1(mux *mxhttp.Mux, a func(accounts.AuthedHandler) http.
 	mux.Handle("GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", a(h.relations))
 	mux.Handle("GET /_matrix/client/v1/rooms/{roomId}/threads", a(h.threads))
 	mux.Handle("GET /_matrix/client/v1/rooms/{roomId}/hierarchy", a(h.hierarchy))
+	mux.Handle("GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event", a(h.timestampToEvent))
 }
 
 // Relations' limits: Synapse's default page, and a cap that keeps one

@@ -419,6 +419,11 @@ func (s *Service) ChangeMembership(ctx context.Context, req *accounts.Requester,
 	if err != nil {
 		return "", err
 	}
+	if membership == "join" {
+		if err := s.authoriseRestrictedJoin(ctx, roomID, ch.Target, c); err != nil {
+			return "", err
+		}
+	}
 	if membership == "invite" {
 		if _, server, _ := accounts.SplitUserID(ch.Target); server == s.cfg.ServerName {
 			exists, err := s.accounts.KnownUser(ctx, ch.Target)

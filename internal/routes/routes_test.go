@@ -105,6 +105,13 @@ var classCases = []struct {
 	{"GET", "/_matrix/client/r0/register/available", "registration"},
 	{"GET", "/_matrix/client/v1/register/m.login.registration_token/validity", "registration"},
 	{"GET", "/_matrix/client/v3/password_policy", "registration"},
+	{"GET", "/_matrix/client/unstable/password_policy", "registration"},
+	// The rest of the 3PID endpoints and the registration token admin API
+	// are not in the workers document: main only.
+	{"POST", "/_matrix/client/v3/account/3pid/delete", "main_only"},
+	{"POST", "/_matrix/client/v3/account/3pid/email/requestToken", "main_only"},
+	{"POST", "/_synapse/admin/v1/registration_tokens/new", "main_only"},
+	{"POST", "/_matrix/client/v3/knock/!r:x", "event_send"},
 	{"POST", "/_matrix/client/v3/refresh", "registration"},
 	{"POST", "/_matrix/client/v1/refresh", "registration"},
 	{"POST", "/_matrix/client/v3/logout", "main_only"},

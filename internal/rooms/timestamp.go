@@ -1,0 +1,109 @@
+package rooms
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"ganglion/internal/accounts"
+	"ganglion/internal/mxhttp"
+)
+
+// timestampScanBatch is how many events timestamp_to_event reads at a
+// time while it skips those the requester may not see, and
+// timestampScanMax how many it looks at before it says there is none, so
+// a room full of hidden events cannot make one request read all of them.
+const (
+	timestampScanBatch = 50
+	timestampScanMax   = 1000
+)
+
+// TimestampEvent is the answer of /timestamp_to_event.
+type TimestampEvent struct {
+	EventID        string `json:"event_id"`
+	OriginServerTS int64  `json:"origin_server_ts"`
+}
+
+func (h *roomHandlers) timestampToEvent(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
+	roomID := r.PathValue("roomId")
+	if !validRoomID(roomID) {
+		return mxhttp.InvalidParam("Invalid room id %q", roomID)
+	}
+	// Access first, parameters second, as OpenTimeline explains.
+	t, err := h.s.OpenTimeline(r.Context(), req, roomID)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	rawTS, ok := q["ts"]
+	if !ok || rawTS[0] == "" {
+		return mxhttp.MissingParam("Missing ts")
+	}
+	ts, err := strconv.ParseInt(rawTS[0], 10, 64)
+	if err != nil {
+		return mxhttp.InvalidParam("ts must be an integer (milliseconds since the epoch)")
+	}
+	var forwards bool
+	switch q.Get("dir") {
+	case "f":
+		forwards = true
+	case "b":
+	case "":
+		return mxhttp.MissingParam("Missing dir")
+	default:
+		return mxhttp.InvalidParam("dir must be f or b")
+	}
+	ev, err := t.ClosestToTimestamp(r.Context(), ts, forwards)
+	if err != nil {
+		return err
+	}
+	if ev == nil {
+		return mxhttp.NotFound("Unable to find event from %d in direction %s", ts, q.Get("dir"))
+	}
+	return mxhttp.WriteJSON(w, http.StatusOK, ev)
+}
+
+// ClosestToTimestamp finds the event of the room closest to ts (by its
+// origin_server_ts) at or after it (forwards) or at or before it, among
+// those the timeline's user may see; nil when there is none. Events with
+// the same timestamp are taken in stream order. Only this server's copy
+// of the room is searched (Synapse also asks other servers when its own
+// copy has a gap; there is no federation to ask).
+func (t *Timeline) ClosestToTimestamp(ctx context.Context, ts int64, forwards bool) (*TimestampEvent, error) {
+	s := t.s
+	cmp, order := ">", "ASC"
+	if !forwards {
+		cmp, order = "<", "DESC"
+	}
+	// Keyset paging over (origin_server_ts, stream_ordering): the first
+	// page starts at ts inclusive, each next one after the last row read.
+	curTS, curSO := ts, int64(-1<<62)
+	if !forwards {
+		curSO = 1 << 62
+	}
+	for scanned := 0; scanned < timestampScanMax; {
+		rows, err := s.store.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM events e
+			WHERE e.room_id = $1 AND (e.origin_server_ts `+cmp+` $2 OR (e.origin_server_ts = $2 AND e.stream_ordering `+cmp+` $3))
+			ORDER BY e.origin_server_ts `+order+`, e.stream_ordering `+order+` LIMIT $4`,
+			t.roomID, curTS, curSO, timestampScanBatch)
+		if err != nil {
+			return nil, fmt.Errorf("find event by timestamp in %s: %w", t.roomID, err)
+		}
+		evs, err := s.store.scanEvents(ctx, rows)
+		if err != nil {
+			return nil, fmt.Errorf("find event by timestamp in %s: %w", t.roomID, err)
+		}
+		for _, se := range evs {
+			if t.v.CanSee(se) {
+				return &TimestampEvent{EventID: se.Event.EventID(), OriginServerTS: se.Event.OriginServerTS()}, nil
+			}
+			curTS, curSO = se.Event.OriginServerTS(), se.StreamOrdering
+		}
+		scanned += len(evs)
+		if len(evs) < timestampScanBatch {
+			break
+		}
+	}
+	return nil, nil
+}
