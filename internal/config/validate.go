@@ -76,6 +76,8 @@ func (c *Config) Validate() error {
 	c.validateRedis(&ps)
 	c.validateMedia(&ps)
 	c.validateEmail(&ps)
+	c.validateTURN(&ps)
+	c.validateServerNotices(&ps)
 	if len(ps) == 0 {
 		return nil
 	}

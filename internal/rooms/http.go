@@ -56,6 +56,7 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.Serv
 	}
 	mux.HandleClient("POST", "/publicRooms", a(h.publicRoomsPost))
 	s.routesV1(mux, a)
+	s.summaryRoutes(mux, srv, acc)
 }
 
 type roomHandlers struct{ s *Service }

@@ -402,6 +402,9 @@ func spec() []Class {
 				"^/_matrix/client/v1/rooms/.*/threads$",
 				"^/_matrix/client/unstable/org.matrix.msc2716/rooms/.*/batch_send$",
 				"^/_matrix/client/unstable/im.nheko.summary/rooms/.*/summary$",
+				// The summary's stable path (spec v1.15), after the v1.83
+				// list: the same read as the unstable one.
+				"^/_matrix/client/v1/room_summary/",
 				cR0 + "/account/3pid$",
 				cR0 + "/account/whoami$",
 				cR0 + "/devices$",
