@@ -42,9 +42,9 @@ func (c *Config) validateServerNotices(ps *problems) {
 	} else if !validLocalpart(sn.SystemMXIDLocalpart) {
 		ps.add("server_notices.system_mxid_localpart", "%q is not a valid user id localpart (a-z, 0-9, and ._=-/+)", sn.SystemMXIDLocalpart)
 	}
-	for key, v := range map[string]string{"system_mxid_avatar_url": sn.SystemMXIDAvatarURL, "room_avatar_url": sn.RoomAvatarURL} {
-		if v != "" && !strings.HasPrefix(v, "mxc://") {
-			ps.add("server_notices."+key, "must be an mxc:// URI, got %q", v)
+	for _, kv := range [][2]string{{"system_mxid_avatar_url", sn.SystemMXIDAvatarURL}, {"room_avatar_url", sn.RoomAvatarURL}} {
+		if kv[1] != "" && !strings.HasPrefix(kv[1], "mxc://") {
+			ps.add("server_notices."+kv[0], "must be an mxc:// URI, got %q", kv[1])
 		}
 	}
 }

@@ -495,10 +495,10 @@ func (h *roomHandlers) publicRoomsGet(w http.ResponseWriter, r *http.Request) er
 
 func (h *roomHandlers) publicRoomsPost(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
 	var body struct {
-		Limit  int               `json:"limit"`
-		Since  string            `json:"since"`
-		Filter PublicRoomsFilter `json:"filter"`
-		IncludeAllNetworks bool `json:"include_all_networks"`
+		Limit              int               `json:"limit"`
+		Since              string            `json:"since"`
+		Filter             PublicRoomsFilter `json:"filter"`
+		IncludeAllNetworks bool              `json:"include_all_networks"`
 	}
 	if err := mxhttp.DecodeJSON(r, &body); err != nil {
 		return err

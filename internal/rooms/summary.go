@@ -44,6 +44,8 @@ func (s *Service) summaryRoutes(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accoun
 		return mxhttp.WriteJSON(w, http.StatusOK, sum)
 	})
 	mux.Handle("GET /_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary", h)
+	// The MSC's later unstable path, which current clients use.
+	mux.Handle("GET /_matrix/client/unstable/im.nheko.summary/summary/{roomIdOrAlias}", h)
 	mux.Handle("GET /_matrix/client/v1/room_summary/{roomIdOrAlias}", h)
 }
 
