@@ -115,7 +115,8 @@ type legacyRoom struct {
 	State       []rooms.ClientEvent `json:"state,omitempty"`
 	AccountData []any               `json:"account_data,omitempty"`
 	Presence    []any               `json:"presence,omitempty"`
-	Receipts    []any               `json:"receipts,omitempty"`
+	// Receipts is set (possibly empty) by the room initial sync only.
+	Receipts *[]any `json:"receipts,omitempty"`
 }
 
 type legacyMessages struct {
@@ -279,7 +280,7 @@ func (s *Service) handleRoomInitialSync(w http.ResponseWriter, r *http.Request, 
 		return err
 	}
 	lr.Membership = mm
-	lr.Presence, lr.Receipts = []any{}, []any{}
+	lr.Presence, lr.Receipts = []any{}, &[]any{}
 	if m.Membership == "join" { // joined, or peeking into a world-readable room
 		if err := s.roomInitialSyncEphemeral(ctx, req, roomID, now, lr); err != nil {
 			return err
@@ -313,7 +314,7 @@ func (s *Service) roomInitialSyncEphemeral(ctx context.Context, req *accounts.Re
 		return err
 	}
 	if c, ok := rec[roomID]; ok && len(c) > 0 {
-		lr.Receipts = append(lr.Receipts, map[string]any{"type": "m.receipt", "room_id": roomID, "content": c})
+		*lr.Receipts = append(*lr.Receipts, map[string]any{"type": "m.receipt", "room_id": roomID, "content": c})
 	}
 	return nil
 }
