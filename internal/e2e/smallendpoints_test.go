@@ -110,7 +110,12 @@ func TestSmallEndpoints(t *testing.T) {
 				t.Fatalf("bob leaves: %v", err)
 			}
 			gone := send(t, ctx, alice, room, "after bob left", "m-gone")
-			want := map[id.EventID]event.Membership{early: "leave", late: "join", gone: "leave"}
+			react, err := alice.SendMessageEvent(ctx, room, event.EventReaction, map[string]any{
+				"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": late, "key": "+1"}})
+			if err != nil {
+				t.Fatalf("reaction: %v", err)
+			}
+			want := map[id.EventID]event.Membership{early: "leave", late: "join", gone: "leave", react.EventID: "leave"}
 
 			check := func(what string, evs []*event.Event) {
 				t.Helper()
@@ -147,6 +152,11 @@ func TestSmallEndpoints(t *testing.T) {
 				t.Fatalf("event: %v", err)
 			}
 			check("bob's /event", []*event.Event{ev})
+			rel, err := bob.GetRelations(ctx, room, late, &mautrix.ReqGetRelations{})
+			if err != nil {
+				t.Fatalf("relations: %v", err)
+			}
+			check("bob's /relations", rel.Chunk)
 			cx, err := alice.Context(ctx, room, late, nil, 2)
 			if err != nil {
 				t.Fatalf("context: %v", err)
@@ -296,6 +306,18 @@ func TestSmallEndpoints(t *testing.T) {
 				t.Fatalf("anonymous summary has a membership: %s", r.body)
 			}
 			wantRawError(t, srv.do(t, ctx, "GET", "/_matrix/client/v1/room_summary/"+url.PathEscape(private.String()), "", nil), 404, "M_NOT_FOUND")
+			// Restricted to members of the public room: bob sees it once he
+			// is in that room, with the rooms that allow joining.
+			restricted := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "Members only",
+				InitialState: []*event.Event{{Type: event.StateJoinRules, Content: event.Content{Raw: map[string]any{
+					"join_rule": "restricted", "allow": []any{map[string]any{"type": "m.room_membership", "room_id": public}}}}}}})
+			_, err = bob.GetRoomSummary(ctx, restricted.String())
+			wantMatrixError(t, err, 404, "M_NOT_FOUND")
+			join(t, ctx, bob, public.String())
+			rs, err := bob.GetRoomSummary(ctx, restricted.String())
+			if err != nil || rs.JoinRule != "restricted" || !slices.Equal(rs.AllowedRoomIDs, []id.RoomID{public}) {
+				t.Fatalf("restricted summary for a member of the allowed room: %+v (%v)", rs, err)
+			}
 			wantRawError(t, srv.do(t, ctx, "GET", "/_matrix/client/v1/room_summary/"+url.PathEscape(public.String()), "bad-token", nil), 401, "M_UNKNOWN_TOKEN")
 		})
 
@@ -549,4 +571,48 @@ func jsonSame(a, b any) bool {
 	x, err1 := json.Marshal(a)
 	y, err2 := json.Marshal(b)
 	return err1 == nil && err2 == nil && string(x) == string(y)
+}
+
+// TestServerNoticesAutoJoin: with server_notices.auto_join the user is
+// joined to their notices room, not invited; and /voip/turnServer answers
+// {} when no TURN server is configured.
+func TestServerNoticesAutoJoin(t *testing.T) {
+	t.Parallel()
+	runDeployments(t, []string{engineSQLite, enginePostgres}, func(t *testing.T, srv *server) {
+		ctx := testContext(t)
+		bob := srv.register(t, ctx, "bob")
+		admin := srv.registerAdmin(t, ctx, "root")
+		r := srv.do(t, ctx, "GET", clientPath("voip", "turnServer"), bob.AccessToken, nil)
+		if r.status != 200 || len(r.object(t)) != 0 {
+			t.Fatalf("turnServer without TURN: %d %s, want 200 {}", r.status, truncate(r.body))
+		}
+		r = srv.doJSON(t, ctx, "POST", "/_synapse/admin/v1/send_server_notice", admin.AccessToken,
+			map[string]any{"user_id": bob.UserID.String(), "content": map[string]any{"msgtype": "m.text", "body": "hello"}})
+		if r.status != 200 {
+			t.Fatalf("send_server_notice: %d %s", r.status, truncate(r.body))
+		}
+		rooms := joinedRooms(t, ctx, bob)
+		if len(rooms) != 1 {
+			t.Fatalf("bob is joined to %v, want his notices room", rooms)
+		}
+		ev, err := bob.GetEvent(ctx, rooms[0], id.EventID(r.object(t)["event_id"].(string)))
+		if err != nil || ev.Sender != id.UserID("@system:"+serverName) {
+			t.Fatalf("notice %+v (%v)", ev, err)
+		}
+		var topic map[string]any
+		if err := bob.StateEvent(ctx, rooms[0], event.StateTopic, "", &topic); err != nil || topic["topic"] != "Read me" {
+			t.Fatalf("notices room topic %v (%v)", topic, err)
+		}
+		var avatar map[string]any
+		if err := bob.StateEvent(ctx, rooms[0], event.StateRoomAvatar, "", &avatar); err != nil || avatar["url"] != "mxc://e2e.test/room" {
+			t.Fatalf("notices room avatar %v (%v)", avatar, err)
+		}
+		p, err := bob.GetProfile(ctx, id.UserID("@system:"+serverName))
+		if err != nil || p.DisplayName != "System" || p.AvatarURL.String() != "mxc://e2e.test/sys" {
+			t.Fatalf("system user's profile %+v (%v)", p, err)
+		}
+	}, func(cfg map[string]any) {
+		cfg["server_notices"] = map[string]any{"system_mxid_localpart": "system", "system_mxid_display_name": "System",
+			"system_mxid_avatar_url": "mxc://e2e.test/sys", "room_topic": "Read me", "room_avatar_url": "mxc://e2e.test/room", "auto_join": true}
+	})
 }

@@ -22,6 +22,9 @@ type RoomSummary struct {
 	RoomVersion string  `json:"room_version,omitempty"`
 	Encryption  *string `json:"encryption,omitempty"`
 	Membership  string  `json:"membership,omitempty"`
+	// AllowedRoomIDs are the rooms whose members may join a restricted
+	// room.
+	AllowedRoomIDs []string `json:"allowed_room_ids,omitempty"`
 	// The MSC's unstable names of the last two, which clients of the
 	// unstable endpoint read.
 	UnstableRoomVersion string  `json:"im.nheko.summary.room_version,omitempty"`
@@ -112,6 +115,22 @@ func (s *Service) Summary(ctx context.Context, req *accounts.Requester, idOrAlia
 		return nil, err
 	} else if found && enc.Algorithm != "" {
 		sum.Encryption = &enc.Algorithm
+	}
+	if pr.JoinRule == "restricted" || pr.JoinRule == "knock_restricted" {
+		var jr struct {
+			Allow []struct {
+				Type   string `json:"type"`
+				RoomID string `json:"room_id"`
+			} `json:"allow"`
+		}
+		if _, err := s.store.StateContent(ctx, roomID, "m.room.join_rules", "", &jr); err != nil {
+			return nil, err
+		}
+		for _, a := range jr.Allow {
+			if a.Type == "m.room_membership" && a.RoomID != "" {
+				sum.AllowedRoomIDs = append(sum.AllowedRoomIDs, a.RoomID)
+			}
+		}
 	}
 	sum.UnstableRoomVersion, sum.UnstableEncryption = sum.RoomVersion, sum.Encryption
 	if sum.Membership == "" && userID != "" {
