@@ -573,46 +573,83 @@ func jsonSame(a, b any) bool {
 	return err1 == nil && err2 == nil && string(x) == string(y)
 }
 
-// TestServerNoticesAutoJoin: with server_notices.auto_join the user is
-// joined to their notices room, not invited; and /voip/turnServer answers
-// {} when no TURN server is configured.
-func TestServerNoticesAutoJoin(t *testing.T) {
+// TestSmallEndpointsOtherConfig runs what needs another config than
+// TestSmallEndpoints, on one monolith per engine: server_notices.auto_join
+// (the user is joined, not invited) with the room and system user
+// profile keys, /voip/turnServer answering {} without TURN servers, and
+// rc_reports.
+func TestSmallEndpointsOtherConfig(t *testing.T) {
 	t.Parallel()
 	runDeployments(t, []string{engineSQLite, enginePostgres}, func(t *testing.T, srv *server) {
 		ctx := testContext(t)
+		alice := srv.register(t, ctx, "alice")
 		bob := srv.register(t, ctx, "bob")
 		admin := srv.registerAdmin(t, ctx, "root")
-		r := srv.do(t, ctx, "GET", clientPath("voip", "turnServer"), bob.AccessToken, nil)
-		if r.status != 200 || len(r.object(t)) != 0 {
-			t.Fatalf("turnServer without TURN: %d %s, want 200 {}", r.status, truncate(r.body))
-		}
-		r = srv.doJSON(t, ctx, "POST", "/_synapse/admin/v1/send_server_notice", admin.AccessToken,
-			map[string]any{"user_id": bob.UserID.String(), "content": map[string]any{"msgtype": "m.text", "body": "hello"}})
-		if r.status != 200 {
-			t.Fatalf("send_server_notice: %d %s", r.status, truncate(r.body))
-		}
-		rooms := joinedRooms(t, ctx, bob)
-		if len(rooms) != 1 {
-			t.Fatalf("bob is joined to %v, want his notices room", rooms)
-		}
-		ev, err := bob.GetEvent(ctx, rooms[0], id.EventID(r.object(t)["event_id"].(string)))
-		if err != nil || ev.Sender != id.UserID("@system:"+serverName) {
-			t.Fatalf("notice %+v (%v)", ev, err)
-		}
-		var topic map[string]any
-		if err := bob.StateEvent(ctx, rooms[0], event.StateTopic, "", &topic); err != nil || topic["topic"] != "Read me" {
-			t.Fatalf("notices room topic %v (%v)", topic, err)
-		}
-		var avatar map[string]any
-		if err := bob.StateEvent(ctx, rooms[0], event.StateRoomAvatar, "", &avatar); err != nil || avatar["url"] != "mxc://e2e.test/room" {
-			t.Fatalf("notices room avatar %v (%v)", avatar, err)
-		}
-		p, err := bob.GetProfile(ctx, id.UserID("@system:"+serverName))
-		if err != nil || p.DisplayName != "System" || p.AvatarURL.String() != "mxc://e2e.test/sys" {
-			t.Fatalf("system user's profile %+v (%v)", p, err)
-		}
+
+		t.Run("turnUnconfigured", func(t *testing.T) {
+			r := srv.do(t, ctx, "GET", clientPath("voip", "turnServer"), bob.AccessToken, nil)
+			if r.status != 200 || len(r.object(t)) != 0 {
+				t.Fatalf("turnServer without TURN: %d %s, want 200 {}", r.status, truncate(r.body))
+			}
+		})
+
+		t.Run("noticesAutoJoin", func(t *testing.T) {
+			r := srv.doJSON(t, ctx, "POST", "/_synapse/admin/v1/send_server_notice", admin.AccessToken,
+				map[string]any{"user_id": bob.UserID.String(), "content": map[string]any{"msgtype": "m.text", "body": "hello"}})
+			if r.status != 200 {
+				t.Fatalf("send_server_notice: %d %s", r.status, truncate(r.body))
+			}
+			rooms := joinedRooms(t, ctx, bob)
+			if len(rooms) != 1 {
+				t.Fatalf("bob is joined to %v, want his notices room", rooms)
+			}
+			ev, err := bob.GetEvent(ctx, rooms[0], id.EventID(r.object(t)["event_id"].(string)))
+			if err != nil || ev.Sender != id.UserID("@system:"+serverName) {
+				t.Fatalf("notice %+v (%v)", ev, err)
+			}
+			var topic map[string]any
+			if err := bob.StateEvent(ctx, rooms[0], event.StateTopic, "", &topic); err != nil || topic["topic"] != "Read me" {
+				t.Fatalf("notices room topic %v (%v)", topic, err)
+			}
+			var avatar map[string]any
+			if err := bob.StateEvent(ctx, rooms[0], event.StateRoomAvatar, "", &avatar); err != nil || avatar["url"] != "mxc://e2e.test/room" {
+				t.Fatalf("notices room avatar %v (%v)", avatar, err)
+			}
+			p, err := bob.GetProfile(ctx, id.UserID("@system:"+serverName))
+			if err != nil || p.DisplayName != "System" || p.AvatarURL.String() != "mxc://e2e.test/sys" {
+				t.Fatalf("system user's profile %+v (%v)", p, err)
+			}
+		})
+
+		t.Run("reportsRateLimit", func(t *testing.T) {
+			room := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+			join(t, ctx, bob, room.String())
+			msg := send(t, ctx, alice, room, "spam", "rl-1")
+			report := func(c *mautrix.Client) response {
+				return srv.doJSON(t, ctx, "POST", clientPath("rooms", room.String(), "report", msg.String()), c.AccessToken,
+					map[string]any{"reason": "spam"})
+			}
+			for i := 0; i < 2; i++ {
+				if r := report(bob); r.status != 200 {
+					t.Fatalf("report %d: %d %s", i, r.status, truncate(r.body))
+				}
+			}
+			wantLimited(t, "third report", report(bob))
+			wantLimited(t, "room report past the limit", srv.doJSON(t, ctx, "POST", clientPath("rooms", room.String(), "report"),
+				bob.AccessToken, map[string]any{"reason": "spam"}))
+			if r := report(alice); r.status != 200 {
+				t.Fatalf("another user's report: %d %s", r.status, truncate(r.body))
+			}
+			// Bad input is refused before the limit is charged.
+			wantRawError(t, srv.doJSON(t, ctx, "POST", clientPath("rooms", room.String(), "report", msg.String()), alice.AccessToken,
+				map[string]any{"score": 1}), 400, "M_INVALID_PARAM")
+			if r := report(alice); r.status != 200 {
+				t.Fatalf("alice's second report: %d %s", r.status, truncate(r.body))
+			}
+		})
 	}, func(cfg map[string]any) {
 		cfg["server_notices"] = map[string]any{"system_mxid_localpart": "system", "system_mxid_display_name": "System",
 			"system_mxid_avatar_url": "mxc://e2e.test/sys", "room_topic": "Read me", "room_avatar_url": "mxc://e2e.test/room", "auto_join": true}
+		cfg["rc_reports"] = slowLimit(2)
 	})
 }
