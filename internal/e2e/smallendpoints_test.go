@@ -621,6 +621,36 @@ func TestSmallEndpointsOtherConfig(t *testing.T) {
 			}
 		})
 
+		t.Run("noticesRoomFollowsConfig", func(t *testing.T) {
+			rooms := joinedRooms(t, ctx, bob)
+			if len(rooms) != 1 {
+				t.Fatalf("bob is joined to %v, want his notices room", rooms)
+			}
+			// A new room name and system user name in the config reach the
+			// existing room with the next notice.
+			srv.opts = append(srv.opts, func(cfg map[string]any) {
+				sn := cfg["server_notices"].(map[string]any)
+				sn["room_name"] = "Renamed notices"
+				sn["system_mxid_display_name"] = "System 2"
+			})
+			srv.restart(t)
+			r := srv.doJSON(t, ctx, "POST", "/_synapse/admin/v1/send_server_notice", admin.AccessToken,
+				map[string]any{"user_id": bob.UserID.String(), "content": map[string]any{"msgtype": "m.text", "body": "again"}})
+			if r.status != 200 {
+				t.Fatalf("send_server_notice: %d %s", r.status, truncate(r.body))
+			}
+			if now := joinedRooms(t, ctx, bob); !slices.Equal(now, rooms) {
+				t.Fatalf("bob's rooms %v, want the same notices room %v", now, rooms)
+			}
+			var name map[string]any
+			if err := bob.StateEvent(ctx, rooms[0], event.StateRoomName, "", &name); err != nil || name["name"] != "Renamed notices" {
+				t.Fatalf("room name %v (%v)", name, err)
+			}
+			if p, err := bob.GetProfile(ctx, id.UserID("@system:"+serverName)); err != nil || p.DisplayName != "System 2" {
+				t.Fatalf("system user's profile %+v (%v)", p, err)
+			}
+		})
+
 		t.Run("reportsRateLimit", func(t *testing.T) {
 			room := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
 			join(t, ctx, bob, room.String())

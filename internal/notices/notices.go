@@ -126,6 +126,9 @@ func (s *Service) roomFor(ctx context.Context, userID string) (string, error) {
 			return "", err
 		}
 		if m == "join" || m == "invite" {
+			if err := s.updateRoomInfo(ctx, roomID); err != nil {
+				return "", err
+			}
 			return roomID, s.maybeJoin(ctx, roomID, userID, m)
 		}
 	}
@@ -146,10 +149,7 @@ func (s *Service) roomFor(ctx context.Context, userID string) (string, error) {
 		PowerLevelContentOverride: map[string]json.RawMessage{"users_default": mustJSON(-10)},
 		InitialState:              initial,
 	}
-	name := s.cfg.RoomName
-	if name == "" {
-		name = "Server Notices" // Synapse's default
-	}
+	name := s.roomName()
 	req.Name = &name
 	if s.cfg.RoomTopic != "" {
 		req.Topic = &s.cfg.RoomTopic
@@ -171,6 +171,45 @@ func (s *Service) roomFor(ctx context.Context, userID string) (string, error) {
 	}
 	s.log.Info("created server notices room", "user_id", userID, "room_id", roomID)
 	return roomID, s.maybeJoin(ctx, roomID, userID, "invite")
+}
+
+// roomName is the notices room's name.
+func (s *Service) roomName() string {
+	if s.cfg.RoomName != "" {
+		return s.cfg.RoomName
+	}
+	return "Server Notices" // Synapse's default
+}
+
+// updateRoomInfo brings an existing notices room's name, topic and avatar
+// in line with the config, which may have changed since it was made (as
+// Synapse does); and the system user's profile with it.
+func (s *Service) updateRoomInfo(ctx context.Context, roomID string) error {
+	if err := s.EnsureSystemUser(ctx); err != nil {
+		return err
+	}
+	for _, st := range []struct{ typ, key, want string }{
+		{"m.room.name", "name", s.roomName()},
+		{"m.room.topic", "topic", s.cfg.RoomTopic},
+		{"m.room.avatar", "url", s.cfg.RoomAvatarURL},
+	} {
+		var cur map[string]any
+		if _, err := s.rooms.Store().StateContent(ctx, roomID, st.typ, "", &cur); err != nil {
+			return err
+		}
+		have, _ := cur[st.key].(string)
+		if have == st.want || (st.want == "" && cur == nil) {
+			continue
+		}
+		content := map[string]any{st.key: st.want}
+		if st.typ == "m.room.topic" && st.want != "" {
+			content["m.topic"] = map[string]any{"m.text": []map[string]string{{"body": st.want, "mimetype": "text/plain"}}}
+		}
+		if _, err := s.rooms.SetState(ctx, s.system(), roomID, st.typ, "", mustJSON(content)); err != nil {
+			return fmt.Errorf("update %s of notices room %s: %w", st.typ, roomID, err)
+		}
+	}
+	return nil
 }
 
 // maybeJoin joins an invited user with auto_join.

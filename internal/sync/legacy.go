@@ -113,7 +113,7 @@ type legacyRoom struct {
 	Visibility  string              `json:"visibility,omitempty"`
 	Messages    *legacyMessages     `json:"messages,omitempty"`
 	State       []rooms.ClientEvent `json:"state,omitempty"`
-	AccountData []any               `json:"account_data,omitempty"`
+	AccountData []any               `json:"account_data"`
 	Presence    []any               `json:"presence,omitempty"`
 	// Receipts is set (possibly empty) by the room initial sync only.
 	Receipts *[]any `json:"receipts,omitempty"`
@@ -140,7 +140,7 @@ func legacyLimit(r *http.Request) (int, error) {
 // legacyRoomView renders one room for /initialSync.
 func (s *Service) legacyRoomView(ctx context.Context, req *accounts.Requester, roomID string, m membership, now streams.Token, limit int, ad map[string][]accountdata.Event) (*legacyRoom, error) {
 	r := &request{userID: req.UserID, deviceID: req.DeviceID, fmtr: s.Rooms.Formatter(req.UserID, req.DeviceID)}
-	lr := &legacyRoom{RoomID: roomID, Membership: m.Membership}
+	lr := &legacyRoom{RoomID: roomID, Membership: m.Membership, AccountData: []any{}}
 	if vis, err := s.Rooms.DirectoryVisibility(ctx, roomID); err == nil {
 		lr.Visibility = vis
 	}
