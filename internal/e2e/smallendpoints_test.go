@@ -157,6 +157,13 @@ func TestSmallEndpoints(t *testing.T) {
 				t.Fatalf("relations: %v", err)
 			}
 			check("bob's /relations", rel.Chunk)
+			found := searchEvents(t, ctx, bob, map[string]any{"search_term": "joined",
+				"filter": map[string]any{"rooms": []id.RoomID{room}}, "event_context": map[string]any{"before_limit": 1, "after_limit": 1}}, "")
+			if res := found.SearchCategories.RoomEvents.Results; len(res) != 1 || res[0].Result.ID != late || res[0].Context == nil {
+				t.Fatalf("bob's search: %v, want %s with context", found.eventIDs(), late)
+			} else {
+				check("bob's /search", append(append([]*event.Event{res[0].Result}, res[0].Context.EventsBefore...), res[0].Context.EventsAfter...))
+			}
 			cx, err := alice.Context(ctx, room, late, nil, 2)
 			if err != nil {
 				t.Fatalf("context: %v", err)
