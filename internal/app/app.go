@@ -459,6 +459,7 @@ func (p *Process) wire(ctx context.Context) error {
 	syncSvc.Routes(mux, srv, acc)
 	p.wireDirectoryAndSearch(mux, srv, acc, roomSvc, persister, rl(cfg.RCUserDirectory))
 	infoRoutes(mux, srv, cfg, acc)
+	p.wireReportsNoticesVoIP(mux, srv, acc, roomSvc, adSvc.Writer(), rl(cfg.RCReports))
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}

@@ -127,6 +127,17 @@ type Config struct {
 
 	UserDirectory UserDirectoryConfig `yaml:"user_directory"`
 
+	// TURN (VoIP) keys, Synapse's (turn.go).
+	TURNURIs             StringList `yaml:"turn_uris"`
+	TURNSharedSecret     string     `yaml:"turn_shared_secret"`
+	TURNSharedSecretPath string     `yaml:"turn_shared_secret_path"`
+	TURNUsername         string     `yaml:"turn_username"`
+	TURNPassword         string     `yaml:"turn_password"`
+	TURNUserLifetime     Duration   `yaml:"turn_user_lifetime"`
+	TURNAllowGuests      bool       `yaml:"turn_allow_guests"`
+	// ServerNotices is Synapse's server_notices section (notices.go).
+	ServerNotices *ServerNoticesConfig `yaml:"server_notices"`
+
 	FormSecret                     string           `yaml:"form_secret"`
 	MacaroonSecretKey              string           `yaml:"macaroon_secret_key"`
 	SuppressKeyServerWarning       bool             `yaml:"suppress_key_server_warning"`
@@ -207,6 +218,7 @@ type Config struct {
 	// inline fields so Validate can still tell that both were set.
 	replicationSecretFromFile  string
 	registrationSecretFromFile string
+	turnSecretFromFile         string
 	tlsCert                    *tls.Certificate
 	federationCAs              *x509.CertPool
 }
@@ -460,6 +472,8 @@ func Default() *Config {
 		Email:                          defaultEmail(),
 		HTTPLimits:                     defaultHTTPLimits(),
 		Redis:                          RedisConfig{Host: "localhost", Port: 6379},
+		TURNUserLifetime:               defaultTURNUserLifetime,
+		TURNAllowGuests:                true,
 	}
 	defaultRateLimits(c)
 	return c

@@ -198,6 +198,7 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.RegistrationSharedSecretPath)
 	abs(&c.WorkerReplicationSecretPath)
 	abs(&c.Redis.PasswordPath)
+	abs(&c.TURNSharedSecretPath)
 	abs(&c.TLSCertificatePath)
 	abs(&c.TLSPrivateKeyPath)
 	abs(&c.Redis.CertificateFile)
@@ -404,6 +405,10 @@ func (c *Config) readFiles() []Problem {
 	}
 	if c.Redis.Password == "" {
 		read("redis.password_path", c.Redis.PasswordPath, &c.Redis.passwordFromFile)
+	}
+
+	if c.TURNSharedSecret == "" {
+		read("turn_shared_secret_path", c.TURNSharedSecretPath, &c.turnSecretFromFile)
 	}
 
 	problems = append(problems, c.loadTLS()...)

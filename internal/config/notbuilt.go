@@ -17,7 +17,6 @@ func NotBuilt() map[string]string {
 		media      = "the media repository's storage providers and retention"
 		federation = "federation"
 		captcha    = "registration captcha"
-		turn       = "TURN (VoIP)"
 		modules    = "modules and third-party hooks"
 		threepid   = "third-party identifiers"
 	)
@@ -54,16 +53,10 @@ func NotBuilt() map[string]string {
 		"recaptcha_public_key":        captcha,
 		"recaptcha_private_key":       captcha,
 
-		"turn_uris":          turn,
-		"turn_shared_secret": turn,
-		"turn_username":      turn,
-		"turn_password":      turn,
-
 		"modules":                    modules,
 		"spam_checker":               modules,
 		"third_party_event_rules":    modules,
 		"account_validity":           "account validity",
-		"server_notices":             "server notices",
 		"user_consent":               "user consent",
 		"retention":                  "message retention",
 		"opentracing":                "tracing",

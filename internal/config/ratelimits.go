@@ -147,7 +147,7 @@ func (c *Config) RateLimitKeys() []RateLimitKey {
 		{"rc_3pid_validation", c.RC3PIDValidation, false, "third-party id validation (not implemented)"},
 		{"rc_presence.per_user", c.RCPresence.PerUser, true, "PUT /presence/{userId}/status; per user"},
 		{"rc_delayed_event_mgmt", c.RCDelayedEventMgmt, false, "delayed event management (not implemented)"},
-		{"rc_reports", c.RCReports, false, "content reports (not implemented)"},
+		{"rc_reports", c.RCReports, true, "POST /rooms/{roomId}/report/{eventId} and POST /rooms/{roomId}/report; per user; server admins are exempt"},
 		{"rc_media_create", c.RCMediaCreate, false, "POST /media/v1/create (bounded by max_pending_media_uploads, not yet by this limit)"},
 		{"rc_user_directory", c.RCUserDirectory, true, "POST /user_directory/search; per user"},
 		{"rc_key_requests", c.RCKeyRequests, false, "cross-user room key requests (to-device m.room_key_request)"},

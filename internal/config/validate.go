@@ -78,6 +78,8 @@ func (c *Config) Validate() error {
 	c.validateMedia(&ps)
 	c.validateEmail(&ps)
 	c.validatePasswords(&ps)
+	c.validateTURN(&ps)
+	c.validateServerNotices(&ps)
 	if len(ps) == 0 {
 		return nil
 	}

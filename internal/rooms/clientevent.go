@@ -28,6 +28,9 @@ type Formatter struct {
 	userID   string
 	deviceID string
 	now      func() time.Time
+	// cachedMembership: unsigned.membership histories may come from the
+	// state cache (SyncFormatter).
+	cachedMembership bool
 }
 
 func (s *Service) Formatter(userID, deviceID string) *Formatter {
@@ -58,6 +61,9 @@ func (f *Formatter) Format(ctx context.Context, evs []*StoredEvent) ([]ClientEve
 		out = append(out, f.one(se, related))
 	}
 	if err := f.bundle(ctx, evs, out); err != nil {
+		return nil, err
+	}
+	if err := f.addMembership(ctx, evs, out); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -209,7 +209,10 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 		add("m.room.name", &empty, map[string]any{"name": *r.Name})
 	}
 	if r.Topic != nil {
-		add("m.room.topic", &empty, map[string]any{"topic": *r.Topic})
+		// The plain topic and its MSC3765 (spec v1.15) rich form: clients
+		// that know m.topic read it, older ones read topic.
+		add("m.room.topic", &empty, map[string]any{"topic": *r.Topic,
+			"m.topic": map[string]any{"m.text": []map[string]string{{"body": *r.Topic, "mimetype": "text/plain"}}}})
 	}
 	seen := []string{creator}
 	for _, u := range r.Invite {

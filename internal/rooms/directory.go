@@ -320,9 +320,44 @@ type PublicRoomsPage struct {
 	Total     int          `json:"total_room_count_estimate"`
 }
 
-// PublicRooms lists published rooms, most members first, filtered by a
-// generic search term, paginated with opaque offset tokens.
-func (s *Service) PublicRooms(ctx context.Context, limit int, since, term string) (*PublicRoomsPage, error) {
+// PublicRoomsFilter is publicRooms' filter (POST body "filter").
+type PublicRoomsFilter struct {
+	// GenericSearchTerm matches, case-insensitively, a substring of the
+	// name, topic, canonical alias or room id.
+	GenericSearchTerm string `json:"generic_search_term"`
+	// RoomTypes keeps rooms whose m.room.create type is one of these; a
+	// null entry stands for rooms without a type. Empty keeps every room.
+	RoomTypes []*string `json:"room_types"`
+}
+
+func (f PublicRoomsFilter) keeps(pr PublicRoom) bool {
+	if f.GenericSearchTerm != "" && !matchesTerm(pr, strings.ToLower(f.GenericSearchTerm)) {
+		return false
+	}
+	if len(f.RoomTypes) == 0 {
+		return true
+	}
+	for _, t := range f.RoomTypes {
+		if (t == nil && pr.RoomType == nil) || (t != nil && pr.RoomType != nil && *t == *pr.RoomType) {
+			return true
+		}
+	}
+	return false
+}
+
+// PublicRooms lists published rooms, most members first, filtered, paginated
+// with offset tokens into the filtered list (a page boundary stays put as
+// long as the same filter is passed with the token).
+// total_room_count_estimate counts the rooms the filter keeps.
+func (s *Service) PublicRooms(ctx context.Context, limit int, since string, filter PublicRoomsFilter) (*PublicRoomsPage, error) {
+	offset := 0
+	if since != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(since, "o"))
+		if err != nil || !strings.HasPrefix(since, "o") || n < 0 {
+			return nil, mxhttp.InvalidParam("Invalid since token")
+		}
+		offset = n
+	}
 	rows, err := s.store.db.Reader().QueryContext(ctx, `SELECT room_id FROM rooms WHERE is_public = TRUE`)
 	if err != nil {
 		return nil, fmt.Errorf("list public rooms: %w", err)
@@ -341,13 +376,12 @@ func (s *Service) PublicRooms(ctx context.Context, limit int, since, term string
 		return nil, err
 	}
 	all := make([]PublicRoom, 0, len(ids))
-	term = strings.ToLower(term)
 	for _, id := range ids {
 		pr, err := s.publicRoom(ctx, id)
 		if err != nil {
 			return nil, err
 		}
-		if term != "" && !matchesTerm(pr, term) {
+		if !filter.keeps(pr) {
 			continue
 		}
 		all = append(all, pr)
@@ -358,14 +392,6 @@ func (s *Service) PublicRooms(ctx context.Context, limit int, since, term string
 		}
 		return all[i].RoomID < all[j].RoomID
 	})
-	offset := 0
-	if since != "" {
-		n, err := strconv.Atoi(strings.TrimPrefix(since, "o"))
-		if err != nil || !strings.HasPrefix(since, "o") || n < 0 {
-			return nil, mxhttp.InvalidParam("Invalid since token")
-		}
-		offset = n
-	}
 	if limit <= 0 || limit > 500 {
 		limit = 500
 	}
@@ -384,6 +410,9 @@ func (s *Service) PublicRooms(ctx context.Context, limit int, since, term string
 }
 
 func matchesTerm(pr PublicRoom, term string) bool {
+	if strings.Contains(strings.ToLower(pr.RoomID), term) {
+		return true
+	}
 	for _, p := range []*string{pr.Name, pr.Topic, pr.CanonicalAlias} {
 		if p != nil && strings.Contains(strings.ToLower(*p), term) {
 			return true

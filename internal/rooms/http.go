@@ -56,6 +56,7 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.Serv
 	}
 	mux.HandleClient("POST", "/publicRooms", a(h.publicRoomsPost))
 	s.routesV1(mux, a)
+	s.summaryRoutes(mux, srv, acc)
 }
 
 type roomHandlers struct{ s *Service }
@@ -492,7 +493,7 @@ func (h *roomHandlers) publicRoomsGet(w http.ResponseWriter, r *http.Request) er
 	if s := q.Get("server"); s != "" && s != h.s.cfg.ServerName {
 		return mxhttp.Forbidden("Querying other servers' directories needs federation")
 	}
-	page, err := h.s.PublicRooms(r.Context(), limit, q.Get("since"), "")
+	page, err := h.s.PublicRooms(r.Context(), limit, q.Get("since"), PublicRoomsFilter{})
 	if err != nil {
 		return err
 	}
@@ -501,12 +502,10 @@ func (h *roomHandlers) publicRoomsGet(w http.ResponseWriter, r *http.Request) er
 
 func (h *roomHandlers) publicRoomsPost(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
 	var body struct {
-		Limit  int    `json:"limit"`
-		Since  string `json:"since"`
-		Filter struct {
-			GenericSearchTerm string `json:"generic_search_term"`
-		} `json:"filter"`
-		IncludeAllNetworks bool `json:"include_all_networks"`
+		Limit              int               `json:"limit"`
+		Since              string            `json:"since"`
+		Filter             PublicRoomsFilter `json:"filter"`
+		IncludeAllNetworks bool              `json:"include_all_networks"`
 	}
 	if err := mxhttp.DecodeJSON(r, &body); err != nil {
 		return err
@@ -517,7 +516,7 @@ func (h *roomHandlers) publicRoomsPost(w http.ResponseWriter, r *http.Request, r
 	if body.Limit < 0 {
 		return mxhttp.InvalidParam("limit must not be negative")
 	}
-	page, err := h.s.PublicRooms(r.Context(), body.Limit, body.Since, body.Filter.GenericSearchTerm)
+	page, err := h.s.PublicRooms(r.Context(), body.Limit, body.Since, body.Filter)
 	if err != nil {
 		return err
 	}

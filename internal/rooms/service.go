@@ -49,6 +49,8 @@ type Service struct {
 	// appservices, when set, guards exclusive alias namespaces and asks
 	// services about unknown aliases (appservices.go).
 	appservices Appservices
+	// noticeRooms, when set, guards server notices rooms (notices.go).
+	noticeRooms NoticeRooms
 	now         func() time.Time
 }
 
@@ -202,6 +204,11 @@ func (s *Service) SetState(ctx context.Context, req *accounts.Requester, roomID,
 		}
 		if !validUserID(stateKey) {
 			return "", mxhttp.BadJSON("m.room.member state key must be a user id")
+		}
+		if c.Membership == "leave" && stateKey == req.UserID {
+			if err := s.checkNoticeLeave(ctx, roomID, req.UserID); err != nil {
+				return "", err
+			}
 		}
 	case "m.room.canonical_alias":
 		if err := s.checkCanonicalAlias(ctx, roomID, content); err != nil {
@@ -414,6 +421,11 @@ func (s *Service) ChangeMembership(ctx context.Context, req *accounts.Requester,
 	membership := ch.Membership
 	if membership == "kick" {
 		membership = "leave"
+	}
+	if membership == "leave" && ch.Target == req.UserID {
+		if err := s.checkNoticeLeave(ctx, roomID, req.UserID); err != nil {
+			return "", err
+		}
 	}
 	c, err := s.memberContent(ctx, ch, membership)
 	if err != nil {

@@ -404,6 +404,10 @@ func spec() []Class {
 				"^/_matrix/client/v1/rooms/.*/threads$",
 				"^/_matrix/client/unstable/org.matrix.msc2716/rooms/.*/batch_send$",
 				"^/_matrix/client/unstable/im.nheko.summary/rooms/.*/summary$",
+				// The summary's stable path (spec v1.15) and the MSC's later
+				// unstable one, after the v1.83 list: the same read.
+				"^/_matrix/client/v1/room_summary/",
+				"^/_matrix/client/unstable/im.nheko.summary/summary/",
 				cR0 + "/account/3pid$",
 				cR0 + "/account/whoami$",
 				cR0 + "/devices$",

@@ -113,8 +113,10 @@ type legacyRoom struct {
 	Visibility  string              `json:"visibility,omitempty"`
 	Messages    *legacyMessages     `json:"messages,omitempty"`
 	State       []rooms.ClientEvent `json:"state,omitempty"`
-	AccountData []any               `json:"account_data,omitempty"`
+	AccountData []any               `json:"account_data"`
 	Presence    []any               `json:"presence,omitempty"`
+	// Receipts is set (possibly empty) by the room initial sync only.
+	Receipts *[]any `json:"receipts,omitempty"`
 }
 
 type legacyMessages struct {
@@ -138,7 +140,7 @@ func legacyLimit(r *http.Request) (int, error) {
 // legacyRoomView renders one room for /initialSync.
 func (s *Service) legacyRoomView(ctx context.Context, req *accounts.Requester, roomID string, m membership, now streams.Token, limit int, ad map[string][]accountdata.Event) (*legacyRoom, error) {
 	r := &request{userID: req.UserID, deviceID: req.DeviceID, fmtr: s.Rooms.Formatter(req.UserID, req.DeviceID)}
-	lr := &legacyRoom{RoomID: roomID, Membership: m.Membership}
+	lr := &legacyRoom{RoomID: roomID, Membership: m.Membership, AccountData: []any{}}
 	if vis, err := s.Rooms.DirectoryVisibility(ctx, roomID); err == nil {
 		lr.Visibility = vis
 	}
@@ -278,9 +280,41 @@ func (s *Service) handleRoomInitialSync(w http.ResponseWriter, r *http.Request, 
 		return err
 	}
 	lr.Membership = mm
-	lr.Presence = []any{}
+	lr.Presence, lr.Receipts = []any{}, &[]any{}
+	if m.Membership == "join" { // joined, or peeking into a world-readable room
+		if err := s.roomInitialSyncEphemeral(ctx, req, roomID, now, lr); err != nil {
+			return err
+		}
+	}
 	if lr.AccountData == nil {
 		lr.AccountData = []any{}
 	}
 	return mxhttp.WriteJSON(w, 200, lr)
+}
+
+// roomInitialSyncEphemeral adds what a member sees of the room now besides
+// its events, as Synapse's room initial sync does for members and peekers:
+// the presence of the joined members and the room's read receipts.
+func (s *Service) roomInitialSyncEphemeral(ctx context.Context, req *accounts.Requester, roomID string, now streams.Token, lr *legacyRoom) error {
+	if s.Presence.Enabled() {
+		members, err := s.store.JoinedMembers(ctx, roomID)
+		if err != nil {
+			return err
+		}
+		pres, err := s.Presence.ForUsers(ctx, members)
+		if err != nil {
+			return err
+		}
+		for _, p := range pres {
+			lr.Presence = append(lr.Presence, p)
+		}
+	}
+	rec, err := s.Receipts.ForRooms(ctx, req.UserID, []string{roomID}, 0, now.Receipts)
+	if err != nil {
+		return err
+	}
+	if c, ok := rec[roomID]; ok && len(c) > 0 {
+		*lr.Receipts = append(*lr.Receipts, map[string]any{"type": "m.receipt", "room_id": roomID, "content": c})
+	}
+	return nil
 }

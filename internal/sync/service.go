@@ -73,7 +73,7 @@ type Params struct {
 // Sync answers one /sync request.
 func (s *Service) Sync(ctx context.Context, req *accounts.Requester, p Params) (*Response, error) {
 	r := &request{userID: req.UserID, deviceID: req.DeviceID, fullState: p.FullState,
-		fmtr: s.Rooms.Formatter(req.UserID, req.DeviceID), persisterOf: s.persisterOf}
+		fmtr: s.Rooms.SyncFormatter(req.UserID, req.DeviceID), persisterOf: s.persisterOf}
 	var err error
 	if r.filter, err = s.Filters.Resolve(ctx, req.UserID, p.Filter); err != nil {
 		return nil, err
