@@ -56,7 +56,7 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 		version = s.cfg.DefaultRoomVersion
 	}
 	rv, ok := events.LookupRoomVersion(version)
-	if !ok {
+	if !ok || !events.IsSupportedRoomVersion(version) {
 		return "", mxhttp.WithCode(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Your homeserver does not support room version %q", version)
 	}
 	switch r.Visibility {

@@ -51,7 +51,7 @@ func (s *Service) UpgradeRoom(ctx context.Context, req *accounts.Requester, room
 		return "", err
 	}
 	rv, ok := events.LookupRoomVersion(newVersion)
-	if !ok {
+	if !ok || !events.IsSupportedRoomVersion(newVersion) {
 		return "", mxhttp.WithCode(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Your homeserver does not support room version %q", newVersion)
 	}
 	if err := s.requireRoom(ctx, roomID); err != nil {
