@@ -322,7 +322,7 @@ func (h *nodeHeap) Less(i, j int) bool {
 	return a.id < b.id
 }
 func (h *nodeHeap) Swap(i, j int) { h.idx[i], h.idx[j] = h.idx[j], h.idx[i] }
-func (h *nodeHeap) Push(x any)   { h.idx = append(h.idx, x.(int32)) }
+func (h *nodeHeap) Push(x any)    { h.idx = append(h.idx, x.(int32)) }
 func (h *nodeHeap) Pop() any {
 	x := h.idx[len(h.idx)-1]
 	h.idx = h.idx[:len(h.idx)-1]
