@@ -38,46 +38,10 @@ func resolveV2(ctx context.Context, rv *events.RoomVersion, sets []map[StateKey]
 		}
 	}
 
-	// The full conflicted set: conflicted state ∪ auth difference
-	// (∪ conflicted state subgraph in v2.1).
-	full := make(map[string]struct{}, 2*len(conflicted))
-	for _, id := range conflicted {
-		full[id] = struct{}{}
-	}
-	diff, err := authDifference(ctx, f, sets, unconflicted)
+	full, fullIDs, err := fullConflictedSet(ctx, l, sets, unconflicted, conflicted, v21)
 	if err != nil {
 		return nil, err
 	}
-	for _, id := range diff {
-		full[id] = struct{}{}
-	}
-	if v21 {
-		sub, err := conflictedSubgraph(ctx, l, conflicted)
-		if err != nil {
-			return nil, err
-		}
-		for _, id := range sub {
-			full[id] = struct{}{}
-		}
-	}
-	fullIDs := make([]string, 0, len(full))
-	for id := range full {
-		fullIDs = append(fullIDs, id)
-	}
-	if err := l.load(ctx, fullIDs); err != nil {
-		return nil, err
-	}
-	// Auth-difference events the fetcher does not have (or has rejected)
-	// cannot take part; the conflicted ones were checked above.
-	fullIDs = fullIDs[:0]
-	for id := range full {
-		if ev := l.get(id); ev == nil || !ev.IsState() {
-			delete(full, id)
-			continue
-		}
-		fullIDs = append(fullIDs, id)
-	}
-	slices.Sort(fullIDs)
 
 	create, err := impliedCreate(ctx, rv, l, l.get(conflicted[0]))
 	if err != nil {
@@ -132,6 +96,54 @@ func resolveV2(ctx context.Context, rv *events.RoomVersion, sets []map[StateKey]
 		partial[k] = v
 	}
 	return partial, nil
+}
+
+// fullConflictedSet is the conflicted state set ∪ the auth difference (∪
+// the conflicted state subgraph in v2.1), without events the fetcher does
+// not have; also as a sorted list.
+func fullConflictedSet(ctx context.Context, l *loader, sets []map[StateKey]string, unconflicted map[StateKey]string, conflicted []string, v21 bool) (map[string]struct{}, []string, error) {
+	// The full conflicted set: conflicted state ∪ auth difference
+	// (∪ conflicted state subgraph in v2.1).
+	full := make(map[string]struct{}, 2*len(conflicted))
+	for _, id := range conflicted {
+		full[id] = struct{}{}
+	}
+	diff, err := authDifference(ctx, l.f, sets, unconflicted)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, id := range diff {
+		full[id] = struct{}{}
+	}
+	if v21 {
+		sub, err := conflictedSubgraph(ctx, l, conflicted)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, id := range sub {
+			full[id] = struct{}{}
+		}
+	}
+	fullIDs := make([]string, 0, len(full))
+	for id := range full {
+		fullIDs = append(fullIDs, id)
+	}
+	if err := l.load(ctx, fullIDs); err != nil {
+		return nil, nil, err
+	}
+	// Auth-difference events the fetcher does not have (or has rejected)
+	// cannot take part; the conflicted ones were checked above.
+	fullIDs = fullIDs[:0]
+	for id := range full {
+		if ev := l.get(id); ev == nil || !ev.IsState() {
+			delete(full, id)
+			continue
+		}
+		fullIDs = append(fullIDs, id)
+	}
+	slices.Sort(fullIDs)
+
+	return full, fullIDs, nil
 }
 
 // impliedCreate is the room's create event in room versions whose events do
