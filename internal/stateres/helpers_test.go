@@ -258,6 +258,9 @@ func (d *dag) add(n node, prevNodes []string) {
 		ts = d.clock
 	}
 	ev := d.build(n, prev, auth, depth+1, ts)
+	if _, dup := d.f.evs[ev.EventID()]; dup {
+		tb.Fatalf("node %s has the event id of node %s: make them differ in more than redactable content", n.id, d.node(ev.EventID()))
+	}
 	d.ev[n.id] = ev
 	d.f.evs[ev.EventID()] = ev
 	after := before
@@ -404,4 +407,15 @@ func (d *dag) stateOf(base string, nodes ...string) map[stateres.StateKey]string
 func (d *dag) key(n string) stateres.StateKey {
 	ev := d.ev[n]
 	return stateres.StateKey{Type: ev.Type(), StateKey: *ev.StateKey()}
+}
+
+// resolveSets resolves hand-made state sets with the DAG's events.
+func (d *dag) resolveSets(sets ...map[stateres.StateKey]string) map[stateres.StateKey]string {
+	tb := d.tb
+	tb.Helper()
+	out, err := stateres.Resolve(context.Background(), d.rv, sets, d.f)
+	if err != nil {
+		tb.Fatalf("resolve: %v", err)
+	}
+	return out
 }
