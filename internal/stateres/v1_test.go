@@ -49,7 +49,7 @@ func TestResolveV1NormalEventsByDepth(t *testing.T) {
 		deepSender string
 		want       string
 	}{
-		{alice, "TDEEP"}, // deepest, and allowed
+		{alice, "TDEEP"},  // deepest, and allowed
 		{bob, "TSHALLOW"}, // bob (level 0) may not set the topic: the next one
 	} {
 		nodes, chains := withInitial(rv, []node{
