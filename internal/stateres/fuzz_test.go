@@ -136,7 +136,6 @@ func reversed[T any](s []T) []T {
 	return out
 }
 
-
 // FuzzResolveArbitraryGraph resolves state sets over events whose
 // auth_events are arbitrary: cycles, self references, unknown ids, events
 // of the wrong type. No valid room looks like this (event ids of room
