@@ -219,3 +219,29 @@ func (p *ProtoEvent) refs(ids []string, rv *RoomVersion) []byte {
 	}
 	return append(out, ']')
 }
+
+// EventIDOf is the event id Build would give p in room version rv, computed
+// without signing: the reference hash covers neither signatures nor
+// unsigned. Only for versions whose ids are hashes (v3+). Room version 12
+// needs it to know a room's id (its create event's hash) before the create
+// event is built by the room's persister.
+func EventIDOf(p ProtoEvent, rv *RoomVersion) (string, error) {
+	if rv == nil || rv.Format == FormatV1 {
+		return "", errors.New("event id of a proto event: the room version's ids are not hashes")
+	}
+	if err := p.validate(rv); err != nil {
+		return "", fmt.Errorf("event id of a %s event: %w", p.Type, err)
+	}
+	o, _, err := p.object(rv, "")
+	if err != nil {
+		return "", fmt.Errorf("event id of a %s event: %w", p.Type, err)
+	}
+	if o, err = withContentHash(o); err != nil {
+		return "", fmt.Errorf("event id of a %s event: %w", p.Type, err)
+	}
+	h, err := referenceHash(o, rv)
+	if err != nil {
+		return "", fmt.Errorf("event id of a %s event: %w", p.Type, err)
+	}
+	return eventIDFromHash(h, rv), nil
+}

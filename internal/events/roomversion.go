@@ -117,12 +117,11 @@ func LookupRoomVersion(id string) (*RoomVersion, bool) {
 	return v, ok
 }
 
-// SupportedRoomVersions lists the versions rooms can be created and joined
-// in, for /capabilities and createRoom. Room version 12 is known (its events
-// parse and its auth rules and state resolution are implemented) but not yet
-// supported: createRoom cannot build its rooms yet.
+// SupportedRoomVersions lists the versions rooms can be created, upgraded
+// to and joined in, for /capabilities and createRoom. Every known version
+// is: a version is added to the table only once it works end to end.
 func SupportedRoomVersions() []string {
-	return []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"}
+	return []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"}
 }
 
 // IsSupportedRoomVersion reports whether id is in SupportedRoomVersions.

@@ -28,6 +28,11 @@ func TestRoomV12CreateEventImpliesRoomID(t *testing.T) {
 	if id, ok := events.CreateEventIDForRoom(create.RoomID()); !ok || id != create.EventID() {
 		t.Errorf("CreateEventIDForRoom(%s) = %q, %v", create.RoomID(), id, ok)
 	}
+	predicted, err := events.EventIDOf(events.ProtoEvent{Sender: "@alice:example.org", Type: "m.room.create", StateKey: &empty,
+		Content: []byte(`{"room_version":"12"}`), OriginServerTS: 1700000000000, Depth: 1}, rv)
+	if err != nil || predicted != create.EventID() {
+		t.Errorf("EventIDOf = %q, %v; Build gave %q", predicted, err, create.EventID())
+	}
 	parsed, err := events.Parse(create.JSON(), rv)
 	if err != nil || parsed.EventID() != create.EventID() || parsed.RoomID() != create.RoomID() || !parsed.HasImpliedRoomID() {
 		t.Fatalf("reparse: %v, %+v", err, parsed)
@@ -62,23 +67,14 @@ func TestRoomV12CreateEventImpliesRoomID(t *testing.T) {
 	}
 }
 
-// TestRoomV12IsKnownNotSupported: version 12 is known (parse, auth, state
-// resolution) and is offered only once rooms of it can be created.
-func TestRoomV12IsKnownNotSupported(t *testing.T) {
+// TestRoomV12Flags: version 12 is v11 plus MSC4291, MSC4289 and MSC4297,
+// and is offered to clients.
+func TestRoomV12Flags(t *testing.T) {
 	rv := roomVersion(t, "12")
 	if !rv.RoomIDFromCreate || !rv.PrivilegedCreators || rv.StateRes != events.StateResV21 || !rv.ImplicitRoomCreator || !rv.RedactsInContent {
 		t.Errorf("room version 12 flags: %+v", rv)
 	}
-	if events.IsSupportedRoomVersion("12") != slicesContains(events.SupportedRoomVersions(), "12") {
-		t.Error("IsSupportedRoomVersion disagrees with SupportedRoomVersions")
+	if !events.IsSupportedRoomVersion("12") || events.IsSupportedRoomVersion("13") {
+		t.Error("IsSupportedRoomVersion")
 	}
-}
-
-func slicesContains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }

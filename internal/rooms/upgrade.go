@@ -88,6 +88,11 @@ func (s *Service) UpgradeRoom(ctx context.Context, req *accounts.Requester, room
 	if err != nil {
 		return "", err
 	}
+	if rv.RoomIDFromCreate {
+		if newRoomID, err = s.roomIDFromCreate(&drafts[0], rv); err != nil {
+			return "", err
+		}
+	}
 	if _, err := s.send(ctx, newRoomID, drafts...); err != nil {
 		return "", fmt.Errorf("create the replacement of %s: %w", roomID, err)
 	}
@@ -166,6 +171,16 @@ func (s *Service) upgradeDrafts(ctx context.Context, req *accounts.Requester, ol
 		need := maxLevel(c)
 		users := map[string]json.RawMessage{}
 		_ = json.Unmarshal(c["users"], &users)
+		if rv.PrivilegedCreators {
+			// v12+: the upgrader creates the new room, so their level is
+			// infinite and may not be listed (MSC4289).
+			if _, listed := users[req.UserID]; listed {
+				delete(users, req.UserID)
+				c["users"] = mustJSON(users)
+				plContent = mustJSON(c)
+			}
+			need = 0
+		}
 		var mine int64
 		if raw, ok := users[req.UserID]; ok {
 			mine = levelOf(raw)
