@@ -18,6 +18,9 @@
 //     that signs the join (it sets join_authorised_via_users_server). The auth
 //     rules only check that the named authoriser is joined and may invite.
 //   - Size limits on events (65536 bytes, 255-byte ids) belong to parsing.
+//   - Room version 12 (MSC4291): events do not list the create event among
+//     their auth_events; the room id names it. The caller must still supply
+//     it in AuthEvents (Check rejects events without one).
 //
 // Spec ambiguities are resolved in favour of Synapse's behaviour, since a
 // disagreement with the dominant implementation splits room state; each such

@@ -85,7 +85,8 @@ func (pl PowerLevels) EventLevel(eventType string, isState bool) int64 {
 
 // DefaultPowerLevels are the levels in force while a room has no
 // m.room.power_levels event: the creator (content.creator before v11, the
-// create event's sender from v11) has 100, everyone else 0, and the named
+// create event's sender from v11) has 100 (from v12 the creators, with
+// additional_creators, have CreatorLevel), everyone else 0, and the named
 // levels take their defaults. A nil create gives no creator.
 func DefaultPowerLevels(create *events.Event) PowerLevels {
 	pl := rawLevels{}.withDefaults()
