@@ -333,3 +333,30 @@ func TestResolveLargeRoomBatchesFetches(t *testing.T) {
 		}
 	}
 }
+
+// TestPowerOrderLexicographical is the lexicographical topological sort
+// case of Synapse's suite: with equal power and timestamps only the event
+// ids break ties, and an event still waits for its auth events. Graph
+// (event → its auth events): l→o, m→{n,o}, n→o, p→o.
+func TestPowerOrderLexicographical(t *testing.T) {
+	rv := roomVersion(t, "2")
+	d := &dag{tb: t, rv: rv, roomID: "!room:example.com", f: newMemFetcher(), ev: map[string]*events.Event{}}
+	id := func(n string) string { return "$" + n + ":example.com" }
+	for n, auth := range map[string][]string{"o": nil, "l": {"o"}, "m": {"n", "o"}, "n": {"o"}, "p": {"o"}} {
+		var ids []string
+		for _, a := range auth {
+			ids = append(ids, id(a))
+		}
+		ev := d.build(state(n, alice, "m.room.join_rules", "", `{"join_rule":"public"}`), nil, ids, 1, 42)
+		d.ev[n] = ev
+		d.f.evs[ev.EventID()] = ev
+	}
+	got, err := stateres.PowerOrder(context.Background(), rv, d.f, []string{id("p"), id("n"), id("m"), id("l"), id("o")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{id("o"), id("l"), id("n"), id("m"), id("p")}
+	if !slices.Equal(got, want) {
+		t.Errorf("order %v, want %v", got, want)
+	}
+}
