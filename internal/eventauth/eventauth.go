@@ -1,5 +1,5 @@
 // Package eventauth implements the Matrix authorization rules for room
-// versions 1–11: given an event and the state it claims as its auth events,
+// versions 1–12: given an event and the state it claims as its auth events,
 // decide whether the event is allowed. It is pure: no I/O, no clocks, no
 // package-level state, so every server component (room service, federation
 // receiver, state resolution) gets identical answers for identical input.
@@ -18,6 +18,9 @@
 //     that signs the join (it sets join_authorised_via_users_server). The auth
 //     rules only check that the named authoriser is joined and may invite.
 //   - Size limits on events (65536 bytes, 255-byte ids) belong to parsing.
+//   - Room version 12 (MSC4291): events do not list the create event among
+//     their auth_events; the room id names it. The caller must still supply
+//     it in AuthEvents (Check rejects events without one).
 //
 // Spec ambiguities are resolved in favour of Synapse's behaviour, since a
 // disagreement with the dominant implementation splits room state; each such
@@ -125,12 +128,14 @@ func Check(ev *events.Event, auth AuthEvents) error {
 		return checkCreate(ev, rv)
 	}
 
-	// Rule 2.4.
+	// Rule 2.4. From v12 (MSC4291) the create event is not among the auth
+	// events but implied by the room id; auth must supply it all the same
+	// (the room id names it, so there is no choice to check).
 	create := auth.Get(typeCreate, "")
 	if create == nil {
 		return reject("no m.room.create event among the auth events")
 	}
-	if create.RoomID() != ev.RoomID() {
+	if create.RoomID() != ev.RoomID() || (rv.RoomIDFromCreate && !create.HasImpliedRoomID()) {
 		return reject("m.room.create event belongs to another room")
 	}
 
@@ -211,14 +216,39 @@ func checkCreate(ev *events.Event, rv *events.RoomVersion) error {
 	if len(ev.PrevEventIDs()) > 0 {
 		return reject("m.room.create must not have prev_events")
 	}
-	rd, ok1 := domainOf(ev.RoomID())
-	sd, ok2 := domainOf(ev.Sender())
-	if !ok1 || !ok2 || rd != sd {
-		return reject("m.room.create room_id domain does not match the sender's domain")
+	if rv.RoomIDFromCreate {
+		// MSC4291: the room id is the create event's hash, so it has no
+		// room_id (nor a server to compare) and no auth events.
+		if !ev.HasImpliedRoomID() {
+			return reject("m.room.create must not have a room_id in this room version")
+		}
+		if len(ev.AuthEventIDs()) > 0 {
+			return reject("m.room.create must not have auth_events")
+		}
+	} else {
+		rd, ok1 := domainOf(ev.RoomID())
+		sd, ok2 := domainOf(ev.Sender())
+		if !ok1 || !ok2 || rd != sd {
+			return reject("m.room.create room_id domain does not match the sender's domain")
+		}
 	}
 	content, ok := objectOf(ev.Content())
 	if !ok {
 		return reject("m.room.create content is not an object")
+	}
+	if rv.PrivilegedCreators {
+		if raw, present := content["additional_creators"]; present {
+			var users []json.RawMessage
+			if err := json.Unmarshal(raw, &users); err != nil || users == nil {
+				return reject("m.room.create additional_creators is not an array")
+			}
+			for _, u := range users {
+				var s string
+				if len(bytes.TrimSpace(u)) == 0 || bytes.TrimSpace(u)[0] != '"' || json.Unmarshal(u, &s) != nil || !isUserID(s) {
+					return reject("m.room.create additional_creators must list user ids")
+				}
+			}
+		}
 	}
 	if _, present := content["room_version"]; present {
 		v, ok := stringField(content, "room_version")
@@ -252,6 +282,41 @@ func creatorOf(create *events.Event, rv *events.RoomVersion) string {
 	content, _ := objectOf(create.Content())
 	s, _ := stringField(content, "creator")
 	return s
+}
+
+// creatorsOf lists the room's creators: the creator, plus from v12
+// (MSC4289) content.additional_creators (invalid entries cannot be there:
+// the create event would have been rejected).
+func creatorsOf(create *events.Event, rv *events.RoomVersion) []string {
+	c := creatorOf(create, rv)
+	if c == "" {
+		return nil
+	}
+	out := []string{c}
+	if !rv.PrivilegedCreators {
+		return out
+	}
+	content, _ := objectOf(create.Content())
+	var users []string
+	if raw, ok := content["additional_creators"]; ok && json.Unmarshal(raw, &users) == nil {
+		out = append(out, users...)
+	}
+	return out
+}
+
+// IsCreator reports whether userID created the room of create: its creator
+// (content.creator before v11, the sender from v11) or, from v12, one of its
+// additional_creators.
+func IsCreator(create *events.Event, userID string) bool {
+	if create == nil || create.Version() == nil {
+		return false
+	}
+	for _, c := range creatorsOf(create, create.Version()) {
+		if c == userID {
+			return true
+		}
+	}
+	return false
 }
 
 // canFederate reports whether servers other than the creator's may take

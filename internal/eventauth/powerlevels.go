@@ -51,10 +51,21 @@ type PowerLevels struct {
 	Users         map[string]int64
 	Events        map[string]int64
 	Notifications map[string]int64
+	// Creators (v12+, MSC4289) have an infinite power level, which
+	// UserLevel reports as math.MaxInt64: above every level a power levels
+	// event can hold, and equal only to another creator's.
+	Creators []string
 }
+
+// CreatorLevel is a creator's power level in room versions with
+// PrivilegedCreators.
+const CreatorLevel = math.MaxInt64
 
 // UserLevel is userID's power level.
 func (pl PowerLevels) UserLevel(userID string) int64 {
+	if slices.Contains(pl.Creators, userID) {
+		return CreatorLevel
+	}
 	if l, ok := pl.Users[userID]; ok {
 		return l
 	}
@@ -74,16 +85,55 @@ func (pl PowerLevels) EventLevel(eventType string, isState bool) int64 {
 
 // DefaultPowerLevels are the levels in force while a room has no
 // m.room.power_levels event: the creator (content.creator before v11, the
-// create event's sender from v11) has 100, everyone else 0, and the named
+// create event's sender from v11) has 100 (from v12 the creators, with
+// additional_creators, have CreatorLevel), everyone else 0, and the named
 // levels take their defaults. A nil create gives no creator.
 func DefaultPowerLevels(create *events.Event) PowerLevels {
 	pl := rawLevels{}.withDefaults()
 	if create != nil && create.Version() != nil {
-		if c := creatorOf(create, create.Version()); c != "" {
+		pl = withCreators(pl, create, create.Version(), true)
+	}
+	return pl
+}
+
+// withCreators gives the room's creators their level: from v12 infinite,
+// whether or not there is a power levels event; before v12 100, only when
+// there is none (noEvent).
+func withCreators(pl PowerLevels, create *events.Event, rv *events.RoomVersion, noEvent bool) PowerLevels {
+	if create == nil {
+		return pl
+	}
+	if rv.PrivilegedCreators {
+		pl.Creators = creatorsOf(create, rv)
+		return pl
+	}
+	if noEvent {
+		if c := creatorOf(create, rv); c != "" {
 			pl.Users[c] = creatorLevel
 		}
 	}
 	return pl
+}
+
+// WithCreators returns pl (parsed from a power levels event with
+// ParsePowerLevels) with the room's creators added as the room version
+// ranks them: infinite from v12, nothing to add before.
+func (pl PowerLevels) WithCreators(create *events.Event) PowerLevels {
+	if create == nil || create.Version() == nil {
+		return pl
+	}
+	return withCreators(pl, create, create.Version(), false)
+}
+
+// LevelsFrom is the power levels the auth rules read from a state whose
+// m.room.power_levels event is plEv (nil: none) in the room created by
+// create (nil: unknown), for room version rv.
+func LevelsFrom(plEv, create *events.Event, rv *events.RoomVersion) PowerLevels {
+	m := StateMap{}
+	if plEv != nil {
+		m[StateKey{Type: typePowerLevels}] = plEv
+	}
+	return levelsFromState(m, create, rv)
 }
 
 // ParsePowerLevels decodes m.room.power_levels content as the auth rules of
@@ -128,14 +178,10 @@ func ParsePowerLevels(content json.RawMessage, rv *events.RoomVersion) (PowerLev
 func levelsFromState(auth AuthEvents, create *events.Event, rv *events.RoomVersion) PowerLevels {
 	plEv := auth.Get(typePowerLevels, "")
 	if plEv == nil {
-		pl := rawLevels{}.withDefaults()
-		if c := creatorOf(create, rv); c != "" {
-			pl.Users[c] = creatorLevel
-		}
-		return pl
+		return withCreators(rawLevels{}.withDefaults(), create, rv, true)
 	}
 	raw, _ := parseRawLevels(plEv.Content(), rv.EnforceIntPowerLevels, true)
-	return raw.withDefaults()
+	return withCreators(raw.withDefaults(), create, rv, false)
 }
 
 // rawLevels is power levels content as written: only present keys appear.
@@ -367,6 +413,14 @@ func checkPowerLevelsChange(ev *events.Event, auth AuthEvents, rv *events.RoomVe
 	newRaw, err := parseRawLevels(content, rv.EnforceIntPowerLevels, false)
 	if err != nil {
 		return reject(err.Error())
+	}
+	if rv.PrivilegedCreators {
+		// MSC4289: creators' level is not the power levels event's to set.
+		for _, c := range creatorsOf(auth.Get(typeCreate, ""), rv) {
+			if _, listed := newRaw.users[c]; listed {
+				return reject("power levels users may not list the room creator " + c)
+			}
+		}
 	}
 	if prev == nil {
 		return nil

@@ -22,11 +22,15 @@ func AuthEventsNeeded(eventType string, stateKey *string, sender string, content
 	if eventType == typeCreate {
 		return nil
 	}
-	keys := []StateKey{
-		{Type: typeCreate},
-		{Type: typePowerLevels},
-		{Type: typeMember, StateKey: sender},
+	keys := make([]StateKey, 0, 6)
+	if rv == nil || !rv.RoomIDFromCreate {
+		// From v12 the create event is implied by the room id (MSC4291).
+		keys = append(keys, StateKey{Type: typeCreate})
 	}
+	keys = append(keys,
+		StateKey{Type: typePowerLevels},
+		StateKey{Type: typeMember, StateKey: sender},
+	)
 	add := func(k StateKey) {
 		for _, have := range keys {
 			if have == k {
@@ -117,6 +121,10 @@ func CheckAuthEventsSelection(ev *events.Event, authEvents []*events.Event) erro
 		if !allowed[k] {
 			return reject(fmt.Sprintf("auth_events may not include %s/%q", k.Type, k.StateKey))
 		}
+	}
+	if rv := ev.Version(); rv != nil && rv.RoomIDFromCreate {
+		// AuthEventsNeeded does not allow it, so it was refused above.
+		return nil
 	}
 	if !seen[StateKey{Type: typeCreate}] {
 		return reject("no m.room.create event among the auth events")

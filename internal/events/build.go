@@ -88,8 +88,12 @@ func Build(p ProtoEvent, rv *RoomVersion, key SigningKey, serverName string) (*E
 }
 
 func (p *ProtoEvent) validate(rv *RoomVersion) error {
+	impliedRoomID := rv.RoomIDFromCreate && p.Type == "m.room.create"
+	if impliedRoomID && p.RoomID != "" {
+		return errors.New("room_id is set on a create event of a room version whose room id is the create event's hash")
+	}
 	for _, f := range []struct{ name, val string }{{"room_id", p.RoomID}, {"sender", p.Sender}, {"type", p.Type}} {
-		if f.val == "" {
+		if f.val == "" && !(f.name == "room_id" && impliedRoomID) {
 			return fmt.Errorf("%s is empty", f.name)
 		}
 		if !utf8.ValidString(f.val) {
@@ -167,9 +171,12 @@ func (p *ProtoEvent) object(rv *RoomVersion, serverName string) (object, string,
 		{"depth", strconv.AppendInt(nil, p.Depth, 10)},
 		{"origin_server_ts", strconv.AppendInt(nil, p.OriginServerTS, 10)},
 		{"prev_events", p.refs(p.PrevEvents, rv)},
-		{"room_id", quote(p.RoomID)},
 		{"sender", quote(p.Sender)},
 		{"type", quote(p.Type)},
+	}
+	if p.RoomID != "" {
+		// Empty only for a v12+ create event (validate), which has none.
+		o = append(o, member{"room_id", quote(p.RoomID)})
 	}
 	if p.StateKey != nil {
 		o = append(o, member{"state_key", quote(*p.StateKey)})
@@ -211,4 +218,30 @@ func (p *ProtoEvent) refs(ids []string, rv *RoomVersion) []byte {
 		}
 	}
 	return append(out, ']')
+}
+
+// EventIDOf is the event id Build would give p in room version rv, computed
+// without signing: the reference hash covers neither signatures nor
+// unsigned. Only for versions whose ids are hashes (v3+). Room version 12
+// needs it to know a room's id (its create event's hash) before the create
+// event is built by the room's persister.
+func EventIDOf(p ProtoEvent, rv *RoomVersion) (string, error) {
+	if rv == nil || rv.Format == FormatV1 {
+		return "", errors.New("event id of a proto event: the room version's ids are not hashes")
+	}
+	if err := p.validate(rv); err != nil {
+		return "", fmt.Errorf("event id of a %s event: %w", p.Type, err)
+	}
+	o, _, err := p.object(rv, "")
+	if err != nil {
+		return "", fmt.Errorf("event id of a %s event: %w", p.Type, err)
+	}
+	if o, err = withContentHash(o); err != nil {
+		return "", fmt.Errorf("event id of a %s event: %w", p.Type, err)
+	}
+	h, err := referenceHash(o, rv)
+	if err != nil {
+		return "", fmt.Errorf("event id of a %s event: %w", p.Type, err)
+	}
+	return eventIDFromHash(h, rv), nil
 }

@@ -48,9 +48,15 @@ func TestBuildRoundTrip(t *testing.T) {
 	for _, rv := range allVersions(t) {
 		for name, p := range protos {
 			t.Run(fmt.Sprintf("v%s/%s", rv.ID, name), func(t *testing.T) {
+				if rv.RoomIDFromCreate && p.Type == "m.room.create" {
+					p.RoomID = "" // v12+: the create event's hash is the room id
+				}
 				e, err := events.Build(p, rv, key, "domain")
 				if err != nil {
 					t.Fatal(err)
+				}
+				if p.RoomID == "" {
+					p.RoomID = "!" + e.EventID()[1:]
 				}
 				parsed, err := events.Parse(e.JSON(), rv)
 				if err != nil {

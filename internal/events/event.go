@@ -36,6 +36,9 @@ type eventFields struct {
 	// [[id, {hashes}], …], v3+ use [id, …]. Both are normalised to ids.
 	PrevEvents []string `json:"-"`
 	AuthEvents []string `json:"-"`
+	// roomIDImplied: a create event of a RoomIDFromCreate version without a
+	// room_id key; RoomID is derived from its event id.
+	roomIDImplied bool
 }
 
 func (e *Event) EventID() string           { return e.id }
@@ -50,6 +53,11 @@ func (e *Event) PrevEventIDs() []string    { return e.fields.PrevEvents }
 func (e *Event) AuthEventIDs() []string    { return e.fields.AuthEvents }
 func (e *Event) Unsigned() json.RawMessage { return e.fields.Unsigned }
 func (e *Event) Version() *RoomVersion     { return e.version }
+
+// HasImpliedRoomID reports whether the event is a create event of a room
+// version whose room id is the create event's reference hash (v12+) and
+// carries no room_id of its own, as it must. RoomID is then derived.
+func (e *Event) HasImpliedRoomID() bool { return e.fields.roomIDImplied }
 
 // JSON returns the event exactly as stored/signed.
 func (e *Event) JSON() []byte { return e.raw }

@@ -47,10 +47,13 @@ func fromCanonical(canon []byte, rv *RoomVersion, id string) (*Event, error) {
 		return nil, fmt.Errorf("parse event: %w: %w", ErrMalformedEvent, err)
 	}
 	p := fieldParser{o: o, rv: rv}
+	typ := p.str("type", true)
+	// MSC4291 (v12+): the create event has no room_id; its id implies it.
+	impliedRoomID := rv.RoomIDFromCreate && typ == "m.room.create"
 	f := eventFields{
-		RoomID:         p.str("room_id", true),
+		RoomID:         p.str("room_id", !impliedRoomID),
 		Sender:         p.str("sender", true),
-		Type:           p.str("type", true),
+		Type:           typ,
 		Content:        p.obj("content", true),
 		Depth:          p.integer("depth"),
 		OriginServerTS: p.integer("origin_server_ts"),
@@ -84,6 +87,14 @@ func fromCanonical(canon []byte, rv *RoomVersion, id string) (*Event, error) {
 				return nil, fmt.Errorf("parse event: %w", err)
 			}
 			id = eventIDFromHash(h, rv)
+		}
+	}
+	if impliedRoomID {
+		// A create event that carries a room_id anyway keeps it, for the
+		// auth rules to reject (HasImpliedRoomID reports false).
+		if _, present := o.get("room_id"); !present {
+			f.RoomID = "!" + id[1:]
+			f.roomIDImplied = true
 		}
 	}
 	return &Event{raw: canon, id: id, version: rv, fields: f}, nil

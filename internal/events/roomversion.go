@@ -19,6 +19,10 @@ type StateResAlgorithm int
 const (
 	StateResV1 StateResAlgorithm = 1
 	StateResV2 StateResAlgorithm = 2
+	// StateResV21 is v2 with MSC4297's changes (room version 12): the
+	// conflicted state subgraph joins the full conflicted set, and the first
+	// iterative auth checks start from an empty state.
+	StateResV21 StateResAlgorithm = 3
 )
 
 // RoomVersion lists the behaviours that differ between room versions. Code
@@ -59,6 +63,15 @@ type RoomVersion struct {
 	UpdatedRedactionRules bool
 	// RedactsInContent: m.room.redaction carries redacts in content (v11+).
 	RedactsInContent bool
+	// RoomIDFromCreate (MSC4291, v12+): the create event has no room_id; the
+	// room id is "!" + the create event's reference hash (its event id with
+	// '!' for '$'), and other events do not list the create event among
+	// their auth events: it is implied by their room_id.
+	RoomIDFromCreate bool
+	// PrivilegedCreators (MSC4289, v12+): the create event's sender and the
+	// users in content.additional_creators have an infinite power level and
+	// may not appear in m.room.power_levels' users.
+	PrivilegedCreators bool
 }
 
 // DefaultRoomVersion is the version createRoom uses when none is asked for.
@@ -86,8 +99,10 @@ var roomVersions = func() map[string]*RoomVersion {
 	v10.ID, v10.KnockRestrictedJoinRule, v10.EnforceIntPowerLevels = "10", true, true
 	v11 := v10
 	v11.ID, v11.ImplicitRoomCreator, v11.UpdatedRedactionRules, v11.RedactsInContent = "11", true, true, true
+	v12 := v11
+	v12.ID, v12.StateRes, v12.RoomIDFromCreate, v12.PrivilegedCreators = "12", StateResV21, true, true
 	m := map[string]*RoomVersion{}
-	for _, v := range []RoomVersion{v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11} {
+	for _, v := range []RoomVersion{v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12} {
 		v := v
 		m[v.ID] = &v
 	}
@@ -95,13 +110,41 @@ var roomVersions = func() map[string]*RoomVersion {
 }()
 
 // LookupRoomVersion returns the version's behaviour table, or false when the
-// server does not know (or support) it.
+// server does not know it. A known version is not necessarily one this
+// server creates or joins rooms of: that is SupportedRoomVersions.
 func LookupRoomVersion(id string) (*RoomVersion, bool) {
 	v, ok := roomVersions[id]
 	return v, ok
 }
 
-// SupportedRoomVersions lists every known version id, for /capabilities.
+// SupportedRoomVersions lists the versions rooms can be created, upgraded
+// to and joined in, for /capabilities and createRoom. Every known version
+// is: a version is added to the table only once it works end to end.
 func SupportedRoomVersions() []string {
-	return []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"}
+	return []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"}
+}
+
+// IsSupportedRoomVersion reports whether id is in SupportedRoomVersions.
+func IsSupportedRoomVersion(id string) bool {
+	for _, v := range SupportedRoomVersions() {
+		if v == id {
+			return true
+		}
+	}
+	return false
+}
+
+// CreateEventIDForRoom is the event id of the create event of a room whose
+// id is its create event's reference hash (RoomIDFromCreate). False for room
+// ids of the older form ("!opaque:server").
+func CreateEventIDForRoom(roomID string) (string, bool) {
+	if len(roomID) < 2 || roomID[0] != '!' {
+		return "", false
+	}
+	for i := 1; i < len(roomID); i++ {
+		if roomID[i] == ':' {
+			return "", false
+		}
+	}
+	return "$" + roomID[1:], true
 }

@@ -277,7 +277,8 @@ func (h *Hook) apply(st *roomState, ev *events.Event) {
 		}
 	case "m.room.power_levels":
 		if pl, err := eventauth.ParsePowerLevels(ev.Content(), ev.Version()); err == nil {
-			st.levels, st.hasPL = pl, true
+			// v12+ creators outrank any level (a no-op before v12).
+			st.levels, st.hasPL = pl.WithCreators(st.create), true
 		}
 	case "m.room.member":
 		u := *ev.StateKey()
@@ -373,7 +374,7 @@ func (h *Hook) state(ctx context.Context, roomID string, evs []*events.Event) (*
 		}
 		if json.Unmarshal(plJSON, &e) == nil {
 			if pl, err := eventauth.ParsePowerLevels(e.Content, evs[0].Version()); err == nil {
-				st.levels, st.hasPL = pl, true
+				st.levels, st.hasPL = pl.WithCreators(st.create), true
 			}
 		}
 	}

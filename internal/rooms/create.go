@@ -56,7 +56,7 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 		version = s.cfg.DefaultRoomVersion
 	}
 	rv, ok := events.LookupRoomVersion(version)
-	if !ok {
+	if !ok || !events.IsSupportedRoomVersion(version) {
 		return "", mxhttp.WithCode(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Your homeserver does not support room version %q", version)
 	}
 	switch r.Visibility {
@@ -139,8 +139,23 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 		createContent["creator"] = mustJSON(creator)
 	}
 	createContent["room_version"] = mustJSON(rv.ID)
-	drafts = append(drafts, Draft{Type: "m.room.create", StateKey: &empty, Sender: creator, Content: mustJSON(createContent),
-		RoomVersion: rv.ID, DeviceID: req.DeviceID})
+	creators := []string{creator}
+	if rv.PrivilegedCreators {
+		extra, err := additionalCreators(createContent)
+		if err != nil {
+			return "", err
+		}
+		creators = append(creators, extra...)
+	}
+	createDraft := Draft{Type: "m.room.create", StateKey: &empty, Sender: creator, Content: mustJSON(createContent),
+		RoomVersion: rv.ID, DeviceID: req.DeviceID}
+	if rv.RoomIDFromCreate {
+		var err error
+		if roomID, err = s.roomIDFromCreate(&createDraft, rv); err != nil {
+			return "", err
+		}
+	}
+	drafts = append(drafts, createDraft)
 
 	member := map[string]any{"membership": "join"}
 	if err := s.profileContent(ctx, creator, member); err != nil {
@@ -157,6 +172,15 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 			users[u] = 100
 		}
 	}
+	tombstoneLevel := 100
+	if rv.PrivilegedCreators {
+		// MSC4289: creators' level is infinite and may not be written in
+		// the power levels; upgrading defaults to creators only.
+		for _, c := range creators {
+			delete(users, c)
+		}
+		tombstoneLevel = 150
+	}
 	invite := 0
 	if preset == "public_chat" {
 		invite = 50
@@ -166,7 +190,7 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 		"ban": 50, "kick": 50, "redact": 50, "invite": invite,
 		"events": map[string]any{
 			"m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
-			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": tombstoneLevel,
 			"m.room.server_acl": 100, "m.room.encryption": 100,
 		},
 		"notifications": map[string]any{"room": 50},
@@ -177,6 +201,15 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 			return "", mxhttp.BadJSON("Invalid power_level_content_override")
 		}
 		pl[k] = x
+	}
+	if rv.PrivilegedCreators {
+		if u, ok := pl["users"].(map[string]any); ok {
+			for _, c := range creators {
+				if _, listed := u[c]; listed {
+					return "", mxhttp.BadJSON("power_level_content_override.users may not list the room creator %s in room version %s", c, rv.ID)
+				}
+			}
+		}
 	}
 	add("m.room.power_levels", &empty, pl)
 
@@ -245,4 +278,38 @@ func (s *Service) CreateRoom(ctx context.Context, req *accounts.Requester, r Cre
 	}
 	s.log.Info("created room", "room_id", roomID, "user_id", creator, "room_version", rv.ID)
 	return roomID, nil
+}
+
+// additionalCreators validates creation_content.additional_creators (room
+// version 12+, MSC4289): an array of user ids, who become creators too.
+func additionalCreators(createContent map[string]json.RawMessage) ([]string, error) {
+	raw, ok := createContent["additional_creators"]
+	if !ok {
+		return nil, nil
+	}
+	var users []string
+	if err := json.Unmarshal(raw, &users); err != nil || users == nil {
+		return nil, mxhttp.BadJSON("creation_content.additional_creators must be an array of user ids")
+	}
+	for _, u := range users {
+		if !validUserID(u) {
+			return nil, mxhttp.BadJSON("creation_content.additional_creators: %q is not a user id", u)
+		}
+	}
+	return users, nil
+}
+
+// roomIDFromCreate fixes the timestamp of the create draft of a room
+// version whose room id is the create event's hash (MSC4291) and returns
+// that id. The room's persister is chosen by room id, so the id must be
+// known before sending: it is the hash of the event the persister will
+// build from the draft (depth 1, no prev or auth events, this timestamp).
+func (s *Service) roomIDFromCreate(d *Draft, rv *events.RoomVersion) (string, error) {
+	d.OriginServerTS = s.now().UnixMilli()
+	id, err := events.EventIDOf(events.ProtoEvent{Sender: d.Sender, Type: d.Type, StateKey: d.StateKey,
+		Content: d.Content, PrevEvents: []string{}, AuthEvents: []string{}, Depth: 1, OriginServerTS: d.OriginServerTS}, rv)
+	if err != nil {
+		return "", mxhttp.BadJSON("Invalid creation_content: %v", err)
+	}
+	return "!" + id[1:], nil
 }

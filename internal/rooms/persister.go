@@ -39,6 +39,11 @@ type Draft struct {
 	DeviceID string `json:"device_id,omitempty"`
 	// RoomVersion is only read for m.room.create drafts.
 	RoomVersion string `json:"room_version,omitempty"`
+	// OriginServerTS is only read for m.room.create drafts of room versions
+	// whose room id is the create event's hash (v12+): the creator computed
+	// the room id from an event with this timestamp, so the persister must
+	// build exactly that event.
+	OriginServerTS int64 `json:"origin_server_ts,omitempty"`
 }
 
 // Persisted is the outcome of one draft.
@@ -678,6 +683,18 @@ func (p *Persister) finalise(ctx context.Context, tx *sql.Tx, roomID string, wor
 	}
 	auth := eventauth.StateMap{}
 	var authIDs []string
+	if d.Type != "m.room.create" && rv.RoomIDFromCreate {
+		// v12+: the create event is implied by the room id, never listed in
+		// auth_events, but the auth rules still consult it.
+		k := eventauth.StateKey{Type: "m.room.create"}
+		create, err := get(ctx, tx, k)
+		if err != nil {
+			return nil, "", err
+		}
+		if create != nil {
+			auth[k] = create
+		}
+	}
 	if d.Type != "m.room.create" {
 		for _, k := range eventauth.AuthEventsNeeded(d.Type, d.StateKey, d.Sender, content, rv) {
 			ev, err := get(ctx, tx, k)
@@ -702,6 +719,12 @@ func (p *Persister) finalise(ctx context.Context, tx *sql.Tx, roomID string, wor
 		OriginServerTS: p.now().UnixMilli(),
 		Redacts:        d.Redacts,
 	}
+	if d.Type == "m.room.create" && rv.RoomIDFromCreate {
+		proto.RoomID = ""
+		if d.OriginServerTS != 0 {
+			proto.OriginServerTS = d.OriginServerTS
+		}
+	}
 	if proto.PrevEvents == nil {
 		proto.PrevEvents = []string{}
 	}
@@ -714,6 +737,11 @@ func (p *Persister) finalise(ctx context.Context, tx *sql.Tx, roomID string, wor
 			return nil, "", mxhttp.TooLarge("Event too large")
 		}
 		return nil, "", mxhttp.BadJSON("Invalid event: %v", err)
+	}
+	if ev.RoomID() != roomID {
+		// Only a v12+ create event whose draft differs from the one its
+		// room id was computed from gets here.
+		return nil, "", fmt.Errorf("create event %s does not hash to room id %s", ev.EventID(), roomID)
 	}
 	if err := eventauth.Check(ev, auth); err != nil {
 		var na *eventauth.NotAllowedError

@@ -132,8 +132,24 @@ func (s *Service) requireRoom(ctx context.Context, roomID string) error {
 	return nil
 }
 
+// validRoomID accepts "!opaque:server" and, from room version 12, "!" and
+// the create event's hash in unpadded URL-safe base64 (no server part).
 func validRoomID(id string) bool {
-	return len(id) > 3 && id[0] == '!' && strings.Contains(id, ":") && len(id) <= 255
+	if len(id) > 255 || len(id) < 2 || id[0] != '!' {
+		return false
+	}
+	if strings.Contains(id, ":") {
+		return len(id) > 3
+	}
+	if len(id) != 44 {
+		return false
+	}
+	for _, c := range id[1:] {
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func validUserID(id string) bool {
@@ -299,12 +315,20 @@ func (s *Service) powerLevels(ctx context.Context, roomID string) (eventauth.Pow
 	if err != nil {
 		return eventauth.PowerLevels{}, err
 	}
-	if pl != nil {
+	if pl != nil && !rv.PrivilegedCreators {
 		return eventauth.ParsePowerLevels(pl.Event.Content(), rv)
 	}
 	create, err := s.store.CurrentStateEvent(ctx, roomID, "m.room.create", "")
 	if err != nil || create == nil {
 		return eventauth.PowerLevels{}, fmt.Errorf("room %s has no create event: %w", roomID, err)
+	}
+	if pl != nil {
+		// v12+: the creators' level comes from the create event.
+		levels, err := eventauth.ParsePowerLevels(pl.Event.Content(), rv)
+		if err != nil {
+			return eventauth.PowerLevels{}, err
+		}
+		return levels.WithCreators(create.Event), nil
 	}
 	return eventauth.DefaultPowerLevels(create.Event), nil
 }

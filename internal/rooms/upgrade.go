@@ -51,7 +51,7 @@ func (s *Service) UpgradeRoom(ctx context.Context, req *accounts.Requester, room
 		return "", err
 	}
 	rv, ok := events.LookupRoomVersion(newVersion)
-	if !ok {
+	if !ok || !events.IsSupportedRoomVersion(newVersion) {
 		return "", mxhttp.WithCode(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Your homeserver does not support room version %q", newVersion)
 	}
 	if err := s.requireRoom(ctx, roomID); err != nil {
@@ -87,6 +87,11 @@ func (s *Service) UpgradeRoom(ctx context.Context, req *accounts.Requester, room
 	drafts, err := s.upgradeDrafts(ctx, req, roomID, lastEvent, oldCreate, rv)
 	if err != nil {
 		return "", err
+	}
+	if rv.RoomIDFromCreate {
+		if newRoomID, err = s.roomIDFromCreate(&drafts[0], rv); err != nil {
+			return "", err
+		}
 	}
 	if _, err := s.send(ctx, newRoomID, drafts...); err != nil {
 		return "", fmt.Errorf("create the replacement of %s: %w", roomID, err)
@@ -166,6 +171,16 @@ func (s *Service) upgradeDrafts(ctx context.Context, req *accounts.Requester, ol
 		need := maxLevel(c)
 		users := map[string]json.RawMessage{}
 		_ = json.Unmarshal(c["users"], &users)
+		if rv.PrivilegedCreators {
+			// v12+: the upgrader creates the new room, so their level is
+			// infinite and may not be listed (MSC4289).
+			if _, listed := users[req.UserID]; listed {
+				delete(users, req.UserID)
+				c["users"] = mustJSON(users)
+				plContent = mustJSON(c)
+			}
+			need = 0
+		}
 		var mine int64
 		if raw, ok := users[req.UserID]; ok {
 			mine = levelOf(raw)
