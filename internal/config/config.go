@@ -132,6 +132,12 @@ type Config struct {
 	RoomListPublicationRules       []map[string]any `yaml:"room_list_publication_rules"` // raw
 	EnableMetrics                  bool             `yaml:"enable_metrics"`
 
+	// Server keys (serverkeys.go): how long our /_matrix/key/v2/server
+	// answer is valid, and the keys we signed with before. The notaries,
+	// trusted_key_servers, are above (raw; KeyServers parses them).
+	KeyRefreshInterval Duration                 `yaml:"key_refresh_interval"`
+	OldSigningKeys     map[string]OldSigningKey `yaml:"old_signing_keys"`
+
 	// Per-worker keys.
 	WorkerApp       string     `yaml:"worker_app"` // as written; see WorkerRole
 	WorkerName      string     `yaml:"worker_name"`

@@ -45,7 +45,6 @@ func NotBuilt() map[string]string {
 		"federation_ip_range_blacklist":                 federation,
 		"ip_range_blacklist":                            federation,
 		"ip_range_whitelist":                            federation,
-		"trusted_key_servers":                           federation,
 		"allow_public_rooms_over_federation":            federation,
 		"allow_profile_lookup_over_federation":          federation,
 

@@ -76,6 +76,7 @@ func (c *Config) Validate() error {
 	c.validateRedis(&ps)
 	c.validateMedia(&ps)
 	c.validateEmail(&ps)
+	c.validateServerKeys(&ps)
 	if len(ps) == 0 {
 		return nil
 	}
