@@ -27,6 +27,7 @@ import (
 	"ganglion/internal/caches"
 	"ganglion/internal/config"
 	"ganglion/internal/events"
+	"ganglion/internal/federation/serverkeys"
 	"ganglion/internal/filters"
 	"ganglion/internal/forwarded"
 	"ganglion/internal/httpguard"
@@ -62,6 +63,8 @@ type Process struct {
 	httpMetrics *metrics.HTTP
 	// tracer is the opentelemetry section's (disabled by default).
 	tracer *tracing.Tracer
+	// serverKeys finds other servers' signing keys (and serves ours).
+	serverKeys *serverkeys.Keyring
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -450,6 +453,9 @@ func (p *Process) wire(ctx context.Context) error {
 	syncSvc.Routes(mux, srv, acc)
 	p.wireDirectoryAndSearch(mux, srv, acc, roomSvc, persister, rl(cfg.RCUserDirectory))
 	infoRoutes(mux, srv, cfg, acc)
+	if err := p.wireServerKeys(mux, srv, key, nil, nil); err != nil {
+		return err
+	}
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}
