@@ -45,5 +45,6 @@ func (p *Process) wireServerKeys(mux *mxhttp.Mux, srv *mxhttp.Server, key events
 	}, p.log.With("module", "serverkeys"))
 	ring.Routes(mux, srv)
 	p.serverKeys = ring
+	p.onShutdown = append(p.onShutdown, ring.Close)
 	return nil
 }

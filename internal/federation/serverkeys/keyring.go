@@ -89,6 +89,12 @@ type Keyring struct {
 	cache   map[cacheKey]cachedKey
 	flights map[string]*flight
 	servers map[string]*serverState
+
+	// Fetches run detached from their callers; Close ends them (closing)
+	// and waits for them (running), so none writes to a closed database.
+	closeOnce sync.Once
+	closing   chan struct{}
+	running   sync.WaitGroup
 }
 
 type cacheKey struct{ server, keyID string }
@@ -118,8 +124,26 @@ var _ VerifyKeyFinder = (*Keyring)(nil)
 // NewKeyring builds a keyring for the server local speaks for.
 func NewKeyring(local *Local, store *Store, opts Options, log *slog.Logger) *Keyring {
 	opts.defaults()
-	return &Keyring{local: local, store: store, opts: opts, log: log,
+	return &Keyring{local: local, store: store, opts: opts, log: log, closing: make(chan struct{}),
 		cache: map[cacheKey]cachedKey{}, flights: map[string]*flight{}, servers: map[string]*serverState{}}
+}
+
+// Close cancels the fetches in flight and waits for them to end (or for
+// ctx). Lookups after Close fetch nothing.
+func (k *Keyring) Close(ctx context.Context) error {
+	// Under mu: fetch checks closing and adds to running under mu, so no
+	// fetch starts once Wait may have begun.
+	k.mu.Lock()
+	k.closeOnce.Do(func() { close(k.closing) })
+	k.mu.Unlock()
+	done := make(chan struct{})
+	go func() { k.running.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("wait for server key fetches: %w", ctx.Err())
+	}
 }
 
 // VerifyKey returns serverName's key keyID if it was valid at atTS (in
@@ -211,6 +235,12 @@ func (k *Keyring) fetch(ctx context.Context, server, keyID string, minValid int6
 	k.mu.Lock()
 	f := k.flights[server]
 	if f == nil {
+		select {
+		case <-k.closing:
+			k.mu.Unlock()
+			return errors.New("keyring closed")
+		default:
+		}
 		now := k.opts.Now()
 		if st := k.servers[server]; st != nil {
 			if now.Before(st.retryAt) {
@@ -224,6 +254,7 @@ func (k *Keyring) fetch(ctx context.Context, server, keyID string, minValid int6
 		}
 		f = &flight{done: make(chan struct{})}
 		k.flights[server] = f
+		k.running.Add(1)
 		go k.run(context.WithoutCancel(ctx), f, server, keyID, minValid)
 	} else {
 		f.waiters++
@@ -238,7 +269,15 @@ func (k *Keyring) fetch(ctx context.Context, server, keyID string, minValid int6
 }
 
 func (k *Keyring) run(ctx context.Context, f *flight, server, keyID string, minValid int64) {
+	defer k.running.Done()
 	ctx, cancel := context.WithTimeout(ctx, k.opts.FetchTimeout)
+	go func() {
+		select {
+		case <-k.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	answered, err := k.fetchFromSources(ctx, server, keyID, minValid)
 	cancel()
 	k.mu.Lock()

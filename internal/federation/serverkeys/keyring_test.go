@@ -272,3 +272,34 @@ func TestKeyringWithoutSources(t *testing.T) {
 		}
 	})
 }
+
+// Close cancels a fetch in flight, waits for it, and stops new ones.
+func TestKeyringClose(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		c := newClock()
+		rt := newRouter()
+		rt.gate = make(chan struct{}) // never opened: the fetch hangs until cancelled
+		rkey := mustKey(t)
+		rt.add(t, "remote.test", keyServer(newLocal(t, "remote.test", rkey, c, nil)))
+		k := newKeyring(t, db, c, serverkeys.Options{Getter: rt, FetchTimeout: time.Hour})
+		done := make(chan error, 1)
+		go func() {
+			_, err := k.VerifyKey(t.Context(), "remote.test", rkey.ID, 1)
+			done <- err
+		}()
+		testutil.Eventually(t, 10*time.Second, "the fetch to start", func() bool {
+			return rt.count("remote.test", serverkeys.PathServer) == 1
+		})
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		if err := k.Close(ctx); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if err := <-done; !errors.Is(err, serverkeys.ErrKeyNotFound) {
+			t.Fatalf("lookup during Close: %v", err)
+		}
+		if _, err := k.VerifyKey(t.Context(), "other.test", rkey.ID, 1); err == nil || rt.count("other.test", serverkeys.PathServer) != 0 {
+			t.Fatalf("lookup after Close: %v", err)
+		}
+	})
+}
