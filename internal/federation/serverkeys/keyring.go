@@ -168,17 +168,17 @@ func (k *Keyring) VerifyKey(ctx context.Context, serverName, keyID string, atTS 
 	if found && have.ValidUntilTS >= atTS {
 		return have.Key, nil
 	}
+	// Read the cache again whatever the fetch says: a source may have
+	// answered (and been stored) while another failed.
 	fetchErr := k.fetch(ctx, serverName, keyID, atTS)
-	if fetchErr == nil {
-		if have, found, err = k.load(ctx, serverName, keyID); err != nil {
-			return nil, err
-		}
-		if found && have.ValidUntilTS >= atTS {
-			return have.Key, nil
-		}
-	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return nil, fmt.Errorf("find key %s of %s: %w", keyID, serverName, ctxErr)
+	}
+	if have, found, err = k.load(ctx, serverName, keyID); err != nil {
+		return nil, err
+	}
+	if found && have.ValidUntilTS >= atTS {
+		return have.Key, nil
 	}
 	if found {
 		return nil, fmt.Errorf("%w: key %s of %s is valid until %d, not at %d (refetch: %v)",

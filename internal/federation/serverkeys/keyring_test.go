@@ -303,3 +303,29 @@ func TestKeyringClose(t *testing.T) {
 		}
 	})
 }
+
+// When one source fails and another answers with the key, but not valid at
+// the time asked, the caller hears that the key is not valid then (not
+// that it is unknown).
+func TestKeyringNotValidWhenAnotherSourceFailed(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		c := newClock()
+		rt := newRouter() // notary.test unreachable
+		rkey := mustKey(t)
+		remote, err := serverkeys.NewLocal(serverkeys.LocalConfig{ServerName: "remote.test", Key: rkey,
+			RefreshInterval: time.Hour, Now: c.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt.add(t, "remote.test", keyServer(remote))
+		k := newKeyring(t, db, c, serverkeys.Options{Getter: rt, Poster: rt,
+			Notaries: []serverkeys.Notary{{ServerName: "notary.test"}}})
+		_, err = k.VerifyKey(t.Context(), "remote.test", rkey.ID, c.MS()+2*time.Hour.Milliseconds())
+		if !errors.Is(err, serverkeys.ErrKeyNotValid) {
+			t.Fatalf("%v, want ErrKeyNotValid", err)
+		}
+		if _, err := k.VerifyKey(t.Context(), "remote.test", rkey.ID, c.MS()); err != nil {
+			t.Fatalf("at a time the key is valid: %v", err)
+		}
+	})
+}
