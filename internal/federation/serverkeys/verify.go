@@ -2,6 +2,7 @@ package serverkeys
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -110,35 +111,70 @@ func VerifyEventSignatures(ctx context.Context, f VerifyKeyFinder, ev *events.Ev
 		atTS = ev.OriginServerTS()
 	}
 	for _, server := range signers {
-		var ids []string
-		for id := range w.Signatures[server] {
-			if strings.HasPrefix(id, "ed25519:") {
-				ids = append(ids, id)
+		err := verifyServerSignatures(ctx, f, w.Signatures[server], server, atTS, func(keyID string, pub ed25519.PublicKey) error {
+			return events.VerifyEventSignature(ev, server, keyID, pub)
+		})
+		if err != nil {
+			return fmt.Errorf("verify signatures of %s: %w", ev.EventID(), err)
+		}
+	}
+	return nil
+}
+
+// VerifyJSONSignatures checks that a signed JSON object (a key answer, a
+// third-party invite's signed block, any object signed as the spec's
+// "Signing JSON" says) carries a valid signature by server, made with a key
+// valid at atTS (0: any known key), with the rules of
+// VerifyEventSignatures.
+func VerifyJSONSignatures(ctx context.Context, f VerifyKeyFinder, raw []byte, server string, atTS int64) error {
+	var w struct {
+		Signatures map[string]map[string]json.RawMessage `json:"signatures"`
+	}
+	if err := json.Unmarshal(raw, &w); err != nil {
+		return fmt.Errorf("verify json signatures of %s: %w: %w", server, events.ErrSignatureInvalid, err)
+	}
+	err := verifyServerSignatures(ctx, f, w.Signatures[server], server, atTS, func(keyID string, pub ed25519.PublicKey) error {
+		return events.VerifyJSON(raw, server, keyID, pub)
+	})
+	if err != nil {
+		return fmt.Errorf("verify json signatures of %s: %w", server, err)
+	}
+	return nil
+}
+
+// verifyServerSignatures applies the rule both verifiers share: of server's
+// ed25519 signatures, every one whose key is found (valid at atTS) must
+// verify, and at least one must be found.
+func verifyServerSignatures(ctx context.Context, f VerifyKeyFinder, sigs map[string]json.RawMessage, server string,
+	atTS int64, verify func(keyID string, pub ed25519.PublicKey) error) error {
+	var ids []string
+	for id := range sigs {
+		if strings.HasPrefix(id, "ed25519:") {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return fmt.Errorf("%w: none from %s", events.ErrSignatureMissing, server)
+	}
+	sort.Strings(ids)
+	verified := false
+	var lookupErrs []error
+	for _, id := range ids {
+		pub, err := f.VerifyKey(ctx, server, id, atTS)
+		if err != nil {
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				return ctxErr
 			}
+			lookupErrs = append(lookupErrs, err)
+			continue
 		}
-		if len(ids) == 0 {
-			return fmt.Errorf("verify signatures of %s: %w: none from %s", ev.EventID(), events.ErrSignatureMissing, server)
+		if err := verify(id, pub); err != nil {
+			return err
 		}
-		sort.Strings(ids)
-		verified := false
-		var lookupErrs []error
-		for _, id := range ids {
-			pub, err := f.VerifyKey(ctx, server, id, atTS)
-			if err != nil {
-				if ctxErr := ctx.Err(); ctxErr != nil {
-					return fmt.Errorf("verify signatures of %s: %w", ev.EventID(), ctxErr)
-				}
-				lookupErrs = append(lookupErrs, err)
-				continue
-			}
-			if err := events.VerifyEventSignature(ev, server, id, pub); err != nil {
-				return fmt.Errorf("verify signatures of %s: %w", ev.EventID(), err)
-			}
-			verified = true
-		}
-		if !verified {
-			return fmt.Errorf("verify signatures of %s: no usable key of %s: %w", ev.EventID(), server, errors.Join(lookupErrs...))
-		}
+		verified = true
+	}
+	if !verified {
+		return fmt.Errorf("no usable key of %s: %w", server, errors.Join(lookupErrs...))
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"ganglion/internal/events"
@@ -181,4 +182,42 @@ func TestKeyringVerifiesEventSignatures(t *testing.T) {
 			t.Fatalf("forged: %v, want ErrSignatureInvalid", err)
 		}
 	})
+}
+
+// Any signed JSON object, checked at a time.
+func TestVerifyJSONSignatures(t *testing.T) {
+	ka, kb := mustKey(t), mustKey(t)
+	f := finder{}
+	f.add("a.test", ka, 5000)
+	ctx := t.Context()
+	signed, err := events.SignJSON([]byte(`{"mxid":"@v:c.test","token":"t"}`), "a.test", ka)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := serverkeys.VerifyJSONSignatures(ctx, f, signed, "a.test", 5000); err != nil {
+		t.Errorf("valid: %v", err)
+	}
+	if err := serverkeys.VerifyJSONSignatures(ctx, f, signed, "a.test", 0); err != nil {
+		t.Errorf("at time 0: %v", err)
+	}
+	if err := serverkeys.VerifyJSONSignatures(ctx, f, signed, "a.test", 5001); !errors.Is(err, serverkeys.ErrKeyNotValid) {
+		t.Errorf("after the key's validity: %v, want ErrKeyNotValid", err)
+	}
+	if err := serverkeys.VerifyJSONSignatures(ctx, f, signed, "b.test", 0); !errors.Is(err, events.ErrSignatureMissing) {
+		t.Errorf("another server: %v, want ErrSignatureMissing", err)
+	}
+	tampered := []byte(strings.Replace(string(signed), `"token":"t"`, `"token":"u"`, 1))
+	if err := serverkeys.VerifyJSONSignatures(ctx, f, tampered, "a.test", 0); !errors.Is(err, events.ErrSignatureInvalid) {
+		t.Errorf("tampered: %v, want ErrSignatureInvalid", err)
+	}
+	// Signed by a key of a.test we cannot find, plus a good one: the good
+	// one is enough.
+	both, _ := events.SignJSON(signed, "a.test", events.SigningKey{ID: "ed25519:gone", Private: kb.Private})
+	if err := serverkeys.VerifyJSONSignatures(ctx, f, both, "a.test", 0); err != nil {
+		t.Errorf("with an extra unknown key: %v", err)
+	}
+	onlyUnknown, _ := events.SignJSON([]byte(`{"x":1}`), "a.test", events.SigningKey{ID: "ed25519:gone", Private: kb.Private})
+	if err := serverkeys.VerifyJSONSignatures(ctx, f, onlyUnknown, "a.test", 0); !errors.Is(err, serverkeys.ErrKeyNotFound) {
+		t.Errorf("only an unknown key: %v, want ErrKeyNotFound", err)
+	}
 }
