@@ -27,6 +27,7 @@ import (
 	"ganglion/internal/caches"
 	"ganglion/internal/config"
 	"ganglion/internal/events"
+	"ganglion/internal/federation/serverkeys"
 	"ganglion/internal/filters"
 	"ganglion/internal/forwarded"
 	"ganglion/internal/httpguard"
@@ -62,6 +63,8 @@ type Process struct {
 	httpMetrics *metrics.HTTP
 	// tracer is the opentelemetry section's (disabled by default).
 	tracer *tracing.Tracer
+	// serverKeys finds other servers' signing keys (and serves ours).
+	serverKeys *serverkeys.Keyring
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -460,6 +463,9 @@ func (p *Process) wire(ctx context.Context) error {
 	p.wireDirectoryAndSearch(mux, srv, acc, roomSvc, persister, rl(cfg.RCUserDirectory))
 	infoRoutes(mux, srv, cfg, acc)
 	p.wireReportsNoticesVoIP(mux, srv, acc, roomSvc, adSvc.Writer(), rl(cfg.RCReports))
+	if err := p.wireFederation(mux, srv, key, roomStore); err != nil {
+		return err
+	}
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}

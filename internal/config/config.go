@@ -124,6 +124,8 @@ type Config struct {
 	Presence  PresenceConfig `yaml:"presence"`
 	Push      PushConfig     `yaml:"push"`
 	Email     EmailConfig    `yaml:"email"`
+	// Federation is Synapse's `federation:` section (the sender's backoff).
+	Federation FederationSection `yaml:"federation"`
 
 	UserDirectory UserDirectoryConfig `yaml:"user_directory"`
 
@@ -152,6 +154,12 @@ type Config struct {
 	// series registered but stops measuring requests and transactions,
 	// which is how the benchmark prices the instrumentation.
 	EnableMetrics *bool `yaml:"enable_metrics"`
+
+	// Server keys (serverkeys.go): how long our /_matrix/key/v2/server
+	// answer is valid, and the keys we signed with before. The notaries,
+	// trusted_key_servers, are above (raw; KeyServers parses them).
+	KeyRefreshInterval Duration                 `yaml:"key_refresh_interval"`
+	OldSigningKeys     map[string]OldSigningKey `yaml:"old_signing_keys"`
 
 	// Per-worker keys.
 	WorkerApp       string     `yaml:"worker_app"` // as written; see WorkerRole
@@ -470,6 +478,7 @@ func Default() *Config {
 		UserDirectory:                  UserDirectoryConfig{Enabled: true},
 		Push:                           PushConfig{Enabled: true},
 		Email:                          defaultEmail(),
+		Federation:                     defaultFederationSection(),
 		HTTPLimits:                     defaultHTTPLimits(),
 		Redis:                          RedisConfig{Host: "localhost", Port: 6379},
 		TURNUserLifetime:               defaultTURNUserLifetime,

@@ -90,10 +90,10 @@ func TestLoadNotBuiltKeys(t *testing.T) {
 email: {smtp_host: localhost}
 oidc_providers: []
 track_appservice_user_ips: true
-federation_sender_instances: [fed1]
+allow_profile_lookup_over_federation: false
 worker_daemonize: false
 `})
-	want := []string{"federation_sender_instances", "oidc_providers", "track_appservice_user_ips"}
+	want := []string{"allow_profile_lookup_over_federation", "oidc_providers", "track_appservice_user_ips"}
 	if !slices.Equal(cfg.NotBuiltKeys, want) {
 		t.Errorf("NotBuiltKeys = %v, want %v", cfg.NotBuiltKeys, want)
 	}

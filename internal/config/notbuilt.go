@@ -34,18 +34,9 @@ func NotBuilt() map[string]string {
 		"media_storage_providers": media,
 		"media_retention":         media,
 
-		"federation_domain_whitelist":                   federation,
-		"federation_sender_instances":                   federation,
-		"send_federation":                               federation,
 		"outbound_federation_restricted_to":             federation,
-		"federation_verify_certificates":                federation,
-		"federation_custom_ca_list":                     federation,
 		"federation_client_minimum_tls_version":         federation,
 		"federation_certificate_verification_whitelist": federation,
-		"federation_ip_range_blacklist":                 federation,
-		"ip_range_blacklist":                            federation,
-		"ip_range_whitelist":                            federation,
-		"trusted_key_servers":                           federation,
 		"allow_public_rooms_over_federation":            federation,
 		"allow_profile_lookup_over_federation":          federation,
 

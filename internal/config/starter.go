@@ -131,6 +131,15 @@ database:
 # other servers remember the key and reject events signed with a new one.
 signing_key_path: {{q .SigningKey}}
 
+# Servers asked to vouch for other servers' signing keys (POST
+# /_matrix/key/v2/query); a server's own keys are fetched from it when they
+# do not have them. Synapse's default, written out as Synapse's generated
+# config does so that it is a choice: [] asks servers only. Add
+# verify_keys ({"ed25519:auto": "<base64 key>"}) to check a notary's
+# signatures.
+trusted_key_servers:
+  - server_name: "matrix.org"
+
 # DEMO ONLY: anyone who can reach the server may register without an email
 # or a token. Turn both off before exposing the server.
 enable_registration: true

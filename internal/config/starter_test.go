@@ -56,6 +56,8 @@ func TestGenerateStarterRoundTrip(t *testing.T) {
 				{"no log_config", cfg.LogConfig, ""},
 				{"main", cfg.IsMain(), true},
 				{"nothing unknown", len(cfg.UnknownKeys), 0},
+				{"key server set", cfg.KeyServersDefaulted(), false},
+				{"key server", cfg.KeyServers()[0].ServerName, "matrix.org"},
 			}
 			for _, c := range checks {
 				if c.got != c.want {

@@ -80,6 +80,8 @@ func (c *Config) Validate() error {
 	c.validatePasswords(&ps)
 	c.validateTURN(&ps)
 	c.validateServerNotices(&ps)
+	c.validateServerKeys(&ps)
+	c.validateFederationSection(&ps)
 	if len(ps) == 0 {
 		return nil
 	}

@@ -171,6 +171,7 @@ func baseConfig(dir string, db map[string]any, port int) map[string]any {
 		"registration_shared_secret":               sharedSecret,
 		"bcrypt_rounds":                            4,
 		"report_stats":                             false,
+		"trusted_key_servers":                      []any{},
 		"rc_message":                               fastLimit(),
 		"rc_registration":                          fastLimit(),
 		"rc_login": map[string]any{

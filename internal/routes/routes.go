@@ -275,6 +275,16 @@ func spec() []Class {
 			Body: LimitFederation, Resource: "federation",
 		},
 		{
+			// Our signing keys. Not in the v1.83 workers document (so main
+			// there), but Synapse's generic workers serve them on any
+			// listener with the keys or federation resource, and the answer
+			// depends only on the shared config.
+			Name:     "key_server",
+			Patterns: []string{"^/_matrix/key/v2/server(/|$)"},
+			Methods:  get, Duty: DutyGeneric, Policy: RoundRobin, Pools: []string{PoolFederation},
+			Body: LimitFederation, Resource: "keys",
+		},
+		{
 			// Any worker reads push rules; changes go to the push_rules
 			// stream writer (Synapse sent them to main before the stream
 			// got a configurable writer).

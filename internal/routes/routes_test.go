@@ -57,7 +57,11 @@ var classCases = []struct {
 	{"POST", "/_matrix/federation/v1/send/txn1", "!federation_inbound"},
 	{"GET", "/_matrix/federation/v1/version", "federation_read"},
 	{"GET", "/_matrix/federation/v1/versions", "main_only"},
-	{"GET", "/_matrix/key/v2/server", "main_only"},
+	{"GET", "/_matrix/key/v2/server", "key_server"},
+	{"GET", "/_matrix/key/v2/server/ed25519:a", "key_server"},
+	{"POST", "/_matrix/key/v2/server", "!key_server"},
+	{"GET", "/_matrix/key/v2/query/remote.example", "federation_read"},
+	{"GET", "/_matrix/key/v2/serverx", "main_only"},
 
 	// Client reads.
 	{"POST", "/_matrix/client/v3/createRoom", "client_read"},

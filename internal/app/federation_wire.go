@@ -1,0 +1,55 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"slices"
+
+	"ganglion/internal/events"
+	"ganglion/internal/federation/client"
+	"ganglion/internal/federation/sender"
+	"ganglion/internal/mxhttp"
+	"ganglion/internal/rooms"
+)
+
+// wireFederation builds what every process has of federation: the
+// outbound client, the server keys (our key server, the notary, the
+// keyring that fetches through the client) and, on the instances named by
+// federation_sender_instances, the federation sender.
+func (p *Process) wireFederation(mux *mxhttp.Mux, srv *mxhttp.Server, key events.SigningKey, store *rooms.Store) error {
+	cfg := p.cfg
+	fc, err := client.NewFromConfig(cfg, key, p.log.With("module", "federation.client"))
+	if err != nil {
+		return fmt.Errorf("federation client: %w", err)
+	}
+	p.onShutdown = append(p.onShutdown, func(context.Context) error { fc.CloseIdleConnections(); return nil })
+	if err := p.wireServerKeys(mux, srv, key, fc, fc); err != nil {
+		return err
+	}
+	senders := cfg.FederationSenders()
+	if !slices.Contains(senders, cfg.InstanceName()) {
+		return nil
+	}
+	s := sender.New(p.db, p.reg, store, transactionSender{fc}, sender.Options{
+		ServerName:      cfg.ServerName,
+		Instance:        cfg.InstanceName(),
+		Instances:       senders,
+		MinRetry:        cfg.Federation.MinRetryInterval(),
+		MaxRetry:        cfg.Federation.MaxRetryInterval(),
+		RetryMultiplier: cfg.Federation.DestinationRetryMultiplier,
+	}, p.log.With("module", "federation.sender"))
+	p.runners = append(p.runners, s.Run)
+	return nil
+}
+
+// transactionSender sends federation transactions with the signed client.
+type transactionSender struct{ c *client.Client }
+
+func (t transactionSender) SendTransaction(ctx context.Context, destination, txnID string, txn *sender.Transaction) error {
+	// The answer's per-PDU results only report the receiver's verdict on
+	// each event; a 200 is the acknowledgement the queue needs.
+	var resp json.RawMessage
+	return t.c.SignedPutJSON(ctx, destination, "/_matrix/federation/v1/send/"+url.PathEscape(txnID), txn, &resp)
+}
