@@ -101,6 +101,38 @@ func (s *Store) setPosition(ctx context.Context, tx *sql.Tx, pos int64) error {
 	return nil
 }
 
+// advancePosition moves the saved position of a built directory. No row
+// means an admin asked for a rebuild meanwhile (RequestRebuild): the step's
+// transaction is then rolled back with errRebuildRequested rather than
+// putting the row back, which would undo the request.
+func (s *Store) advancePosition(ctx context.Context, tx *sql.Tx, pos int64) error {
+	res, err := tx.ExecContext(ctx, `UPDATE user_directory_stream_pos SET stream_id = $1 WHERE id = 1`, pos)
+	if err != nil {
+		return fmt.Errorf("save user directory position: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("save user directory position: %w", err)
+	} else if n == 0 {
+		return errRebuildRequested
+	}
+	return nil
+}
+
+// RequestRebuild asks for a full rebuild of the directory from current
+// state and the profiles: it removes the updater's saved position, which is
+// what a directory that was never built looks like. The updater (on
+// whichever instance update_user_directory_from_worker names) notices
+// within a batch or rebuildPoll and rebuilds as its background work,
+// serving searches from the tables as they fill; if no updater is running,
+// the next one to start rebuilds. The directory's rows stay until the
+// rebuild starts.
+func (s *Store) RequestRebuild(ctx context.Context) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM user_directory_stream_pos`); err != nil {
+		return fmt.Errorf("request a user directory rebuild: %w", err)
+	}
+	return nil
+}
+
 // contentOf reads a stored event's content.
 func contentOf(eventJSON string) map[string]any {
 	var ev struct {

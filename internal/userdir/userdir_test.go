@@ -323,3 +323,49 @@ func TestSearchTermsAreText(t *testing.T) {
 		}
 	})
 }
+
+// An admin's rebuild request (RequestRebuild, behind `ganglion
+// rebuild-user-directory`) makes a running updater rebuild the directory
+// from current state: rows lost or gone stale are back, whether the request
+// is noticed by the idle updater's poll or by its next batch of events.
+func TestDirectoryRebuildOnRequest(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		e := newEnv(t, db)
+		room := "!room:" + server
+		e.createRoom(t, room, alice, "public")
+		e.send(t, room, member(bob, "join", map[string]any{"displayname": "Nick"}))
+		e.runUpdater(t)
+		e.caughtUp(t)
+		if got := e.search(t, carol, "nick", userdir.SearchOptions{}); got[bob] != "Nick" {
+			t.Fatalf("before: %v", got)
+		}
+		found := func(term string) func() bool {
+			return func() bool {
+				users, _, err := e.store.Search(ctxT(t), carol, term, 10, userdir.SearchOptions{})
+				return err == nil && slices.ContainsFunc(users, func(u userdir.User) bool { return u.UserID == bob })
+			}
+		}
+		for _, withEvent := range []bool{false, true} {
+			// The directory loses its rows of the room (as a bug or a
+			// restore might leave it); following the stream alone would
+			// never bring them back.
+			if _, err := db.Exec(ctxT(t), `DELETE FROM user_directory_members`); err != nil {
+				t.Fatal(err)
+			}
+			if found("nick")() {
+				t.Fatal("bob still found after his rows were deleted")
+			}
+			if err := e.store.RequestRebuild(ctxT(t)); err != nil {
+				t.Fatal(err)
+			}
+			if withEvent {
+				e.send(t, room, member(carol, "join", nil))
+			}
+			testutil.Eventually(t, 30*time.Second, "directory rebuilt on request", found("nick"))
+			e.caughtUp(t)
+		}
+		// Following resumes after the rebuild.
+		e.send(t, room, member(bob, "join", map[string]any{"displayname": "Renamed"}))
+		testutil.Eventually(t, 20*time.Second, "change after the rebuild applied", found("renamed"))
+	})
+}
