@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"ganglion/internal/accounts"
 	"ganglion/internal/storage"
@@ -34,14 +35,42 @@ func NewStore(db *storage.DB, serverName string) *Store {
 	return &Store{db: db, serverName: serverName}
 }
 
+// maxWordRunes cuts long words, in names and in search terms alike, so a
+// term still prefix-matches the word it was cut from. PostgreSQL's index
+// holds each word as a tsvector lexeme, which is at most 2,047 bytes
+// (migration 0028).
+const maxWordRunes = 200
+
 // splitWords is the one tokenizer of names, user ids and search terms:
-// lower-cased runs of letters and digits.
+// lower-cased runs of letters and digits, each cut to maxWordRunes.
 func splitWords(s string) []string {
 	var out []string
 	for _, w := range strings.FieldsFunc(s, func(r rune) bool { return !unicode.IsLetter(r) && !unicode.IsDigit(r) }) {
-		out = append(out, strings.ToLower(w))
+		w = strings.ToLower(w)
+		if utf8.RuneCountInString(w) > maxWordRunes {
+			w = string([]rune(w)[:maxWordRunes])
+		}
+		out = append(out, w)
 	}
 	return out
+}
+
+// wordsVector is, on PostgreSQL, a words column as a tsvector of its words
+// taken as they are; migration 0028's GIN indexes are on this expression,
+// which must stay the same text.
+func wordsVector(col string) string {
+	return `array_to_tsvector(array_remove(string_to_array(btrim(` + col + `), ' '), ''))`
+}
+
+// prefixQuery is the tsquery text "every term starts some word". Terms are
+// letters and digits only (splitWords), so quoting each is enough to keep
+// it from being read as query syntax.
+func prefixQuery(terms []string) string {
+	parts := make([]string, len(terms))
+	for i, t := range terms {
+		parts[i] = "'" + t + "':*"
+	}
+	return strings.Join(parts, " & ")
 }
 
 // wordsOf is the stored searchable text of a profile: its display name's and
@@ -255,6 +284,10 @@ func (s *Store) Search(ctx context.Context, searcher, term string, limit int, o 
 	}
 	args := []any{searcher}
 	match := func(col string) string {
+		if s.db.Engine() == storage.Postgres {
+			args = append(args, prefixQuery(terms))
+			return fmt.Sprintf(`%s @@ $%d::tsquery`, wordsVector(col), len(args))
+		}
 		var b strings.Builder
 		for i, t := range terms {
 			if i > 0 {
