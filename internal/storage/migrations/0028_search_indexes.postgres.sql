@@ -1,3 +1,5 @@
+-- Indexes for issue 14's search targets (bench: -scenario search,userdir).
+--
 -- Word-prefix search of the user directory through GIN indexes
 -- (internal/userdir). words holds lower-cased words separated by single
 -- spaces; as a tsvector of those words taken as they are (array_to_tsvector:
@@ -19,3 +21,11 @@ CREATE INDEX user_directory_members_words ON user_directory_members
 -- Every directory search leaves out deactivated users; they are few, so a
 -- partial index finds them without reading the users table.
 CREATE INDEX users_deactivated ON users (user_id) WHERE deactivated;
+
+-- Full-text search ordered by recent (internal/search): with an index on
+-- the position alone, the planner can walk the newest entries backwards and
+-- stop at the page's limit when the terms are common (a word in half the
+-- messages), instead of fetching and sorting every match from the GIN
+-- index; rare terms still go through the GIN index. SQLite's event_search
+-- is keyed by stream_ordering already.
+CREATE INDEX event_search_stream ON event_search (stream_ordering);
