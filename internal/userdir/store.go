@@ -55,13 +55,6 @@ func splitWords(s string) []string {
 	return out
 }
 
-// wordsVector is, on PostgreSQL, a words column as a tsvector of its words
-// taken as they are; migration 0028's GIN indexes are on this expression,
-// which must stay the same text.
-func wordsVector(col string) string {
-	return `array_to_tsvector(array_remove(string_to_array(btrim(` + col + `), ' '), ''))`
-}
-
 // prefixQuery is the tsquery text "every term starts some word". Terms are
 // letters and digits only (splitWords), so quoting each is enough to keep
 // it from being read as query syntax.
@@ -286,7 +279,8 @@ func (s *Store) Search(ctx context.Context, searcher, term string, limit int, o 
 	match := func(col string) string {
 		if s.db.Engine() == storage.Postgres {
 			args = append(args, prefixQuery(terms))
-			return fmt.Sprintf(`%s @@ $%d::tsquery`, wordsVector(col), len(args))
+			// vector: words as a tsvector, GIN-indexed (migration 0028).
+			return fmt.Sprintf(`%s @@ $%d::tsquery`, strings.TrimSuffix(col, "words")+"vector", len(args))
 		}
 		var b strings.Builder
 		for i, t := range terms {
