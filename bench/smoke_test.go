@@ -257,6 +257,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-scenario", "send,bogus"}, "unknown scenario"},
 		{[]string{"-register", "shared-secret"}, "-shared-secret is required"},
 		{[]string{"-send-users", "2", "-send-rooms", "3"}, "-send-rooms"},
+		{[]string{"-search-senders", "2", "-search-rooms", "3"}, "-search-rooms"},
+		{[]string{"-userdir-users", "0"}, "-userdir-users"},
 		{[]string{"-prefix", "Upper"}, "-prefix"},
 		{[]string{"-pid", "x"}, "-pid"},
 		{[]string{"-timeout", "0s"}, "-timeout"},
