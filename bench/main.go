@@ -46,9 +46,10 @@ const (
 
 var allScenarios = []string{scSend, scFanout, scInitialSync, scJoin, scMessages, scRegister, scKeysQuery, scKeysClaim, scMedia}
 
-// extraScenarios run only when named: they compare server configurations
-// rather than measure one.
-var extraScenarios = []string{scPushSend}
+// extraScenarios run only when named: push_send compares server
+// configurations rather than measure one; search and userdir have a setup
+// far larger than their measured phase.
+var extraScenarios = []string{scPushSend, scSearch, scUserdir}
 
 // Registration modes.
 const (
@@ -85,6 +86,11 @@ type options struct {
 	pushMembers, pushMessages          int
 	keysUsers, keysDevices, keysRepeat int
 	mediaMiB, mediaRepeats             int
+	seedConcurrency                    int
+	searchMessages, searchRooms        int
+	searchSenders, searchQueries       int
+	userdirUsers, userdirRooms         int
+	userdirQueries                     int
 
 	// Report mode: render these JSON-lines files as markdown and exit.
 	reportFiles []string
@@ -192,6 +198,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.keysRepeat, "keys-repeats", 50, "keys_query and keys_claim: requests measured (p50/p99 are the figures)")
 	fs.IntVar(&o.mediaMiB, "media-mib", 10, "media: size of the file uploaded and downloaded, in MiB")
 	fs.IntVar(&o.mediaRepeats, "media-repeats", 5, "media: uploads (and downloads) measured")
+	fs.IntVar(&o.seedConcurrency, "seed-concurrency", 32, "search and userdir: parallel requests registering users, joining and setting profiles")
+	fs.IntVar(&o.searchMessages, "search-messages", 100000, "search: messages of generated text in the searcher's rooms")
+	fs.IntVar(&o.searchRooms, "search-rooms", 5, "search: rooms the messages are spread over (the searcher is in all)")
+	fs.IntVar(&o.searchSenders, "search-senders", 40, "search: users sending the messages at once, split evenly across the rooms")
+	fs.IntVar(&o.searchQueries, "search-queries", 200, "search: searches measured, one at a time (one and two words, by rank and by recent)")
+	fs.IntVar(&o.userdirUsers, "userdir-users", 10000, "userdir: users with display names, in public rooms")
+	fs.IntVar(&o.userdirRooms, "userdir-rooms", 10, "userdir: public rooms the users are split across")
+	fs.IntVar(&o.userdirQueries, "userdir-queries", 200, "userdir: user directory searches measured, one at a time")
 
 	fs.StringVar(&report, "report", "", "render these JSON-lines result files (comma-separated) as markdown on stdout and exit")
 	fs.Float64Var(&o.pgbenchTPS, "pgbench-tps", 0, "with -report: PostgreSQL's single-row insert rate measured by pgbench, for the send target")
@@ -304,6 +318,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		{"push-members", o.pushMembers}, {"push-messages", o.pushMessages},
 		{"keys-users", o.keysUsers}, {"keys-devices", o.keysDevices}, {"keys-repeats", o.keysRepeat},
 		{"media-mib", o.mediaMiB}, {"media-repeats", o.mediaRepeats},
+		{"seed-concurrency", o.seedConcurrency},
+		{"search-messages", o.searchMessages}, {"search-rooms", o.searchRooms},
+		{"search-senders", o.searchSenders}, {"search-queries", o.searchQueries},
+		{"userdir-users", o.userdirUsers}, {"userdir-rooms", o.userdirRooms}, {"userdir-queries", o.userdirQueries},
 	} {
 		if n.v < 1 {
 			bad("-%s: must be at least 1, got %d", n.name, n.v)
@@ -311,6 +329,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.sendRooms > o.sendUsers {
 		bad("-send-rooms: %d rooms need at least as many users, got -send-users %d", o.sendRooms, o.sendUsers)
+	}
+	if o.searchRooms > o.searchSenders {
+		bad("-search-rooms: %d rooms need at least as many senders, got -search-senders %d", o.searchRooms, o.searchSenders)
+	}
+	if o.userdirRooms > o.userdirUsers {
+		bad("-userdir-rooms: %d rooms need at least as many users, got -userdir-users %d", o.userdirRooms, o.userdirUsers)
 	}
 	if len(problems) > 0 {
 		return nil, errors.New(strings.Join(problems, "; "))

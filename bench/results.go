@@ -184,6 +184,27 @@ func notes(r *Result) string {
 		if p, ok := num(e, "pages"); ok {
 			add("%.0f pages", p)
 		}
+	case scSearch:
+		for _, k := range []string{"one_word_rank", "one_word_recent", "two_words_rank", "two_words_recent"} {
+			if p, ok := p50Of(e, k+"_ms"); ok {
+				add("%s p50 %.1f ms", k, p)
+			}
+		}
+		if c, ok := num(e, "median_count"); ok {
+			add("median count %.0f", c)
+		}
+		if v, ok := num(e, "seed_messages_per_s"); ok {
+			add("seeded at %.0f messages/s", v)
+		}
+	case scUserdir:
+		for _, k := range []string{"prefix1", "prefix3", "first_name", "full_name"} {
+			if p, ok := p50Of(e, k+"_ms"); ok {
+				add("%s p50 %.1f ms", k, p)
+			}
+		}
+		if v, ok := num(e, "directory_catch_up_s"); ok {
+			add("directory caught up in %.1f s", v)
+		}
 	case scRegister:
 		if l, ok := num(e, "logins_per_s"); ok {
 			add("logins %.1f/s", l)
@@ -414,6 +435,17 @@ func writeTargets(w io.Writer, labels []string, byLabel map[string][]*Result, pg
 				rows = append(rows, row{fmt.Sprintf("%s p50 < 20 ms (%v)", sc, paramsText(r.Params)), l,
 					fmt.Sprintf("%.1f ms (p99 %.1f)", r.LatencyMS.P50, r.LatencyMS.P99), yes(r.LatencyMS.P50 < 20)})
 			}
+		}
+		// Issue 14: search and the user directory at their stated sizes.
+		if r := find(l, scSearch); r != nil && r.LatencyMS != nil && onPostgres {
+			n, _ := num(r.Params, "messages")
+			rows = append(rows, row{fmt.Sprintf("search p50 < 50 ms (%.0f messages)", n), l,
+				fmt.Sprintf("%.1f ms (p99 %.1f)", r.LatencyMS.P50, r.LatencyMS.P99), yes(r.LatencyMS.P50 < 50 && n >= 100000)})
+		}
+		if r := find(l, scUserdir); r != nil && r.LatencyMS != nil {
+			n, _ := num(r.Params, "users")
+			rows = append(rows, row{fmt.Sprintf("userdir p50 < 20 ms (%.0f users)", n), l,
+				fmt.Sprintf("%.1f ms (p99 %.1f)", r.LatencyMS.P50, r.LatencyMS.P99), yes(r.LatencyMS.P50 < 20 && n >= 10000)})
 		}
 		// Issue 13: media through the router, with little memory.
 		if r := find(l, scMedia); r != nil && l == "fleet" {

@@ -9,6 +9,9 @@
 #                                               monoliths' metrics listener then also names the pprof resource)
 #   bench/run-matrix.sh -- -scenario send,fanout -fanout-members 1000
 #                                               everything after -- goes to every bench run
+#   bench/run-matrix.sh --targets postgres -- -scenario search,userdir
+#                                               issue 14: search over 100,000 messages, the
+#                                               user directory over 10,000 users (run only when named)
 #
 # It builds ganglion and bench, starts a throw-away PostgreSQL (as scripts/test
 # does: under the ganglion-test user when run as root), measures PostgreSQL's
@@ -280,7 +283,8 @@ write_config() {
   "rc_room_creation": $fast,
   "rc_invites": {"per_room": $fast, "per_user": $fast, "per_issuer": $fast},
   "rc_joins_per_room": $fast,
-  "rc_presence": {"per_user": $fast}
+  "rc_presence": {"per_user": $fast},
+  "rc_user_directory": $fast
 }
 EOF
 }
@@ -318,7 +322,8 @@ if [[ $small == 1 ]]; then
 	size_args=(-send-users 8 -send-rooms 2 -send-messages 5 -fanout-members 10 -fanout-messages 10
 		-sync-rooms 5 -sync-events 20 -sync-repeats 3 -join-users 100 -join-batch 20
 		-messages-events 300 -register-users 10 -logins 10
-		-keys-users 20 -keys-repeats 10 -media-mib 2 -media-repeats 2)
+		-keys-users 20 -keys-repeats 10 -media-mib 2 -media-repeats 2
+		-search-messages 2000 -search-queries 40 -userdir-users 300 -userdir-queries 40)
 fi
 
 # run_target NAME URLS PIDS [PPROF_URLS]: every scenario against a running
@@ -397,8 +402,8 @@ for t in "${target_list[@]}"; do
 		psql_do -d postgres -c "CREATE DATABASE $db"
 		mkdir -p "$tmp/$t"
 		fast='{"per_second": 100000, "burst_count": 100000}'
-		printf '{"bcrypt_rounds": 4, "enable_registration": true, "enable_registration_without_verification": true, "rc_message": %s, "rc_registration": %s, "rc_login": {"address": %s, "account": %s, "failed_attempts": %s}, "rc_joins": {"local": %s, "remote": %s}, "rc_joins_per_room": %s, "rc_room_creation": %s, "rc_invites": {"per_room": %s, "per_user": %s, "per_issuer": %s}, "rc_presence": {"per_user": %s}}\n' \
-			"$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" >"$tmp/$t/bench.yaml"
+		printf '{"bcrypt_rounds": 4, "enable_registration": true, "enable_registration_without_verification": true, "rc_message": %s, "rc_registration": %s, "rc_login": {"address": %s, "account": %s, "failed_attempts": %s}, "rc_joins": {"local": %s, "remote": %s}, "rc_joins_per_room": %s, "rc_room_creation": %s, "rc_invites": {"per_room": %s, "per_user": %s, "per_issuer": %s}, "rc_presence": {"per_user": %s}, "rc_user_directory": %s}\n' \
+			"$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" "$fast" >"$tmp/$t/bench.yaml"
 		sed -e "s#^config: .*#config: [$root/examples/fleet/homeserver.yaml, $tmp/$t/bench.yaml]#" \
 			-e "s#^run_dir: .*#run_dir: $tmp/$t/run#" "$root/examples/fleet/deployment.yaml" >"$tmp/$t/deployment.yaml"
 		GANGLION_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$db?sslmode=disable" \

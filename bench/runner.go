@@ -47,6 +47,8 @@ var scenarioFuncs = map[string]func(*scenarioRun, context.Context) error{
 	scKeysQuery:   (*scenarioRun).keysQuery,
 	scKeysClaim:   (*scenarioRun).keysClaim,
 	scMedia:       (*scenarioRun).media,
+	scSearch:      (*scenarioRun).search,
+	scUserdir:     (*scenarioRun).userdir,
 }
 
 // runScenario runs one scenario, bounded by -scenario-timeout. A setup
@@ -121,9 +123,14 @@ func (s *scenarioRun) setResult(ops int, d time.Duration, unit string, samples [
 // users registers n fresh users for the scenario, spreading them over the
 // URLs, concurrently.
 func (s *scenarioRun) users(ctx context.Context, n int) ([]*user, error) {
+	return s.usersWith(ctx, n, s.o.concurrency)
+}
+
+// usersWith is users with workers registrations in flight.
+func (s *scenarioRun) usersWith(ctx context.Context, n, workers int) ([]*user, error) {
 	out := make([]*user, n)
 	s.prog.phase("setup: register users", n)
-	err := forEach(ctx, n, s.o.concurrency, func(ctx context.Context, i int) error {
+	err := forEach(ctx, n, workers, func(ctx context.Context, i int) error {
 		u, err := s.register(ctx, s.base(i), fmt.Sprintf("%s-%s-%d", s.o.prefix, s.res.Scenario, i))
 		if err != nil {
 			return err

@@ -43,6 +43,8 @@ var tinySizes = []string{
 	"-messages-events", "25", "-messages-limit", "10",
 	"-register-users", "3", "-logins", "3",
 	"-keys-users", "4", "-keys-devices", "2", "-keys-repeats", "3", "-media-mib", "1", "-media-repeats", "2",
+	"-search-messages", "60", "-search-rooms", "2", "-search-senders", "2", "-search-queries", "8",
+	"-userdir-users", "6", "-userdir-rooms", "2", "-userdir-queries", "8", "-seed-concurrency", "2",
 	"-concurrency", "2", "-progress", "0", "-timeout", "20s", "-scenario-timeout", "90s",
 }
 
@@ -164,6 +166,46 @@ func TestSmoke(t *testing.T) {
 		}
 	})
 
+	// search and userdir run only when named, here at tiny sizes: every
+	// search must find something (the scenarios count an empty answer as an
+	// error), and each kind of query gets its own percentiles.
+	t.Run("search,userdir", func(t *testing.T) {
+		args := append([]string{"-url", srv, "-scenario", scSearch + "," + scUserdir}, tinySizes...)
+		results := runBench(t, args)
+		if r := results[scSearch]; r == nil {
+			t.Error("no result for search")
+		} else {
+			checkCommon(t, r)
+			if r.Ops != 8 {
+				t.Errorf("search: %d searches measured, want 8", r.Ops)
+			}
+			for _, k := range []string{"one_word_rank_ms", "one_word_recent_ms", "two_words_rank_ms", "two_words_recent_ms"} {
+				if _, ok := r.Extra[k].(map[string]any); !ok {
+					t.Errorf("search: no %s in %v", k, r.Extra)
+				}
+			}
+			if v, _ := num(r.Extra, "seed_messages_per_s"); v <= 0 {
+				t.Errorf("search: seed_messages_per_s %v", r.Extra["seed_messages_per_s"])
+			}
+		}
+		if r := results[scUserdir]; r == nil {
+			t.Error("no result for userdir")
+		} else {
+			checkCommon(t, r)
+			if r.Ops != 8 {
+				t.Errorf("userdir: %d searches measured, want 8", r.Ops)
+			}
+			for _, k := range []string{"prefix1_ms", "prefix3_ms", "first_name_ms", "full_name_ms"} {
+				if _, ok := r.Extra[k].(map[string]any); !ok {
+					t.Errorf("userdir: no %s in %v", k, r.Extra)
+				}
+			}
+			if _, ok := num(r.Extra, "directory_catch_up_s"); !ok {
+				t.Errorf("userdir: no directory_catch_up_s in %v", r.Extra)
+			}
+		}
+	})
+
 	// Shared-secret registration, and clients spread over a URL list (the
 	// same server twice, standing in for a fleet's workers).
 	t.Run("shared-secret", func(t *testing.T) {
@@ -215,6 +257,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-scenario", "send,bogus"}, "unknown scenario"},
 		{[]string{"-register", "shared-secret"}, "-shared-secret is required"},
 		{[]string{"-send-users", "2", "-send-rooms", "3"}, "-send-rooms"},
+		{[]string{"-search-senders", "2", "-search-rooms", "3"}, "-search-rooms"},
+		{[]string{"-userdir-users", "0"}, "-userdir-users"},
 		{[]string{"-prefix", "Upper"}, "-prefix"},
 		{[]string{"-pid", "x"}, "-pid"},
 		{[]string{"-timeout", "0s"}, "-timeout"},
@@ -329,6 +373,7 @@ func startMonolith(t *testing.T) string {
 			"rc_invites":                               map[string]any{"per_room": fast, "per_user": fast, "per_issuer": fast},
 			"rc_room_creation":                         fast,
 			"rc_presence":                              map[string]any{"per_user": fast},
+			"rc_user_directory":                        fast,
 		}
 		// JSON is YAML, and encoding/json cannot write a document that
 		// means something else.

@@ -39,6 +39,9 @@ Commands:
                      ganglion generate systemd -c deployment.yaml [--out DIR] [--binary PATH] [--user USER] [--env-file FILE]
                      ganglion generate nginx -c shared.yaml [-c router.yaml ...] [--out FILE]
                      ganglion generate prometheus -c deployment.yaml [--out FILE]   (dashboard: contrib/grafana/ganglion.json)
+  rebuild-user-directory
+                   rebuild the user directory from current state, in the background of the instance that updates it
+                     ganglion rebuild-user-directory -c homeserver.yaml
   route            run the built-in reverse proxy in front of a fleet (router: section of the config)
                      ganglion route -c shared.yaml [-c router.yaml ...]
 `
@@ -70,6 +73,8 @@ func main() {
 		}
 	case "route":
 		err = route(ctx, os.Args[2:])
+	case "rebuild-user-directory":
+		err = rebuildUserDirectory(ctx, os.Args[2:], os.Stdout)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return

@@ -145,6 +145,22 @@ func TestIndexAndSearch(t *testing.T) {
 		if !slices.Equal(seen, all) {
 			t.Fatalf("rank pages: %v, want %v", seen, all)
 		}
+		// Unordered (for counting) yields the same hits, cut at Limit.
+		q.Unordered, q.Offset, q.Limit = true, 0, 10
+		hits, err = st.Search(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ids(hits)
+		slices.Sort(got)
+		if !slices.Equal(got, all) {
+			t.Fatalf("unordered search: %v, want %v", got, all)
+		}
+		q.Limit = 2
+		if hits, err = st.Search(ctx, q); err != nil || len(hits) != 2 {
+			t.Fatalf("unordered search with limit 2: %v, %v", ids(hits), err)
+		}
+		q.Unordered = false
 		n, err := st.Count(ctx, search.Query{Rooms: []string{r1}, Terms: search.Words("quick"), Keys: search.AllKeys}, nil)
 		if err != nil || n != 3 {
 			t.Fatalf("count = %d, %v; want 3", n, err)

@@ -472,7 +472,9 @@ const maxExactCount = 5000
 // senders and types tell (contains_url is not applied).
 func (s *Service) count(ctx context.Context, q Query, leftAt map[string]int64, filter *filters.RoomEventFilter,
 	visibility func(room string) (*rooms.Visibility, error)) (int, error) {
-	q.Recent, q.Before, q.Offset, q.Limit = true, 0, 0, maxExactCount+1
+	// Unordered: a term in most messages is then cut off after
+	// maxExactCount+1 hits instead of every hit being read and sorted.
+	q.Unordered, q.Before, q.Offset, q.Limit = true, 0, 0, maxExactCount+1
 	hits, err := s.store.Search(ctx, q)
 	if err != nil {
 		return 0, err

@@ -143,6 +143,10 @@ type Query struct {
 	Before int64
 	Offset int
 	Limit  int
+	// Unordered returns the first Limit hits the index yields, in no
+	// particular order and unranked (Rank 0): for counting. Ranking and
+	// ordering read every hit, and counting with a bound then stops early.
+	Unordered bool
 }
 
 // Hit is one matching event.
@@ -212,24 +216,34 @@ func (s *Store) Search(ctx context.Context, q Query) ([]Hit, error) {
 	if s.db.Engine() == storage.Postgres {
 		cond, a := q.where(args, "e")
 		args = a
-		query = `SELECT e.event_id, e.room_id, e.sender, e.key, e.stream_ordering, ts_rank_cd(e.vector, to_tsquery('english', $1)) AS rank
+		rank := `ts_rank_cd(e.vector, to_tsquery('english', $1))`
+		if q.Unordered {
+			rank = `0`
+		}
+		query = `SELECT e.event_id, e.room_id, e.sender, e.key, e.stream_ordering, ` + rank + ` AS rank
 			FROM event_search e WHERE e.vector @@ to_tsquery('english', $1) AND ` + cond
 	} else {
 		cond, a := q.where(args, "e")
 		args = a
 		// bm25 is lower for better matches; negated so higher is better
 		// on both engines.
-		query = `SELECT e.event_id, e.room_id, e.sender, e.key, e.stream_ordering, -f.rank AS rank
+		rank := `-f.rank`
+		if q.Unordered {
+			rank = `0`
+		}
+		query = `SELECT e.event_id, e.room_id, e.sender, e.key, e.stream_ordering, ` + rank + ` AS rank
 			FROM event_search_fts f JOIN event_search e ON e.stream_ordering = f.rowid
 			WHERE event_search_fts MATCH $1 AND ` + cond
 	}
-	if q.Recent {
+	switch {
+	case q.Unordered:
+	case q.Recent:
 		if q.Before > 0 {
 			args = append(args, q.Before)
 			query += fmt.Sprintf(" AND e.stream_ordering < $%d", len(args))
 		}
 		query += " ORDER BY e.stream_ordering DESC"
-	} else {
+	default:
 		query += " ORDER BY rank DESC, e.stream_ordering DESC"
 	}
 	args = append(args, q.Limit, q.Offset)

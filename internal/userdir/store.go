@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"ganglion/internal/accounts"
 	"ganglion/internal/storage"
@@ -34,14 +35,35 @@ func NewStore(db *storage.DB, serverName string) *Store {
 	return &Store{db: db, serverName: serverName}
 }
 
+// maxWordRunes cuts long words, in names and in search terms alike, so a
+// term still prefix-matches the word it was cut from. PostgreSQL's index
+// holds each word as a tsvector lexeme, which is at most 2,047 bytes
+// (migration 0028).
+const maxWordRunes = 200
+
 // splitWords is the one tokenizer of names, user ids and search terms:
-// lower-cased runs of letters and digits.
+// lower-cased runs of letters and digits, each cut to maxWordRunes.
 func splitWords(s string) []string {
 	var out []string
 	for _, w := range strings.FieldsFunc(s, func(r rune) bool { return !unicode.IsLetter(r) && !unicode.IsDigit(r) }) {
-		out = append(out, strings.ToLower(w))
+		w = strings.ToLower(w)
+		if utf8.RuneCountInString(w) > maxWordRunes {
+			w = string([]rune(w)[:maxWordRunes])
+		}
+		out = append(out, w)
 	}
 	return out
+}
+
+// prefixQuery is the tsquery text "every term starts some word". Terms are
+// letters and digits only (splitWords), so quoting each is enough to keep
+// it from being read as query syntax.
+func prefixQuery(terms []string) string {
+	parts := make([]string, len(terms))
+	for i, t := range terms {
+		parts[i] = "'" + t + "':*"
+	}
+	return strings.Join(parts, " & ")
 }
 
 // wordsOf is the stored searchable text of a profile: its display name's and
@@ -97,6 +119,38 @@ func (s *Store) setPosition(ctx context.Context, tx *sql.Tx, pos int64) error {
 		ON CONFLICT (id) DO UPDATE SET stream_id = excluded.stream_id`, pos)
 	if err != nil {
 		return fmt.Errorf("save user directory position: %w", err)
+	}
+	return nil
+}
+
+// advancePosition moves the saved position of a built directory. No row
+// means an admin asked for a rebuild meanwhile (RequestRebuild): the step's
+// transaction is then rolled back with errRebuildRequested rather than
+// putting the row back, which would undo the request.
+func (s *Store) advancePosition(ctx context.Context, tx *sql.Tx, pos int64) error {
+	res, err := tx.ExecContext(ctx, `UPDATE user_directory_stream_pos SET stream_id = $1 WHERE id = 1`, pos)
+	if err != nil {
+		return fmt.Errorf("save user directory position: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("save user directory position: %w", err)
+	} else if n == 0 {
+		return errRebuildRequested
+	}
+	return nil
+}
+
+// RequestRebuild asks for a full rebuild of the directory from current
+// state and the profiles: it removes the updater's saved position, which is
+// what a directory that was never built looks like. The updater (on
+// whichever instance update_user_directory_from_worker names) notices
+// within a batch or rebuildPoll and rebuilds as its background work,
+// serving searches from the tables as they fill; if no updater is running,
+// the next one to start rebuilds. The directory's rows stay until the
+// rebuild starts.
+func (s *Store) RequestRebuild(ctx context.Context) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM user_directory_stream_pos`); err != nil {
+		return fmt.Errorf("request a user directory rebuild: %w", err)
 	}
 	return nil
 }
@@ -223,6 +277,11 @@ func (s *Store) Search(ctx context.Context, searcher, term string, limit int, o 
 	}
 	args := []any{searcher}
 	match := func(col string) string {
+		if s.db.Engine() == storage.Postgres {
+			args = append(args, prefixQuery(terms))
+			// vector: words as a tsvector, GIN-indexed (migration 0028).
+			return fmt.Sprintf(`%s @@ $%d::tsquery`, strings.TrimSuffix(col, "words")+"vector", len(args))
+		}
 		var b strings.Builder
 		for i, t := range terms {
 			if i > 0 {

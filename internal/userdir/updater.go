@@ -3,6 +3,7 @@ package userdir
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -36,38 +37,72 @@ const (
 	retryMax = 30 * time.Second
 )
 
-// Run builds the directory if it has never been built, then follows the
-// events stream until ctx ends. Database errors are logged and retried: a
-// directory that lags is better than a process that exits.
+// rebuildPoll is how often a following updater checks whether an admin has
+// asked for a rebuild (RequestRebuild) while no events arrive; with events
+// arriving, every batch notices at once.
+const rebuildPoll = 5 * time.Second
+
+// errRebuildRequested: the position row is gone, so the directory is to be
+// rebuilt (RequestRebuild).
+var errRebuildRequested = errors.New("user directory rebuild requested")
+
+// Run builds the directory if it has never been built, or whenever its
+// position has been removed (RequestRebuild: the admin's full rebuild),
+// and otherwise follows the events stream, until ctx ends. Database errors
+// are logged and retried: a directory that lags is better than a process
+// that exits.
 func (u *Updater) Run(ctx context.Context) error {
-	wait := retryMin
-	retry := func(what string, err error) bool {
-		u.log.Warn("user directory: "+what+" failed; retrying", "err", err, "in", wait)
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		wait = min(wait*2, retryMax)
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return true
-		}
-	}
-	var pos int64
+	b := &backoff{log: u.log, wait: retryMin}
+	poll := time.NewTicker(rebuildPoll)
+	defer poll.Stop()
 	for {
-		p, built, err := u.store.Position(ctx, u.db.Reader())
-		if err == nil && !built {
-			p, err = u.Rebuild(ctx)
+		var pos int64
+		for {
+			p, built, err := u.store.Position(ctx, u.db.Reader())
+			if err == nil && !built {
+				p, err = u.Rebuild(ctx)
+			}
+			if err == nil {
+				pos = p
+				break
+			}
+			if ctx.Err() != nil || !b.retry(ctx, "rebuild", err) {
+				return nil
+			}
 		}
-		if err == nil {
-			pos = p
-			break
-		}
-		if ctx.Err() != nil || !retry("rebuild", err) {
+		b.wait = retryMin
+		if err := u.follow(ctx, pos, poll.C, b); err == nil {
 			return nil
 		}
+		// errRebuildRequested: back to the top, which rebuilds.
 	}
-	wait = retryMin
+}
+
+// backoff spaces out retries after database errors.
+type backoff struct {
+	log  *slog.Logger
+	wait time.Duration
+}
+
+// retry logs err, waits, doubles the next wait, and reports false if ctx
+// ended first.
+func (b *backoff) retry(ctx context.Context, what string, err error) bool {
+	b.log.Warn("user directory: "+what+" failed; retrying", "err", err, "in", b.wait)
+	t := time.NewTimer(b.wait)
+	defer t.Stop()
+	b.wait = min(b.wait*2, retryMax)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// follow applies the events stream from pos until ctx ends (nil) or a
+// rebuild is requested (errRebuildRequested). poll ticks the check for a
+// request made while no events arrive.
+func (u *Updater) follow(ctx context.Context, pos int64, poll <-chan time.Time, b *backoff) error {
 	for {
 		// Take the channel before reading the position, so an advance in
 		// between still wakes us.
@@ -75,19 +110,29 @@ func (u *Updater) Run(ctx context.Context) error {
 		cur := u.reg.Current(streams.Events)
 		if pos < cur {
 			next, err := u.step(ctx, pos, cur)
+			if errors.Is(err, errRebuildRequested) {
+				u.log.Info("user directory rebuild requested")
+				return err
+			}
 			if err != nil {
-				if ctx.Err() != nil || !retry("update", err) {
+				if ctx.Err() != nil || !b.retry(ctx, "update", err) {
 					return nil
 				}
 				continue
 			}
-			pos, wait = next, retryMin
+			pos, b.wait = next, retryMin
 			continue
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+		case <-poll:
+			_, built, err := u.store.Position(ctx, u.db.Reader())
+			if err == nil && !built {
+				u.log.Info("user directory rebuild requested")
+				return errRebuildRequested
+			}
 		}
 	}
 }
@@ -159,7 +204,7 @@ func (u *Updater) step(ctx context.Context, from, to int64) (int64, error) {
 				return err
 			}
 		}
-		return u.store.setPosition(ctx, tx, next)
+		return u.store.advancePosition(ctx, tx, next)
 	})
 	if err != nil {
 		return from, err
