@@ -49,37 +49,6 @@ func NewService(db *storage.DB, reg *streams.Registry, w Writer, serverName stri
 	return &Service{db: db, reg: reg, w: w, serverName: serverName, log: log, now: time.Now}
 }
 
-// DevicesChanged announces devices created, renamed or deleted (the accounts
-// domain's hook); deleted devices lose their keys.
-func (s *Service) DevicesChanged(ctx context.Context, userID string, deviceIDs []string, deleted bool) error {
-	if len(deviceIDs) == 0 {
-		return nil
-	}
-	return s.w.Update(ctx, Update{UserID: userID, DeviceIDs: deviceIDs, Deleted: deleted})
-}
-
-// UserDeactivated deletes what a deactivated user leaves in the keys domain
-// beyond its devices' keys (deleted with the devices): the cross-signing
-// keys and signatures (announced on device_lists, so clients sharing a room
-// forget them) and every key backup. Backup versions stay as deleted rows
-// so a version number is never reused.
-func (s *Service) UserDeactivated(ctx context.Context, userID string) error {
-	if err := s.w.Update(ctx, Update{UserID: userID, DeleteCrossSigning: true}); err != nil {
-		return fmt.Errorf("delete cross-signing keys of deactivated %s: %w", userID, err)
-	}
-	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM e2e_room_keys WHERE user_id = $1`, userID); err != nil {
-			return err
-		}
-		_, err := tx.ExecContext(ctx, `UPDATE e2e_room_keys_versions SET deleted = TRUE WHERE user_id = $1`, userID)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("delete key backups of deactivated %s: %w", userID, err)
-	}
-	return nil
-}
-
 // Upload is the body of POST /keys/upload.
 type Upload struct {
 	DeviceKeys   json.RawMessage            `json:"device_keys"`
