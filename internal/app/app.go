@@ -26,6 +26,7 @@ import (
 	"ganglion/internal/background"
 	"ganglion/internal/caches"
 	"ganglion/internal/config"
+	"ganglion/internal/dehydrated"
 	"ganglion/internal/events"
 	"ganglion/internal/filters"
 	"ganglion/internal/forwarded"
@@ -445,6 +446,9 @@ func (p *Process) wire(ctx context.Context) error {
 	pushSvc.PushersRoutes(mux, srv, acc)
 	tdSvc.Routes(mux, srv, acc)
 	keysSvc.Routes(mux, srv, acc)
+	if cfg.ExperimentalFeatures.MSC3814Enabled {
+		dehydrated.NewService(db, acc, keysSvc, tdSvc).Routes(mux, srv)
+	}
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)
 	syncSvc.Routes(mux, srv, acc)

@@ -13,3 +13,12 @@ CREATE TABLE device_lists_outbox (
     created_ts  BIGINT NOT NULL
 );
 CREATE INDEX device_lists_outbox_user ON device_lists_outbox (user_id);
+
+-- Dehydrated devices (MSC3814, internal/dehydrated): at most one per user.
+-- The device itself is a row of devices (without an access token); this
+-- holds the client's opaque device_data.
+CREATE TABLE dehydrated_devices (
+    user_id      TEXT PRIMARY KEY,
+    device_id    TEXT NOT NULL,
+    device_data  TEXT NOT NULL
+);
