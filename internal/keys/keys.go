@@ -3,10 +3,14 @@
 // stream that tells clients whose devices changed, and the endpoints under
 // /keys.
 //
-// Device keys change only through the device_lists writer (Writer), which
-// stores them in the same transaction as the stream row announcing the
-// change. One-time and fallback keys are not announced, so any process
-// writes them directly; a claim is one atomic DELETE … RETURNING, so two
+// Device keys are stored only by the device_lists writer (Writer), in the
+// same transaction as the stream row announcing the change. Changes made by
+// other domains (devices created, renamed, deleted, accounts deactivated;
+// deleted devices lose their keys there) are recorded in
+// device_lists_outbox inside those domains' transactions and announced by
+// the writer when it drains the record (outbox.go), so no change is ever
+// committed without its announcement following. One-time and fallback keys
+// are not announced, so any process writes them directly; a claim is one atomic DELETE … RETURNING, so two
 // processes claiming at once never hand out the same key.
 package keys
 
