@@ -602,8 +602,11 @@ func (s *Service) Deactivate(ctx context.Context, userID string) error {
 		return fmt.Errorf("deactivate %s: %w", userID, err)
 	}
 	s.devicesGone(ctx, userID, gone)
-	// The cross-signing keys' deletion was recorded even without devices.
-	s.announceDevices(ctx, userID)
+	if len(gone) == 0 {
+		// The cross-signing keys' deletion was recorded all the same
+		// (devicesGone announced it with the devices otherwise).
+		s.announceDevices(ctx, userID)
+	}
 	s.log.Info("deactivated user", "user_id", userID)
 	return nil
 }
