@@ -102,6 +102,18 @@ func (w *LocalWriter) Update(ctx context.Context, u Update) error {
 	if len(devices) == 0 && !u.Drain {
 		return nil
 	}
+	if len(devices) == 0 {
+		// A drain that finds nothing (another drain took the records)
+		// writes nothing and wakes nobody.
+		var n int
+		if err := w.db.Reader().QueryRowContext(ctx, `SELECT count(*) FROM device_lists_outbox WHERE user_id = $1`,
+			u.UserID).Scan(&n); err != nil {
+			return fmt.Errorf("recorded device list changes of %s: %w", u.UserID, err)
+		}
+		if n == 0 {
+			return nil
+		}
+	}
 	// Who to wake is read before the write: a membership changing
 	// meanwhile wakes its room through the events stream anyway.
 	wake, err := wakeKeys(ctx, w.db.Reader(), u.UserID)
