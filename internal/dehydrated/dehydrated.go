@@ -56,9 +56,13 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server) {
 
 func errNone() error { return mxhttp.NotFound("No dehydrated device available") }
 
-// current is the user's dehydrated device ("" if none).
+// current is the user's dehydrated device ("" if none). A row whose
+// device was deleted another way (DELETE /devices, logout of all devices,
+// deactivation) names none.
 func current(ctx context.Context, q storage.Querier, userID string) (deviceID, data string, err error) {
-	err = q.QueryRowContext(ctx, `SELECT device_id, device_data FROM dehydrated_devices WHERE user_id = $1`, userID).Scan(&deviceID, &data)
+	err = q.QueryRowContext(ctx, `SELECT d.device_id, d.device_data FROM dehydrated_devices d
+		JOIN devices v ON v.user_id = d.user_id AND v.device_id = d.device_id
+		WHERE d.user_id = $1`, userID).Scan(&deviceID, &data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", "", nil
 	}

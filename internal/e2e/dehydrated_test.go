@@ -164,5 +164,18 @@ func TestE2EDehydratedDevice(t *testing.T) {
 			t.Fatalf("devices after the deletion: %v", d)
 		}
 		wantRawError(t, srv.do(t, ctx, "GET", dehydratedPath, alice.AccessToken, nil), 404, "M_NOT_FOUND")
+
+		// Deleted as an ordinary device, it is gone as a dehydrated one.
+		if r := put("DEHYD3"); r.status != 200 {
+			t.Fatalf("PUT dehydrated_device: %d %s", r.status, r.body)
+		}
+		r = srv.doJSON(t, ctx, "POST", clientPath("delete_devices"), alice.AccessToken, map[string]any{
+			"devices": []string{"DEHYD3"},
+			"auth":    map[string]any{"type": "m.login.password", "password": password("alice"), "identifier": map[string]any{"type": "m.id.user", "user": "alice"}},
+		})
+		if r.status != 200 {
+			t.Fatalf("delete_devices: %d %s", r.status, r.body)
+		}
+		wantRawError(t, srv.do(t, ctx, "GET", dehydratedPath, alice.AccessToken, nil), 404, "M_NOT_FOUND")
 	}, withMSC3814())
 }
