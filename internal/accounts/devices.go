@@ -80,34 +80,37 @@ func (s *Service) SetDeviceName(ctx context.Context, userID, deviceID, name stri
 		if err != nil {
 			return err
 		}
-		n, err = res.RowsAffected()
-		return err
+		if n, err = res.RowsAffected(); err != nil || n == 0 {
+			return err
+		}
+		return s.recordDevicesTx(ctx, tx, userID, []string{deviceID}, false)
 	})
 	if err != nil {
 		return false, fmt.Errorf("rename device %s of %s: %w", deviceID, userID, err)
 	}
 	if n > 0 {
-		s.devicesChanged(ctx, userID, []string{deviceID}, false)
+		s.announceDevices(ctx, userID)
 	}
 	return n > 0, nil
 }
 
 // DeleteDevices removes devices and their tokens.
 func (s *Service) DeleteDevices(ctx context.Context, userID string, deviceIDs []string) error {
+	var gone []string
 	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		gone = nil
 		for _, d := range deviceIDs {
-			if err := deleteDeviceTokensTx(ctx, tx, userID, d); err != nil {
+			g, err := s.deleteDevicesTx(ctx, tx, userID, `device_id = $2`, d)
+			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE user_id = $1 AND device_id = $2`, userID, d); err != nil {
-				return err
-			}
+			gone = append(gone, g...)
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("delete devices of %s: %w", userID, err)
 	}
-	s.devicesGone(ctx, userID, deviceIDs)
+	s.devicesGone(ctx, userID, gone)
 	return nil
 }

@@ -75,14 +75,18 @@ type DeviceHooks interface {
 // DeviceListHook is told of every device created (login, registration),
 // renamed or deleted, so the device_lists stream announces it to the users
 // who share a room with the owner (and deleted devices lose their keys).
+// The change is recorded in the transaction that makes it, so it cannot be
+// lost; announcing it after the commit only makes it prompt.
 type DeviceListHook interface {
-	DevicesChanged(ctx context.Context, userID string, deviceIDs []string, deleted bool) error
+	DevicesChangedTx(ctx context.Context, tx *sql.Tx, userID string, deviceIDs []string, deleted bool) error
+	AnnounceDeviceChanges(ctx context.Context, userID string) error
 }
 
-// DeactivationHook is told when an account is deactivated, so other
-// domains delete what the user kept there (cross-signing keys, key backups).
+// DeactivationHook is told, in the deactivation's transaction, so other
+// domains delete what the user kept there (cross-signing keys, key
+// backups) atomically with it.
 type DeactivationHook interface {
-	UserDeactivated(ctx context.Context, userID string) error
+	UserDeactivatedTx(ctx context.Context, tx *sql.Tx, userID string) error
 }
 
 // Service is the accounts domain.
@@ -121,22 +125,72 @@ func (s *Service) SetDeactivationHook(h DeactivationHook) { s.deactivated = h }
 // SetDeviceListHook wires the keys domain in.
 func (s *Service) SetDeviceListHook(h DeviceListHook) { s.deviceList = h }
 
-// devicesChanged runs the device list hook; the device change itself is
-// committed, so a hook failure is logged, not returned.
-func (s *Service) devicesChanged(ctx context.Context, userID string, deviceIDs []string, deleted bool) {
+// recordDevicesTx records, in the transaction changing them, that devices
+// were created, renamed or deleted.
+func (s *Service) recordDevicesTx(ctx context.Context, tx *sql.Tx, userID string, deviceIDs []string, deleted bool) error {
 	if s.deviceList == nil || len(deviceIDs) == 0 {
+		return nil
+	}
+	return s.deviceList.DevicesChangedTx(ctx, tx, userID, deviceIDs, deleted)
+}
+
+// announceDevices announces the changes recorded for userID once their
+// transaction committed. A failure loses nothing (the record waits for
+// the device_lists writer's next drain), so it is logged, not returned.
+func (s *Service) announceDevices(ctx context.Context, userID string) {
+	if s.deviceList == nil {
 		return
 	}
-	if err := s.deviceList.DevicesChanged(ctx, userID, deviceIDs, deleted); err != nil {
-		s.log.Warn("could not announce device list change", "user_id", userID, "devices", deviceIDs, "err", err)
+	if err := s.deviceList.AnnounceDeviceChanges(ctx, userID); err != nil {
+		s.log.Warn("device list change recorded, announcement deferred to the device_lists writer's next drain",
+			"user_id", userID, "err", err)
 	}
 }
 
-// devicesGone runs the device hooks for devices that were deleted; the
-// deletion itself is committed, so a hook failure is logged, not returned.
+// deleteDevicesTx deletes the user's devices matching cond (an SQL
+// condition on device_id with $2 as its argument, or "" for all) with
+// their tokens, records the deletion and returns the deleted ids.
+func (s *Service) deleteDevicesTx(ctx context.Context, tx *sql.Tx, userID, cond string, arg ...any) ([]string, error) {
+	where := `user_id = $1`
+	if cond != "" {
+		where += ` AND ` + cond
+	}
+	args := append([]any{userID}, arg...)
+	for _, table := range []string{"access_tokens", "refresh_tokens"} {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE `+where, args...); err != nil {
+			return nil, err
+		}
+	}
+	rows, err := tx.QueryContext(ctx, `DELETE FROM devices WHERE `+where+` RETURNING device_id`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var gone []string
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return nil, err
+		}
+		gone = append(gone, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.recordDevicesTx(ctx, tx, userID, gone, true); err != nil {
+		return nil, err
+	}
+	return gone, nil
+}
+
+// devicesGone runs the hooks for devices that were deleted (their device
+// list change was recorded with the deletion); the deletion itself is
+// committed, so a hook failure is logged, not returned.
 func (s *Service) devicesGone(ctx context.Context, userID string, deviceIDs []string) {
 	s.tokensChanged(ctx, userID)
-	s.devicesChanged(ctx, userID, deviceIDs, true)
+	if len(deviceIDs) > 0 {
+		s.announceDevices(ctx, userID)
+	}
 	if s.deviceHooks == nil {
 		return
 	}
@@ -145,21 +199,6 @@ func (s *Service) devicesGone(ctx context.Context, userID string, deviceIDs []st
 			s.log.Warn("could not clean up after deleted device", "user_id", userID, "device_id", d, "err", err)
 		}
 	}
-}
-
-// deviceIDs lists a user's devices, except keep.
-func (s *Service) deviceIDs(ctx context.Context, userID, keep string) ([]string, error) {
-	ds, err := s.Devices(ctx, userID)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, d := range ds {
-		if d.DeviceID != keep {
-			out = append(out, d.DeviceID)
-		}
-	}
-	return out, nil
 }
 
 // ServerName is the homeserver's name.
@@ -286,7 +325,10 @@ func (s *Service) Register(ctx context.Context, u NewUser) (Session, error) {
 		var tokens issued
 		sess.DeviceID, tokens, err = s.createDeviceTx(ctx, tx, userID, u.DeviceID, u.DeviceName, u.RefreshToken)
 		sess.setTokens(tokens)
-		return err
+		if err != nil {
+			return err
+		}
+		return s.recordDevicesTx(ctx, tx, userID, []string{sess.DeviceID}, false)
 	})
 	if err != nil {
 		var me *mxhttp.Error
@@ -297,7 +339,7 @@ func (s *Service) Register(ctx context.Context, u NewUser) (Session, error) {
 	}
 	s.log.Info("registered user", "user_id", userID)
 	if sess.DeviceID != "" {
-		s.devicesChanged(ctx, userID, []string{sess.DeviceID}, false)
+		s.announceDevices(ctx, userID)
 	}
 	return sess, nil
 }
@@ -355,7 +397,10 @@ func (s *Service) CreateSession(ctx context.Context, userID, deviceID, deviceNam
 		var tokens issued
 		sess.DeviceID, tokens, err = s.createDeviceTx(ctx, tx, userID, deviceID, deviceName, refreshable)
 		sess.setTokens(tokens)
-		return err
+		if err != nil {
+			return err
+		}
+		return s.recordDevicesTx(ctx, tx, userID, []string{sess.DeviceID}, false)
 	})
 	if err != nil {
 		return Session{}, fmt.Errorf("create session for %s: %w", userID, err)
@@ -364,7 +409,7 @@ func (s *Service) CreateSession(ctx context.Context, userID, deviceID, deviceNam
 		// Re-using a device id replaced its old token.
 		s.tokensChanged(ctx, userID)
 	}
-	s.devicesChanged(ctx, userID, []string{sess.DeviceID}, false)
+	s.announceDevices(ctx, userID)
 	return sess, nil
 }
 
@@ -512,18 +557,10 @@ func (s *Service) Logout(ctx context.Context, req *Requester) error {
 
 // LogoutAll deletes every device of the user.
 func (s *Service) LogoutAll(ctx context.Context, userID string) error {
-	gone, err := s.deviceIDs(ctx, userID, "")
-	if err != nil {
-		return err
-	}
-	err = s.db.Tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE user_id = $1`, userID); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1`, userID); err != nil {
-			return err
-		}
-		_, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE user_id = $1`, userID)
+	var gone []string
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		gone, err = s.deleteDevicesTx(ctx, tx, userID, "")
 		return err
 	})
 	if err != nil {
@@ -541,11 +578,6 @@ func (s *Service) ChangePassword(ctx context.Context, userID, newPassword string
 		return err
 	}
 	var gone []string
-	if logoutDevices {
-		if gone, err = s.deviceIDs(ctx, userID, keepDevice); err != nil {
-			return err
-		}
-	}
 	err = s.db.Tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `UPDATE users SET password_hash = $1 WHERE user_id = $2`, h, userID); err != nil {
 			return err
@@ -553,13 +585,8 @@ func (s *Service) ChangePassword(ctx context.Context, userID, newPassword string
 		if !logoutDevices {
 			return nil
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2`, userID, keepDevice); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id <> $2`, userID, keepDevice); err != nil {
-			return err
-		}
-		_, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE user_id = $1 AND device_id <> $2`, userID, keepDevice)
+		var err error
+		gone, err = s.deleteDevicesTx(ctx, tx, userID, `device_id <> $2`, keepDevice)
 		return err
 	})
 	if err != nil {
@@ -577,21 +604,22 @@ func (s *Service) Deactivate(ctx context.Context, userID string) error {
 			return fmt.Errorf("deactivate %s: leave rooms: %w", userID, err)
 		}
 	}
-	gone, err := s.deviceIDs(ctx, userID, "")
-	if err != nil {
-		return err
-	}
-	err = s.db.Tx(ctx, func(tx *sql.Tx) error {
+	var gone []string
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
 		for _, q := range []string{
 			`UPDATE users SET deactivated = TRUE, password_hash = NULL WHERE user_id = $1`,
-			`DELETE FROM access_tokens WHERE user_id = $1`,
-			`DELETE FROM refresh_tokens WHERE user_id = $1`,
-			`DELETE FROM devices WHERE user_id = $1`,
 			`UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = $1`,
 		} {
 			if _, err := tx.ExecContext(ctx, q, userID); err != nil {
 				return err
 			}
+		}
+		var err error
+		if gone, err = s.deleteDevicesTx(ctx, tx, userID, ""); err != nil {
+			return err
+		}
+		if s.deactivated != nil {
+			return s.deactivated.UserDeactivatedTx(ctx, tx, userID)
 		}
 		return nil
 	})
@@ -599,12 +627,10 @@ func (s *Service) Deactivate(ctx context.Context, userID string) error {
 		return fmt.Errorf("deactivate %s: %w", userID, err)
 	}
 	s.devicesGone(ctx, userID, gone)
-	if s.deactivated != nil {
-		// The account is already locked; like the device hooks, a failure
-		// here is the keys domain's to report and must not undo that.
-		if err := s.deactivated.UserDeactivated(ctx, userID); err != nil {
-			s.log.Error("deactivation cleanup failed", "user_id", userID, "err", err)
-		}
+	if len(gone) == 0 {
+		// The cross-signing keys' deletion was recorded all the same
+		// (devicesGone announced it with the devices otherwise).
+		s.announceDevices(ctx, userID)
 	}
 	s.log.Info("deactivated user", "user_id", userID)
 	return nil

@@ -26,6 +26,7 @@ import (
 	"ganglion/internal/background"
 	"ganglion/internal/caches"
 	"ganglion/internal/config"
+	"ganglion/internal/dehydrated"
 	"ganglion/internal/events"
 	"ganglion/internal/federation/serverkeys"
 	"ganglion/internal/filters"
@@ -457,6 +458,9 @@ func (p *Process) wire(ctx context.Context) error {
 	tdSvc.Routes(mux, srv, acc)
 	keysSvc.Routes(mux, srv, acc)
 	federationInfoRoutes(mux, srv)
+	if cfg.ExperimentalFeatures.MSC3814Enabled {
+		dehydrated.NewService(db, acc, keysSvc, tdSvc).Routes(mux, srv)
+	}
 	presSvc.Routes(mux, srv, acc)
 	filterStore.Routes(mux, srv, acc)
 	syncSvc.Routes(mux, srv, acc)

@@ -15,7 +15,9 @@ import (
 // on each configured writer; updates sharded by user over the writers,
 // forwarded over HTTP replication to the others) and the keys service,
 // hooked into accounts so device logins, renames and deletions are
-// announced. rpcClient and rpcServer are nil outside a fleet.
+// announced (and, on a device_lists writer, the drainer of device list
+// changes recorded but never announced). rpcClient and rpcServer are nil
+// outside a fleet.
 func (p *Process) wireKeys(ctx context.Context, reg *streams.Registry, acc *accounts.Service,
 	rpcClient *replication.Client, rpcServer *replication.Server) (*keys.Service, error) {
 	reg.SetSource(streams.DeviceLists, keys.NewSource(p.db))
@@ -40,6 +42,11 @@ func (p *Process) wireKeys(ctx context.Context, reg *streams.Registry, acc *acco
 	svc := keys.NewService(p.db, reg, w, p.cfg.ServerName, p.log)
 	acc.SetDeviceListHook(svc)
 	acc.SetDeactivationHook(svc)
+	if local != nil {
+		// Device list changes recorded by a process that died (or could
+		// not reach this writer) before announcing them.
+		p.runners = append(p.runners, func(ctx context.Context) error { return svc.RunOutboxDrainer(ctx, w.Owns) })
+	}
 	return svc, nil
 }
 

@@ -198,6 +198,8 @@ type Config struct {
 	// files (internal/appservice reads and checks them at start).
 	AppServiceConfigFiles          []string   `yaml:"app_service_config_files"`
 	OutboundFederationRestrictedTo StringList `yaml:"outbound_federation_restricted_to"`
+	// ExperimentalFeatures: experimental.go.
+	ExperimentalFeatures ExperimentalFeatures `yaml:"experimental_features"`
 
 	// Federation client and request authentication (federation.go).
 	FederationDomainWhitelist    StringList `yaml:"federation_domain_whitelist"` // nil: every server

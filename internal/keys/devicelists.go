@@ -35,6 +35,11 @@ type Update struct {
 	// DeleteCrossSigning deletes the user's cross-signing keys and every
 	// signature of or by the user (deactivation); it announces "".
 	DeleteCrossSigning bool `json:"delete_cross_signing,omitempty"`
+	// Drain announces, with the rest, the user's changes waiting in
+	// device_lists_outbox, deleting them in the same transaction: a
+	// drained change is announced exactly once, however many processes
+	// drain it.
+	Drain bool `json:"drain,omitempty"`
 }
 
 // Signature is one uploaded signature of a device or cross-signing key.
@@ -94,8 +99,20 @@ func (w *LocalWriter) Update(ctx context.Context, u Update) error {
 	}
 	slices.Sort(devices)
 	devices = slices.Compact(devices)
-	if len(devices) == 0 {
+	if len(devices) == 0 && !u.Drain {
 		return nil
+	}
+	if len(devices) == 0 {
+		// A drain that finds nothing (another drain took the records)
+		// writes nothing and wakes nobody.
+		var n int
+		if err := w.db.Reader().QueryRowContext(ctx, `SELECT count(*) FROM device_lists_outbox WHERE user_id = $1`,
+			u.UserID).Scan(&n); err != nil {
+			return fmt.Errorf("recorded device list changes of %s: %w", u.UserID, err)
+		}
+		if n == 0 {
+			return nil
+		}
 	}
 	// Who to wake is read before the write: a membership changing
 	// meanwhile wakes its room through the events stream anyway.
@@ -104,27 +121,26 @@ func (w *LocalWriter) Update(ctx context.Context, u Update) error {
 		return err
 	}
 	_, err = w.tw.Write(ctx, func(tx *sql.Tx, id int64) error {
+		devices := slices.Clone(devices)
+		if u.Drain {
+			waiting, err := drainOutboxTx(ctx, tx, u.UserID)
+			if err != nil {
+				return err
+			}
+			devices = append(devices, waiting...)
+			slices.Sort(devices)
+			devices = slices.Compact(devices)
+		}
 		if u.Deleted {
 			for _, d := range devices {
-				for _, table := range []string{"e2e_device_keys", "e2e_one_time_keys", "e2e_fallback_keys"} {
-					if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE user_id = $1 AND device_id = $2`, u.UserID, d); err != nil {
-						return fmt.Errorf("delete keys of %s: %w", d, err)
-					}
-				}
-				if _, err := tx.ExecContext(ctx, `DELETE FROM e2e_cross_signing_signatures
-					WHERE target_user_id = $1 AND target_key_id = $2`, u.UserID, d); err != nil {
-					return fmt.Errorf("delete signatures of %s: %w", d, err)
+				if err := deleteDeviceKeysTx(ctx, tx, u.UserID, d); err != nil {
+					return err
 				}
 			}
 		}
 		if u.DeleteCrossSigning {
-			for _, q := range []string{
-				`DELETE FROM e2e_cross_signing_keys WHERE user_id = $1`,
-				`DELETE FROM e2e_cross_signing_signatures WHERE target_user_id = $1 OR signer_user_id = $1`,
-			} {
-				if _, err := tx.ExecContext(ctx, q, u.UserID); err != nil {
-					return fmt.Errorf("delete cross-signing keys: %w", err)
-				}
+			if err := deleteCrossSigningTx(ctx, tx, u.UserID); err != nil {
+				return err
 			}
 		}
 		for d, keys := range u.DeviceKeys {

@@ -3,10 +3,14 @@
 // stream that tells clients whose devices changed, and the endpoints under
 // /keys.
 //
-// Device keys change only through the device_lists writer (Writer), which
-// stores them in the same transaction as the stream row announcing the
-// change. One-time and fallback keys are not announced, so any process
-// writes them directly; a claim is one atomic DELETE … RETURNING, so two
+// Device keys are stored only by the device_lists writer (Writer), in the
+// same transaction as the stream row announcing the change. Changes made by
+// other domains (devices created, renamed, deleted, accounts deactivated;
+// deleted devices lose their keys there) are recorded in
+// device_lists_outbox inside those domains' transactions and announced by
+// the writer when it drains the record (outbox.go), so no change is ever
+// committed without its announcement following. One-time and fallback keys
+// are not announced, so any process writes them directly; a claim is one atomic DELETE … RETURNING, so two
 // processes claiming at once never hand out the same key.
 package keys
 
@@ -47,37 +51,6 @@ type Service struct {
 // remote or sharded).
 func NewService(db *storage.DB, reg *streams.Registry, w Writer, serverName string, log *slog.Logger) *Service {
 	return &Service{db: db, reg: reg, w: w, serverName: serverName, log: log, now: time.Now}
-}
-
-// DevicesChanged announces devices created, renamed or deleted (the accounts
-// domain's hook); deleted devices lose their keys.
-func (s *Service) DevicesChanged(ctx context.Context, userID string, deviceIDs []string, deleted bool) error {
-	if len(deviceIDs) == 0 {
-		return nil
-	}
-	return s.w.Update(ctx, Update{UserID: userID, DeviceIDs: deviceIDs, Deleted: deleted})
-}
-
-// UserDeactivated deletes what a deactivated user leaves in the keys domain
-// beyond its devices' keys (deleted with the devices): the cross-signing
-// keys and signatures (announced on device_lists, so clients sharing a room
-// forget them) and every key backup. Backup versions stay as deleted rows
-// so a version number is never reused.
-func (s *Service) UserDeactivated(ctx context.Context, userID string) error {
-	if err := s.w.Update(ctx, Update{UserID: userID, DeleteCrossSigning: true}); err != nil {
-		return fmt.Errorf("delete cross-signing keys of deactivated %s: %w", userID, err)
-	}
-	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM e2e_room_keys WHERE user_id = $1`, userID); err != nil {
-			return err
-		}
-		_, err := tx.ExecContext(ctx, `UPDATE e2e_room_keys_versions SET deleted = TRUE WHERE user_id = $1`, userID)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("delete key backups of deactivated %s: %w", userID, err)
-	}
-	return nil
 }
 
 // Upload is the body of POST /keys/upload.

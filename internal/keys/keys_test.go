@@ -568,6 +568,7 @@ func TestChanges(t *testing.T) {
 		bob := f.register(t, "bob", "B")
 		carol := f.register(t, "carol", "C")
 		dave := f.register(t, "dave", "D")
+		eve := f.register(t, "eve", "E")
 		// !r1: alice, bob, carol. !r2: dave alone.
 		member(t, db, "!r1", alice.user, "join", 1)
 		member(t, db, "!r1", bob.user, "join", 2)
@@ -609,7 +610,32 @@ func TestChanges(t *testing.T) {
 		check("alice left", t2, t3, []string{}, []string{bob.user, dave.user})
 		member(t, db, "!r2", alice.user, "join", 8)
 		t4 := tok(8)
-		check("alice joined", t3, t4, []string{alice.user, dave.user}, []string{})
+		check("alice joined", t3, t4, []string{dave.user}, []string{})
+
+		// The range's membership counts, not the current one: changes
+		// after to do not leak into the answer for (from, to].
+		member(t, db, "!r2", eve.user, "join", 9)
+		member(t, db, "!r2", eve.user, "leave", 10)
+		check("joined in the range, left after it", t4, tok(9), []string{eve.user}, []string{})
+		check("left in the range", tok(9), tok(10), []string{}, []string{eve.user})
+		check("joined and left in the range", t4, tok(10), []string{}, []string{})
+		member(t, db, "!r2", dave.user, "leave", 11)
+		member(t, db, "!r2", dave.user, "join", 12)
+		check("left in the range, back after it", tok(10), tok(11), []string{}, []string{dave.user})
+		check("left and back in the range", tok(10), tok(12), []string{dave.user}, []string{})
+		before := tok(12)
+		f.login(t, dave.user, "D3")
+		after := tok(12)
+		member(t, db, "!r2", dave.user, "leave", 13)
+		check("new device in the range, left after it", before, after, []string{dave.user}, []string{})
+		check("new device and left in the range", before, tok(13), []string{}, []string{dave.user})
+		// alice leaves r2 (her only room with dave, who rejoins) and
+		// comes back after the range.
+		member(t, db, "!r2", dave.user, "join", 14)
+		member(t, db, "!r2", alice.user, "leave", 15)
+		member(t, db, "!r2", alice.user, "join", 16)
+		check("alice left in the range, back after it", tok(14), tok(15), []string{}, []string{dave.user})
+		check("alice left and back in the range", tok(14), tok(16), []string{}, []string{})
 	})
 }
 

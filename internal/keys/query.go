@@ -34,8 +34,9 @@ type QueryResult struct {
 }
 
 // QueryKeys returns the device keys of the requested users' devices (an
-// empty list means every device). Devices without keys, unknown devices and
-// users of other servers (no federation yet) are left out.
+// empty list means every device). Devices without keys and unknown devices
+// are left out; users of other servers are answered by a failure for
+// their server (no federation yet).
 //
 // Three queries answer for all users at once (signatures, device keys,
 // cross-signing keys): a client's first query after joining a room names
@@ -48,6 +49,8 @@ func (s *Service) QueryKeys(ctx context.Context, requester string, want map[stri
 		if local, err := s.localUser(userID); err == nil && local {
 			users = append(users, userID)
 			res.DeviceKeys[userID] = map[string]json.RawMessage{}
+		} else if err == nil {
+			remoteFailure(res.Failures, userID)
 		}
 	}
 	if len(users) == 0 {
@@ -97,6 +100,16 @@ func (s *Service) QueryKeys(ctx context.Context, requester string, want map[stri
 		return nil, fmt.Errorf("cross-signing keys of %d users: %w", len(users), err)
 	}
 	return res, nil
+}
+
+// remoteFailure records, in a /keys/query or /keys/claim answer, that the
+// server of a remote user could not be asked: Ganglion has no federation
+// yet, so every remote server is unreachable, as Synapse reports one it
+// cannot contact (503 under the server name, the rest of the answer
+// intact). A client's timeout has nothing to wait for.
+func remoteFailure(failures map[string]json.RawMessage, userID string) {
+	_, server, _ := strings.Cut(userID[1:], ":")
+	failures[server] = json.RawMessage(`{"status":503,"message":"Federation is not available on this server"}`)
 }
 
 // stringList is an SQL subquery yielding the strings of the JSON array
@@ -207,6 +220,9 @@ func (s *Service) ClaimKeys(ctx context.Context, want map[string]map[string]stri
 	var reqs [][3]string
 	for userID, devices := range want {
 		if local, err := s.localUser(userID); err != nil || !local {
+			if err == nil {
+				remoteFailure(res.Failures, userID)
+			}
 			continue
 		}
 		for deviceID, alg := range devices {
