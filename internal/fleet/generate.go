@@ -30,6 +30,9 @@ type Shared struct {
 	// start_pushers; if not, the deployment's pusher workers become
 	// pusher_instances.
 	Pushers bool
+	// FederationSenders likewise for federation_sender_instances and
+	// send_federation.
+	FederationSenders bool
 }
 
 // ReadShared reads instance_map and stream_writers from the shared config
@@ -50,12 +53,15 @@ func ReadShared(paths []string) (Shared, error) {
 			} `yaml:"router"`
 			PusherInstances any `yaml:"pusher_instances"`
 			StartPushers    any `yaml:"start_pushers"`
+			FedSenders      any `yaml:"federation_sender_instances"`
+			SendFederation  any `yaml:"send_federation"`
 		}
 		if err := yaml.Unmarshal(data, &doc); err != nil {
 			return Shared{}, fmt.Errorf("read shared config %s: %w", p, err)
 		}
 		s.RouterPools = s.RouterPools || doc.Router.Pools != nil
 		s.Pushers = s.Pushers || doc.PusherInstances != nil || doc.StartPushers != nil
+		s.FederationSenders = s.FederationSenders || doc.FedSenders != nil || doc.SendFederation != nil
 		if doc.InstanceMap != nil && s.InstanceMap == nil {
 			s.InstanceMap = map[string]config.InstanceLocation{}
 		}
@@ -133,11 +139,14 @@ func Generate(d *Deployment, shared Shared, dir string) (*Plan, error) {
 	instanceMap := map[string]config.InstanceLocation{}
 	planned := make([]PlannedInstance, 0, len(d.Instances))
 	writers := map[string][]string{}
-	var pushers []string
+	var pushers, fedSenders []string
 	shared0 := d.ConfigPaths()
 	for _, in := range d.Instances {
-		if in.Role() == config.RolePusher {
+		switch in.Role() {
+		case config.RolePusher:
 			pushers = append(pushers, in.Name)
+		case config.RoleFederationSender:
+			fedSenders = append(fedSenders, in.Name)
 		}
 		pi := PlannedInstance{Name: in.Name, Role: in.Role(),
 			ConfigFiles: append(slices.Clone(shared0), filepath.Join(dir, OverlayFile), filepath.Join(dir, in.Name+".yaml"))}
@@ -181,6 +190,11 @@ func Generate(d *Deployment, shared Shared, dir string) (*Plan, error) {
 		// between them (the legacy start_pushers: false would have each
 		// believe it is the only one and send everything).
 		overlay.PusherInstances = pushers
+	}
+	if len(fedSenders) > 0 && !shared.FederationSenders {
+		// Likewise: destinations are sharded over the senders in this
+		// order, and main stops sending.
+		overlay.FederationSenderInstances = fedSenders
 	}
 	if len(ps) > 0 {
 		return nil, fmt.Errorf("the shared config disagrees with %s; fix it, or remove those keys from the shared "+
@@ -362,6 +376,8 @@ type (
 		StreamWriters writersDoc             `yaml:"stream_writers,omitempty"`
 		// PusherInstances: the pusher workers, when there are any.
 		PusherInstances []string `yaml:"pusher_instances,omitempty"`
+		// FederationSenderInstances: the federation sender workers.
+		FederationSenderInstances []string `yaml:"federation_sender_instances,omitempty"`
 	}
 	locationDoc struct {
 		Host string `yaml:"host"`

@@ -391,3 +391,49 @@ instances:
 		t.Errorf("start_pushers in a shared file: Pushers=%v, err %v", s.Pushers, err)
 	}
 }
+
+// Federation sender workers become federation_sender_instances likewise.
+func TestGenerateFederationSenders(t *testing.T) {
+	const deployment = `
+config: [homeserver.yaml]
+instances:
+  - name: main
+    listeners: [{port: 8008, resources: [client]}, {port: 9093, resources: [replication]}]
+  - name: fed1
+    app: federation_sender
+    listeners: [{port: 9094, resources: [replication]}]
+  - name: fed2
+    app: synapse.app.federation_sender
+`
+	d, err := fleet.Parse([]byte(deployment), "/srv/deployment.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		shared fleet.Shared
+		want   string
+	}{
+		{fleet.Shared{}, "federation_sender_instances:\n  - fed1\n  - fed2\n"},
+		{fleet.Shared{FederationSenders: true}, ""},
+	} {
+		plan, err := fleet.Generate(d, tc.shared, "/run")
+		if err != nil {
+			t.Fatal(err)
+		}
+		overlay := string(plan.Files[0].Data)
+		if tc.want == "" && strings.Contains(overlay, "federation_sender_instances") {
+			t.Errorf("shared config sets the senders, yet the overlay does too:\n%s", overlay)
+		}
+		if tc.want != "" && !strings.Contains(overlay, tc.want) {
+			t.Errorf("overlay lacks %q:\n%s", tc.want, overlay)
+		}
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("send_federation: false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := fleet.ReadShared([]string{filepath.Join(dir, "a.yaml")})
+	if err != nil || !s.FederationSenders {
+		t.Errorf("send_federation in a shared file: FederationSenders=%v, err %v", s.FederationSenders, err)
+	}
+}
