@@ -76,6 +76,8 @@ type fleet struct {
 	next atomic.Uint64
 	// front, if set, is the router or nginx all requests go through.
 	front *front
+	// db is the database section every process shares.
+	db map[string]any
 	// lastSettle is what the last settle check saw (stream positions per
 	// instance), logged when a test fails.
 	settleMu   sync.Mutex
@@ -85,8 +87,9 @@ type fleet struct {
 // fleetProc is one instance of a fleet and its current OS process.
 type fleetProc struct {
 	name       string
-	clientPort int // 0: no client listener (a pusher worker)
-	replPort   int // replication + metrics listener, the instance_map port
+	clientPort int    // 0: no client listener (a pusher or federation sender worker)
+	app        string // worker_app of a worker without a client listener
+	replPort   int    // replication + metrics listener, the instance_map port
 	args       []string
 	logs       *syncBuffer
 	starts     int
@@ -348,7 +351,7 @@ func startFleet(t *testing.T, opts ...configOption) *fleet {
 	redis := startRedis(t, redisBin)
 	bin := buildBinary(t)
 	for attempt := 1; ; attempt++ {
-		f := &fleet{bin: bin, dir: dir, redis: redis, probe: &http.Client{Timeout: 5 * time.Second}}
+		f := &fleet{bin: bin, dir: dir, redis: redis, db: db, probe: &http.Client{Timeout: 5 * time.Second}}
 		for _, name := range fleetInstances() {
 			f.procs = append(f.procs, &fleetProc{name: name, clientPort: fleetPort(t), replPort: fleetPort(t), logs: &syncBuffer{}})
 		}
@@ -515,7 +518,7 @@ func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOptio
 		app := "synapse.app.generic_worker"
 		listeners := []any{httpListener(p.replPort, "replication", "metrics")}
 		if p.clientPort == 0 {
-			app = "synapse.app.pusher"
+			app = p.app
 		} else {
 			listeners = append([]any{fleetClientListener(p.clientPort)}, listeners...)
 		}
@@ -528,15 +531,19 @@ func (f *fleet) writeConfigs(t testing.TB, db map[string]any, opts []configOptio
 	}
 }
 
-// addPusherWorkers: each name in the test's pusher_instances that is not
-// one of the fleet's usual instances becomes a pusher worker process of its
-// own (worker_app synapse.app.pusher, no client listener).
+// addPusherWorkers: each name in the test's pusher_instances (or
+// federation_sender_instances) that is not one of the fleet's usual
+// instances becomes a pusher (federation sender) worker process of its own,
+// without a client listener.
 func (f *fleet) addPusherWorkers(t testing.TB, doc map[string]any) {
 	t.Helper()
-	names, _ := doc["pusher_instances"].([]string)
-	for _, name := range names {
-		if !slices.ContainsFunc(f.procs, func(p *fleetProc) bool { return p.name == name }) {
-			f.procs = append(f.procs, &fleetProc{name: name, replPort: fleetPort(t), logs: &syncBuffer{}})
+	for key, app := range map[string]string{"pusher_instances": "synapse.app.pusher",
+		"federation_sender_instances": "synapse.app.federation_sender"} {
+		names, _ := doc[key].([]string)
+		for _, name := range names {
+			if !slices.ContainsFunc(f.procs, func(p *fleetProc) bool { return p.name == name }) {
+				f.procs = append(f.procs, &fleetProc{name: name, app: app, replPort: fleetPort(t), logs: &syncBuffer{}})
+			}
 		}
 	}
 }
