@@ -166,7 +166,7 @@ func isAlreadyParsed(err error) bool { return errors.Is(err, event.ErrContentAlr
 // verifies the user with a user-signing signature only he sees; replacing
 // the master key needs the password.
 func TestE2ECrossSigning(t *testing.T) {
-	runDeployments(t, []string{engineSQLite, engineFleetRouter}, func(t *testing.T, srv *server) {
+	runDeployments(t, []string{engineSQLite, enginePostgres, engineFleetRouter}, func(t *testing.T, srv *server) {
 		ctx := testContext(t)
 		rooms := &roomsState{}
 		alice := newCryptoClient(t, ctx, srv, "alice", rooms)
