@@ -241,6 +241,9 @@ func (p *Process) wire(ctx context.Context) error {
 	// Every state event reaches the store's cache: ours from the
 	// persister (below), other persisters' through replication.
 	roomStore.EnableStateCache()
+	if err := roomStore.WatchMembershipFrom(ctx); err != nil {
+		return err
+	}
 	reg.SetSource(streams.Events, rooms.NewEventsSource(db, roomStore))
 	var persister *rooms.Persister
 	if reg.IsWriter(streams.Events) {

@@ -86,7 +86,7 @@ type Persister struct {
 
 	// stateChanged, if set, hears of every state event after its commit
 	// and before its position becomes visible.
-	stateChanged func(roomID, typ, stateKey string)
+	stateChanged func(roomID, typ, stateKey string, pos int64)
 
 	// hooks see every batch in its transaction (push rules, search).
 	hooks []BatchHook
@@ -150,7 +150,7 @@ func (p *Persister) startPosition(ctx context.Context) (int64, error) {
 // NotifyStateChanges makes the persister report each committed state event
 // to f before readers can see it (Store.StateChanged). Call before the
 // first send.
-func (p *Persister) NotifyStateChanges(f func(roomID, typ, stateKey string)) { p.stateChanged = f }
+func (p *Persister) NotifyStateChanges(f func(roomID, typ, stateKey string, pos int64)) { p.stateChanged = f }
 
 // BatchHook sees each batch of events in the batch's transaction: push
 // rule evaluation writes its per-user rows there, and the search index its
@@ -412,7 +412,7 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 	if p.stateChanged != nil {
 		for _, ev := range built {
 			if ev.IsState() {
-				p.stateChanged(roomID, ev.Type(), *ev.StateKey())
+				p.stateChanged(roomID, ev.Type(), *ev.StateKey(), last)
 			}
 		}
 	}

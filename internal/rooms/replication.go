@@ -81,7 +81,7 @@ func (s *EventsSource) Apply(ctx context.Context, writer string, row streams.Row
 	typ, _ := f[2].(string)
 	keys := []string{streams.RoomKey(room)}
 	if sk, ok := f[3].(string); ok {
-		s.store.StateChanged(room, typ, sk)
+		s.store.StateChanged(room, typ, sk, row.Token)
 		if typ == "m.room.member" {
 			keys = append(keys, streams.UserKey(sk))
 		}

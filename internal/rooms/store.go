@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"ganglion/internal/eventauth"
 	"ganglion/internal/events"
@@ -30,9 +32,38 @@ type Store struct {
 	versions sync.Map // room id → *events.RoomVersion
 	// state, when set (EnableStateCache), caches state history views.
 	state *stateCache
+	// memberMax is the highest events position at which this process saw
+	// an m.room.member change (StateChanged), and watchedFrom the
+	// position from which it has seen them all (WatchMembershipFrom):
+	// sync skips work that only membership changes call for.
+	memberMax, watchedFrom atomic.Int64
 }
 
-func NewStore(db *storage.DB) *Store { return &Store{db: db} }
+func NewStore(db *storage.DB) *Store {
+	s := &Store{db: db}
+	s.watchedFrom.Store(math.MaxInt64) // nothing known until WatchMembershipFrom
+	return s
+}
+
+// WatchMembershipFrom starts MembershipChangedAfter's knowledge: every
+// membership change after the highest events position at this moment
+// reaches StateChanged (the persister's and the replication's), so only
+// earlier ones are unknown. It reads that position from the database.
+func (s *Store) WatchMembershipFrom(ctx context.Context) error {
+	var max sql.NullInt64
+	if err := s.db.Reader().QueryRowContext(ctx, `SELECT max(stream_ordering) FROM events`).Scan(&max); err != nil {
+		return fmt.Errorf("highest event position: %w", err)
+	}
+	s.watchedFrom.Store(max.Int64)
+	return nil
+}
+
+// MembershipChangedAfter reports whether any room's membership may have
+// changed at an events position above pos: false only when this process
+// has seen every change since before pos and none of them is above it.
+func (s *Store) MembershipChangedAfter(pos int64) bool {
+	return pos < s.watchedFrom.Load() || s.memberMax.Load() > pos
+}
 
 // EnableStateCache caches state history views (history visibility, one
 // user's memberships over time) between reads. Call it only when every
@@ -42,8 +73,17 @@ func NewStore(db *storage.DB) *Store { return &Store{db: db} }
 func (s *Store) EnableStateCache() { s.state = newStateCache(100000) }
 
 // StateChanged tells the cache that a state event for (roomID, typ,
-// stateKey) was persisted.
-func (s *Store) StateChanged(roomID, typ, stateKey string) {
+// stateKey) was persisted at events position pos (or a higher one of its
+// batch).
+func (s *Store) StateChanged(roomID, typ, stateKey string, pos int64) {
+	if s != nil && typ == "m.room.member" {
+		for {
+			cur := s.memberMax.Load()
+			if pos <= cur || s.memberMax.CompareAndSwap(cur, pos) {
+				break
+			}
+		}
+	}
 	if s != nil && s.state != nil {
 		s.state.changed(stateKey3(roomID, typ, stateKey))
 		if typ == "m.room.member" {

@@ -9,7 +9,11 @@ func (s *Service) keys(ctx context.Context, r *request, resp *Response) error {
 	if s.Keys == nil {
 		return nil
 	}
-	if r.since != nil && (r.since.DeviceLists < r.now.DeviceLists || r.since.Events < r.now.EventsMax()) {
+	// Device lists change with the device_lists stream and with
+	// membership; most syncs see neither, and the store knows whether any
+	// membership changed after the client's token without a query.
+	if r.since != nil && (r.since.DeviceLists < r.now.DeviceLists ||
+		(r.since.Events < r.now.EventsMax() && s.store.MembershipChangedAfter(r.since.Events))) {
 		changed, left, err := s.Keys.Changes(ctx, r.userID, *r.since, r.now)
 		if err != nil {
 			return err
