@@ -494,6 +494,33 @@ func TestReportsNoticesAndPreviews(t *testing.T) {
 			}
 			wantRawError(t, srv.do(t, ctx, "GET", idPath, admin.AccessToken, nil), 404, "M_NOT_FOUND")
 			wantRawError(t, srv.do(t, ctx, "DELETE", idPath, admin.AccessToken, nil), 404, "M_NOT_FOUND")
+
+			// Room reports have their own listing, with the same parameters.
+			var rooms struct {
+				Reports []struct {
+					ID     int64  `json:"id"`
+					RoomID string `json:"room_id"`
+					UserID string `json:"user_id"`
+					Reason string `json:"reason"`
+					Name   string `json:"name"`
+				} `json:"room_reports"`
+				Total int64 `json:"total"`
+			}
+			r = srv.do(t, ctx, "GET", "/_synapse/admin/v1/room_reports?room_id="+url.QueryEscape(room.String()), admin.AccessToken, nil)
+			if r.status != 200 || json.Unmarshal(r.body, &rooms) != nil || rooms.Total != 1 || len(rooms.Reports) != 1 ||
+				rooms.Reports[0].UserID != eve.UserID.String() || rooms.Reports[0].Reason != "spam room" || rooms.Reports[0].Name != "Reported room" {
+				t.Fatalf("room_reports: %d %s", r.status, truncate(r.body))
+			}
+			roomPath := "/_synapse/admin/v1/room_reports/" + strconv.FormatInt(rooms.Reports[0].ID, 10)
+			wantRawError(t, srv.do(t, ctx, "GET", "/_synapse/admin/v1/room_reports", bob.AccessToken, nil), 403, "M_FORBIDDEN")
+			wantRawError(t, srv.do(t, ctx, "GET", "/_synapse/admin/v1/room_reports?dir=x", admin.AccessToken, nil), 400, "M_INVALID_PARAM")
+			if r := srv.do(t, ctx, "GET", roomPath, admin.AccessToken, nil); r.status != 200 {
+				t.Fatalf("room report: %d %s", r.status, truncate(r.body))
+			}
+			if r := srv.do(t, ctx, "DELETE", roomPath, admin.AccessToken, nil); r.status != 200 {
+				t.Fatalf("delete room report: %d %s", r.status, truncate(r.body))
+			}
+			wantRawError(t, srv.do(t, ctx, "GET", roomPath, admin.AccessToken, nil), 404, "M_NOT_FOUND")
 		})
 
 		t.Run("serverNotices", func(t *testing.T) {

@@ -53,6 +53,9 @@ func (s *Service) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.Serv
 	mux.Handle("GET "+adminPrefix+"/event_reports", admin(s.list))
 	mux.Handle("GET "+adminPrefix+"/event_reports/{id}", admin(s.get))
 	mux.Handle("DELETE "+adminPrefix+"/event_reports/{id}", admin(s.delete))
+	mux.Handle("GET "+adminPrefix+"/room_reports", admin(s.listRooms))
+	mux.Handle("GET "+adminPrefix+"/room_reports/{id}", admin(s.getRoom))
+	mux.Handle("DELETE "+adminPrefix+"/room_reports/{id}", admin(s.deleteRoom))
 }
 
 func (s *Service) checkRate(req *accounts.Requester) error {
@@ -234,38 +237,47 @@ func (s *Service) describe(ctx context.Context, rps []Report, withJSON bool) err
 	return nil
 }
 
-// list is GET /_synapse/admin/v1/event_reports: from (offset), limit
+// listParams reads the query of a report listing: from (offset), limit
 // (default 100), dir (b: newest first, the default; f: oldest first),
-// user_id and room_id (substring matches, as Synapse's LIKE).
-func (s *Service) list(w http.ResponseWriter, r *http.Request, _ *accounts.Requester) error {
+// user_id and room_id (substring matches, as Synapse's LIKE), as the
+// ORDER BY direction and a WHERE clause with its arguments.
+func listParams(r *http.Request) (from, limit int64, order, cond string, args []any, err error) {
 	q := r.URL.Query()
-	from, err := nonNegative(q.Get("from"), 0, "from")
-	if err != nil {
-		return err
+	if from, err = nonNegative(q.Get("from"), 0, "from"); err != nil {
+		return
 	}
-	limit, err := nonNegative(q.Get("limit"), 100, "limit")
-	if err != nil {
-		return err
+	if limit, err = nonNegative(q.Get("limit"), 100, "limit"); err != nil {
+		return
 	}
-	order := "DESC"
+	order = "DESC"
 	switch q.Get("dir") {
 	case "", "b":
 	case "f":
 		order = "ASC"
 	default:
-		return mxhttp.InvalidParam("Unknown direction: %s", q.Get("dir"))
+		err = mxhttp.InvalidParam("Unknown direction: %s", q.Get("dir"))
+		return
 	}
 	var where []string
-	var args []any
 	for _, f := range []string{"user_id", "room_id"} {
 		if v := q.Get(f); v != "" {
 			args = append(args, "%"+escapeLike(v)+"%")
 			where = append(where, fmt.Sprintf("%s LIKE $%d ESCAPE '\\'", f, len(args)))
 		}
 	}
-	cond := ""
 	if len(where) > 0 {
 		cond = " WHERE " + strings.Join(where, " AND ")
+	}
+	return
+}
+
+// list is GET /_synapse/admin/v1/event_reports: from (offset), limit
+// (default 100), dir (b: newest first, the default; f: oldest first),
+// user_id and room_id (substring matches, as Synapse's LIKE).
+func (s *Service) list(w http.ResponseWriter, r *http.Request, _ *accounts.Requester) error {
+	from, limit, order, cond, args, err := listParams(r)
+	if err != nil {
+		return err
 	}
 	ctx := r.Context()
 	var total int64
