@@ -130,3 +130,16 @@ func writeSelfSigned(t *testing.T, dir string) (certPath, keyPath string) {
 	}
 	return certPath, keyPath
 }
+
+func TestLoadAllowProfileLookupOverFederation(t *testing.T) {
+	if cfg := mustLoad(t, nil, [2]string{"homeserver.yaml", minimalMain}); !cfg.ProfileLookupOverFederation() {
+		t.Error("allow_profile_lookup_over_federation unset: lookups refused, want allowed (Synapse's default)")
+	}
+	cfg := mustLoad(t, nil, [2]string{"homeserver.yaml", minimalMain + "allow_profile_lookup_over_federation: false\n"})
+	if cfg.ProfileLookupOverFederation() {
+		t.Error("allow_profile_lookup_over_federation: false: lookups allowed")
+	}
+	if len(cfg.NotBuiltKeys) != 0 {
+		t.Errorf("NotBuiltKeys = %v: the key is read now", cfg.NotBuiltKeys)
+	}
+}

@@ -165,6 +165,8 @@ func (s *Server) postMissingEvents(w http.ResponseWriter, r *http.Request) error
 	}
 	ctx := r.Context()
 	roomID := r.PathValue("roomId")
+	// earliest_events may be left out, as Synapse allows: the walk then
+	// stops only at the limit and min_depth.
 	var body struct {
 		EarliestEvents []string `json:"earliest_events"`
 		LatestEvents   []string `json:"latest_events"`
@@ -176,9 +178,6 @@ func (s *Server) postMissingEvents(w http.ResponseWriter, r *http.Request) error
 	}
 	if body.LatestEvents == nil {
 		return mxhttp.MissingParam("Missing latest_events")
-	}
-	if body.EarliestEvents == nil {
-		return mxhttp.MissingParam("Missing earliest_events")
 	}
 	limit := defaultMissingEvents
 	if body.Limit != nil {
