@@ -584,3 +584,26 @@ func TestFederationInboundAfterLeaving(t *testing.T) {
 		}
 	})
 }
+
+// Under "invited" visibility a server sees what was sent while one of its
+// users was invited or joined, and not what was sent while none was.
+func TestFederationInboundInvitedVisibility(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		f := newFixture(t, db, true)
+		f.send("bob leave", rooms.Draft{Type: "m.room.member", StateKey: ptr(bob), Sender: bob, Content: raw(map[string]any{"membership": "leave"})})
+		f.send("invited vis", rooms.Draft{Type: "m.room.history_visibility", StateKey: ptr(""), Sender: alice,
+			Content: raw(map[string]any{"history_visibility": "invited"})})
+		f.message("while away")
+		f.send("bob invite", rooms.Draft{Type: "m.room.member", StateKey: ptr(bob), Sender: alice, Content: raw(map[string]any{"membership": "invite"})})
+		f.message("while invited")
+		for name, wantBody := range map[string]string{"while away": "", "while invited": "while invited"} {
+			code, body := f.do("GET", eventPath(f.id[name]), nil, remote)
+			if code != 200 {
+				t.Fatalf("event %s: %d %v", name, code, body)
+			}
+			if got := bodyOf(pduOf(t, list(body["pdus"])[0])); got != wantBody {
+				t.Errorf("event %q served with body %q, want %q", name, got, wantBody)
+			}
+		}
+	})
+}
