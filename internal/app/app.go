@@ -473,6 +473,7 @@ func (p *Process) wire(ctx context.Context) error {
 	if err := p.wireFederation(mux, srv, key, roomStore); err != nil {
 		return err
 	}
+	p.wireInboundFederation(mux, srv, roomSvc, acc)
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}

@@ -148,7 +148,9 @@ type Config struct {
 	DefaultRoomVersion             string           `yaml:"default_room_version"`
 	AllowPublicRoomsWithoutAuth    bool             `yaml:"allow_public_rooms_without_auth"`
 	AllowPublicRoomsOverFederation bool             `yaml:"allow_public_rooms_over_federation"`
-	RoomListPublicationRules       []map[string]any `yaml:"room_list_publication_rules"` // raw
+	// AllowProfileLookupOverFederation: unset means true, as in Synapse.
+	AllowProfileLookupOverFederation *bool            `yaml:"allow_profile_lookup_over_federation"`
+	RoomListPublicationRules         []map[string]any `yaml:"room_list_publication_rules"` // raw
 	// EnableMetrics is Synapse's key, but unset means on here: every
 	// process serves its metrics on a `metrics` listener. false leaves the
 	// series registered but stops measuring requests and transactions,

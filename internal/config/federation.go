@@ -25,6 +25,12 @@ func (c *Config) FederationVerifiesCertificates() bool {
 	return c.FederationVerifyCertificates == nil || *c.FederationVerifyCertificates
 }
 
+// ProfileLookupOverFederation is allow_profile_lookup_over_federation
+// (default true): whether other servers may query local users' profiles.
+func (c *Config) ProfileLookupOverFederation() bool {
+	return c.AllowProfileLookupOverFederation == nil || *c.AllowProfileLookupOverFederation
+}
+
 // FederationCAPool is the pool of federation_custom_ca_list as Load read
 // it, or nil for the system roots. As in Synapse, the list replaces the
 // system roots rather than adding to them.

@@ -90,10 +90,10 @@ func TestLoadNotBuiltKeys(t *testing.T) {
 email: {smtp_host: localhost}
 oidc_providers: []
 track_appservice_user_ips: true
-allow_profile_lookup_over_federation: false
+allow_public_rooms_over_federation: false
 worker_daemonize: false
 `})
-	want := []string{"allow_profile_lookup_over_federation", "oidc_providers", "track_appservice_user_ips"}
+	want := []string{"allow_public_rooms_over_federation", "oidc_providers", "track_appservice_user_ips"}
 	if !slices.Equal(cfg.NotBuiltKeys, want) {
 		t.Errorf("NotBuiltKeys = %v, want %v", cfg.NotBuiltKeys, want)
 	}
@@ -129,4 +129,17 @@ func writeSelfSigned(t *testing.T, dir string) (certPath, keyPath string) {
 		t.Fatal(err)
 	}
 	return certPath, keyPath
+}
+
+func TestLoadAllowProfileLookupOverFederation(t *testing.T) {
+	if cfg := mustLoad(t, nil, [2]string{"homeserver.yaml", minimalMain}); !cfg.ProfileLookupOverFederation() {
+		t.Error("allow_profile_lookup_over_federation unset: lookups refused, want allowed (Synapse's default)")
+	}
+	cfg := mustLoad(t, nil, [2]string{"homeserver.yaml", minimalMain + "allow_profile_lookup_over_federation: false\n"})
+	if cfg.ProfileLookupOverFederation() {
+		t.Error("allow_profile_lookup_over_federation: false: lookups allowed")
+	}
+	if len(cfg.NotBuiltKeys) != 0 {
+		t.Errorf("NotBuiltKeys = %v: the key is read now", cfg.NotBuiltKeys)
+	}
 }
