@@ -17,8 +17,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"ganglion/internal/config"
@@ -81,6 +83,16 @@ type Sender struct {
 	servers map[string][]string
 	// queues are the running per-destination send loops.
 	queues map[string]*destination
+	// edus are the EDU streams followed (FollowEDUs).
+	edus Sources
+	// volatile holds each destination's typing and presence EDUs.
+	volatile map[string]*volatileQueue
+	// typing is each room's local typers as last sent.
+	typing map[string][]string
+	// txnPrefix and txnCount make the ids of transactions with EDUs unique
+	// across restarts (their content is not a fixed range of the queue).
+	txnPrefix string
+	txnCount  atomic.Int64
 }
 
 // New builds a sender. Run starts it.
@@ -104,7 +116,9 @@ func New(db *storage.DB, reg *streams.Registry, store *rooms.Store, transport Tr
 		opts.Instances = []string{opts.Instance}
 	}
 	return &Sender{db: db, reg: reg, store: store, transport: transport, opts: opts, log: log,
-		servers: map[string][]string{}, queues: map[string]*destination{}}
+		servers: map[string][]string{}, queues: map[string]*destination{},
+		volatile: map[string]*volatileQueue{}, typing: map[string][]string{},
+		txnPrefix: strconv.FormatInt(opts.Now().UnixNano(), 36)}
 }
 
 // owns reports whether this instance sends to destination.
@@ -131,6 +145,13 @@ func (s *Sender) Run(ctx context.Context) error {
 	for _, d := range pending {
 		start(d)
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.runEDUs(loops, start); err != nil {
+			s.log.Error("federation sender stopped sending EDUs", "err", err)
+		}
+	}()
 	s.log.Info("federation sender started", "position", pos, "instances", len(s.opts.Instances), "pending_destinations", len(pending))
 	// A periodic look bounds how long a missed wake-up can delay sending.
 	tick := time.NewTicker(5 * time.Second)
@@ -185,7 +206,8 @@ func (s *Sender) loadPosition(ctx context.Context) (int64, error) {
 
 // pendingDestinations lists this shard's destinations with queued events.
 func (s *Sender) pendingDestinations(ctx context.Context) ([]string, error) {
-	rows, err := s.db.Reader().QueryContext(ctx, `SELECT DISTINCT destination FROM federation_outbox`)
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT destination FROM federation_outbox
+		UNION SELECT destination FROM federation_edu_outbox`)
 	if err != nil {
 		return nil, fmt.Errorf("list federation destinations with queued events: %w", err)
 	}
