@@ -160,9 +160,8 @@ type eduFollower struct {
 	read func(ctx context.Context, tx *sql.Tx, from, to int64) (next int64, touched []string, err error)
 }
 
-// runEDUs follows the EDU streams until ctx ends, waking the destinations
-// that got EDUs with start.
-func (s *Sender) runEDUs(ctx context.Context, start func(string)) error {
+// eduFollowers sets up the EDU streams to follow at their positions.
+func (s *Sender) eduFollowers(ctx context.Context) ([]*eduFollower, error) {
 	var fs []*eduFollower
 	if s.edus.Receipts != nil {
 		fs = append(fs, &eduFollower{stream: streams.Receipts, read: s.readReceipts})
@@ -179,9 +178,6 @@ func (s *Sender) runEDUs(ctx context.Context, start func(string)) error {
 	if s.edus.ToDevice {
 		fs = append(fs, &eduFollower{stream: streams.ToDevice, read: s.readToDevice, volatile: true})
 	}
-	if len(fs) == 0 {
-		return nil
-	}
 	for _, f := range fs {
 		if f.volatile {
 			f.pos = s.reg.Current(f.stream)
@@ -189,9 +185,18 @@ func (s *Sender) runEDUs(ctx context.Context, start func(string)) error {
 		}
 		pos, err := s.loadStreamPosition(ctx, f.stream)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		f.pos = pos
+	}
+	return fs, nil
+}
+
+// runEDUs follows the EDU streams fs until ctx ends, waking the
+// destinations that got EDUs with start.
+func (s *Sender) runEDUs(ctx context.Context, fs []*eduFollower, start func(string)) {
+	if len(fs) == 0 {
+		return
 	}
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
@@ -211,7 +216,7 @@ func (s *Sender) runEDUs(ctx context.Context, start func(string)) error {
 			next, touched, err := s.stepEDUs(ctx, f, to)
 			if err != nil {
 				if ctx.Err() != nil {
-					return nil
+					return
 				}
 				s.log.Warn("federation sender could not queue EDUs", "stream", f.stream, "position", f.pos, "err", err)
 				failed = true
@@ -225,7 +230,7 @@ func (s *Sender) runEDUs(ctx context.Context, start func(string)) error {
 		}
 		if failed {
 			if !sleep(ctx, backoff) {
-				return nil
+				return
 			}
 			backoff = min(backoff*2, time.Minute)
 			continue
@@ -235,7 +240,7 @@ func (s *Sender) runEDUs(ctx context.Context, start func(string)) error {
 			continue
 		}
 		if !waitAny(ctx, tick.C, changed) {
-			return nil
+			return
 		}
 	}
 }

@@ -93,6 +93,9 @@ type Sender struct {
 	// across restarts (their content is not a fixed range of the queue).
 	txnPrefix string
 	txnCount  atomic.Int64
+	// started is closed once Run has read its stream positions: what is
+	// written after that is sent.
+	started chan struct{}
 }
 
 // New builds a sender. Run starts it.
@@ -118,8 +121,11 @@ func New(db *storage.DB, reg *streams.Registry, store *rooms.Store, transport Tr
 	return &Sender{db: db, reg: reg, store: store, transport: transport, opts: opts, log: log,
 		servers: map[string][]string{}, queues: map[string]*destination{},
 		volatile: map[string]*volatileQueue{}, typing: map[string][]string{},
-		txnPrefix: strconv.FormatInt(opts.Now().UnixNano(), 36)}
+		txnPrefix: strconv.FormatInt(opts.Now().UnixNano(), 36), started: make(chan struct{})}
 }
+
+// Started is closed once Run has read its stream positions.
+func (s *Sender) Started() <-chan struct{} { return s.started }
 
 // owns reports whether this instance sends to destination.
 func (s *Sender) owns(destination string) bool {
@@ -129,6 +135,10 @@ func (s *Sender) owns(destination string) bool {
 // Run follows the events stream and sends until ctx ends.
 func (s *Sender) Run(ctx context.Context) error {
 	pos, err := s.loadPosition(ctx)
+	if err != nil {
+		return err
+	}
+	edus, err := s.eduFollowers(ctx)
 	if err != nil {
 		return err
 	}
@@ -148,10 +158,9 @@ func (s *Sender) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := s.runEDUs(loops, start); err != nil {
-			s.log.Error("federation sender stopped sending EDUs", "err", err)
-		}
+		s.runEDUs(loops, edus, start)
 	}()
+	close(s.started)
 	s.log.Info("federation sender started", "position", pos, "instances", len(s.opts.Instances), "pending_destinations", len(pending))
 	// A periodic look bounds how long a missed wake-up can delay sending.
 	tick := time.NewTicker(5 * time.Second)

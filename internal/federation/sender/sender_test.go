@@ -207,6 +207,11 @@ func (f *fixture) run(t *testing.T, tr sender.Transport, opts sender.Options) (s
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
+	select {
+	case <-s.Started():
+	case err := <-done:
+		t.Fatalf("sender: %v", err)
+	}
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
