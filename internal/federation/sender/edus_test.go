@@ -132,8 +132,9 @@ func TestSenderSendsReadReceipts(t *testing.T) {
 	})
 }
 
-// Receipts and to-device messages queued while the destination is down
-// and the sender stopped are all delivered, once, by the next sender.
+// Receipts, device list updates and to-device messages queued while the
+// destination is down and the sender stopped are all delivered, once, by
+// the next sender.
 func TestSenderDurableEDUsSurviveRestart(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		f := newFixture(t, db)
@@ -144,7 +145,11 @@ func TestSenderDurableEDUsSurviveRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		td := newToDevice(t, f)
-		f.edus = sender.Sources{Receipts: receipts.NewStore(db), ToDevice: true}
+		kw, err := keys.NewLocalWriter(ctxT(t), db, f.reg, f.log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.edus = sender.Sources{Receipts: receipts.NewStore(db), ToDevice: true, DeviceLists: true}
 		r := newReceiver()
 		r.setDown("far.test", true)
 		stop := f.run(t, r, sender.Options{})
@@ -154,9 +159,12 @@ func TestSenderDurableEDUsSurviveRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		sendToDevice(t, td, "t1", map[string]map[string]json.RawMessage{"@bob:far.test": {"B1": raw(map[string]int{"n": 1})}})
+		if err := kw.Update(ctxT(t), keys.Update{UserID: alice, DeviceIDs: []string{"GONE1"}, Deleted: true}); err != nil {
+			t.Fatal(err)
+		}
 		poll(t, 30*time.Second, func() (bool, string) {
 			n := outboxCount(t, db)
-			return n == 2, fmt.Sprintf("%d EDUs queued; want the receipt and the to-device message", n)
+			return n == 3, fmt.Sprintf("%d EDUs queued; want the receipt, the device list update and the to-device message", n)
 		})
 		stop()
 		// Made while no sender runs.
@@ -164,10 +172,14 @@ func TestSenderDurableEDUsSurviveRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		sendToDevice(t, td, "t2", map[string]map[string]json.RawMessage{"@bob:far.test": {"B1": raw(map[string]int{"n": 2})}})
+		if err := kw.Update(ctxT(t), keys.Update{UserID: alice, DeviceIDs: []string{"GONE2"}, Deleted: true}); err != nil {
+			t.Fatal(err)
+		}
 		r.setDown("far.test", false)
 		f.run(t, r, sender.Options{})
 		waitEDUs(t, r, "far.test", "m.direct_to_device", 2)
 		waitEDUs(t, r, "far.test", "m.receipt", 2)
+		dl := waitEDUs(t, r, "far.test", "m.device_list_update", 2)
 		poll(t, 10*time.Second, func() (bool, string) {
 			n := outboxCount(t, db)
 			return n == 0, fmt.Sprintf("%d EDUs still queued", n)
@@ -190,6 +202,13 @@ func TestSenderDurableEDUsSurviveRestart(t *testing.T) {
 		}
 		if !slices.Equal(read, ids) {
 			t.Errorf("receipts delivered for %v; want %v once each", read, ids)
+		}
+		dl = r.edusOf(t, "far.test", "m.device_list_update")
+		if len(dl) != 2 || dl[0]["device_id"] != "GONE1" || dl[1]["device_id"] != "GONE2" {
+			t.Fatalf("device list updates %v; want GONE1 then GONE2 once each", dl)
+		}
+		if prev, _ := dl[1]["prev_id"].([]any); len(prev) != 1 || prev[0] != dl[0]["stream_id"] {
+			t.Errorf("the update made while stopped has prev_id %v; want [%v]", dl[1]["prev_id"], dl[0]["stream_id"])
 		}
 	})
 }
