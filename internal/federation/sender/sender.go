@@ -7,7 +7,8 @@
 // rows are deleted only once it acknowledged the transaction that carried
 // them. A sender killed at any point resends, after restart, whatever was
 // not acknowledged; receivers deduplicate PDUs by event id, so every event
-// reaches every server once.
+// reaches every server once. EDUs ride in the same transactions (see
+// edus.go).
 package sender
 
 import (

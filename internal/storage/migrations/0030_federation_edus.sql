@@ -6,6 +6,7 @@
 -- stream; to-device messages to remote users are queued by the to_device
 -- writer in the transaction of the client's send. Typing and presence are
 -- volatile and never stored.
+--
 -- An EDU is keyed by the stream row it came from (stream_id) and its
 -- place among that row's EDUs for the destination (seq).
 CREATE TABLE federation_edu_outbox (
@@ -17,6 +18,8 @@ CREATE TABLE federation_edu_outbox (
     content      TEXT NOT NULL,
     PRIMARY KEY (destination, stream_name, stream_id, seq)
 );
+-- The sender finds the destinations of new to-device messages by stream id.
+CREATE INDEX federation_edu_outbox_stream ON federation_edu_outbox (stream_name, stream_id);
 
 -- How far each sender instance has read each EDU stream it queues from.
 CREATE TABLE federation_sender_stream_positions (
