@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"ganglion/internal/config"
 	"ganglion/internal/federation/sender"
 	"ganglion/internal/keys"
 	"ganglion/internal/presence"
@@ -401,6 +402,64 @@ func TestSenderSendsDeviceListUpdates(t *testing.T) {
 		if sk["user_id"] != alice || at(sk, "master_key", "keys", "ed25519:M") != "M" ||
 			at(sk, "self_signing_key", "keys", "ed25519:S") != "S" || sk["user_signing_key"] != nil {
 			t.Errorf("m.signing_key_update %v", sk)
+		}
+	})
+}
+
+// With two senders, each destination gets its EDUs from the instance that
+// owns it only, once: receipts (queued by the senders) and to-device
+// messages (queued by the writer).
+func TestSendersShardEDUsByDestination(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		f := newFixture(t, db)
+		room := "!shardedus:" + server
+		f.createRoom(t, room)
+		rs, err := receipts.NewService(ctxT(t), db, f.reg, f.log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		td := newToDevice(t, f)
+		f.edus = sender.Sources{Receipts: receipts.NewStore(db), ToDevice: true}
+		instances := []string{"fs1", "fs2"}
+		byInstance := map[string]*receiver{"fs1": newReceiver(), "fs2": newReceiver()}
+		for _, name := range instances {
+			f.run(t, byInstance[name], sender.Options{Instance: name, Instances: instances})
+		}
+		var dests []string
+		to := map[string]map[string]json.RawMessage{}
+		for i := range 6 {
+			d := fmt.Sprintf("s%d.test", i)
+			dests = append(dests, d)
+			f.remoteJoin(t, room, "@u:"+d)
+			to["@u:"+d] = map[string]json.RawMessage{"D": raw(map[string]string{"to": d})}
+		}
+		ids := f.messages(t, room, 1, "sharded")
+		if _, err := rs.SetReceipt(ctxT(t), receipts.Receipt{RoomID: room, Type: receipts.Read, UserID: alice, EventID: ids[0]}); err != nil {
+			t.Fatal(err)
+		}
+		sendToDevice(t, td, "sharded", to)
+		for _, d := range dests {
+			owner := config.ShardFor(instances, d)
+			got := waitEDUs(t, byInstance[owner], d, "m.direct_to_device", 1)
+			if len(got) != 1 || at(got[0], "messages", "@u:"+d, "D", "to") != d || len(at(got[0], "messages").(map[string]any)) != 1 {
+				t.Errorf("%s got to-device %v; want its own user's message once", d, got)
+			}
+			waitEDUs(t, byInstance[owner], d, "m.receipt", 1)
+		}
+		poll(t, 10*time.Second, func() (bool, string) {
+			n := outboxCount(t, db)
+			return n == 0, fmt.Sprintf("%d EDUs still queued", n)
+		})
+		for _, d := range dests {
+			owner := config.ShardFor(instances, d)
+			for name, r := range byInstance {
+				if name != owner && len(r.edusOf(t, d, "m.receipt"))+len(r.edusOf(t, d, "m.direct_to_device")) != 0 {
+					t.Errorf("%s also sent EDUs to %s (owned by %s)", name, d, owner)
+				}
+			}
+			if n := len(byInstance[owner].edusOf(t, d, "m.receipt")); n != 1 {
+				t.Errorf("%s got %d receipts; want 1", d, n)
+			}
 		}
 	})
 }
