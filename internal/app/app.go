@@ -470,7 +470,7 @@ func (p *Process) wire(ctx context.Context) error {
 	p.wireDirectoryAndSearch(mux, srv, acc, roomSvc, persister, rl(cfg.RCUserDirectory))
 	infoRoutes(mux, srv, cfg, acc)
 	p.wireReportsNoticesVoIP(mux, srv, acc, roomSvc, adSvc.Writer(), rl(cfg.RCReports))
-	if err := p.wireFederation(mux, srv, key, roomStore); err != nil {
+	if err := p.wireFederation(mux, srv, key, roomStore, receiptsStore, typingReader, presSvc); err != nil {
 		return err
 	}
 	p.wireInboundFederation(mux, srv, roomSvc, acc)

@@ -17,8 +17,11 @@ import (
 // wireFederation builds what every process has of federation: the
 // outbound client, the server keys (our key server, the notary, the
 // keyring that fetches through the client) and, on the instances named by
-// federation_sender_instances, the federation sender.
-func (p *Process) wireFederation(mux *mxhttp.Mux, srv *mxhttp.Server, key events.SigningKey, store *rooms.Store) error {
+// federation_sender_instances, the federation sender with the EDUs of
+// the typing, receipts, presence (when presence.enabled), device_lists and
+// to_device streams.
+func (p *Process) wireFederation(mux *mxhttp.Mux, srv *mxhttp.Server, key events.SigningKey, store *rooms.Store,
+	receiptRows sender.ReceiptRows, typingReader sender.TypingReader, presenceRows sender.PresenceRows) error {
 	cfg := p.cfg
 	fc, err := client.NewFromConfig(cfg, key, p.log.With("module", "federation.client"))
 	if err != nil {
@@ -40,6 +43,11 @@ func (p *Process) wireFederation(mux *mxhttp.Mux, srv *mxhttp.Server, key events
 		MaxRetry:        cfg.Federation.MaxRetryInterval(),
 		RetryMultiplier: cfg.Federation.DestinationRetryMultiplier,
 	}, p.log.With("module", "federation.sender"))
+	edus := sender.Sources{Receipts: receiptRows, Typing: typingReader, DeviceLists: true, ToDevice: true}
+	if cfg.Presence.Enabled {
+		edus.Presence = presenceRows
+	}
+	s.FollowEDUs(edus)
 	p.runners = append(p.runners, s.Run)
 	return nil
 }

@@ -42,6 +42,7 @@ type fakeRemote struct {
 	got      []string       // event ids, first copies, in arrival order
 	copies   map[string]int // event id → copies in acknowledged transactions
 	refused  []string       // why requests were refused (bad signatures)
+	edus     []json.RawMessage
 }
 
 // ourKeys fetches a server's published verify keys from its key server.
@@ -109,14 +110,16 @@ func (r *fakeRemote) serve(origin string, keys ourKeys) {
 		var txn struct {
 			Origin string            `json:"origin"`
 			PDUs   []json.RawMessage `json:"pdus"`
+			EDUs   []json.RawMessage `json:"edus"`
 		}
 		body, _ := io.ReadAll(req.Body)
-		if err := json.Unmarshal(body, &txn); err != nil || txn.Origin != origin || len(txn.PDUs) > 50 {
+		if err := json.Unmarshal(body, &txn); err != nil || txn.Origin != origin || len(txn.PDUs) > 50 || len(txn.EDUs) > 100 {
 			http.Error(w, `{"errcode":"M_BAD_JSON"}`, http.StatusBadRequest)
 			return
 		}
 		results := map[string]any{}
 		r.mu.Lock()
+		r.edus = append(r.edus, txn.EDUs...)
 		for _, pdu := range txn.PDUs {
 			ev, err := events.Parse(pdu, rv)
 			if err != nil {

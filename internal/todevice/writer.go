@@ -30,7 +30,8 @@ type Writer interface {
 	// device of the user) into the recipients' inboxes. It is idempotent
 	// per (sender, senderDevice, txnID): a retried transaction does
 	// nothing. Unknown local users and devices are skipped, as the spec
-	// asks; remote users are skipped until federation exists.
+	// asks; messages to remote users are queued, one m.direct_to_device
+	// EDU per destination server, for the federation sender.
 	Send(ctx context.Context, sender, senderDevice, txnID, eventType string, messages map[string]map[string]json.RawMessage) error
 }
 
@@ -83,14 +84,17 @@ func (w *LocalWriter) SavePosition(ctx context.Context) error { return w.tw.Save
 func (w *LocalWriter) Send(ctx context.Context, sender, senderDevice, txnID, eventType string, messages map[string]map[string]json.RawMessage) error {
 	var wake []string
 	local := map[string]map[string]json.RawMessage{}
+	remote := map[string]map[string]map[string]json.RawMessage{} // server → user → device → content
 	for userID, byDevice := range messages {
 		_, server, ok := splitUserID(userID)
 		if !ok {
 			return fmt.Errorf("send to-device %s: invalid user id %q", eventType, userID)
 		}
 		if server != w.serverName {
-			w.log.Debug("to-device message to a remote user dropped: no federation yet",
-				"user_id", userID, "sender", sender, "type", eventType)
+			if remote[server] == nil {
+				remote[server] = map[string]map[string]json.RawMessage{}
+			}
+			remote[server][userID] = byDevice
 			continue
 		}
 		local[userID] = byDevice
@@ -111,6 +115,9 @@ func (w *LocalWriter) Send(ctx context.Context, sender, senderDevice, txnID, eve
 				return nil // a retry: the first attempt delivered everything
 			}
 		}
+		if err := queueRemoteTx(ctx, tx, id, sender, eventType, remote); err != nil {
+			return err
+		}
 		for userID, byDevice := range local {
 			targets, err := expandDevices(ctx, tx, userID, byDevice)
 			if err != nil {
@@ -128,6 +135,28 @@ func (w *LocalWriter) Send(ctx context.Context, sender, senderDevice, txnID, eve
 	}, wake...)
 	if err != nil {
 		return fmt.Errorf("send to-device %s from %s: %w", eventType, sender, err)
+	}
+	return nil
+}
+
+// queueRemoteTx queues the messages to remote users, one
+// m.direct_to_device EDU per server, in federation_edu_outbox (migration
+// 0030) under the send's to_device stream id: the federation sender
+// following the stream delivers them and deletes them once the server
+// acknowledged them. Queuing in the send's transaction means a message
+// acknowledged to the client is never lost. Devices ("*" included) are the
+// receiving server's to resolve.
+func queueRemoteTx(ctx context.Context, tx *sql.Tx, id int64, sender, eventType string, remote map[string]map[string]map[string]json.RawMessage) error {
+	for server, messages := range remote {
+		edu, err := json.Marshal(map[string]any{"edu_type": "m.direct_to_device", "content": map[string]any{
+			"sender": sender, "type": eventType, "message_id": newMessageID(), "messages": messages}})
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO federation_edu_outbox (destination, stream_name, stream_id, seq, edu_type, content)
+			VALUES ($1, $2, $3, 0, 'm.direct_to_device', $4)`, server, string(streams.ToDevice), id, string(edu)); err != nil {
+			return fmt.Errorf("queue to-device message for %s: %w", server, err)
+		}
 	}
 	return nil
 }

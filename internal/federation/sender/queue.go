@@ -58,7 +58,7 @@ func (s *Sender) sendLoop(ctx context.Context, q *destination) {
 			}
 			continue
 		}
-		last, txnID, txn, err := s.nextTransaction(ctx, q.name)
+		b, err := s.nextTransaction(ctx, q.name)
 		switch {
 		case errors.Is(err, errNoEvents):
 			select {
@@ -77,18 +77,19 @@ func (s *Sender) sendLoop(ctx context.Context, q *destination) {
 			}
 			continue
 		}
-		if err := s.transport.SendTransaction(ctx, q.name, txnID, txn); err != nil {
+		if err := s.transport.SendTransaction(ctx, q.name, b.txnID, b.txn); err != nil {
+			s.returnVolatile(q.name, b.volatile)
 			if ctx.Err() != nil {
 				return
 			}
 			interval, ferr := s.recordFailure(ctx, q.name)
-			log.Info("federation transaction failed; backing off", "txn", txnID, "pdus", len(txn.PDUs), "retry_in", interval, "err", err)
+			log.Info("federation transaction failed; backing off", "txn", b.txnID, "pdus", len(b.txn.PDUs), "edus", len(b.txn.EDUs), "retry_in", interval, "err", err)
 			if ferr != nil {
 				log.Warn("could not save the destination's retry state", "err", ferr)
 			}
 			continue
 		}
-		if err := s.acknowledge(ctx, q.name, last); err != nil {
+		if err := s.acknowledge(ctx, q.name, b); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -98,11 +99,74 @@ func (s *Sender) sendLoop(ctx context.Context, q *destination) {
 	}
 }
 
+// batch is one transaction and what it takes from the queues.
+type batch struct {
+	txnID string
+	txn   *Transaction
+	// lastPDU is the stream position of the last PDU (hasPDUs).
+	lastPDU  int64
+	hasPDUs  bool
+	durable  []eduKey
+	volatile []volatileEDU
+}
+
 // nextTransaction builds the transaction of the destination's oldest queued
-// events. The txn id names the range of stream positions it covers, so a
-// retry of the same events reuses it and the destination can answer from
-// its cache.
-func (s *Sender) nextTransaction(ctx context.Context, dest string) (int64, string, *Transaction, error) {
+// events and EDUs. Without EDUs, the txn id names the range of stream
+// positions it covers, so a retry of the same events reuses it and the
+// destination can answer from its cache; with EDUs (whose selection may
+// change between attempts) it is unique to the attempt, which receivers
+// handle as EDUs are idempotent (to-device by message_id, device lists by
+// stream_id, receipts and typing and presence by value).
+func (s *Sender) nextTransaction(ctx context.Context, dest string) (*batch, error) {
+	last, txnID, txn, err := s.nextPDUs(ctx, dest)
+	if err != nil && !errors.Is(err, errNoEvents) {
+		return nil, err
+	}
+	b := &batch{txnID: txnID, txn: txn, lastPDU: last, hasPDUs: err == nil}
+	if b.txn == nil {
+		b.txn = &Transaction{Origin: s.opts.ServerName, OriginServerTS: s.opts.Now().UnixMilli(), PDUs: []json.RawMessage{}}
+	}
+	b.volatile = s.takeVolatile(dest, maxEDUsPerTxn)
+	for _, v := range b.volatile {
+		b.txn.EDUs = append(b.txn.EDUs, v.edu)
+	}
+	if room := maxEDUsPerTxn - len(b.volatile); room > 0 {
+		rows, err := s.db.Reader().QueryContext(ctx, `SELECT stream_name, stream_id, seq, content FROM federation_edu_outbox
+			WHERE destination = $1 ORDER BY stream_name, stream_id, seq LIMIT $2`, dest, room)
+		if err != nil {
+			s.returnVolatile(dest, b.volatile)
+			return nil, fmt.Errorf("read EDU queue of %s: %w", dest, err)
+		}
+		for rows.Next() {
+			var k eduKey
+			var content string
+			if err := rows.Scan(&k.stream, &k.streamID, &k.seq, &content); err != nil {
+				rows.Close()
+				s.returnVolatile(dest, b.volatile)
+				return nil, fmt.Errorf("read EDU queue of %s: %w", dest, err)
+			}
+			b.durable = append(b.durable, k)
+			b.txn.EDUs = append(b.txn.EDUs, json.RawMessage(content))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			s.returnVolatile(dest, b.volatile)
+			return nil, fmt.Errorf("read EDU queue of %s: %w", dest, err)
+		}
+	}
+	if len(b.txn.EDUs) > 0 {
+		if b.txnID == "" {
+			b.txnID = "edus"
+		}
+		b.txnID = fmt.Sprintf("%s-%s.%d", b.txnID, s.txnPrefix, s.txnCount.Add(1))
+	} else if !b.hasPDUs {
+		return nil, errNoEvents
+	}
+	return b, nil
+}
+
+// nextPDUs builds the PDUs of the destination's next transaction.
+func (s *Sender) nextPDUs(ctx context.Context, dest string) (int64, string, *Transaction, error) {
 	rows, err := s.db.Reader().QueryContext(ctx, `SELECT stream_ordering, event_id FROM federation_outbox
 		WHERE destination = $1 ORDER BY stream_ordering LIMIT $2`, dest, maxPDUsPerTxn)
 	if err != nil {
@@ -152,13 +216,22 @@ func (s *Sender) nextTransaction(ctx context.Context, dest string) (int64, strin
 	return last, fmt.Sprintf("%d-%d-%d", first, last, len(ids)), txn, nil
 }
 
-// acknowledge removes the events up to last from the destination's queue
-// and clears its backoff.
-func (s *Sender) acknowledge(ctx context.Context, dest string, last int64) error {
+// acknowledge removes what b carried from the destination's queues and
+// clears its backoff.
+func (s *Sender) acknowledge(ctx context.Context, dest string, b *batch) error {
 	ctx = storage.WithTxName(ctx, "federation.acknowledge")
 	return s.db.Tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM federation_outbox WHERE destination = $1 AND stream_ordering <= $2`, dest, last); err != nil {
-			return err
+		if b.hasPDUs {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM federation_outbox WHERE destination = $1 AND stream_ordering <= $2`,
+				dest, b.lastPDU); err != nil {
+				return err
+			}
+		}
+		for _, k := range b.durable {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM federation_edu_outbox
+				WHERE destination = $1 AND stream_name = $2 AND stream_id = $3 AND seq = $4`, dest, k.stream, k.streamID, k.seq); err != nil {
+				return err
+			}
 		}
 		_, err := tx.ExecContext(ctx, `DELETE FROM federation_destinations WHERE destination = $1`, dest)
 		return err

@@ -7,7 +7,8 @@
 // rows are deleted only once it acknowledged the transaction that carried
 // them. A sender killed at any point resends, after restart, whatever was
 // not acknowledged; receivers deduplicate PDUs by event id, so every event
-// reaches every server once.
+// reaches every server once. EDUs ride in the same transactions (see
+// edus.go).
 package sender
 
 import (
@@ -17,8 +18,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"ganglion/internal/config"
@@ -81,6 +84,19 @@ type Sender struct {
 	servers map[string][]string
 	// queues are the running per-destination send loops.
 	queues map[string]*destination
+	// edus are the EDU streams followed (FollowEDUs).
+	edus Sources
+	// volatile holds each destination's typing and presence EDUs.
+	volatile map[string]*volatileQueue
+	// typing is each room's local typers as last sent.
+	typing map[string][]string
+	// txnPrefix and txnCount make the ids of transactions with EDUs unique
+	// across restarts (their content is not a fixed range of the queue).
+	txnPrefix string
+	txnCount  atomic.Int64
+	// started is closed once Run has read its stream positions: what is
+	// written after that is sent.
+	started chan struct{}
 }
 
 // New builds a sender. Run starts it.
@@ -104,8 +120,13 @@ func New(db *storage.DB, reg *streams.Registry, store *rooms.Store, transport Tr
 		opts.Instances = []string{opts.Instance}
 	}
 	return &Sender{db: db, reg: reg, store: store, transport: transport, opts: opts, log: log,
-		servers: map[string][]string{}, queues: map[string]*destination{}}
+		servers: map[string][]string{}, queues: map[string]*destination{},
+		volatile: map[string]*volatileQueue{}, typing: map[string][]string{},
+		txnPrefix: strconv.FormatInt(opts.Now().UnixNano(), 36), started: make(chan struct{})}
 }
+
+// Started is closed once Run has read its stream positions.
+func (s *Sender) Started() <-chan struct{} { return s.started }
 
 // owns reports whether this instance sends to destination.
 func (s *Sender) owns(destination string) bool {
@@ -115,6 +136,10 @@ func (s *Sender) owns(destination string) bool {
 // Run follows the events stream and sends until ctx ends.
 func (s *Sender) Run(ctx context.Context) error {
 	pos, err := s.loadPosition(ctx)
+	if err != nil {
+		return err
+	}
+	edus, err := s.eduFollowers(ctx)
 	if err != nil {
 		return err
 	}
@@ -131,6 +156,12 @@ func (s *Sender) Run(ctx context.Context) error {
 	for _, d := range pending {
 		start(d)
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.runEDUs(loops, edus, start)
+	}()
+	close(s.started)
 	s.log.Info("federation sender started", "position", pos, "instances", len(s.opts.Instances), "pending_destinations", len(pending))
 	// A periodic look bounds how long a missed wake-up can delay sending.
 	tick := time.NewTicker(5 * time.Second)
@@ -185,7 +216,8 @@ func (s *Sender) loadPosition(ctx context.Context) (int64, error) {
 
 // pendingDestinations lists this shard's destinations with queued events.
 func (s *Sender) pendingDestinations(ctx context.Context) ([]string, error) {
-	rows, err := s.db.Reader().QueryContext(ctx, `SELECT DISTINCT destination FROM federation_outbox`)
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT destination FROM federation_outbox
+		UNION SELECT destination FROM federation_edu_outbox`)
 	if err != nil {
 		return nil, fmt.Errorf("list federation destinations with queued events: %w", err)
 	}

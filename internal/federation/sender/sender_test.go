@@ -46,6 +46,8 @@ type fixture struct {
 	p   *rooms.Persister
 	st  *rooms.Store
 	log *slog.Logger
+	// edus are the EDU streams the senders run follow.
+	edus sender.Sources
 }
 
 func newFixture(t *testing.T, db *storage.DB) *fixture {
@@ -116,11 +118,13 @@ type receiver struct {
 	origin   string
 	txnIDs   map[string]bool
 	attempts map[string]int
+	edus     map[string][]json.RawMessage // destination → EDUs of acknowledged transactions
+	maxEDUs  int
 }
 
 func newReceiver() *receiver {
 	return &receiver{got: map[string][]string{}, copies: map[string]int{}, txns: map[string]int{}, down: map[string]bool{},
-		txnIDs: map[string]bool{}, attempts: map[string]int{}}
+		txnIDs: map[string]bool{}, attempts: map[string]int{}, edus: map[string][]json.RawMessage{}}
 }
 
 func (r *receiver) SendTransaction(ctx context.Context, dest, txnID string, txn *sender.Transaction) error {
@@ -144,6 +148,8 @@ func (r *receiver) SendTransaction(ctx context.Context, dest, txnID string, txn 
 	r.maxPDUs = max(r.maxPDUs, len(txn.PDUs))
 	r.txns[dest]++
 	r.txnIDs[dest+"/"+txnID] = true
+	r.maxEDUs = max(r.maxEDUs, len(txn.EDUs))
+	r.edus[dest] = append(r.edus[dest], txn.EDUs...)
 	for _, pdu := range txn.PDUs {
 		var ev struct {
 			Type    string          `json:"type"`
@@ -197,9 +203,15 @@ func (f *fixture) run(t *testing.T, tr sender.Transport, opts sender.Options) (s
 		opts.MinRetry, opts.MaxRetry = 20*time.Millisecond, 100*time.Millisecond
 	}
 	s := sender.New(f.db, f.reg, f.st, tr, opts, f.log.With("instance", opts.Instance))
+	s.FollowEDUs(f.edus)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
+	select {
+	case <-s.Started():
+	case err := <-done:
+		t.Fatalf("sender: %v", err)
+	}
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
