@@ -18,7 +18,7 @@ func TestWarnIgnoredKeys(t *testing.T) {
 	doc := `server_name: example.org
 listeners: [{port: 8008, type: http, bind_addresses: [127.0.0.1], resources: [{names: [client]}]}]
 oidc_providers: [{idp_id: x}]
-turn_uris: [turn:example.org]
+retention: {enabled: true}
 worker_daemonize: false
 `
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
@@ -40,9 +40,9 @@ worker_daemonize: false
 			debugs = append(debugs, l)
 		}
 	}
-	if len(warns) != 2 || !strings.Contains(warns[0], "key=oidc_providers") || !strings.Contains(warns[1], "key=turn_uris") ||
+	if len(warns) != 2 || !strings.Contains(warns[0], "key=oidc_providers") || !strings.Contains(warns[1], "key=retention") ||
 		!strings.Contains(warns[0], `feature="single sign-on"`) {
-		t.Errorf("warnings %q, want one each for oidc_providers and turn_uris, naming the feature", warns)
+		t.Errorf("warnings %q, want one each for oidc_providers and retention, naming the feature", warns)
 	}
 	if len(debugs) != 1 || !strings.Contains(debugs[0], "key=worker_daemonize") {
 		t.Errorf("debug lines %q, want one for worker_daemonize", debugs)
