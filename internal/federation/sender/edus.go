@@ -320,7 +320,7 @@ func (s *Sender) userServers(ctx context.Context, userID string) ([]string, erro
 			return nil, err
 		}
 		for _, d := range dests {
-			if s.owns(d) && !contains(out, d) {
+			if s.owns(d) && !slices.Contains(out, d) {
 				out = append(out, d)
 			}
 		}

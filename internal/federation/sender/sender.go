@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -268,7 +269,7 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 		}
 		if ev.Type() == "m.room.member" && ev.StateKey() != nil {
 			// A kicked, banned or departing server is told too.
-			if t := serverOf(*ev.StateKey()); t != "" && t != s.opts.ServerName && !contains(dests, t) {
+			if t := serverOf(*ev.StateKey()); t != "" && t != s.opts.ServerName && !slices.Contains(dests, t) {
 				dests = append(dests[:len(dests):len(dests)], t)
 			}
 		}
@@ -321,7 +322,7 @@ func (s *Sender) roomServers(ctx context.Context, roomID string) ([]string, erro
 	}
 	var out []string
 	for _, m := range members {
-		if d := serverOf(m); d != "" && d != s.opts.ServerName && !contains(out, d) {
+		if d := serverOf(m); d != "" && d != s.opts.ServerName && !slices.Contains(out, d) {
 			out = append(out, d)
 		}
 	}
@@ -347,15 +348,6 @@ func serverOf(userID string) string {
 		return ""
 	}
 	return server
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
