@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Event is an event decoded once for evaluation against many users' rules
@@ -16,6 +18,13 @@ type Event struct {
 	// lowerBody is content.body in lower case, made on first use.
 	lowerBody *string
 	hasBody   bool
+	// memo holds the results of conditions that depend on the event alone,
+	// by the slot the evaluator gave them (0 not yet known, 1 false, 2
+	// true): a room's members mostly share their rules, so each such
+	// condition is decided once per event rather than once per member.
+	memo []uint8
+	// memoBy is the evaluator whose slots memo is indexed by.
+	memoBy *Evaluator
 }
 
 // body returns content.body in lower case, and whether it is a string.
@@ -83,19 +92,51 @@ type Outcome struct {
 	Highlight bool
 }
 
-// Evaluator evaluates compiled rulesets.
-type Evaluator struct{}
+// Evaluator evaluates compiled rulesets. It numbers the conditions that
+// depend on the event alone (CompileFor), so that an event's evaluation
+// for many users decides each of them once.
+type Evaluator struct {
+	mu    sync.Mutex
+	slots map[string]int32
+}
 
 func NewEvaluator() *Evaluator { return &Evaluator{} }
+
+// maxMemoSlots bounds the distinct memoised conditions (the server-default
+// ones and the users' own; past it, new conditions are evaluated each time).
+const maxMemoSlots = 4096
+
+// slot returns key's memo slot (from 1), or 0 when the table is full.
+func (ev *Evaluator) slot(key string) int32 {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	if s, ok := ev.slots[key]; ok {
+		return s
+	}
+	if len(ev.slots) >= maxMemoSlots {
+		return 0
+	}
+	if ev.slots == nil {
+		ev.slots = map[string]int32{}
+	}
+	s := int32(len(ev.slots) + 1)
+	ev.slots[key] = s
+	return s
+}
 
 // Compiled is a ruleset ready to evaluate, in evaluation order.
 type Compiled struct {
 	rules []compiledRule
+	// by numbered the memo slots (nil: Compile, no slots).
+	by *Evaluator
 }
 
 type compiledRule struct {
-	id        string
-	conds     []condition
+	id    string
+	conds []condition
+	// memo gives each condition's memo slot (0: evaluate every time); nil
+	// when none has one.
+	memo      []int32
 	actions   []json.RawMessage
 	notify    bool
 	highlight bool
@@ -106,8 +147,26 @@ type condition func(ev *Evaluator, e *Event, c *Context) bool
 // Compile prepares a user's ruleset. Disabled rules are left out; a rule
 // with a condition this server does not understand can never match (the
 // spec: unrecognised conditions match no event).
-func Compile(rs Ruleset) *Compiled {
-	out := &Compiled{}
+func Compile(rs Ruleset) *Compiled { return compile(rs, nil, "") }
+
+// CompileFor is Compile for userID's ruleset, with the conditions that
+// depend on the event alone numbered for memoising (see Event.memo). A
+// condition naming the user (their mention, their invite, their user
+// name) is left out: no other user shares it.
+func (ev *Evaluator) CompileFor(userID string, rs Ruleset) *Compiled { return compile(rs, ev, userID) }
+
+func compile(rs Ruleset, ev *Evaluator, userID string) *Compiled {
+	localpart := strings.TrimPrefix(userID, "@")
+	if i := strings.IndexByte(localpart, ':'); i >= 0 {
+		localpart = localpart[:i]
+	}
+	slotFor := func(key string) int32 {
+		if ev == nil || (userID != "" && strings.Contains(key, userID)) {
+			return 0
+		}
+		return ev.slot(key)
+	}
+	out := &Compiled{by: ev}
 	for _, k := range kinds {
 		for _, r := range rs[k] {
 			if !r.Enabled {
@@ -122,17 +181,33 @@ func Compile(rs Ruleset) *Compiled {
 					continue
 				}
 				for _, raw := range raws {
-					cr.conds = append(cr.conds, compileCondition(raw))
+					cond, pure := compileCondition(raw)
+					cr.conds = append(cr.conds, cond)
+					var s int32
+					if pure {
+						s = slotFor("c" + string(raw))
+					}
+					cr.memo = append(cr.memo, s)
 				}
 			case Content:
 				if r.Pattern == nil {
 					continue
 				}
 				cr.conds = []condition{globCondition([]string{"content", "body"}, *r.Pattern)}
+				var s int32
+				if *r.Pattern != localpart {
+					s = slotFor("b" + *r.Pattern)
+				}
+				cr.memo = []int32{s}
 			case Room:
 				cr.conds = []condition{equalsCondition([]string{"room_id"}, r.RuleID)}
+				cr.memo = []int32{slotFor("r" + r.RuleID)}
 			case Sender:
 				cr.conds = []condition{equalsCondition([]string{"sender"}, r.RuleID)}
+				cr.memo = []int32{slotFor("s" + r.RuleID)}
+			}
+			if !slices.ContainsFunc(cr.memo, func(s int32) bool { return s > 0 }) {
+				cr.memo = nil
 			}
 			out.rules = append(out.rules, cr)
 		}
@@ -143,11 +218,30 @@ func Compile(rs Ruleset) *Compiled {
 // Evaluate returns the outcome of the first rule that matches, or false
 // when none does.
 func (ev *Evaluator) Evaluate(c *Compiled, e *Event, ctx *Context) (Outcome, bool) {
+	if c.by != nil && e.memoBy != c.by {
+		e.memo, e.memoBy = e.memo[:0], c.by
+	}
 next:
 	for i := range c.rules {
 		r := &c.rules[i]
-		for _, cond := range r.conds {
-			if !cond(ev, e, ctx) {
+		for j, cond := range r.conds {
+			if r.memo == nil || r.memo[j] == 0 {
+				if !cond(ev, e, ctx) {
+					continue next
+				}
+				continue
+			}
+			s := int(r.memo[j])
+			if s >= len(e.memo) {
+				e.memo = append(e.memo, make([]uint8, s+1-len(e.memo))...)
+			}
+			if e.memo[s] == 0 {
+				e.memo[s] = 1
+				if cond(ev, e, ctx) {
+					e.memo[s] = 2
+				}
+			}
+			if e.memo[s] != 2 {
 				continue next
 			}
 		}
@@ -181,7 +275,22 @@ func actionsOutcome(actions []json.RawMessage) (notify, highlight bool) {
 
 func never(*Evaluator, *Event, *Context) bool { return false }
 
-func compileCondition(raw json.RawMessage) condition {
+// compileCondition compiles one condition, and says whether its result
+// depends on the event alone (not on the user or the room's state).
+func compileCondition(raw json.RawMessage) (condition, bool) {
+	cond := compileConditionFunc(raw)
+	var c struct {
+		Kind string `json:"kind"`
+	}
+	_ = json.Unmarshal(raw, &c)
+	switch c.Kind {
+	case "event_match", "event_property_is", "event_property_contains":
+		return cond, true
+	}
+	return cond, false
+}
+
+func compileConditionFunc(raw json.RawMessage) condition {
 	var c struct {
 		Kind    string          `json:"kind"`
 		Key     *string         `json:"key"`
