@@ -70,22 +70,24 @@ func Prune(ctx context.Context, db *storage.DB, serverName string, before time.T
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		// NULL (no local member): nobody needs any of the room's rows.
-		var low *int64
-		if err := db.Reader().QueryRowContext(ctx, `SELECT min(CASE WHEN COALESCE(r.pos, 0) > m.stream_ordering THEN r.pos ELSE m.stream_ordering END)
-			FROM current_state m LEFT JOIN (
-				SELECT user_id, max(event_stream_ordering) AS pos FROM receipts
-				WHERE room_id = $1 AND receipt_type IN ('m.read', 'm.read.private') AND thread_id = '' GROUP BY user_id) r
-			ON r.user_id = m.state_key
-			WHERE m.room_id = $1 AND m.type = 'm.room.member' AND m.membership = 'join' AND m.state_key LIKE $2`,
-			room, "%:"+serverName).Scan(&low); err != nil {
-			return total, fmt.Errorf("read the lowest read position in %s: %w", room, err)
+		// The two lowest read positions (receipt or join) of the room's
+		// local members: a row below the lowest is read by everyone it
+		// applies to; a row sent by the member with the lowest is read by
+		// everyone else below the second lowest (a room-wide row never
+		// applies to its sender). No member: nobody needs any row.
+		lows, err := lowestReads(ctx, db.Reader(), room, serverName)
+		if err != nil {
+			return total, err
 		}
-		upTo := cut
-		if low != nil && *low+1 < upTo {
-			upTo = *low + 1
+		upTo, sender, upToSender := cut, "", cut
+		if len(lows) > 0 {
+			upTo, sender, upToSender = min(cut, lows[0].pos+1), lows[0].user, cut
+			if len(lows) > 1 {
+				upToSender = min(cut, lows[1].pos+1)
+			}
 		}
-		res, err := db.Exec(ctx, `DELETE FROM event_push_actions_room WHERE room_id = $1 AND stream_ordering < $2`, room, upTo)
+		res, err := db.Exec(ctx, `DELETE FROM event_push_actions_room WHERE room_id = $1
+			AND (stream_ordering < $2 OR (sender = $3 AND stream_ordering < $4))`, room, upTo, sender, upToSender)
 		if err != nil {
 			return total, fmt.Errorf("prune room push actions of %s: %w", room, err)
 		}
@@ -107,6 +109,39 @@ func Prune(ctx context.Context, db *storage.DB, serverName string, before time.T
 	}
 	n, _ := res.RowsAffected()
 	return total + n, nil
+}
+
+type readPos struct {
+	user string
+	pos  int64
+}
+
+// lowestReads returns the two lowest read positions of the room's local
+// joined members: the later of their unthreaded receipt and their join.
+func lowestReads(ctx context.Context, q storage.Querier, room, serverName string) ([]readPos, error) {
+	rows, err := q.QueryContext(ctx, `SELECT m.state_key, CASE WHEN COALESCE(r.pos, 0) > m.stream_ordering THEN r.pos ELSE m.stream_ordering END AS bound
+		FROM current_state m LEFT JOIN (
+			SELECT user_id, max(event_stream_ordering) AS pos FROM receipts
+			WHERE room_id = $1 AND receipt_type IN ('m.read', 'm.read.private') AND thread_id = '' GROUP BY user_id) r
+		ON r.user_id = m.state_key
+		WHERE m.room_id = $1 AND m.type = 'm.room.member' AND m.membership = 'join' AND m.state_key LIKE $2
+		ORDER BY bound LIMIT 2`, room, "%:"+serverName)
+	if err != nil {
+		return nil, fmt.Errorf("read the lowest read positions in %s: %w", room, err)
+	}
+	defer rows.Close()
+	var out []readPos
+	for rows.Next() {
+		var p readPos
+		if err := rows.Scan(&p.user, &p.pos); err != nil {
+			return nil, fmt.Errorf("read the lowest read positions in %s: %w", room, err)
+		}
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read the lowest read positions in %s: %w", room, err)
+	}
+	return out, nil
 }
 
 // positionBefore finds the stream position below which events were sent
