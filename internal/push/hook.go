@@ -18,8 +18,12 @@ import (
 
 // Hook evaluates push rules where events are persisted: for each event of
 // a batch, for every local joined member but the sender (and a local user
-// the event invites), in the batch's own transaction, writing an
-// event_push_actions row for each user the event notifies. It keeps each
+// the event invites), in the batch's own transaction. When an event
+// notifies most joined members alike (a message in a big room), it writes
+// one event_push_actions_room row with that outcome and event_push_actions
+// rows only for the members whose outcome differs (notify 0 for those it
+// does not notify); otherwise one event_push_actions row per user it
+// notifies, whichever is fewer rows. It keeps each
 // room's members and power levels in memory: the room's persister is the
 // only writer of its events, so the state only changes through batches
 // this hook sees.
