@@ -82,6 +82,9 @@ type Context struct {
 	// power levels' notifications object (absent keys default to 50).
 	SenderPower        int64
 	NotificationLevels map[string]int64
+	// lowerName, when set, is DisplayName in lower case (the caller
+	// evaluating many events keeps it, sparing a conversion per event).
+	lowerName string
 }
 
 // Outcome is what the first matching rule says.
@@ -98,6 +101,33 @@ type Outcome struct {
 type Evaluator struct {
 	mu    sync.Mutex
 	slots map[string]int32
+	// actions interns rules' action lists, so that users with the same
+	// actions share one slice and outcomes compare by pointer.
+	actions map[string][]json.RawMessage
+}
+
+// intern returns the shared copy of actions (itself when the table is
+// full).
+func (ev *Evaluator) intern(actions []json.RawMessage) []json.RawMessage {
+	var k strings.Builder
+	for _, a := range actions {
+		k.Write(a)
+		k.WriteByte(0)
+	}
+	key := k.String()
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	if a, ok := ev.actions[key]; ok {
+		return a
+	}
+	if len(ev.actions) >= maxMemoSlots {
+		return actions
+	}
+	if ev.actions == nil {
+		ev.actions = map[string][]json.RawMessage{}
+	}
+	ev.actions[key] = actions
+	return actions
 }
 
 func NewEvaluator() *Evaluator { return &Evaluator{} }
@@ -173,6 +203,9 @@ func compile(rs Ruleset, ev *Evaluator, userID string) *Compiled {
 				continue
 			}
 			cr := compiledRule{id: r.RuleID, actions: r.Actions}
+			if ev != nil && len(r.Actions) > 0 {
+				cr.actions = ev.intern(r.Actions)
+			}
 			cr.notify, cr.highlight = actionsOutcome(r.Actions)
 			switch k {
 			case Override, PostContent, Underride:
@@ -341,7 +374,11 @@ func compileConditionFunc(raw json.RawMessage) condition {
 				return false
 			}
 			body, ok := e.body()
-			return ok && containsWord(body, strings.ToLower(c.DisplayName))
+			lower := c.lowerName
+			if lower == "" {
+				lower = strings.ToLower(c.DisplayName)
+			}
+			return ok && containsWord(body, lower)
 		}
 	case "room_member_count":
 		if c.Is == nil {

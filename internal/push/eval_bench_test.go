@@ -2,6 +2,7 @@ package push
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -17,10 +18,11 @@ func BenchmarkEvaluateRoom(b *testing.B) {
 		b.Run(fmt.Sprintf("memo=%v", memo), func(b *testing.B) {
 			ev := NewEvaluator()
 			users := make([]string, members)
-			names := make([]string, members)
+			names, lower := make([]string, members), make([]string, members)
 			compiled := make([]*Compiled, members)
 			for i := range users {
 				users[i], names[i] = fmt.Sprintf("@user%d:x", i), fmt.Sprintf("User %d", i)
+				lower[i] = strings.ToLower(names[i])
 				rs := DefaultRuleset(users[i])
 				if memo {
 					compiled[i] = ev.CompileFor(users[i], rs)
@@ -37,6 +39,9 @@ func BenchmarkEvaluateRoom(b *testing.B) {
 				}
 				for i, u := range users {
 					ctx.UserID, ctx.DisplayName = u, names[i]
+					if memo { // as the hook does, which keeps members' names in lower case
+						ctx.lowerName = lower[i]
+					}
 					if out, ok := ev.Evaluate(compiled[i], e, &ctx); !ok || !out.Notify {
 						b.Fatalf("%s not notified", u)
 					}

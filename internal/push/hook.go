@@ -48,10 +48,18 @@ type roomState struct {
 	// joined holds every joined member; local maps each local joined
 	// member to their display name.
 	joined map[string]struct{}
-	local  map[string]string
+	local  map[string]localMember
 	levels eventauth.PowerLevels
 	create *events.Event
 	hasPL  bool
+}
+
+// localMember is a local joined member's display name, also in lower
+// case (contains_display_name compares it with every message's body).
+type localMember struct{ name, lower string }
+
+func newLocalMember(name string) localMember {
+	return localMember{name: name, lower: strings.ToLower(name)}
 }
 
 const maxHookRooms = 10000
@@ -279,14 +287,15 @@ func (h *Hook) evaluate(ctx context.Context, b *batchUsers, st *roomState, ev *e
 	for i, u := range recipients {
 		o := &outs[i]
 		o.user = u
-		_, o.joined = st.local[u]
+		m, joined := st.local[u]
+		o.joined = joined
 		if o.joined {
 			joinedN++
 		}
 		if ignored[u][ev.Sender()] {
 			continue
 		}
-		pctx.UserID, pctx.DisplayName = u, st.local[u]
+		pctx.UserID, pctx.DisplayName, pctx.lowerName = u, m.name, m.lower
 		res, ok := h.eval.Evaluate(rules[u].compiled, pe, &pctx)
 		if !ok || !res.Notify {
 			continue
@@ -460,7 +469,7 @@ func (h *Hook) apply(st *roomState, ev *events.Event) {
 		if ev.Membership() == "join" {
 			st.joined[u] = struct{}{}
 			if h.isLocal(u) {
-				st.local[u] = displayName(ev.Content())
+				st.local[u] = newLocalMember(displayName(ev.Content()))
 			}
 		} else {
 			delete(st.joined, u)
@@ -487,7 +496,7 @@ func (h *Hook) state(ctx context.Context, roomID string, evs []*events.Event) (*
 	if st != nil {
 		return st, nil
 	}
-	st = &roomState{joined: map[string]struct{}{}, local: map[string]string{}}
+	st = &roomState{joined: map[string]struct{}{}, local: map[string]localMember{}}
 	q := h.db.Reader()
 	members, err := q.QueryContext(ctx, `SELECT state_key FROM current_state WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
 	if err != nil {
@@ -527,7 +536,7 @@ func (h *Hook) state(ctx context.Context, roomID string, evs []*events.Event) (*
 					Content json.RawMessage `json:"content"`
 				}
 				_ = json.Unmarshal(raw, &e)
-				st.local[sk] = displayName(e.Content)
+				st.local[sk] = newLocalMember(displayName(e.Content))
 			}
 		case "m.room.power_levels":
 			plJSON = raw
