@@ -275,6 +275,7 @@ func (h *Hook) evaluate(ctx context.Context, b *batchUsers, st *roomState, ev *e
 	}
 	pctx := Context{MemberCount: len(st.joined), SenderPower: st.levels.UserLevel(ev.Sender()), NotificationLevels: st.levels.Notifications}
 	outs := make([]userOutcome, len(recipients))
+	plans := map[int32]*Plan{}
 	notifying := 0
 	// The joined recipients' notifying outcomes, grouped: the largest
 	// group may become the room-wide row.
@@ -296,7 +297,20 @@ func (h *Hook) evaluate(ctx context.Context, b *batchUsers, st *roomState, ev *e
 			continue
 		}
 		pctx.UserID, pctx.DisplayName, pctx.lowerName = u, m.name, m.lower
-		res, ok := h.eval.Evaluate(rules[u].compiled, pe, &pctx)
+		var res Outcome
+		var ok bool
+		if c := rules[u].compiled; c.Class() != 0 {
+			// Users of one class share the conditions not about them:
+			// those are decided once for the event.
+			p := plans[c.Class()]
+			if p == nil {
+				p = h.eval.Plan(c, pe, &pctx)
+				plans[c.Class()] = p
+			}
+			res, ok = h.eval.EvaluatePlanned(c, p, pe, &pctx)
+		} else {
+			res, ok = h.eval.Evaluate(c, pe, &pctx)
+		}
 		if !ok || !res.Notify {
 			continue
 		}
