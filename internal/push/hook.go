@@ -114,7 +114,6 @@ func (h *Hook) InBatch(ctx context.Context, tx *sql.Tx, roomID string, evs []*ev
 	}
 	var out batchRows
 	var redacted []string
-	users := &batchUsers{rules: map[string]*cachedRules{}, ignored: map[string]map[string]bool{}}
 	owned := false // whether st is this batch's copy yet
 	for i, ev := range evs {
 		recipients := make([]string, 0, len(st.local)+1)
@@ -131,7 +130,7 @@ func (h *Hook) InBatch(ctx context.Context, tx *sql.Tx, roomID string, evs []*ev
 			}
 		}
 		if len(recipients) > 0 {
-			if err = h.evaluate(ctx, users, st, ev, ids[i], recipients, &out); err != nil {
+			if err = h.evaluate(ctx, st, ev, ids[i], recipients, &out); err != nil {
 				return nil, err
 			}
 		}
@@ -193,36 +192,20 @@ type actionRow struct {
 	actions                     []byte
 }
 
-// batchUsers holds what a batch has looked up of its recipients, so that
-// the caches are consulted once per user per batch, not once per event.
-type batchUsers struct {
-	rules   map[string]*cachedRules
-	ignored map[string]map[string]bool
-}
-
-func (h *Hook) users(ctx context.Context, b *batchUsers, recipients []string) error {
-	var missing []string
-	for _, u := range recipients {
-		if _, ok := b.rules[u]; !ok {
-			missing = append(missing, u)
-		}
-	}
-	if len(missing) == 0 {
-		return nil
-	}
+// users reads the recipients' rules and ignore lists from the caches
+// (rules[i] and ignored[i] are recipients[i]'s), loading the missing ones
+// with one query per chunk of users.
+func (h *Hook) users(ctx context.Context, recipients []string) ([]*cachedRules, []map[string]bool, error) {
+	rules := make([]*cachedRules, len(recipients))
+	ignored := make([]map[string]bool, len(recipients))
 	q := h.db.Reader()
-	rules, err := h.rules.of(ctx, q, missing, rulesQuery, h.buildRules)
-	if err != nil {
-		return err
+	if err := h.rules.into(ctx, q, recipients, rules, rulesQuery, h.buildRules); err != nil {
+		return nil, nil, err
 	}
-	ignored, err := h.ignored.of(ctx, q, missing, ignoredQuery, buildIgnored)
-	if err != nil {
-		return err
+	if err := h.ignored.into(ctx, q, recipients, ignored, ignoredQuery, buildIgnored); err != nil {
+		return nil, nil, err
 	}
-	for _, u := range missing {
-		b.rules[u], b.ignored[u] = rules[u], ignored[u]
-	}
-	return nil
+	return rules, ignored, nil
 }
 
 // buildRules compiles a user's rules with the hook's evaluator, which
@@ -257,14 +240,14 @@ func (o *userOutcome) same(p *userOutcome) bool {
 	return true
 }
 
-func (h *Hook) evaluate(ctx context.Context, b *batchUsers, st *roomState, ev *events.Event, pos int64, recipients []string, out *batchRows) error {
-	if err := h.users(ctx, b, recipients); err != nil {
+func (h *Hook) evaluate(ctx context.Context, st *roomState, ev *events.Event, pos int64, recipients []string, out *batchRows) error {
+	rules, ignored, err := h.users(ctx, recipients)
+	if err != nil {
 		return err
 	}
-	rules, ignored := b.rules, b.ignored
-	pe, err := NewEvent(ev.JSON())
-	if err != nil {
-		h.log.Warn("event not evaluated for push", "event_id", ev.EventID(), "err", err)
+	pe, perr := NewEvent(ev.JSON())
+	if perr != nil {
+		h.log.Warn("event not evaluated for push", "event_id", ev.EventID(), "err", perr)
 		return nil
 	}
 	thread := "main"
@@ -293,13 +276,13 @@ func (h *Hook) evaluate(ctx context.Context, b *batchUsers, st *roomState, ev *e
 		if o.joined {
 			joinedN++
 		}
-		if ignored[u][ev.Sender()] {
+		if ignored[i][ev.Sender()] {
 			continue
 		}
 		pctx.UserID, pctx.DisplayName, pctx.lowerName = u, m.name, m.lower
 		var res Outcome
 		var ok bool
-		if c := rules[u].compiled; c.Class() != 0 {
+		if c := rules[i].compiled; c.Class() != 0 {
 			// Users of one class share the conditions not about them:
 			// those are decided once for the event.
 			p := plans[c.Class()]
