@@ -36,6 +36,7 @@ import (
 	"ganglion/internal/metrics"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/presence"
+	"ganglion/internal/push"
 	"ganglion/internal/ratelimit"
 	"ganglion/internal/receipts"
 	"ganglion/internal/replication"
@@ -420,6 +421,7 @@ func (p *Process) wire(ctx context.Context) error {
 		}
 		jobs.Add(job)
 	}
+	jobs.Add(push.PruneJob(db, cfg.ServerName, log))
 	p.runners = append(p.runners, jobs.Run)
 
 	filterStore := filters.NewStore(db)

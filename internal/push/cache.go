@@ -44,26 +44,6 @@ func (c *userCache[T]) Changed(users ...string) {
 
 type cacheStamp struct{ epoch, version uint64 }
 
-// get returns the cached entries of users and, for the others, the stamps
-// a load must present to store its result.
-func (c *userCache[T]) get(users []string) (map[string]T, map[string]cacheStamp) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	hit := make(map[string]T, len(users))
-	var miss map[string]cacheStamp
-	for _, u := range users {
-		if e, ok := c.entries[u]; ok {
-			hit[u] = e
-			continue
-		}
-		if miss == nil {
-			miss = map[string]cacheStamp{}
-		}
-		miss[u] = cacheStamp{c.epoch, c.version[u]}
-	}
-	return hit, miss
-}
-
 func (c *userCache[T]) put(userID string, st cacheStamp, v T) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -79,29 +59,41 @@ func (c *userCache[T]) put(userID string, st cacheStamp, v T) {
 	c.entries[userID] = v
 }
 
-// of returns users' values, loading the missing ones with one query per
-// chunk of users (never one per user): query selects (user_id, raw) rows
-// and ends with "user_id IN"; build derives the value from a user's raw
-// text ("" when the user has no row).
-func (c *userCache[T]) of(ctx context.Context, q storage.Querier, users []string, query string, build func(user, raw string) T) (map[string]T, error) {
-	hit, miss := c.get(users)
-	if len(miss) == 0 {
-		return hit, nil
+// into sets dst[i] to users[i]'s value, loading the missing ones with one
+// query per chunk of users (never one per user): query selects (user_id,
+// raw) rows and ends with "user_id IN"; build derives the value from a
+// user's raw text ("" when the user has no row). It builds no maps: the
+// hook asks for a whole room's members at every event.
+func (c *userCache[T]) into(ctx context.Context, q storage.Querier, users []string, dst []T, query string, build func(user, raw string) T) error {
+	var miss []int
+	var stamps []cacheStamp
+	c.mu.Lock()
+	for i, u := range users {
+		if e, ok := c.entries[u]; ok {
+			dst[i] = e
+			continue
+		}
+		miss = append(miss, i)
+		stamps = append(stamps, cacheStamp{c.epoch, c.version[u]})
 	}
-	ids := make([]string, 0, len(miss))
-	for u := range miss {
-		ids = append(ids, u)
+	c.mu.Unlock()
+	if len(miss) == 0 {
+		return nil
+	}
+	ids := make([]string, len(miss))
+	for k, i := range miss {
+		ids[k] = users[i]
 	}
 	raws, err := loadByUser(ctx, q, query, ids)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	for u, st := range miss {
-		v := build(u, raws[u])
-		hit[u] = v
-		c.put(u, st, v)
+	for k, i := range miss {
+		v := build(users[i], raws[users[i]])
+		dst[i] = v
+		c.put(users[i], stamps[k], v)
 	}
-	return hit, nil
+	return nil
 }
 
 func loadByUser(ctx context.Context, q storage.Querier, query string, ids []string) (map[string]string, error) {

@@ -237,12 +237,11 @@ func (s *Delivery) pending(ctx context.Context, eligible map[pusherKey]bool, upT
 			fmt.Fprintf(&in, "($%d, $%d, $%d)", n+1, n+2, n+3)
 			args = append(args, k.user, k.app, k.pushkey)
 		}
-		rows, err := s.db.Reader().QueryContext(ctx, `SELECT p.user_id, p.app_id, p.pushkey, p.kind, p.data, p.pushkey_ts,
-			epa.event_id, epa.room_id, epa.stream_ordering, epa.actions
-			FROM pushers p JOIN event_push_actions epa ON epa.user_id = p.user_id
-			AND epa.stream_ordering > p.last_stream_ordering AND epa.stream_ordering <= $1
-			WHERE (p.user_id, p.app_id, p.pushkey) IN (`+in.String()+`)
-			ORDER BY epa.stream_ordering LIMIT $2`, args...)
+		rows, err := s.db.Reader().QueryContext(ctx, notifying(`p.user_id, p.app_id, p.pushkey, p.kind, p.data, p.pushkey_ts,
+			epa.event_id, epa.room_id, epa.stream_ordering AS stream_ordering, epa.actions`, "pushers p", "p.user_id",
+			`(p.user_id, p.app_id, p.pushkey) IN (`+in.String()+`)
+			AND epa.stream_ordering > p.last_stream_ordering AND epa.stream_ordering <= $1`)+`
+			ORDER BY stream_ordering LIMIT $2`, args...)
 		if err != nil {
 			return nil, fmt.Errorf("read pending notifications: %w", err)
 		}

@@ -288,13 +288,11 @@ const mailBatch = 100
 // ones as mail items, the highest position read, and the oldest unread
 // one's timestamp.
 func (s *Delivery) unreadForMail(ctx context.Context, k pusherKey, upTo int64) (items []mailItem, maxPos, oldest int64, err error) {
-	rows, err := s.db.Reader().QueryContext(ctx, `SELECT epa.room_id, epa.stream_ordering, e.json,
-		CASE WHEN `+unreadCond+` THEN 1 ELSE 0 END
-		FROM pushers p JOIN event_push_actions epa ON epa.user_id = p.user_id
-		AND epa.stream_ordering > p.last_stream_ordering AND epa.stream_ordering <= $4
-		JOIN events e ON e.event_id = epa.event_id
-		WHERE p.user_id = $1 AND p.app_id = $2 AND p.pushkey = $3
-		ORDER BY epa.stream_ordering LIMIT $5`, k.user, k.app, k.pushkey, upTo, mailBatch)
+	rows, err := s.db.Reader().QueryContext(ctx, notifying(`epa.room_id, epa.stream_ordering AS stream_ordering, e.json,
+		CASE WHEN `+unreadCond("p.user_id")+` THEN 1 ELSE 0 END`, "pushers p, events e", "p.user_id",
+		`p.user_id = $1 AND p.app_id = $2 AND p.pushkey = $3
+		AND epa.stream_ordering > p.last_stream_ordering AND epa.stream_ordering <= $4 AND e.event_id = epa.event_id`)+`
+		ORDER BY stream_ordering LIMIT $5`, k.user, k.app, k.pushkey, upTo, mailBatch)
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("read email notifications of %s: %w", k.user, err)
 	}

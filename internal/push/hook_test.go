@@ -54,23 +54,53 @@ func newPersisterHook(t *testing.T, db *storage.DB, f *fixture) (*rooms.Persiste
 	return p, h
 }
 
-// actionsFor lists "user:highlight" for each push actions row of an event.
-func actionsFor(t *testing.T, db *storage.DB, eventID string) []string {
+// effectiveActions reads who an event notifies, whatever the layout: the
+// users' own rows that notify and, if the event has a room-wide row, every
+// local member joined since before it but the sender and the users with
+// their own row.
+func effectiveActions(t *testing.T, db *storage.DB, eventID string) map[string]effective {
 	t.Helper()
-	rows, err := db.Reader().QueryContext(ctxT(t), `SELECT user_id, highlight FROM event_push_actions WHERE event_id = $1 ORDER BY user_id`, eventID)
+	rows, err := db.Reader().QueryContext(ctxT(t), `SELECT user_id, highlight, actions FROM event_push_actions WHERE event_id = $1 AND notify = 1
+		UNION ALL
+		SELECT m.state_key, r.highlight, r.actions FROM event_push_actions_room r JOIN current_state m ON m.room_id = r.room_id
+		AND m.type = 'm.room.member' AND m.membership = 'join' AND m.stream_ordering < r.stream_ordering
+		WHERE r.event_id = $1 AND m.state_key <> r.sender AND m.state_key LIKE $2
+		AND NOT EXISTS (SELECT 1 FROM event_push_actions x WHERE x.event_id = r.event_id AND x.user_id = m.state_key)`, eventID, "%:"+server)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	var out []string
+	out := map[string]effective{}
 	for rows.Next() {
 		var u string
-		var h int
-		if err := rows.Scan(&u, &h); err != nil {
+		var e effective
+		if err := rows.Scan(&u, &e.highlight, &e.actions); err != nil {
 			t.Fatal(err)
 		}
-		out = append(out, fmt.Sprintf("%s:%d", u, h))
+		if _, dup := out[u]; dup {
+			t.Fatalf("event %s notifies %s twice", eventID, u)
+		}
+		out[u] = e
 	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+type effective struct {
+	highlight int
+	actions   string
+}
+
+// actionsFor lists "user:highlight" for each user an event notifies.
+func actionsFor(t *testing.T, db *storage.DB, eventID string) []string {
+	t.Helper()
+	var out []string
+	for u, e := range effectiveActions(t, db, eventID) {
+		out = append(out, fmt.Sprintf("%s:%d", u, e.highlight))
+	}
+	slices.Sort(out)
 	return out
 }
 
@@ -170,12 +200,7 @@ func TestHookWritesPushActions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var actions string
-		if err := db.Reader().QueryRowContext(ctx, `SELECT actions FROM event_push_actions WHERE event_id = $1 AND user_id = $2`,
-			res2[0].EventID, carol).Scan(&actions); err != nil {
-			t.Fatal(err)
-		}
-		if actions != `["notify",{"set_tweak":"sound","value":"default"}]` {
+		if actions := effectiveActions(t, db, res2[0].EventID)[carol].actions; actions != `["notify",{"set_tweak":"sound","value":"default"}]` {
 			t.Fatalf("one-to-one actions = %s", actions)
 		}
 		counts, err := f.s.Counts(ctx, carol, []string{room})

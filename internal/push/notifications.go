@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"ganglion/internal/accounts"
 	"ganglion/internal/mxhttp"
@@ -82,19 +83,27 @@ func (s *Service) Notifications(ctx context.Context, userID string, before int64
 	if limit == 0 || s.events == nil {
 		return list, "", nil
 	}
-	where := `epa.user_id = $1`
+	var conds []string
 	args := []any{userID}
 	if before > 0 {
 		args = append(args, before)
-		where += fmt.Sprintf(` AND epa.stream_ordering < $%d`, len(args))
+		conds = append(conds, fmt.Sprintf(`epa.stream_ordering < $%d`, len(args)))
 	}
 	if highlightsOnly {
-		where += ` AND epa.highlight = 1`
+		conds = append(conds, `epa.highlight = 1`)
 	}
 	args = append(args, limit)
+	lim := fmt.Sprintf(`$%d`, len(args))
+	// Each branch of the union is cut to the page first, so a user in
+	// many busy rooms does not sort all of their notifications.
+	own, room := notifyingBranches(`epa.event_id AS event_id, epa.room_id AS room_id, epa.stream_ordering AS stream_ordering,
+		epa.thread_id AS thread_id, epa.actions AS actions`, "", "$1", strings.Join(conds, " AND "))
 	rows, err := s.db.Reader().QueryContext(ctx, `SELECT epa.event_id, epa.room_id, epa.stream_ordering, epa.actions,
-		CASE WHEN `+unreadCond+` THEN 0 ELSE 1 END
-		FROM event_push_actions epa WHERE `+where+fmt.Sprintf(` ORDER BY epa.stream_ordering DESC LIMIT $%d`, len(args)), args...)
+		CASE WHEN `+unreadCond("$1")+` THEN 0 ELSE 1 END
+		FROM (SELECT * FROM (`+own+` ORDER BY epa.stream_ordering DESC LIMIT `+lim+`) a
+			UNION ALL SELECT * FROM (`+room+` ORDER BY epa.stream_ordering DESC LIMIT `+lim+`) c
+			ORDER BY stream_ordering DESC LIMIT `+lim+`) epa
+		ORDER BY epa.stream_ordering DESC`, args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("list notifications of %s: %w", userID, err)
 	}

@@ -1,6 +1,8 @@
 // Package push owns push rules (the push_rules stream and its endpoints),
 // their evaluation against events where the events are persisted, and the
-// per-user push actions rows that notification counts are read from.
+// push actions rows that notification counts are read from: one room-wide
+// row per notifying event with the outcome most members share, and
+// per-user rows where a user's outcome differs.
 //
 // A user's rules are stored as one document (their own rules per kind, in
 // priority order, and their changes to the server-default rules): every
