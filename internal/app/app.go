@@ -475,7 +475,7 @@ func (p *Process) wire(ctx context.Context) error {
 	if err := p.wireFederation(mux, srv, key, roomStore, receiptsStore, typingReader, presSvc); err != nil {
 		return err
 	}
-	p.wireInboundFederation(mux, srv, roomSvc, acc)
+	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc)
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}

@@ -90,10 +90,10 @@ func TestLoadNotBuiltKeys(t *testing.T) {
 email: {smtp_host: localhost}
 oidc_providers: []
 track_appservice_user_ips: true
-allow_public_rooms_over_federation: false
+federation_certificate_verification_whitelist: []
 worker_daemonize: false
 `})
-	want := []string{"allow_public_rooms_over_federation", "oidc_providers", "track_appservice_user_ips"}
+	want := []string{"federation_certificate_verification_whitelist", "oidc_providers", "track_appservice_user_ips"}
 	if !slices.Equal(cfg.NotBuiltKeys, want) {
 		t.Errorf("NotBuiltKeys = %v, want %v", cfg.NotBuiltKeys, want)
 	}

@@ -37,7 +37,6 @@ func NotBuilt() map[string]string {
 		"outbound_federation_restricted_to":             federation,
 		"federation_client_minimum_tls_version":         federation,
 		"federation_certificate_verification_whitelist": federation,
-		"allow_public_rooms_over_federation":            federation,
 
 		"enable_registration_captcha": captcha,
 		"recaptcha_public_key":        captcha,

@@ -1,6 +1,7 @@
 // Package inbound serves the read-only half of the federation API to
 // other servers: single events, the state and auth chain at an event,
-// backfill, missing events, and profile and directory queries. Every
+// backfill, missing events, profile and directory queries, the public room
+// directory, and local users' devices and end-to-end keys. Every
 // request is authenticated with X-Matrix (xmatrix.Authenticator); what a
 // server may read of a room follows Synapse: a server that never had a
 // user in the room, or that the room's server ACL denies, is refused, and
@@ -27,6 +28,8 @@ type Config struct {
 	ServerName string
 	// AllowProfileLookup is allow_profile_lookup_over_federation.
 	AllowProfileLookup bool
+	// AllowPublicRooms is allow_public_rooms_over_federation.
+	AllowPublicRooms bool
 	// Now stamps answers (origin_server_ts); nil means time.Now.
 	Now func() time.Time
 }
@@ -42,6 +45,7 @@ type Server struct {
 	rooms    *rooms.Service
 	store    *rooms.Store
 	profiles Profiles
+	keys     Keys // nil: the device and key endpoints are not mounted
 	log      *slog.Logger
 }
 
@@ -72,6 +76,13 @@ func (s *Server) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, auth *xmatrix.Authe
 	mux.Handle("POST "+p+"/get_missing_events/{roomId}", h(s.postMissingEvents))
 	mux.Handle("GET "+p+"/query/profile", h(s.queryProfile))
 	mux.Handle("GET "+p+"/query/directory", h(s.queryDirectory))
+	mux.Handle("GET "+p+"/publicRooms", h(s.publicRoomsGet))
+	mux.Handle("POST "+p+"/publicRooms", h(s.publicRoomsPost))
+	if s.keys != nil {
+		mux.Handle("GET "+p+"/user/devices/{userId}", h(s.userDevices))
+		mux.Handle("POST "+p+"/user/keys/query", h(s.userKeysQuery))
+		mux.Handle("POST "+p+"/user/keys/claim", h(s.userKeysClaim))
+	}
 }
 
 // origin is the authenticated origin; the middleware always sets it.

@@ -78,6 +78,10 @@ type fixture struct {
 	pos      map[string]int64
 	keys     map[string]events.SigningKey
 	allowPro bool
+	// What newKeysFixture builds its own endpoints from.
+	reg    *streams.Registry
+	svc    *rooms.Service
+	finder keys
 }
 
 func newFixture(t *testing.T, db *storage.DB, allowProfiles bool) *fixture {
@@ -106,7 +110,7 @@ func newFixture(t *testing.T, db *storage.DB, allowProfiles bool) *fixture {
 		Now: func() time.Time { return time.UnixMilli(1_700_000_000_000) }},
 		svc, profiles{alice: {DisplayName: ptr("Alice")}}, log).
 		Routes(mux, mxhttp.NewServer(log), &xmatrix.Authenticator{ServerName: server, Keys: finder, Log: log})
-	f.h = mux
+	f.h, f.reg, f.svc, f.finder = mux, reg, svc, finder
 
 	f.send("create", rooms.Draft{Type: "m.room.create", StateKey: ptr(""), Sender: alice, RoomVersion: "10",
 		Content: raw(map[string]any{"creator": alice, "room_version": "10"})})

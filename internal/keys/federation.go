@@ -1,0 +1,79 @@
+package keys
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+)
+
+// FederationDevice is one device in a federation user/devices answer.
+type FederationDevice struct {
+	DeviceID string `json:"device_id"`
+	// Keys are the device's signed keys, absent if it never uploaded any.
+	Keys        json.RawMessage `json:"keys,omitempty"`
+	DisplayName *string         `json:"device_display_name,omitempty"`
+}
+
+// FederationDevices is the answer of GET /_matrix/federation/v1/user/devices.
+type FederationDevices struct {
+	UserID string `json:"user_id"`
+	// StreamID is the user's latest device_lists stream id: the prev_id a
+	// remote server resyncing from this answer expects the next
+	// m.device_list_update EDU to name.
+	StreamID       int64              `json:"stream_id"`
+	Devices        []FederationDevice `json:"devices"`
+	MasterKey      json.RawMessage    `json:"master_key,omitempty"`
+	SelfSigningKey json.RawMessage    `json:"self_signing_key,omitempty"`
+}
+
+// UserDevices lists a local user's devices for another server: every
+// device, with its keys if uploaded (and the user's own signatures of
+// them), and the user's master and self-signing keys. found is false for a
+// user who does not exist here. The caller checks the user is local.
+//
+// The stream id is read before the devices: a change committed in between
+// is then both in the answer and announced after the id, so the remote
+// server applies it twice (harmless) rather than never.
+func (s *Service) UserDevices(ctx context.Context, userID string) (res *FederationDevices, found bool, err error) {
+	db := s.db.Reader()
+	var exists int
+	switch err := db.QueryRowContext(ctx, `SELECT 1 FROM users WHERE user_id = $1`, userID).Scan(&exists); {
+	case err == sql.ErrNoRows:
+		return nil, false, nil
+	case err != nil:
+		return nil, false, fmt.Errorf("look up %s for federation: %w", userID, err)
+	}
+	res = &FederationDevices{UserID: userID, Devices: []FederationDevice{}}
+	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(stream_id), 0) FROM device_lists_stream WHERE user_id = $1`,
+		userID).Scan(&res.StreamID); err != nil {
+		return nil, false, fmt.Errorf("device list position of %s: %w", userID, err)
+	}
+	q, err := s.QueryKeys(ctx, userID, map[string][]string{userID: {}})
+	if err != nil {
+		return nil, false, err
+	}
+	rows, err := db.QueryContext(ctx, `SELECT device_id, display_name FROM devices WHERE user_id = $1 ORDER BY device_id`, userID)
+	if err != nil {
+		return nil, false, fmt.Errorf("devices of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var d FederationDevice
+		var name sql.NullString
+		if err := rows.Scan(&d.DeviceID, &name); err != nil {
+			return nil, false, fmt.Errorf("devices of %s: %w", userID, err)
+		}
+		if name.Valid {
+			d.DisplayName = &name.String
+		}
+		d.Keys = q.DeviceKeys[userID][d.DeviceID]
+		res.Devices = append(res.Devices, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("devices of %s: %w", userID, err)
+	}
+	res.MasterKey = q.MasterKeys[userID]
+	res.SelfSigningKey = q.SelfSigningKeys[userID]
+	return res, true, nil
+}
