@@ -29,5 +29,6 @@ func (p *Process) wireInboundFederation(mux *mxhttp.Mux, srv *mxhttp.Server, roo
 		ServerName:         cfg.ServerName,
 		AllowProfileLookup: cfg.ProfileLookupOverFederation(),
 		AllowPublicRooms:   cfg.AllowPublicRoomsOverFederation,
+		AllowDeviceNames:   cfg.AllowDeviceNameLookupOverFederation,
 	}, roomSvc, acc, log).WithKeys(keysSvc).Routes(mux, srv, auth)
 }

@@ -149,8 +149,11 @@ type Config struct {
 	AllowPublicRoomsWithoutAuth    bool             `yaml:"allow_public_rooms_without_auth"`
 	AllowPublicRoomsOverFederation bool             `yaml:"allow_public_rooms_over_federation"`
 	// AllowProfileLookupOverFederation: unset means true, as in Synapse.
-	AllowProfileLookupOverFederation *bool            `yaml:"allow_profile_lookup_over_federation"`
-	RoomListPublicationRules         []map[string]any `yaml:"room_list_publication_rules"` // raw
+	AllowProfileLookupOverFederation *bool `yaml:"allow_profile_lookup_over_federation"`
+	// AllowDeviceNameLookupOverFederation lets other servers see device
+	// display names (Synapse's key, default false).
+	AllowDeviceNameLookupOverFederation bool             `yaml:"allow_device_name_lookup_over_federation"`
+	RoomListPublicationRules            []map[string]any `yaml:"room_list_publication_rules"` // raw
 	// EnableMetrics is Synapse's key, but unset means on here: every
 	// process serves its metrics on a `metrics` listener. false leaves the
 	// series registered but stops measuring requests and transactions,

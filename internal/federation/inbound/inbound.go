@@ -30,6 +30,10 @@ type Config struct {
 	AllowProfileLookup bool
 	// AllowPublicRooms is allow_public_rooms_over_federation.
 	AllowPublicRooms bool
+	// AllowDeviceNames is allow_device_name_lookup_over_federation: when
+	// false, device display names are left out of user/devices and
+	// user/keys/query answers.
+	AllowDeviceNames bool
 	// Now stamps answers (origin_server_ts); nil means time.Now.
 	Now func() time.Time
 }

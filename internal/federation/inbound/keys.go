@@ -2,6 +2,7 @@ package inbound
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 
 	"ganglion/internal/accounts"
@@ -56,6 +57,12 @@ func (s *Server) userDevices(w http.ResponseWriter, r *http.Request) error {
 	if !found {
 		return mxhttp.NotFound("Unknown user %s", userID)
 	}
+	if !s.cfg.AllowDeviceNames {
+		for i := range res.Devices {
+			res.Devices[i].DisplayName = nil
+			res.Devices[i].Keys = withoutDeviceName(res.Devices[i].Keys)
+		}
+	}
 	return mxhttp.WriteJSON(w, http.StatusOK, res)
 }
 
@@ -86,6 +93,13 @@ func (s *Server) userKeysQuery(w http.ResponseWriter, r *http.Request) error {
 	res, err := s.keys.QueryKeys(r.Context(), "", body.DeviceKeys)
 	if err != nil {
 		return err
+	}
+	if !s.cfg.AllowDeviceNames {
+		for _, devs := range res.DeviceKeys {
+			for id, k := range devs {
+				devs[id] = withoutDeviceName(k)
+			}
+		}
 	}
 	return mxhttp.WriteJSON(w, http.StatusOK, map[string]any{
 		"device_keys":       res.DeviceKeys,
@@ -126,4 +140,32 @@ func (s *Server) userKeysClaim(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return mxhttp.WriteJSON(w, http.StatusOK, map[string]any{"one_time_keys": res.OneTimeKeys})
+}
+
+// withoutDeviceName drops unsigned.device_display_name from device keys
+// (outside what the device signed), as Synapse does unless
+// allow_device_name_lookup_over_federation is set.
+func withoutDeviceName(keys json.RawMessage) json.RawMessage {
+	if len(keys) == 0 {
+		return keys
+	}
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(keys, &obj) != nil {
+		return keys
+	}
+	var unsigned map[string]json.RawMessage
+	if json.Unmarshal(obj["unsigned"], &unsigned) != nil || unsigned["device_display_name"] == nil {
+		return keys
+	}
+	delete(unsigned, "device_display_name")
+	if len(unsigned) == 0 {
+		delete(obj, "unsigned")
+	} else if b, err := json.Marshal(unsigned); err == nil {
+		obj["unsigned"] = b
+	}
+	out, err := json.Marshal(obj)
+	if err != nil {
+		return keys
+	}
+	return out
 }

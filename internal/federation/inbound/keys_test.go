@@ -38,7 +38,7 @@ type keysFixture struct {
 	master ed25519.PrivateKey
 }
 
-func newKeysFixture(t *testing.T, db *storage.DB, allowPublicRooms bool) *keysFixture {
+func newKeysFixture(t *testing.T, db *storage.DB, allowPublicRooms bool, opts ...func(*inbound.Config)) *keysFixture {
 	t.Helper()
 	f := newFixture(t, db, true)
 	ctx := t.Context()
@@ -51,9 +51,12 @@ func newKeysFixture(t *testing.T, db *storage.DB, allowPublicRooms bool) *keysFi
 	acc := accounts.NewService(db, accounts.Settings{ServerName: server, BcryptRounds: 4}, log)
 	acc.SetDeviceListHook(ks)
 	mux := mxhttp.NewMux()
-	inbound.New(inbound.Config{ServerName: server, AllowProfileLookup: true, AllowPublicRooms: allowPublicRooms,
-		Now: func() time.Time { return time.UnixMilli(1_700_000_000_000) }},
-		f.svc, profiles{}, log).WithKeys(ks).
+	cfg := inbound.Config{ServerName: server, AllowProfileLookup: true, AllowPublicRooms: allowPublicRooms,
+		Now: func() time.Time { return time.UnixMilli(1_700_000_000_000) }}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	inbound.New(cfg, f.svc, profiles{}, log).WithKeys(ks).
 		Routes(mux, mxhttp.NewServer(log), &xmatrix.Authenticator{ServerName: server, Keys: f.finder, Log: log})
 	f.h = mux
 	kf := &keysFixture{fixture: f, ks: ks, acc: acc, phone: edKey(t), master: edKey(t)}
@@ -166,8 +169,8 @@ func TestFederationInboundUserDevices(t *testing.T) {
 			t.Fatalf("devices = %v, want LAPTOP and PHONE", devs)
 		}
 		laptop, phone := obj(devs[0]), obj(devs[1])
-		if laptop["device_id"] != "LAPTOP" || laptop["device_display_name"] != "Laptop" || laptop["keys"] != nil {
-			t.Errorf("LAPTOP = %v, want its name and no keys", laptop)
+		if laptop["device_id"] != "LAPTOP" || laptop["device_display_name"] != nil || laptop["keys"] != nil {
+			t.Errorf("LAPTOP = %v, want no name (allow_device_name_lookup_over_federation is off) and no keys", laptop)
 		}
 		pk := obj(phone["keys"])
 		if phone["device_id"] != "PHONE" || obj(pk["keys"])["ed25519:PHONE"] != events.EncodeBase64(kf.phone.Public().(ed25519.PublicKey)) ||
@@ -318,5 +321,23 @@ func TestFederationInboundUserKeysClaim(t *testing.T) {
 		want(t, "body not JSON", code, body, 400, "M_NOT_JSON")
 		code, body = kf.do("POST", path, req, "")
 		want(t, "unsigned", code, body, 401, "M_UNAUTHORIZED")
+	})
+}
+
+// With allow_device_name_lookup_over_federation, device names are served.
+func TestFederationInboundDeviceNamesAllowed(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		kf := newKeysFixture(t, db, false, func(c *inbound.Config) { c.AllowDeviceNames = true })
+		code, body := kf.do("GET", "/_matrix/federation/v1/user/devices/"+url.PathEscape(alice), nil, remote)
+		if code != 200 {
+			t.Fatalf("user/devices: %d %v", code, body)
+		}
+		names := map[string]any{}
+		for _, d := range list(body["devices"]) {
+			names[obj(d)["device_id"].(string)] = obj(d)["device_display_name"]
+		}
+		if names["LAPTOP"] != "Laptop" {
+			t.Errorf("device names %v, want LAPTOP named Laptop", names)
+		}
 	})
 }
