@@ -267,8 +267,8 @@ write_config() {
     {"port": $3, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
      "resources": [{"names": [$metrics_names], "compress": false}]}
   ],
-  "enable_metrics": true,${6:+
-  $6,}
+${6:+  $6,
+}
   "database": $4,
   "signing_key_path": "$5/signing.key",
   "media_store_path": "$5/media_store",
