@@ -252,6 +252,7 @@ func (p *Process) wire(ctx context.Context) error {
 			return err
 		}
 		persister.NotifyStateChanges(roomStore.StateChanged)
+		persister.NotifyPersisted(roomStore.EventPersisted)
 		persister.RegisterMetrics(mr)
 		p.positions = append(p.positions, persister)
 		if fleet {

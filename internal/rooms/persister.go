@@ -87,6 +87,7 @@ type Persister struct {
 	// stateChanged, if set, hears of every state event after its commit
 	// and before its position becomes visible.
 	stateChanged func(roomID, typ, stateKey string, pos int64)
+	persisted    func(roomID string, pos int64)
 
 	// hooks see every batch in its transaction (push rules, search).
 	hooks []BatchHook
@@ -151,6 +152,11 @@ func (p *Persister) startPosition(ctx context.Context) (int64, error) {
 // to f before readers can see it (Store.StateChanged). Call before the
 // first send.
 func (p *Persister) NotifyStateChanges(f func(roomID, typ, stateKey string, pos int64)) { p.stateChanged = f }
+
+// NotifyPersisted has f told of every committed batch of a room (its
+// highest position) before readers can see it (Store.EventPersisted). Call
+// before the persister serves.
+func (p *Persister) NotifyPersisted(f func(roomID string, pos int64)) { p.persisted = f }
 
 // BatchHook sees each batch of events in the batch's transaction: push
 // rule evaluation writes its per-user rows there, and the search index its
@@ -408,6 +414,9 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 		}
 		rc.state[k] = ev
 		delete(rc.missing, k)
+	}
+	if p.persisted != nil && len(built) > 0 {
+		p.persisted(roomID, last)
 	}
 	if p.stateChanged != nil {
 		for _, ev := range built {

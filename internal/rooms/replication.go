@@ -79,6 +79,7 @@ func (s *EventsSource) Apply(ctx context.Context, writer string, row streams.Row
 	}
 	room, _ := f[1].(string)
 	typ, _ := f[2].(string)
+	s.store.EventPersisted(room, row.Token)
 	keys := []string{streams.RoomKey(room)}
 	if sk, ok := f[3].(string); ok {
 		s.store.StateChanged(room, typ, sk, row.Token)

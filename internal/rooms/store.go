@@ -37,6 +37,10 @@ type Store struct {
 	// position from which it has seen them all (WatchMembershipFrom):
 	// sync skips work that only membership changes call for.
 	memberMax, watchedFrom atomic.Int64
+	// lastEvent is room id → *atomic.Int64, the highest events position of
+	// the room this process has seen persisted (EventPersisted), valid
+	// from watchedFrom on like memberMax.
+	lastEvent sync.Map
 }
 
 func NewStore(db *storage.DB) *Store {
@@ -45,9 +49,10 @@ func NewStore(db *storage.DB) *Store {
 	return s
 }
 
-// WatchMembershipFrom starts MembershipChangedAfter's knowledge: every
-// membership change after the highest events position at this moment
-// reaches StateChanged (the persister's and the replication's), so only
+// WatchMembershipFrom starts MembershipChangedAfter's and
+// JoinedRoomsWithEvents' knowledge: every event (and membership change)
+// after the highest events position at this moment reaches EventPersisted
+// and StateChanged (the persister's and the replication's hooks), so only
 // earlier ones are unknown. It reads that position from the database.
 func (s *Store) WatchMembershipFrom(ctx context.Context) error {
 	var max sql.NullInt64
@@ -56,6 +61,46 @@ func (s *Store) WatchMembershipFrom(ctx context.Context) error {
 	}
 	s.watchedFrom.Store(max.Int64)
 	return nil
+}
+
+// EventPersisted records that an event of roomID was persisted at events
+// position pos (or a higher one of its batch): the persister's and the
+// events replication's hook, like StateChanged for state events.
+func (s *Store) EventPersisted(roomID string, pos int64) {
+	if s == nil {
+		return
+	}
+	v, ok := s.lastEvent.Load(roomID)
+	if !ok {
+		v, _ = s.lastEvent.LoadOrStore(roomID, new(atomic.Int64))
+	}
+	last := v.(*atomic.Int64)
+	for {
+		cur := last.Load()
+		if pos <= cur || last.CompareAndSwap(cur, pos) {
+			return
+		}
+	}
+}
+
+// JoinedRoomsWithEvents is RoomsWithEvents for the rooms given: which of
+// them may have events in (from, to]. When this process has seen every
+// event persisted since before from, it answers from memory (a room may
+// be named whose new events are above to: callers read each room's window
+// anyway); otherwise it asks the database.
+func (s *Store) JoinedRoomsWithEvents(ctx context.Context, rooms []string, from, to int64) (map[string]int64, error) {
+	if from < s.watchedFrom.Load() {
+		return s.RoomsWithEvents(ctx, from, to)
+	}
+	out := map[string]int64{}
+	for _, r := range rooms {
+		if v, ok := s.lastEvent.Load(r); ok {
+			if last := v.(*atomic.Int64).Load(); last > from {
+				out[r] = last
+			}
+		}
+	}
+	return out, nil
 }
 
 // MembershipChangedAfter reports whether any room's membership may have

@@ -158,7 +158,7 @@ func (s *Service) compute(ctx context.Context, r *request) (*Response, error) {
 		// Candidates over the widest window; each room's own window is
 		// applied when its timeline is read, and rooms that turn out to
 		// have nothing are dropped below.
-		withEvents, err := s.store.RoomsWithEvents(ctx, sinceMin, nowMax)
+		withEvents, err := s.store.JoinedRoomsWithEvents(ctx, joined, sinceMin, nowMax)
 		if err != nil {
 			return nil, err
 		}
