@@ -216,7 +216,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 			progressed = true
 		}
 		if failed {
-			if !sleep(ctx, backoff) {
+			if !streams.Sleep(ctx, backoff) {
 				return nil
 			}
 			backoff = min(backoff*2, n.opts.MaxBackoff)
@@ -226,36 +226,10 @@ func (n *Notifier) Run(ctx context.Context) error {
 		if progressed {
 			continue
 		}
-		if !waitAny(ctx, tick.C, changed) {
+		if !streams.WaitAny(ctx, tick.C, changed) {
 			return nil
 		}
 	}
-}
-
-// waitAny waits for any stream to change or the tick; false when ctx ended.
-func waitAny(ctx context.Context, tick <-chan time.Time, changed []<-chan struct{}) bool {
-	merged := make(chan struct{}, 1)
-	stop := make(chan struct{})
-	defer close(stop)
-	for _, c := range changed {
-		go func() {
-			select {
-			case <-c:
-				select {
-				case merged <- struct{}{}:
-				default:
-				}
-			case <-stop:
-			}
-		}()
-	}
-	select {
-	case <-ctx.Done():
-		return false
-	case <-merged:
-	case <-tick:
-	}
-	return true
 }
 
 func (n *Notifier) anyEphemeral() bool {
@@ -265,17 +239,6 @@ func (n *Notifier) anyEphemeral() bool {
 		}
 	}
 	return false
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // loadPosition reads how far the notifier got on a stream; the first start
@@ -702,7 +665,7 @@ func (n *Notifier) sendLoop(ctx context.Context, r *Registration) {
 		}
 		backoff = min(max(backoff*2, n.opts.MinBackoff), n.opts.MaxBackoff)
 		log.Warn("could not send transaction to application service; retrying", "txn_id", txnID, "retry_in", backoff, "err", err)
-		if !sleep(ctx, backoff) {
+		if !streams.Sleep(ctx, backoff) {
 			return
 		}
 	}

@@ -151,7 +151,9 @@ func (p *Persister) startPosition(ctx context.Context) (int64, error) {
 // NotifyStateChanges makes the persister report each committed state event
 // to f before readers can see it (Store.StateChanged). Call before the
 // first send.
-func (p *Persister) NotifyStateChanges(f func(roomID, typ, stateKey string, pos int64)) { p.stateChanged = f }
+func (p *Persister) NotifyStateChanges(f func(roomID, typ, stateKey string, pos int64)) {
+	p.stateChanged = f
+}
 
 // NotifyPersisted has f told of every committed batch of a room (its
 // highest position) before readers can see it (Store.EventPersisted). Call

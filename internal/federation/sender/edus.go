@@ -229,7 +229,7 @@ func (s *Sender) runEDUs(ctx context.Context, fs []*eduFollower, start func(stri
 			}
 		}
 		if failed {
-			if !sleep(ctx, backoff) {
+			if !streams.Sleep(ctx, backoff) {
 				return
 			}
 			backoff = min(backoff*2, time.Minute)
@@ -239,7 +239,7 @@ func (s *Sender) runEDUs(ctx context.Context, fs []*eduFollower, start func(stri
 		if progressed {
 			continue
 		}
-		if !waitAny(ctx, tick.C, changed) {
+		if !streams.WaitAny(ctx, tick.C, changed) {
 			return
 		}
 	}
@@ -673,30 +673,4 @@ func keys(m map[string]bool) []string {
 		out = append(out, k)
 	}
 	return out
-}
-
-// waitAny waits for any of changed or the tick; false when ctx ended.
-func waitAny(ctx context.Context, tick <-chan time.Time, changed []<-chan struct{}) bool {
-	merged := make(chan struct{}, 1)
-	stop := make(chan struct{})
-	defer close(stop)
-	for _, c := range changed {
-		go func() {
-			select {
-			case <-c:
-				select {
-				case merged <- struct{}{}:
-				default:
-				}
-			case <-stop:
-			}
-		}()
-	}
-	select {
-	case <-ctx.Done():
-		return false
-	case <-merged:
-	case <-tick:
-	}
-	return true
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"ganglion/internal/storage"
+	"ganglion/internal/streams"
 )
 
 // destination is one destination's send loop: one transaction in flight
@@ -53,7 +54,7 @@ func (s *Sender) sendLoop(ctx context.Context, q *destination) {
 			due = s.opts.Now().Add(5 * time.Second)
 		}
 		if wait := due.Sub(s.opts.Now()); wait > 0 {
-			if !sleep(ctx, wait) {
+			if !streams.Sleep(ctx, wait) {
 				return
 			}
 			continue
@@ -72,7 +73,7 @@ func (s *Sender) sendLoop(ctx context.Context, q *destination) {
 				return
 			}
 			log.Warn("could not read the destination's queue", "err", err)
-			if !sleep(ctx, 5*time.Second) {
+			if !streams.Sleep(ctx, 5*time.Second) {
 				return
 			}
 			continue

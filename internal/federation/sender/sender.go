@@ -178,7 +178,7 @@ func (s *Sender) Run(ctx context.Context) error {
 					return nil
 				}
 				s.log.Warn("federation sender could not queue events", "position", pos, "err", err)
-				if !sleep(ctx, backoff) {
+				if !streams.Sleep(ctx, backoff) {
 					return nil
 				}
 				backoff = min(backoff*2, time.Minute)
@@ -348,17 +348,6 @@ func serverOf(userID string) string {
 		return ""
 	}
 	return server
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 var errNoEvents = errors.New("no queued events")
