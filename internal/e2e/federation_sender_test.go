@@ -24,6 +24,7 @@ import (
 	"ganglion/internal/events"
 	"ganglion/internal/federation/xmatrix"
 	"ganglion/internal/storage"
+	"ganglion/internal/testutil"
 	"ganglion/internal/testutil/testca"
 )
 
@@ -224,26 +225,19 @@ func TestFederationSendersDeliverDurably(t *testing.T) {
 	}
 	waitFor := func(want []string) {
 		t.Helper()
-		deadline := time.Now().Add(45 * time.Second)
-		for {
-			got := remote.received()
+		testutil.EventuallyState(t, 45*time.Second, func() (bool, string) {
 			var have []string
-			for _, id := range got {
+			for _, id := range remote.received() {
 				if slices.Contains(want, id) {
 					have = append(have, id)
 				}
 			}
-			if slices.Equal(have, want) {
-				return
-			}
-			if time.Now().After(deadline) {
-				remote.mu.Lock()
-				refused := slices.Clone(remote.refused)
-				remote.mu.Unlock()
-				t.Fatalf("the remote has %d of %d events in order (%v); refused requests: %q", len(have), len(want), have, refused)
-			}
-			time.Sleep(20 * time.Millisecond) // polling interval
-		}
+			remote.mu.Lock()
+			refused := slices.Clone(remote.refused)
+			remote.mu.Unlock()
+			return slices.Equal(have, want), fmt.Sprintf("the remote has %d of %d events in order (%v); refused requests: %q",
+				len(have), len(want), have, refused)
+		})
 	}
 
 	first := send(5, "before")
@@ -254,19 +248,11 @@ func TestFederationSendersDeliverDurably(t *testing.T) {
 	seen := remote.attempts
 	remote.mu.Unlock()
 	second := send(10, "while the remote is down")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testutil.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		remote.mu.Lock()
-		n := remote.attempts
-		remote.mu.Unlock()
-		if n > seen {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no attempt reached the remote while it was down")
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval
-	}
+		defer remote.mu.Unlock()
+		return remote.attempts > seen, "no attempt reached the remote while it was down"
+	})
 	f.killProc(t, owner)
 	third := send(5, "while the sender is dead")
 	remote.setDown(false)

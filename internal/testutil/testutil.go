@@ -23,3 +23,27 @@ func Eventually(t testing.TB, within time.Duration, what string, cond func() boo
 		}
 	}
 }
+
+// EventuallyState is Eventually for conditions that can say where they
+// are: cond returns whether it holds and a description of the state, and
+// a timeout reports the last description.
+func EventuallyState(t testing.TB, within time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	var last string
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		select {
+		case <-deadline.C:
+			t.Fatalf("timed out after %v: %s", within, last)
+		case <-tick.C:
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"ganglion/internal/storage"
 	"ganglion/internal/storage/storagetest"
 	"ganglion/internal/streams"
+	"ganglion/internal/testutil"
 	"ganglion/internal/todevice"
 	"ganglion/internal/typing"
 )
@@ -48,7 +49,7 @@ func (r *receiver) edusOf(t *testing.T, dest, typ string) []map[string]any {
 func waitEDUs(t *testing.T, r *receiver, dest, typ string, n int) []map[string]any {
 	t.Helper()
 	var got []map[string]any
-	poll(t, 30*time.Second, func() (bool, string) {
+	testutil.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		got = r.edusOf(t, dest, typ)
 		return len(got) >= n, fmt.Sprintf("%s received %d of %d %s EDUs", dest, len(got), n, typ)
 	})
@@ -126,7 +127,7 @@ func TestSenderSendsReadReceipts(t *testing.T) {
 		if at(receipt, "data", "thread_id") != receipts.MainThread || at(receipt, "data", "ts") == nil {
 			t.Errorf("receipt data %v: want ts and thread_id", at(receipt, "data"))
 		}
-		poll(t, 10*time.Second, func() (bool, string) {
+		testutil.EventuallyState(t, 10*time.Second, func() (bool, string) {
 			n := outboxCount(t, db)
 			return n == 0, fmt.Sprintf("%d EDUs still queued after the acknowledgement", n)
 		})
@@ -163,7 +164,7 @@ func TestSenderDurableEDUsSurviveRestart(t *testing.T) {
 		if err := kw.Update(ctxT(t), keys.Update{UserID: alice, DeviceIDs: []string{"GONE1"}, Deleted: true}); err != nil {
 			t.Fatal(err)
 		}
-		poll(t, 30*time.Second, func() (bool, string) {
+		testutil.EventuallyState(t, 30*time.Second, func() (bool, string) {
 			n := outboxCount(t, db)
 			return n == 3, fmt.Sprintf("%d EDUs queued; want the receipt, the device list update and the to-device message", n)
 		})
@@ -181,7 +182,7 @@ func TestSenderDurableEDUsSurviveRestart(t *testing.T) {
 		waitEDUs(t, r, "far.test", "m.direct_to_device", 2)
 		waitEDUs(t, r, "far.test", "m.receipt", 2)
 		dl := waitEDUs(t, r, "far.test", "m.device_list_update", 2)
-		poll(t, 10*time.Second, func() (bool, string) {
+		testutil.EventuallyState(t, 10*time.Second, func() (bool, string) {
 			n := outboxCount(t, db)
 			return n == 0, fmt.Sprintf("%d EDUs still queued", n)
 		})
@@ -258,7 +259,7 @@ func TestSenderSendsToDeviceAtMost100EDUsPerTransaction(t *testing.T) {
 		if maxEDUs != 100 {
 			t.Errorf("largest transaction had %d EDUs; want the spec's 100", maxEDUs)
 		}
-		poll(t, 10*time.Second, func() (bool, string) {
+		testutil.EventuallyState(t, 10*time.Second, func() (bool, string) {
 			n := outboxCount(t, db)
 			return n == 0, fmt.Sprintf("%d EDUs still queued", n)
 		})
@@ -446,7 +447,7 @@ func TestSendersShardEDUsByDestination(t *testing.T) {
 			}
 			waitEDUs(t, byInstance[owner], d, "m.receipt", 1)
 		}
-		poll(t, 10*time.Second, func() (bool, string) {
+		testutil.EventuallyState(t, 10*time.Second, func() (bool, string) {
 			n := outboxCount(t, db)
 			return n == 0, fmt.Sprintf("%d EDUs still queued", n)
 		})

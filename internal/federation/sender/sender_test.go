@@ -19,6 +19,7 @@ import (
 	"ganglion/internal/storage"
 	"ganglion/internal/storage/storagetest"
 	"ganglion/internal/streams"
+	"ganglion/internal/testutil"
 )
 
 const server = "home.test"
@@ -230,25 +231,9 @@ func (f *fixture) run(t *testing.T, tr sender.Transport, opts sender.Options) (s
 	return stop
 }
 
-// poll waits for cond, reporting its last description on timeout.
-func poll(t *testing.T, within time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		ok, what := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
-
 func waitReceived(t *testing.T, r *receiver, dest string, want []string) {
 	t.Helper()
-	poll(t, 30*time.Second, func() (bool, string) {
+	testutil.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		got := r.received(dest)
 		return slices.Equal(got, want), fmt.Sprintf("%s received %d of %d events (%v)", dest, len(got), len(want), got)
 	})
@@ -302,7 +287,7 @@ func TestSenderBacksOffAndDeliversAfterOutage(t *testing.T) {
 		sent := f.messages(t, room, 10, "during outage")
 		waitReceived(t, r, "up.test", sent)
 		// Several failed attempts, spaced by the backoff.
-		poll(t, 30*time.Second, func() (bool, string) {
+		testutil.EventuallyState(t, 30*time.Second, func() (bool, string) {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			return r.attempts["down.test"] >= 3, fmt.Sprintf("%d attempts", r.attempts["down.test"])
@@ -318,7 +303,7 @@ func TestSenderBacksOffAndDeliversAfterOutage(t *testing.T) {
 		more := f.messages(t, room, 3, "after")
 		waitReceived(t, r, "down.test", append(slices.Clone(sent), more...))
 		// Success clears the backoff.
-		poll(t, 10*time.Second, func() (bool, string) {
+		testutil.EventuallyState(t, 10*time.Second, func() (bool, string) {
 			var n int
 			_ = db.Reader().QueryRowContext(ctxT(t), `SELECT count(*) FROM federation_destinations`).Scan(&n)
 			return n == 0, fmt.Sprintf("%d destinations still backing off", n)
@@ -345,7 +330,7 @@ func TestSenderRestartLosesNothing(t *testing.T) {
 		r.block = make(chan struct{})
 		r.mu.Unlock()
 		second := f.messages(t, room, 7, "in flight")
-		poll(t, 30*time.Second, func() (bool, string) {
+		testutil.EventuallyState(t, 30*time.Second, func() (bool, string) {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			return r.attempts["far.test"] > r.txns["far.test"], "waiting for a transaction in flight"
