@@ -106,43 +106,9 @@ func (s *Server) getBackfill(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 
-	seen := map[string]bool{}
-	var front []string
-	for _, id := range seeds {
-		if !seen[id] {
-			seen[id] = true
-			front = append(front, id)
-		}
-	}
-	var out []*rooms.StoredEvent
-	for len(front) > 0 && len(out) < limit {
-		evs, err := s.store.EventsByID(ctx, front)
-		if err != nil {
-			return err
-		}
-		level := make([]*rooms.StoredEvent, 0, len(front))
-		for _, id := range front {
-			if se := evs[id]; se != nil && se.Event.RoomID() == roomID {
-				level = append(level, se)
-			}
-		}
-		// Within a level the deepest go first, so a level cut by the limit
-		// keeps the events nearest the v events.
-		newestFirst(level)
-		var next []string
-		for _, se := range level {
-			if len(out) >= limit {
-				break
-			}
-			out = append(out, se)
-			for _, p := range se.Event.PrevEventIDs() {
-				if !seen[p] {
-					seen[p] = true
-					next = append(next, p)
-				}
-			}
-		}
-		front = next
+	out, err := s.walkBack(ctx, roomID, seeds, nil, limit, 0, true)
+	if err != nil {
+		return err
 	}
 	newestFirst(out)
 	p, err := pdus(out, vis)
@@ -195,12 +161,31 @@ func (s *Server) postMissingEvents(w http.ResponseWriter, r *http.Request) error
 		return err
 	}
 
+	out, err := s.walkBack(ctx, roomID, body.LatestEvents, body.EarliestEvents, limit, minDepth, false)
+	if err != nil {
+		return err
+	}
+	sortChronological(out)
+	p, err := pdus(out, vis)
+	if err != nil {
+		return err
+	}
+	return mxhttp.WriteJSON(w, http.StatusOK, map[string]any{"events": p})
+}
+
+// walkBack walks a room's DAG back from start through prev_events,
+// breadth first, one query per level: the events of each level deepest
+// first, never an event of stop or below minDepth, never one of another
+// room, until limit events are collected. With withStart the start events
+// themselves count (backfill); without, the walk begins at their
+// prev_events (get_missing_events, whose requester has them).
+func (s *Server) walkBack(ctx context.Context, roomID string, start, stop []string, limit int, minDepth int64, withStart bool) ([]*rooms.StoredEvent, error) {
 	seen := map[string]bool{}
-	for _, id := range body.EarliestEvents {
+	for _, id := range stop {
 		seen[id] = true
 	}
 	var front []string
-	for _, id := range body.LatestEvents {
+	for _, id := range start {
 		if !seen[id] {
 			seen[id] = true
 			front = append(front, id)
@@ -210,20 +195,20 @@ func (s *Server) postMissingEvents(w http.ResponseWriter, r *http.Request) error
 	for first := true; len(front) > 0 && len(out) < limit; first = false {
 		evs, err := s.store.EventsByID(ctx, front)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		level := make([]*rooms.StoredEvent, 0, len(front))
 		for _, id := range front {
-			se := evs[id]
-			if se == nil || se.Event.RoomID() != roomID || se.Event.Depth() < minDepth {
-				continue
+			if se := evs[id]; se != nil && se.Event.RoomID() == roomID && se.Event.Depth() >= minDepth {
+				level = append(level, se)
 			}
-			level = append(level, se)
 		}
+		// Within a level the deepest go first, so a level cut by the limit
+		// keeps the events nearest the start.
 		newestFirst(level)
 		var next []string
 		for _, se := range level {
-			if !first {
+			if withStart || !first {
 				if len(out) >= limit {
 					break
 				}
@@ -238,10 +223,5 @@ func (s *Server) postMissingEvents(w http.ResponseWriter, r *http.Request) error
 		}
 		front = next
 	}
-	sortChronological(out)
-	p, err := pdus(out, vis)
-	if err != nil {
-		return err
-	}
-	return mxhttp.WriteJSON(w, http.StatusOK, map[string]any{"events": p})
+	return out, nil
 }
