@@ -135,6 +135,19 @@ func (g *Guard) Counts() (open, pending int) {
 	return len(g.conns), pending
 }
 
+// Idle reports how many connections idle between keep-alive requests:
+// the first a newcomer at the cap evicts.
+func (g *Guard) Idle() (n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for c := range g.conns {
+		if c.idle {
+			n++
+		}
+	}
+	return n
+}
+
 // admit decides whether nc may be served. On success it returns the
 // tracked connection and, if a place had to be freed, the victim to close
 // (outside the lock).

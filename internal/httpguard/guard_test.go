@@ -210,6 +210,9 @@ func TestConnectionCap(t *testing.T) {
 	b := dial(t, addr)
 	send(t, b, "GET /x HTTP/1.1\r\nHost: t\r\n")
 	testutil.Eventually(t, 10*time.Second, "A and B open", open(2))
+	// A is idle once the server is back to reading it, which can be after
+	// the client read its response.
+	testutil.Eventually(t, 10*time.Second, "A idle", func() bool { return g.Idle() == 1 })
 	c := dial(t, addr)
 	closedByServer(t, a, ar)
 	br := bufio.NewReader(b)
@@ -220,6 +223,7 @@ func TestConnectionCap(t *testing.T) {
 
 	// Then the oldest pending: B now idles, so it goes; C (pending, sent
 	// nothing) stays until D's arrival finds no idle connection left.
+	testutil.Eventually(t, 10*time.Second, "B idle", func() bool { return g.Idle() == 1 })
 	d := dial(t, addr)
 	closedByServer(t, b, br)
 	send(t, d, "GET /x HTTP/1.1\r\nHost: t\r\n")
