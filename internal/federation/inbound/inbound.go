@@ -50,6 +50,7 @@ type Server struct {
 	store    *rooms.Store
 	profiles Profiles
 	keys     Keys // nil: the device and key endpoints are not mounted
+	edus     map[string]EDUHandler
 	log      *slog.Logger
 }
 
