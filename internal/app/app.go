@@ -67,6 +67,9 @@ type Process struct {
 	tracer *tracing.Tracer
 	// serverKeys finds other servers' signing keys (and serves ours).
 	serverKeys *serverkeys.Keyring
+	// remoteWriter hands events other servers built to their room's
+	// persister.
+	remoteWriter rooms.RemoteWriter
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -257,11 +260,14 @@ func (p *Process) wire(ctx context.Context) error {
 		p.positions = append(p.positions, persister)
 		if fleet {
 			rooms.ServeSendEvents(rpcServer, persister)
+			rooms.ServePersistRemote(rpcServer, persister)
 		}
 	}
 	var eventWriter rooms.EventWriter = persister
+	p.remoteWriter = persister
 	if fleet {
-		eventWriter = rooms.NewShardedWriter(instance, reg.Writers(streams.Events), persister, rpcClient)
+		sw := rooms.NewShardedWriter(instance, reg.Writers(streams.Events), persister, rpcClient)
+		eventWriter, p.remoteWriter = sw, sw
 	}
 	roomSvc := rooms.NewService(rooms.Config{ServerName: cfg.ServerName, DefaultRoomVersion: cfg.DefaultRoomVersion},
 		roomStore, eventWriter, acc, reg, rl(cfg.RCMessage), log)

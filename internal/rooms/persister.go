@@ -98,6 +98,9 @@ type Persister struct {
 
 	// batchSizes, if set, observes each batch's request count.
 	batchSizes prometheus.Observer
+
+	// states caches rebuilt room states for remote events.
+	states groupCache
 }
 
 // roomCache is the persister's view of a room it owns. It is only changed
@@ -108,6 +111,9 @@ type roomCache struct {
 	depth       int64
 	state       map[eventauth.StateKey]*events.Event // loaded lazily
 	missing     map[eventauth.StateKey]bool          // keys known to be absent
+	// curIDs is the whole current state as event ids, loaded by the first
+	// remote event and kept up to date after.
+	curIDs StateIDs
 }
 
 const maxCachedRooms = 10000
@@ -416,6 +422,9 @@ func (p *Persister) persistTogether(ctx context.Context, roomID string, batch []
 		}
 		rc.state[k] = ev
 		delete(rc.missing, k)
+		if rc.curIDs != nil {
+			rc.curIDs[k] = ev.EventID()
+		}
 	}
 	if p.persisted != nil && len(built) > 0 {
 		p.persisted(roomID, last)
@@ -871,16 +880,7 @@ func (p *Persister) insertRows(ctx context.Context, tx *sql.Tx, stage []*staged,
 // state and state log for state events.
 func (p *Persister) afterInsert(ctx context.Context, tx *sql.Tx, ev *events.Event, so int64) error {
 	roomID := ev.RoomID()
-	if r := ev.Redacts(); r != "" && ev.Type() == "m.room.redaction" {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO redactions (event_id, redacts) VALUES ($1, $2)`, ev.EventID(), r); err != nil {
-			return fmt.Errorf("insert redaction: %w", err)
-		}
-		// A redacted event has no m.relates_to any more.
-		if _, err := tx.ExecContext(ctx, `DELETE FROM event_relations WHERE event_id = $1`, r); err != nil {
-			return fmt.Errorf("drop relation of redacted %s: %w", r, err)
-		}
-	}
-	if err := insertRelation(ctx, tx, ev, so); err != nil {
+	if err := p.afterInsertTimeline(ctx, tx, ev, so); err != nil {
 		return err
 	}
 	if ev.Type() == "m.room.member" && ev.StateKey() != nil {
@@ -910,6 +910,21 @@ func (p *Persister) afterInsert(ctx context.Context, tx *sql.Tx, ev *events.Even
 		}
 	}
 	return nil
+}
+
+// afterInsertTimeline writes what any timeline event needs besides its
+// row, local or remote: the redaction index and its relation.
+func (p *Persister) afterInsertTimeline(ctx context.Context, tx *sql.Tx, ev *events.Event, so int64) error {
+	if r := ev.Redacts(); r != "" && ev.Type() == "m.room.redaction" {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO redactions (event_id, redacts) VALUES ($1, $2)`, ev.EventID(), r); err != nil {
+			return fmt.Errorf("insert redaction: %w", err)
+		}
+		// A redacted event has no m.relates_to any more.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM event_relations WHERE event_id = $1`, r); err != nil {
+			return fmt.Errorf("drop relation of redacted %s: %w", r, err)
+		}
+	}
+	return insertRelation(ctx, tx, ev, so)
 }
 
 // errDuplicateTxn means a concurrent request with the same txn id won the

@@ -55,10 +55,11 @@ const (
 	// RemoteOutlier: an outlier was stored.
 	RemoteOutlier = "outlier"
 	// RemoteMissingPrev: some prev events are unknown here (or stored
-	// without state) and the PDU came without StateBefore. Missing names
-	// them; nothing was stored for this PDU. The caller fetches them
-	// (get_missing_events) or the state before the PDU (/state_ids) and
-	// tries again.
+	// without state) and the PDU came without StateBefore, or some of its
+	// auth events (or StateBefore's events) are not stored. Missing names
+	// them; nothing was stored for this PDU. The caller fetches the missing
+	// prev events (get_missing_events) or the state before the PDU
+	// (/state_ids) and missing auth events (as Outliers) and tries again.
 	RemoteMissingPrev = "missing_prev"
 )
 

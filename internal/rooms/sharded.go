@@ -87,3 +87,51 @@ func (w *ShardedWriter) SendEvents(ctx context.Context, roomID string, drafts []
 	}
 	return out.Events, nil
 }
+
+// PersistRemoteEndpoint hands remote events to the room's persister.
+// Idempotent: events already stored come back as duplicates.
+var PersistRemoteEndpoint = replication.Endpoint{Name: "persist_remote", PathArgs: []string{"room_id"}, Idempotent: true, WaitForStreams: true}
+
+type persistRemoteResult struct {
+	Results []RemoteResult `json:"results"`
+}
+
+// ServePersistRemote registers the persister's side of persist_remote.
+func ServePersistRemote(srv *replication.Server, p *Persister) {
+	e := PersistRemoteEndpoint
+	e.Handle = func(ctx context.Context, req *replication.Request) (any, error) {
+		var batch RemoteBatch
+		if err := json.Unmarshal(req.Body, &batch); err != nil {
+			return nil, mxhttp.BadJSON("persist_remote: %v", err)
+		}
+		res, err := p.PersistRemote(ctx, req.Args["room_id"], batch)
+		if err != nil {
+			return nil, err
+		}
+		pos := p.Position()
+		for _, r := range res {
+			pos = max(pos, r.StreamPos)
+		}
+		return replication.WithPositions(persistRemoteResult{Results: res}, replication.StreamPositions{streams.Events: pos}), nil
+	}
+	srv.Register(e)
+}
+
+var _ RemoteWriter = (*ShardedWriter)(nil)
+
+// PersistRemote implements RemoteWriter: the batch goes to the room's
+// persister.
+func (w *ShardedWriter) PersistRemote(ctx context.Context, roomID string, batch RemoteBatch) ([]RemoteResult, error) {
+	target := w.PersisterFor(roomID)
+	if target == w.self {
+		if w.local == nil {
+			return nil, fmt.Errorf("room %s belongs to this instance, which has no persister", roomID)
+		}
+		return w.local.PersistRemote(ctx, roomID, batch)
+	}
+	var out persistRemoteResult
+	if err := w.client.Call(ctx, target, PersistRemoteEndpoint, map[string]string{"room_id": roomID}, batch, &out); err != nil {
+		return nil, err
+	}
+	return out.Results, nil
+}

@@ -229,9 +229,8 @@ func (s *Server) stateBefore(r *http.Request) (state, chain []*rooms.StoredEvent
 	if err != nil {
 		return nil, nil, err
 	}
-	// The state log holds the state after each position; the state at an
-	// event is the state before it.
-	state, err = s.store.StateAt(ctx, roomID, se.StreamOrdering-1, nil)
+	// The state at an event is the state before it.
+	state, err = s.store.StateBeforeEvent(ctx, se.Event.EventID())
 	if err != nil {
 		return nil, nil, err
 	}
