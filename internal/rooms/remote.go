@@ -35,6 +35,13 @@ type RemotePDU struct {
 	// send_join answer's state), for an event whose prev events are
 	// unknown here. Each id must be stored or among the batch's Outliers.
 	StateBefore []string `json:"state_before,omitempty"`
+	// OutOfBand marks a membership event of a local user in a room this
+	// server has no state of (an invite received over federation, or the
+	// leave that rejects it, or a knock): it is shown to that user but not
+	// checked against the room's state, which we do not have; the
+	// signatures of the server that sent it (and ours, for an invite)
+	// vouch for it. In a room we are in, the flag is ignored.
+	OutOfBand bool `json:"out_of_band,omitempty"`
 }
 
 // Outcomes of a remote event.

@@ -487,6 +487,10 @@ func (r *remoteRun) pdu(ctx context.Context, pdu RemotePDU) (RemoteResult, error
 		deOutlier = true // an outlier joins the timeline
 	}
 
+	if pdu.OutOfBand && len(r.ext) == 0 {
+		return r.outOfBand(ctx, ev)
+	}
+
 	// 1. Against its own auth events.
 	missing, reason, err := r.checkAuthEvents(ctx, ev)
 	if err != nil {
@@ -651,6 +655,36 @@ func (r *remoteRun) pdu(ctx context.Context, pdu RemotePDU) (RemoteResult, error
 	}
 	r.ext = ext
 	r.depth = max(r.depth, ev.Depth())
+	return out, nil
+}
+
+// outOfBand stores a local user's membership in a room we have no state
+// of: into the timeline (so the user's sync sees it) and the current state
+// under its own key only; the room gets no extremities from it, so a later
+// join starts the room's DAG from the state it brings.
+func (r *remoteRun) outOfBand(ctx context.Context, ev *events.Event) (RemoteResult, error) {
+	out := RemoteResult{EventID: ev.EventID()}
+	if ev.Type() != "m.room.member" || ev.StateKey() == nil || senderServer(*ev.StateKey()) != r.p.serverName {
+		out.Outcome, out.Error = RemoteRejected, "only a local user's membership can be stored out of band"
+		return out, nil
+	}
+	ids, err := r.p.db.NextStreamIDs(ctx, r.tx, string(streams.Events), 1)
+	if err != nil {
+		return out, err
+	}
+	pos := ids[0]
+	r.res.Add(pos)
+	if err := r.insertEvent(ctx, ev, pos); err != nil {
+		return out, err
+	}
+	r.known[ev.EventID()] = &storedEvent{ev: ev, pos: pos}
+	r.built, r.ids = append(r.built, ev), append(r.ids, pos)
+	next := maps.Clone(r.cur)
+	next[eventauth.StateKey{Type: ev.Type(), StateKey: *ev.StateKey()}] = ev.EventID()
+	if err := r.setCurrent(ctx, next, pos); err != nil {
+		return out, err
+	}
+	out.Outcome, out.StreamPos = RemotePersisted, pos
 	return out, nil
 }
 
@@ -869,4 +903,12 @@ func (p *Persister) afterRemote(roomID string, rc *roomCache, r *remoteRun) {
 		f()
 	}
 	p.reg.WakeAtWriter(streams.Events, p.instance, last, WakeKeys(roomID, r.built)...)
+}
+
+// senderServer is the server part of a user id.
+func senderServer(userID string) string {
+	if i := strings.IndexByte(userID, ':'); i >= 0 {
+		return userID[i+1:]
+	}
+	return ""
 }

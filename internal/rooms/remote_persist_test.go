@@ -499,3 +499,54 @@ func (f *storeFetcher) AuthChain(ctx context.Context, ids []string) ([]string, e
 	}
 	return out, nil
 }
+
+// TestPersistRemoteOutOfBandInvite stores an invite to a room we have no
+// state of, then the join that brings the state.
+func TestPersistRemoteOutOfBandInvite(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := ctxT(t)
+		p, _ := newPersister(t, db)
+		store := rooms.NewStore(db)
+		rem := newRemote(t, "10")
+		roomID := "!invited:" + remoteServer
+		carol, alice := "@carol:"+remoteServer, "@alice:"+server
+		create := rem.build(roomID, carol, "m.room.create", ptr(""), map[string]any{"room_version": "10", "creator": carol}, nil)
+		cj := rem.build(roomID, carol, "m.room.member", ptr(carol), map[string]any{"membership": "join"}, []*events.Event{create}, create)
+		pl := rem.build(roomID, carol, "m.room.power_levels", ptr(""), map[string]any{"users": map[string]int{carol: 100}},
+			[]*events.Event{cj}, create, cj)
+		jr := rem.build(roomID, carol, "m.room.join_rules", ptr(""), map[string]any{"join_rule": "invite"}, []*events.Event{pl}, create, cj, pl)
+		invite := rem.build(roomID, carol, "m.room.member", ptr(alice), map[string]any{"membership": "invite"},
+			[]*events.Event{jr}, create, pl, jr, cj)
+		// Someone else's membership cannot be stored out of band.
+		stray := rem.build(roomID, carol, "m.room.member", ptr("@dave:"+remoteServer), map[string]any{"membership": "invite"},
+			[]*events.Event{jr}, create, pl, jr, cj)
+		res := persistRemote(t, ctx, p, roomID, rooms.RemoteBatch{RoomVersion: "10",
+			PDUs: []rooms.RemotePDU{{Event: stray.JSON(), OutOfBand: true}, {Event: invite.JSON(), OutOfBand: true}}})
+		wantOutcome(t, res[0], rooms.RemoteRejected)
+		wantOutcome(t, res[1], rooms.RemotePersisted)
+		invited, err := store.RoomsForUser(ctx, alice, "invite")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(invited, []string{roomID}) {
+			t.Fatalf("alice's invites %v", invited)
+		}
+		join := rem.build(roomID, alice, "m.room.member", ptr(alice), map[string]any{"membership": "join"},
+			[]*events.Event{invite}, create, pl, jr, invite)
+		state := []string{create.EventID(), cj.EventID(), pl.EventID(), jr.EventID(), invite.EventID()}
+		res = persistRemote(t, ctx, p, roomID, rooms.RemoteBatch{
+			Outliers: []json.RawMessage{create.JSON(), cj.JSON(), pl.JSON(), jr.JSON()},
+			PDUs:     []rooms.RemotePDU{{Event: join.JSON(), StateBefore: state}}})
+		wantOutcome(t, res[4], rooms.RemotePersisted)
+		joined, err := store.RoomsForUser(ctx, alice, "join")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(joined, []string{roomID}) {
+			t.Fatalf("alice's joined rooms %v", joined)
+		}
+		if got := currentStateID(t, ctx, db, roomID, "m.room.join_rules", ""); got != jr.EventID() {
+			t.Fatalf("join rules %q: the join did not bring the state", got)
+		}
+	})
+}

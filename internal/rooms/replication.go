@@ -50,7 +50,56 @@ func (s *EventsSource) Rows(ctx context.Context, writer string, from, to int64, 
 		}
 		out = append(out, streams.Row{Token: so, Data: data})
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read events rows: %w", err)
+	}
+	rows.Close()
+	if len(out) == 0 {
+		return out, nil
+	}
+	return s.withStateRows(ctx, writer, out)
+}
+
+// withStateRows adds Synapse's ["state", [room_id, type, state_key,
+// event_id]] rows after each event whose position changed more of the
+// current state than the event itself: a remote event that resolved a
+// fork, or a join through another server that brought the whole state.
+// Other processes' state caches hear of those entries from these rows.
+func (s *EventsSource) withStateRows(ctx context.Context, writer string, evRows []streams.Row) ([]streams.Row, error) {
+	lo, hi := evRows[0].Token, evRows[len(evRows)-1].Token
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT sl.stream_ordering, sl.room_id, sl.type, sl.state_key, sl.event_id
+		FROM state_log sl JOIN events e ON e.stream_ordering = sl.stream_ordering
+		WHERE e.instance_name = $1 AND sl.stream_ordering >= $2 AND sl.stream_ordering <= $3 AND sl.event_id <> e.event_id
+		ORDER BY sl.stream_ordering`, writer, lo, hi)
+	if err != nil {
+		return nil, fmt.Errorf("read state rows of %s [%d, %d]: %w", writer, lo, hi, err)
+	}
+	defer rows.Close()
+	extra := map[int64][]streams.Row{}
+	for rows.Next() {
+		var so int64
+		var room, typ, sk, id string
+		if err := rows.Scan(&so, &room, &typ, &sk, &id); err != nil {
+			return nil, fmt.Errorf("read state rows: %w", err)
+		}
+		data, err := json.Marshal([]any{"state", []any{room, typ, sk, id}})
+		if err != nil {
+			return nil, err
+		}
+		extra[so] = append(extra[so], streams.Row{Token: so, Data: data})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read state rows: %w", err)
+	}
+	if len(extra) == 0 {
+		return evRows, nil
+	}
+	out := make([]streams.Row, 0, len(evRows)+len(extra))
+	for _, r := range evRows {
+		out = append(out, r)
+		out = append(out, extra[r.Token]...)
+	}
+	return out, nil
 }
 
 func nullable(s sql.NullString) any {
@@ -70,6 +119,19 @@ func (s *EventsSource) Apply(ctx context.Context, writer string, row streams.Row
 	}
 	var kind string
 	_ = json.Unmarshal(outer[0], &kind)
+	if kind == "state" {
+		var f []string
+		if json.Unmarshal(outer[1], &f) != nil || len(f) != 4 {
+			return nil
+		}
+		room, typ, sk := f[0], f[1], f[2]
+		s.store.StateChanged(room, typ, sk, row.Token)
+		keys := []string{streams.RoomKey(room)}
+		if typ == "m.room.member" {
+			keys = append(keys, streams.UserKey(sk))
+		}
+		return keys
+	}
 	if kind != "ev" {
 		return nil
 	}
