@@ -2,8 +2,8 @@ package rooms
 
 import (
 	"context"
-	"encoding/json"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -38,7 +38,7 @@ type remoteRun struct {
 	depth int64
 	// changed lists the current-state keys the run changed, with the
 	// position each changed at.
-	changed map[eventauth.StateKey]int64
+	changed     map[eventauth.StateKey]int64
 	built       []*events.Event
 	ids         []int64
 	afterCommit []func()

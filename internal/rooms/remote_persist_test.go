@@ -463,7 +463,9 @@ type storeFetcher struct {
 	store *rooms.Store
 }
 
-func fetcherOf(t *testing.T, store *rooms.Store) stateres.EventFetcher { return &storeFetcher{t, store} }
+func fetcherOf(t *testing.T, store *rooms.Store) stateres.EventFetcher {
+	return &storeFetcher{t, store}
+}
 
 func (f *storeFetcher) Events(ctx context.Context, ids []string) (map[string]*events.Event, error) {
 	got, err := f.store.EventsByID(ctx, ids)
