@@ -256,6 +256,7 @@ func (p *Process) wire(ctx context.Context) error {
 		}
 		persister.NotifyStateChanges(roomStore.StateChanged)
 		persister.NotifyPersisted(roomStore.EventPersisted)
+		persister.NotifyStateResets(roomStore.StateReset)
 		persister.RegisterMetrics(mr)
 		p.positions = append(p.positions, persister)
 		if fleet {

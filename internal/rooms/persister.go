@@ -88,6 +88,7 @@ type Persister struct {
 	// and before its position becomes visible.
 	stateChanged func(roomID, typ, stateKey string, pos int64)
 	persisted    func(roomID string, pos int64)
+	stateReset   func(roomID string, pos int64)
 
 	// hooks see every batch in its transaction (push rules, search).
 	hooks []BatchHook
@@ -165,6 +166,11 @@ func (p *Persister) NotifyStateChanges(f func(roomID, typ, stateKey string, pos 
 // highest position) before readers can see it (Store.EventPersisted). Call
 // before the persister serves.
 func (p *Persister) NotifyPersisted(f func(roomID string, pos int64)) { p.persisted = f }
+
+// NotifyStateResets has f told of each position at which a remote event
+// changed the current state by more than itself (Store.StateReset),
+// before readers can see it.
+func (p *Persister) NotifyStateResets(f func(roomID string, pos int64)) { p.stateReset = f }
 
 // BatchHook sees each batch of events in the batch's transaction: push
 // rule evaluation writes its per-user rows there, and the search index its

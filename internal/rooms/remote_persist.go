@@ -43,6 +43,9 @@ type remoteRun struct {
 	ids         []int64
 	afterCommit []func()
 	res         *streams.Reservation
+	// resetAt is the highest position at which the current state changed
+	// by more than the event there.
+	resetAt int64
 }
 
 // PersistRemote implements RemoteWriter.
@@ -757,6 +760,9 @@ func (r *remoteRun) setCurrent(ctx context.Context, next StateIDs, pos int64) er
 			}
 		}
 		r.changed[k] = pos
+		if se := r.known[id]; se == nil || se.pos != pos {
+			r.resetAt = max(r.resetAt, pos)
+		}
 	}
 	r.cur = next
 	return nil
@@ -893,6 +899,9 @@ func (p *Persister) afterRemote(roomID string, rc *roomCache, r *remoteRun) {
 	last := r.ids[len(r.ids)-1]
 	if p.persisted != nil {
 		p.persisted(roomID, last)
+	}
+	if p.stateReset != nil && r.resetAt > 0 {
+		p.stateReset(roomID, r.resetAt)
 	}
 	if p.stateChanged != nil {
 		for k, pos := range r.changed {

@@ -335,6 +335,16 @@ func TestPersistRemoteJoinsNewRoom(t *testing.T) {
 		if len(cur) != 5 {
 			t.Fatalf("current state has %d events, want 5", len(cur))
 		}
+		// The four state events the join brought changed the current
+		// state at its position without being it: sync sends them with
+		// the state before a timeline that starts at the join.
+		resets, err := store.StateResetsIn(ctx, roomID, res[4].StreamPos, res[4].StreamPos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resets) != 4 || hasEvent(resets, join.EventID()) {
+			t.Fatalf("state resets at the join: %d events (join included: %v), want the 4 others", len(resets), hasEvent(resets, join.EventID()))
+		}
 		rooms_, err := store.RoomsForUser(ctx, alice, "join")
 		if err != nil {
 			t.Fatal(err)

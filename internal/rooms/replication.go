@@ -125,6 +125,7 @@ func (s *EventsSource) Apply(ctx context.Context, writer string, row streams.Row
 			return nil
 		}
 		room, typ, sk := f[0], f[1], f[2]
+		s.store.StateReset(room, row.Token)
 		s.store.StateChanged(room, typ, sk, row.Token)
 		keys := []string{streams.RoomKey(room)}
 		if typ == "m.room.member" {

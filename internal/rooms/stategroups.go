@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"sync"
+	"sync/atomic"
 
 	"ganglion/internal/eventauth"
 	"ganglion/internal/events"
@@ -403,6 +404,81 @@ func (s *Store) StateBeforeEvent(ctx context.Context, eventID string) ([]*Stored
 	for _, id := range list {
 		if e := byID[id]; e != nil {
 			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// StateReset records that at events position pos the room's current state
+// changed by more than the event there: a remote event resolved a fork or
+// brought the state of a room joined through another server. The
+// persister's and the events replication's hook.
+func (s *Store) StateReset(roomID string, pos int64) {
+	if s == nil {
+		return
+	}
+	v, ok := s.resets.Load(roomID)
+	if !ok {
+		v, _ = s.resets.LoadOrStore(roomID, new(atomic.Int64))
+	}
+	last := v.(*atomic.Int64)
+	for {
+		cur := last.Load()
+		if pos <= cur || last.CompareAndSwap(cur, pos) {
+			return
+		}
+	}
+}
+
+// StateResetsIn returns the state entries that changed in [from, to]
+// without being the event at their position (see StateReset), the latest
+// per key: sync sends them with the state before a timeline covering
+// those positions, since no timeline event carries them. It answers
+// without a query when this process has watched since before from and
+// saw no reset in the room.
+func (s *Store) StateResetsIn(ctx context.Context, roomID string, from, to int64) ([]*StoredEvent, error) {
+	if from >= s.watchedFrom.Load() {
+		v, ok := s.resets.Load(roomID)
+		if !ok || v.(*atomic.Int64).Load() < from {
+			return nil, nil
+		}
+	}
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT sl.type, sl.state_key, sl.event_id, sl.stream_ordering FROM state_log sl
+		LEFT JOIN events e ON e.stream_ordering = sl.stream_ordering
+		WHERE sl.room_id = $1 AND sl.stream_ordering >= $2 AND sl.stream_ordering <= $3
+		AND (e.event_id IS NULL OR e.event_id <> sl.event_id)
+		ORDER BY sl.stream_ordering`, roomID, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("state resets of %s: %w", roomID, err)
+	}
+	latest := map[eventauth.StateKey]string{}
+	for rows.Next() {
+		var k eventauth.StateKey
+		var id string
+		var pos int64
+		if err := rows.Scan(&k.Type, &k.StateKey, &id, &pos); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("state resets of %s: %w", roomID, err)
+		}
+		latest[k] = id
+	}
+	err = rows.Err()
+	rows.Close()
+	if err != nil || len(latest) == 0 {
+		return nil, err
+	}
+	ids := make([]string, 0, len(latest))
+	for _, id := range latest {
+		ids = append(ids, id)
+	}
+	byID, err := s.EventsByID(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*StoredEvent, 0, len(ids))
+	for _, id := range ids {
+		if se := byID[id]; se != nil {
+			out = append(out, se)
 		}
 	}
 	return out, nil

@@ -41,6 +41,10 @@ type Store struct {
 	// the room this process has seen persisted (EventPersisted), valid
 	// from watchedFrom on like memberMax.
 	lastEvent sync.Map
+	// resets is room id → *atomic.Int64, the highest events position at
+	// which the room's current state changed by more than the event there
+	// (StateReset), valid from watchedFrom on.
+	resets sync.Map
 }
 
 func NewStore(db *storage.DB) *Store {

@@ -571,6 +571,16 @@ func (s *Service) roomState(ctx context.Context, r *request, roomID string, from
 	if err != nil {
 		return nil, err
 	}
+	if len(timeline) > 0 {
+		// Current-state changes no timeline event carries (a join through
+		// another server brings the room's state at the join's position)
+		// go with the state before the timeline.
+		resets, err := s.store.StateResetsIn(ctx, roomID, start, timeline[len(timeline)-1].StreamOrdering)
+		if err != nil {
+			return nil, err
+		}
+		evs = overlayState(evs, resets)
+	}
 	sf := r.filter.State()
 	lazy := r.filter.LazyLoadMembers()
 	// In an incremental sync, evs so far is the state that changed between
@@ -889,4 +899,26 @@ func (s *Service) unreadCounts(ctx context.Context, r *request, join map[string]
 		}
 	}
 	return nil
+}
+
+// overlayState replaces or adds the entries of more in evs, by
+// (type, state_key).
+func overlayState(evs, more []*rooms.StoredEvent) []*rooms.StoredEvent {
+	if len(more) == 0 {
+		return evs
+	}
+	idx := map[eventauth.StateKey]int{}
+	for i, e := range evs {
+		idx[eventauth.StateKey{Type: e.Event.Type(), StateKey: *e.Event.StateKey()}] = i
+	}
+	for _, e := range more {
+		k := eventauth.StateKey{Type: e.Event.Type(), StateKey: *e.Event.StateKey()}
+		if i, ok := idx[k]; ok {
+			evs[i] = e
+		} else {
+			idx[k] = len(evs)
+			evs = append(evs, e)
+		}
+	}
+	return evs
 }
