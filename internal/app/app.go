@@ -28,6 +28,8 @@ import (
 	"ganglion/internal/config"
 	"ganglion/internal/dehydrated"
 	"ganglion/internal/events"
+	"ganglion/internal/federation/backfill"
+	"ganglion/internal/federation/client"
 	"ganglion/internal/federation/serverkeys"
 	"ganglion/internal/filters"
 	"ganglion/internal/forwarded"
@@ -70,6 +72,8 @@ type Process struct {
 	// remoteWriter hands events other servers built to their room's
 	// persister.
 	remoteWriter rooms.RemoteWriter
+	// fedClient is the signed outbound federation client.
+	fedClient *client.Client
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -484,6 +488,8 @@ func (p *Process) wire(ctx context.Context) error {
 		return err
 	}
 	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc)
+	roomSvc.SetBackfiller(&backfill.Backfiller{ServerName: cfg.ServerName, DB: db, Client: p.fedClient, Keys: p.serverKeys,
+		Writer: p.remoteWriter, Log: log.With("module", "federation.backfill")})
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}

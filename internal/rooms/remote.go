@@ -25,6 +25,11 @@ type RemoteBatch struct {
 	Outliers []json.RawMessage `json:"outliers,omitempty"`
 	// PDUs join the room's timeline, in the order given (prev events first).
 	PDUs []RemotePDU `json:"pdus,omitempty"`
+	// Backfill marks PDUs as history older than everything stored (a
+	// /backfill answer): each is checked against its own auth events only
+	// and stored below the timeline, newest first whatever the order given;
+	// the current state and the forward extremities do not change.
+	Backfill bool `json:"backfill,omitempty"`
 }
 
 // RemotePDU is one timeline event of a RemoteBatch.

@@ -90,6 +90,14 @@ func (p *Persister) PersistRemote(ctx context.Context, roomID string, batch Remo
 			return err
 		}
 		results = append(results, out...)
+		if batch.Backfill {
+			out, err := r.backfill(ctx, batch.PDUs)
+			if err != nil {
+				return err
+			}
+			results = append(results, out...)
+			return nil
+		}
 		for _, pdu := range batch.PDUs {
 			rr, err := r.pdu(ctx, pdu)
 			if err != nil {
@@ -335,7 +343,7 @@ func (r *remoteRun) outliers(ctx context.Context, raws []json.RawMessage) ([]Rem
 				}
 				results[i].Outcome, results[i].Error = RemoteRejected, reason
 			default:
-				r.known[ev.EventID()] = &storedEvent{ev: ev, pos: -1}
+				r.known[ev.EventID()] = &storedEvent{ev: ev, pos: -1, outlier: true}
 				store = append(store, ev)
 				results[i].Outcome = RemoteOutlier
 			}
@@ -364,7 +372,7 @@ func (r *remoteRun) outliers(ctx context.Context, raws []json.RawMessage) ([]Rem
 	for j, ev := range store {
 		pos := -ids64[j]
 		r.known[ev.EventID()].pos = pos
-		if err := r.insertEvent(ctx, ev, pos); err != nil {
+		if err := r.insertEvent(ctx, ev, pos, true); err != nil {
 			return nil, err
 		}
 	}
@@ -385,7 +393,7 @@ func (r *remoteRun) reject(ctx context.Context, ev *events.Event, reason string,
 
 // insertEvent writes an events row (an outlier's, or a timeline event's).
 // An outlier joining the timeline gets its new position instead.
-func (r *remoteRun) insertEvent(ctx context.Context, ev *events.Event, pos int64) error {
+func (r *remoteRun) insertEvent(ctx context.Context, ev *events.Event, pos int64, outlier bool) error {
 	var stateKey, membership, redacts sql.NullString
 	if ev.IsState() {
 		stateKey = sql.NullString{String: *ev.StateKey(), Valid: true}
@@ -397,10 +405,12 @@ func (r *remoteRun) insertEvent(ctx context.Context, ev *events.Event, pos int64
 		redacts = sql.NullString{String: rd, Valid: true}
 	}
 	_, err := r.tx.ExecContext(ctx, `INSERT INTO events (stream_ordering, event_id, room_id, instance_name, type, state_key,
-		sender, depth, origin_server_ts, membership, redacts, json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-		ON CONFLICT (event_id) DO UPDATE SET stream_ordering = excluded.stream_ordering, instance_name = excluded.instance_name`,
+		sender, depth, origin_server_ts, membership, redacts, json, outlier)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+		ON CONFLICT (event_id) DO UPDATE SET stream_ordering = excluded.stream_ordering, instance_name = excluded.instance_name,
+		outlier = excluded.outlier`,
 		pos, ev.EventID(), r.roomID, r.p.instance, ev.Type(), stateKey, ev.Sender(), ev.Depth(), ev.OriginServerTS(),
-		membership, redacts, string(ev.JSON()))
+		membership, redacts, string(ev.JSON()), outlier)
 	if err != nil {
 		return fmt.Errorf("insert event %s: %w", ev.EventID(), err)
 	}
@@ -482,7 +492,7 @@ func (r *remoteRun) pdu(ctx context.Context, pdu RemotePDU) (RemoteResult, error
 	}
 	deOutlier := false
 	if se := r.known[ev.EventID()]; se != nil {
-		if se.pos >= 0 {
+		if !se.outlier {
 			out.Outcome = RemoteDuplicate
 			out.StreamPos = se.pos
 			return out, nil
@@ -622,7 +632,7 @@ func (r *remoteRun) pdu(ctx context.Context, pdu RemotePDU) (RemoteResult, error
 	}
 	pos := ids[0]
 	r.res.Add(pos)
-	if err := r.insertEvent(ctx, ev, pos); err != nil {
+	if err := r.insertEvent(ctx, ev, pos, false); err != nil {
 		return out, err
 	}
 	if err := r.p.afterInsertTimeline(ctx, r.tx, ev, pos); err != nil {
@@ -661,6 +671,87 @@ func (r *remoteRun) pdu(ctx context.Context, pdu RemotePDU) (RemoteResult, error
 	return out, nil
 }
 
+// backfill stores history older than the room's timeline: each event
+// checked against its own auth events (the state at it is not known
+// here), at negative positions below everything stored, newest first so
+// that older events sit lower. The current state and the extremities are
+// not touched, and no hook sees them (nobody is notified of history).
+func (r *remoteRun) backfill(ctx context.Context, pdus []RemotePDU) ([]RemoteResult, error) {
+	results := make([]RemoteResult, len(pdus))
+	type item struct {
+		i  int
+		ev *events.Event
+	}
+	var todo []item
+	for i, pdu := range pdus {
+		ev, err := events.Parse(pdu.Event, r.rv)
+		if err != nil {
+			results[i] = RemoteResult{Outcome: RemoteRejected, Error: err.Error()}
+			continue
+		}
+		results[i].EventID = ev.EventID()
+		if ev.RoomID() != r.roomID {
+			results[i].Outcome, results[i].Error = RemoteRejected, "event belongs to room "+ev.RoomID()
+			continue
+		}
+		todo = append(todo, item{i, ev})
+	}
+	slices.SortStableFunc(todo, func(a, b item) int {
+		switch {
+		case a.ev.Depth() > b.ev.Depth():
+			return -1
+		case a.ev.Depth() < b.ev.Depth():
+			return 1
+		}
+		return 0
+	})
+	// Positions are handed out newest first so older events sit lower,
+	// but events are checked oldest first: an event's auth events are
+	// older than it and may be in the same answer.
+	var ids []int64
+	if len(todo) > 0 {
+		var err error
+		if ids, err = r.p.db.NextStreamIDs(ctx, r.tx, "outliers", len(todo)); err != nil {
+			return nil, err
+		}
+	}
+	for j := len(todo) - 1; j >= 0; j-- {
+		it, pos := todo[j], -ids[j]
+		ev, res := it.ev, &results[it.i]
+		if err := r.load(ctx, []string{ev.EventID()}); err != nil {
+			return nil, err
+		}
+		if se := r.known[ev.EventID()]; se != nil && !se.outlier {
+			res.Outcome, res.StreamPos = RemoteDuplicate, se.pos
+			continue
+		}
+		missing, reason, err := r.checkAuthEvents(ctx, ev)
+		if err != nil {
+			return nil, err
+		}
+		if len(missing) > 0 {
+			res.Outcome, res.Missing = RemoteMissingPrev, missing
+			continue
+		}
+		if reason != "" {
+			res.Outcome, res.Error = RemoteRejected, reason
+			if err := r.reject(ctx, ev, reason, false); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := r.insertEvent(ctx, ev, pos, false); err != nil {
+			return nil, err
+		}
+		if err := r.p.afterInsertTimeline(ctx, r.tx, ev, pos); err != nil {
+			return nil, err
+		}
+		r.known[ev.EventID()] = &storedEvent{ev: ev, pos: pos}
+		res.Outcome, res.StreamPos = RemotePersisted, pos
+	}
+	return results, nil
+}
+
 // outOfBand stores a local user's membership in a room we have no state
 // of: into the timeline (so the user's sync sees it) and the current state
 // under its own key only; the room gets no extremities from it, so a later
@@ -677,7 +768,7 @@ func (r *remoteRun) outOfBand(ctx context.Context, ev *events.Event) (RemoteResu
 	}
 	pos := ids[0]
 	r.res.Add(pos)
-	if err := r.insertEvent(ctx, ev, pos); err != nil {
+	if err := r.insertEvent(ctx, ev, pos, false); err != nil {
 		return out, err
 	}
 	r.known[ev.EventID()] = &storedEvent{ev: ev, pos: pos}

@@ -51,8 +51,22 @@ type Service struct {
 	appservices Appservices
 	// noticeRooms, when set, guards server notices rooms (notices.go).
 	noticeRooms NoticeRooms
-	now         func() time.Time
+	// backfiller, when set, fetches history older than what is stored
+	// from other servers in the room (/messages at the start of what we
+	// have).
+	backfiller Backfiller
+	now        func() time.Time
 }
+
+// Backfiller fetches a room's history from other servers: at most about
+// limit events older than the oldest stored, stored by the room's
+// persister before it returns. It reports how many it stored.
+type Backfiller interface {
+	Backfill(ctx context.Context, roomID string, limit int) (int, error)
+}
+
+// SetBackfiller installs the backfiller. Call before serving.
+func (s *Service) SetBackfiller(b Backfiller) { s.backfiller = b }
 
 func NewService(cfg Config, store *Store, writer EventWriter, acc *accounts.Service, reg *streams.Registry,
 	msgLimit *ratelimit.Limiter, log *slog.Logger) *Service {

@@ -206,9 +206,10 @@ func stateAfterEvent(ctx context.Context, q storage.Querier, cache *groupCache, 
 // or a rejection.
 type storedEvent struct {
 	ev         *events.Event
-	pos        int64  // stream ordering; negative for outliers, 0 for rejections
+	pos        int64  // stream ordering; negative for outliers and backfilled history, 0 for rejections
 	rejected   string // the reason, for rejected and soft-failed events
 	softFailed bool
+	outlier    bool
 }
 
 // loadEventsAny loads the events with the given ids from the timeline,
@@ -219,20 +220,20 @@ func loadEventsAny(ctx context.Context, q storage.Querier, rv *events.RoomVersio
 	for i := 0; i < len(ids); i += chunk {
 		part := ids[i:min(i+chunk, len(ids))]
 		args, in := storage.AppendIn(nil, part)
-		rows, err := q.QueryContext(ctx, `SELECT event_id, stream_ordering, json, '', FALSE FROM events WHERE event_id IN (`+in+`)
-			UNION ALL SELECT event_id, 0, json, reason, soft_failed FROM event_rejections WHERE event_id IN (`+in+`)`, args...)
+		rows, err := q.QueryContext(ctx, `SELECT event_id, stream_ordering, json, '', FALSE, outlier FROM events WHERE event_id IN (`+in+`)
+			UNION ALL SELECT event_id, 0, json, reason, soft_failed, FALSE FROM event_rejections WHERE event_id IN (`+in+`)`, args...)
 		if err != nil {
 			return nil, fmt.Errorf("load events: %w", err)
 		}
 		type raw struct {
 			id, json, reason string
 			pos              int64
-			soft             bool
+			soft, outlier    bool
 		}
 		var raws []raw
 		for rows.Next() {
 			var r raw
-			if err := rows.Scan(&r.id, &r.pos, &r.json, &r.reason, &r.soft); err != nil {
+			if err := rows.Scan(&r.id, &r.pos, &r.json, &r.reason, &r.soft, &r.outlier); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("load events: %w", err)
 			}
@@ -251,7 +252,7 @@ func loadEventsAny(ctx context.Context, q storage.Querier, rv *events.RoomVersio
 			if err != nil {
 				return nil, fmt.Errorf("parse stored event %s: %w", r.id, err)
 			}
-			out[r.id] = &storedEvent{ev: ev, pos: r.pos, rejected: r.reason, softFailed: r.soft}
+			out[r.id] = &storedEvent{ev: ev, pos: r.pos, rejected: r.reason, softFailed: r.soft, outlier: r.outlier}
 		}
 	}
 	return out, nil

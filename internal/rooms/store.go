@@ -281,16 +281,22 @@ func (s *Store) RoomEvents(ctx context.Context, roomID string, from, to int64, b
 	var rows *sql.Rows
 	var err error
 	if backwards {
+		// History fetched with /backfill sits at negative positions;
+		// outliers there are not history.
+		lower := to
+		if lower < 0 {
+			lower = math.MinInt64
+		}
 		rows, err = s.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM events e
-			WHERE e.room_id = $1 AND e.stream_ordering <= $2 AND e.stream_ordering > $3
-			ORDER BY e.stream_ordering DESC LIMIT $4`, roomID, from, max(to, -1), limit)
+			WHERE e.room_id = $1 AND e.stream_ordering <= $2 AND e.stream_ordering > $3 AND NOT e.outlier
+			ORDER BY e.stream_ordering DESC LIMIT $4`, roomID, from, lower, limit)
 	} else {
 		upper := to
 		if upper < 0 {
 			upper = 1<<62 - 1
 		}
 		rows, err = s.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM events e
-			WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3
+			WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3 AND NOT e.outlier
 			ORDER BY e.stream_ordering ASC LIMIT $4`, roomID, from, upper, limit)
 	}
 	if err != nil {

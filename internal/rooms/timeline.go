@@ -38,9 +38,10 @@ func ParseRoomToken(tok string) (int64, error) {
 		return 0, mxhttp.InvalidParam("Invalid pagination token")
 	}
 	n, err := strconv.ParseInt(body, 10, 64)
-	if err != nil || n < 0 {
+	if err != nil {
 		return 0, mxhttp.InvalidParam("Invalid pagination token")
 	}
+	// Negative positions are history fetched with /backfill.
 	return n, nil
 }
 
@@ -68,7 +69,7 @@ func (s *Service) persisterOf(roomID string) string {
 }
 
 // FormatRoomToken writes a pagination token.
-func FormatRoomToken(pos int64) string { return "s" + strconv.FormatInt(max(pos, 0), 10) }
+func FormatRoomToken(pos int64) string { return "s" + strconv.FormatInt(pos, 10) }
 
 // MessagesRequest is /messages' parameters.
 type MessagesRequest struct {
@@ -151,30 +152,48 @@ func (t *Timeline) Messages(ctx context.Context, mr MessagesRequest) (*MessagesR
 	cursor := from
 	exhausted := false
 	batch := max(limit*2, 50)
-	for len(kept) < limit && !exhausted {
-		evs, err := s.store.RoomEvents(ctx, roomID, cursor, to, mr.Backwards, batch)
-		if err != nil {
-			return nil, err
-		}
-		if len(evs) < batch {
-			exhausted = true
-		}
-		for _, se := range evs {
-			if mr.Backwards {
-				cursor = se.StreamOrdering - 1
-			} else {
-				cursor = se.StreamOrdering
+	backfilled := false
+	for {
+		for len(kept) < limit && !exhausted {
+			evs, err := s.store.RoomEvents(ctx, roomID, cursor, to, mr.Backwards, batch)
+			if err != nil {
+				return nil, err
 			}
-			if v.CanSee(se) && mr.Filter.MatchesEvent(roomID, se.Event.Type(), se.Event.Sender(), se.Event.Content()) {
-				kept = append(kept, se)
-				if len(kept) == limit {
-					// Stop exactly after the last returned event so the
-					// next page starts with the event after it.
-					exhausted = false
-					break
+			if len(evs) < batch {
+				exhausted = true
+			}
+			for _, se := range evs {
+				if mr.Backwards {
+					cursor = se.StreamOrdering - 1
+				} else {
+					cursor = se.StreamOrdering
+				}
+				if v.CanSee(se) && mr.Filter.MatchesEvent(roomID, se.Event.Type(), se.Event.Sender(), se.Event.Content()) {
+					kept = append(kept, se)
+					if len(kept) == limit {
+						// Stop exactly after the last returned event so the
+						// next page starts with the event after it.
+						exhausted = false
+						break
+					}
 				}
 			}
 		}
+		// At the start of what is stored: ask the room's other servers for
+		// older history, once per request.
+		if !mr.Backwards || !exhausted || len(kept) >= limit || backfilled || s.backfiller == nil || to >= 0 {
+			break
+		}
+		backfilled = true
+		n, err := s.backfiller.Backfill(ctx, roomID, limit-len(kept))
+		if err != nil {
+			s.log.Warn("could not backfill room", "room_id", roomID, "err", err)
+			break
+		}
+		if n == 0 {
+			break
+		}
+		exhausted = false
 	}
 	if !exhausted || len(kept) == limit {
 		resp.End = FormatRoomToken(cursor)

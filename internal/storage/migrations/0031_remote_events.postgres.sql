@@ -56,3 +56,8 @@ CREATE TABLE event_state_before (
     event_id  TEXT PRIMARY KEY,
     group_id  TEXT NOT NULL
 );
+
+-- Outliers are not history: /messages pages back over negative positions
+-- too (history fetched with /backfill lives there, older the lower), so
+-- outliers are marked.
+ALTER TABLE events ADD COLUMN outlier BOOLEAN NOT NULL DEFAULT FALSE;
