@@ -28,6 +28,7 @@ import (
 	"ganglion/internal/config"
 	"ganglion/internal/dehydrated"
 	"ganglion/internal/events"
+	"ganglion/internal/federation/client"
 	"ganglion/internal/federation/serverkeys"
 	"ganglion/internal/filters"
 	"ganglion/internal/forwarded"
@@ -67,6 +68,9 @@ type Process struct {
 	tracer *tracing.Tracer
 	// serverKeys finds other servers' signing keys (and serves ours).
 	serverKeys *serverkeys.Keyring
+	// federationClient is the outbound federation client wireFederation
+	// built (the media repository fetches remote media with it).
+	federationClient *client.Client
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
