@@ -66,6 +66,9 @@ type remoteCache struct {
 type fetchCall struct {
 	done chan struct{}
 	err  error
+	// waiters counts the requests that waited on it (under the cache's
+	// mutex), for tests.
+	waiters int
 }
 
 // SetFederation wires the fetcher of other servers' media; without it
@@ -138,6 +141,7 @@ func (rc *remoteCache) once(ctx context.Context, key string, fetch func(context.
 			close(call.done)
 		}()
 	}
+	call.waiters++
 	rc.mu.Unlock()
 	select {
 	case <-call.done:
