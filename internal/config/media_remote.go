@@ -9,7 +9,7 @@ type MediaRetention struct {
 }
 
 // MediaDownloadsPrevented is prevent_media_downloads_from as a set: media
-// of these servers is served from the cache only, never fetched.
+// of these servers is never fetched, and not served even when cached.
 func (c *Config) MediaDownloadsPrevented() map[string]bool {
 	m := make(map[string]bool, len(c.PreventMediaDownloadsFrom))
 	for _, d := range c.PreventMediaDownloadsFrom {

@@ -29,7 +29,7 @@ var _ Federation = (*client.Client)(nil)
 // RemoteSettings configure the cache of other servers' media.
 type RemoteSettings struct {
 	// PreventDownloadsFrom is prevent_media_downloads_from: media of these
-	// servers is served only if already cached, never fetched.
+	// servers is never fetched, and not served even if cached.
 	PreventDownloadsFrom map[string]bool
 	// Lifetime is media_retention.remote_media_lifetime: cached remote
 	// media not served for this long is purged. 0 keeps it forever.
@@ -82,6 +82,11 @@ func (s *Service) getRemote(ctx context.Context, server, id string, allowFetch b
 	if _, err := servername.Parse(server); err != nil || !ValidMediaID(id) {
 		return nil, ErrNotFound
 	}
+	// As in Synapse, a server in prevent_media_downloads_from has its
+	// media refused even when cached: the list is moderation tooling.
+	if s.remote != nil && s.remote.cfg.PreventDownloadsFrom[server] {
+		return nil, ErrNotFound
+	}
 	m, err := s.cachedRemote(ctx, server, id)
 	if m != nil || err != nil {
 		return m, err
@@ -89,7 +94,7 @@ func (s *Service) getRemote(ctx context.Context, server, id string, allowFetch b
 	if s.remote == nil {
 		return nil, ErrRemote
 	}
-	if !allowFetch || s.remote.cfg.PreventDownloadsFrom[server] {
+	if !allowFetch {
 		return nil, ErrNotFound
 	}
 	if err := s.remote.once(ctx, server+"/"+id, func(ctx context.Context) error {

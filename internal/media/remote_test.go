@@ -195,6 +195,14 @@ func TestRemoteRefusedDestinations(t *testing.T) {
 	if resp, body := e.do("GET", authed+"/download/"+fr.name+"/cat", e.alice, nil, nil); resp.StatusCode != 200 {
 		t.Errorf("with ip_range_whitelist: %d %s", resp.StatusCode, body)
 	}
+	// prevent_media_downloads_from also hides what is already cached (as
+	// in Synapse).
+	e.svc.SetFederation(federationClient(t, mustSigningKey(t), fr.ca, nil),
+		media.RemoteSettings{PreventDownloadsFrom: map[string]bool{fr.name: true}})
+	resp, body := e.do("GET", authed+"/download/"+fr.name+"/cat", e.alice, nil, nil)
+	wantError(t, "cached media of a prevented server", resp, body, 404, "M_NOT_FOUND")
+	resp, body = e.do("GET", authed+"/thumbnail/"+fr.name+"/cat?width=32&height=32", e.alice, nil, nil)
+	wantError(t, "thumbnail of a prevented server", resp, body, 404, "M_NOT_FOUND")
 }
 
 // TestRemoteLegacyClientEndpoints: the unauthenticated endpoints honour
