@@ -139,7 +139,7 @@ func (rc *remoteCache) once(ctx context.Context, key string, fetch func(context.
 		call = &fetchCall{done: make(chan struct{})}
 		rc.fetches[key] = call
 		go func() {
-			call.err = fetch(context.WithoutCancel(ctx))
+			call.err = runFetch(context.WithoutCancel(ctx), fetch)
 			rc.mu.Lock()
 			delete(rc.fetches, key)
 			rc.mu.Unlock()
@@ -154,6 +154,18 @@ func (rc *remoteCache) once(ctx context.Context, key string, fetch func(context.
 	case <-ctx.Done():
 		return errors.Join(errWaitCancelled, ctx.Err())
 	}
+}
+
+// runFetch runs fetch, turning a panic into an error: the fetch runs
+// outside any handler's recovery, on content another server chose (the
+// thumbnailer decodes it), and must not take the process down.
+func runFetch(ctx context.Context, fetch func(context.Context) error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: panic: %v", ErrRemoteFailed, p)
+		}
+	}()
+	return fetch(ctx)
 }
 
 // remoteFile is a remote download being read.
