@@ -52,7 +52,7 @@ func mustSigningKey(t testing.TB) events.SigningKey {
 type remoteItem struct {
 	data              []byte
 	contentType, name string
-	mode              string // "" (multipart), "location", "legacy", "fail", "gate"
+	mode              string // "" (multipart), "location", "legacy…", "fail", "gate"
 }
 
 // fakeRemote is another homeserver's media repository on loopback TLS:
@@ -98,6 +98,16 @@ func newFakeRemote(t testing.TB, ourKey events.SigningKey) *fakeRemote {
 			w.WriteHeader(http.StatusNotFound)
 			io.WriteString(w, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`)
 			return
+		case it.mode == "legacy-bare404":
+			http.NotFound(w, r)
+			return
+		case it.mode == "legacy-400":
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`)
+			return
+		case it.mode == "legacy-405":
+			w.WriteHeader(http.StatusMethodNotAllowed)
+			return
 		case it.mode == "fail":
 			w.WriteHeader(http.StatusInternalServerError)
 			return
@@ -123,7 +133,7 @@ func newFakeRemote(t testing.TB, ourKey events.SigningKey) *fakeRemote {
 		fr.legacyQuery = r.URL.Query()
 		fr.mu.Unlock()
 		it, ok := fr.item(r.PathValue("id"))
-		if !ok || it.mode != "legacy" || r.PathValue("server") != fr.name {
+		if !ok || !strings.HasPrefix(it.mode, "legacy") || r.PathValue("server") != fr.name {
 			w.WriteHeader(http.StatusNotFound)
 			io.WriteString(w, `{"errcode":"M_NOT_FOUND","error":"Not found"}`)
 			return

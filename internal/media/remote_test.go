@@ -108,6 +108,14 @@ func TestRemoteLegacyFallback(t *testing.T) {
 		if l := fr.hitsOf("legacy"); l != 1 {
 			t.Errorf("a 404 M_NOT_FOUND fell back to the legacy endpoint")
 		}
+		// Older servers' other ways of not knowing the endpoint.
+		for _, mode := range []string{"legacy-bare404", "legacy-400", "legacy-405"} {
+			fr.add(mode, remoteItem{data: []byte(mode), contentType: "text/plain", mode: mode})
+			resp, body = e.do("GET", authed+"/download/"+fr.name+"/"+mode, e.alice, nil, nil)
+			if resp.StatusCode != 200 || string(body) != mode {
+				t.Errorf("%s: %d %q", mode, resp.StatusCode, body)
+			}
+		}
 	})
 }
 
