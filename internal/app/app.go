@@ -72,8 +72,9 @@ type Process struct {
 	// remoteWriter hands events other servers built to their room's
 	// persister.
 	remoteWriter rooms.RemoteWriter
-	// fedClient is the signed outbound federation client.
-	fedClient *client.Client
+	// federationClient is the outbound federation client wireFederation
+	// built (the media repository fetches remote media with it).
+	federationClient *client.Client
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -488,7 +489,7 @@ func (p *Process) wire(ctx context.Context) error {
 		return err
 	}
 	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc)
-	roomSvc.SetBackfiller(&backfill.Backfiller{ServerName: cfg.ServerName, DB: db, Client: p.fedClient, Keys: p.serverKeys,
+	roomSvc.SetBackfiller(&backfill.Backfiller{ServerName: cfg.ServerName, DB: db, Client: p.federationClient, Keys: p.serverKeys,
 		Writer: p.remoteWriter, Log: log.With("module", "federation.backfill")})
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err

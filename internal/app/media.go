@@ -7,6 +7,7 @@ import (
 	"ganglion/internal/accounts"
 	"ganglion/internal/background"
 	"ganglion/internal/config"
+	"ganglion/internal/federation/xmatrix"
 	"ganglion/internal/locks"
 	"ganglion/internal/media"
 	"ganglion/internal/mxhttp"
@@ -16,6 +17,11 @@ import (
 // mediaExpireEvery is how often the media background instance drops ids
 // reserved by /create whose content never came.
 const mediaExpireEvery = 10 * time.Minute
+
+// remoteExpireEvery is how often the remote media cache is purged of what
+// was not served within media_retention.remote_media_lifetime (Synapse's
+// period: a day).
+const remoteExpireEvery = 24 * time.Hour
 
 // wireMedia mounts the media repository when this instance serves it (a
 // media_repository worker, or main and generic workers unless
@@ -63,9 +69,25 @@ func (p *Process) wireMedia(mux *mxhttp.Mux, srv *mxhttp.Server, acc *accounts.S
 		Preview:            preview,
 	}, p.log)
 	svc.Routes(mux, srv, acc)
+	svc.FederationRoutes(mux, srv, &xmatrix.Authenticator{
+		ServerName:      cfg.ServerName,
+		Keys:            p.serverKeys,
+		DomainWhitelist: cfg.FederationDomains(),
+		Log:             p.log.With("module", "media.federation"),
+	})
+	if p.federationClient != nil {
+		svc.SetFederation(p.federationClient, media.RemoteSettings{
+			PreventDownloadsFrom: cfg.MediaDownloadsPrevented(),
+			Lifetime:             cfg.MediaRetention.RemoteMediaLifetime.Must(),
+		})
+	}
+	if cfg.MediaRetention.LocalMediaLifetime.Set() {
+		p.log.Warn("media_retention.local_media_lifetime is not built yet: local media is kept")
+	}
 	jobs := background.NewRunner(lk, cfg.RunsMediaBackgroundJobs(), p.log, nil)
 	jobs.Add(background.Job{Name: "media_expire_unused", Every: mediaExpireEvery, Run: svc.ExpireUnused})
 	jobs.Add(background.Job{Name: "media_expire_url_cache", Every: mediaExpireEvery, Run: svc.ExpireURLCache})
+	jobs.Add(background.Job{Name: "media_expire_remote_cache", Every: remoteExpireEvery, Run: svc.ExpireRemoteCache})
 	p.runners = append(p.runners, jobs.Run)
 	return nil
 }

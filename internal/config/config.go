@@ -93,6 +93,9 @@ type Config struct {
 	URLPreviewIPRangeAllow   StringList      `yaml:"url_preview_ip_range_whitelist"`
 	URLPreviewURLBlock       []URLPattern    `yaml:"url_preview_url_blacklist"`
 	MaxSpiderSize            ByteSize        `yaml:"max_spider_size"`
+	// Remote media cache keys (Synapse's); see media_remote.go.
+	MediaRetention            MediaRetention `yaml:"media_retention"`
+	PreventMediaDownloadsFrom StringList     `yaml:"prevent_media_downloads_from"`
 
 	// Rate limits (ratelimits.go: defaults, validation, which are enforced).
 	RCMessage                   RateLimit            `yaml:"rc_message"`

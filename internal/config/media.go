@@ -100,6 +100,7 @@ func (c *Config) PendingMediaUploads() int {
 }
 
 func (c *Config) validateMedia(ps *problems) {
+	c.validateRemoteMedia(ps)
 	for i, s := range c.ThumbnailSizes {
 		p := fmt.Sprintf("thumbnail_sizes[%d]", i)
 		if s.Width < 1 || s.Height < 1 {

@@ -14,7 +14,7 @@ func NotBuilt() map[string]string {
 	const (
 		sso        = "single sign-on"
 		appservice = "application services"
-		media      = "the media repository's storage providers and retention"
+		media      = "the media repository's storage providers"
 		federation = "federation"
 		captcha    = "registration captcha"
 		modules    = "modules and third-party hooks"
@@ -32,7 +32,6 @@ func NotBuilt() map[string]string {
 		"track_appservice_user_ips": appservice,
 
 		"media_storage_providers": media,
-		"media_retention":         media,
 
 		"outbound_federation_restricted_to":             federation,
 		"federation_client_minimum_tls_version":         federation,

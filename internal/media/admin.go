@@ -29,6 +29,7 @@ func (h *handlers) adminRoutes(mux *mxhttp.Mux, srv *mxhttp.Server) {
 	mux.Handle("POST "+adminPrefix+"/media/unprotect/{mediaId}", a(h.protect(false)))
 	mux.Handle("DELETE "+adminPrefix+"/media/{serverName}/{mediaId}", a(h.deleteOne))
 	mux.Handle("POST "+adminPrefix+"/media/delete", a(h.deleteBefore))
+	mux.Handle("POST "+adminPrefix+"/purge_media_cache", a(h.purgeMediaCache))
 	mux.Handle("GET "+adminPrefix+"/users/{userId}/media", a(h.listUserMedia))
 	mux.Handle("DELETE "+adminPrefix+"/users/{userId}/media", a(h.deleteUserMedia))
 }
@@ -314,4 +315,18 @@ func (h *handlers) deleteUserMedia(w http.ResponseWriter, r *http.Request, _ *ac
 		return err
 	}
 	return h.deleteIDs(w, r, p.ids)
+}
+
+// purgeMediaCache deletes cached remote media last served before
+// before_ts (Synapse's purge_media_cache).
+func (h *handlers) purgeMediaCache(w http.ResponseWriter, r *http.Request, _ *accounts.Requester) error {
+	before, err := intParam(r, "before_ts", 0, true)
+	if err != nil {
+		return err
+	}
+	n, err := h.s.PurgeRemoteCache(r.Context(), before)
+	if err != nil {
+		return err
+	}
+	return mxhttp.WriteJSON(w, http.StatusOK, map[string]any{"deleted": n})
 }

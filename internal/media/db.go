@@ -26,6 +26,9 @@ type Media struct {
 	QuarantinedBy   string
 	Protected       bool // safe_from_quarantine
 	Authenticated   bool
+	// LastAccessTS (ms) is when cached remote media was last served; 0
+	// for local media.
+	LastAccessTS int64
 }
 
 // Thumbnail is one row of media_thumbnails.
@@ -45,13 +48,13 @@ type metaStore struct {
 
 const mediaColumns = `server_name, media_id, COALESCE(user_id, ''), created_ts, COALESCE(content_type, ''),
 	COALESCE(upload_name, ''), media_length, COALESCE(sha256, ''), COALESCE(unused_expires_at, 0),
-	COALESCE(quarantined_by, ''), safe_from_quarantine, authenticated`
+	COALESCE(quarantined_by, ''), safe_from_quarantine, authenticated, COALESCE(last_access_ts, 0)`
 
 func scanMedia(row interface{ Scan(...any) error }) (*Media, error) {
 	var m Media
 	var length sql.NullInt64
 	if err := row.Scan(&m.ServerName, &m.MediaID, &m.UserID, &m.CreatedTS, &m.ContentType, &m.UploadName,
-		&length, &m.SHA256, &m.UnusedExpiresAt, &m.QuarantinedBy, &m.Protected, &m.Authenticated); err != nil {
+		&length, &m.SHA256, &m.UnusedExpiresAt, &m.QuarantinedBy, &m.Protected, &m.Authenticated, &m.LastAccessTS); err != nil {
 		return nil, err
 	}
 	m.Uploaded, m.Length = length.Valid, length.Int64
@@ -244,6 +247,55 @@ func (s *metaStore) listIDs(ctx context.Context, query string, args ...any) ([]s
 			return nil, err
 		}
 		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
+// insertRemote records fetched remote media; it reports false when the
+// item was cached meanwhile (by another process).
+func (s *metaStore) insertRemote(ctx context.Context, m *Media) (bool, error) {
+	res, err := s.db.Exec(ctx, `INSERT INTO media (server_name, media_id, created_ts, content_type, upload_name,
+		media_length, sha256, authenticated, last_access_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		ON CONFLICT (server_name, media_id) DO NOTHING`,
+		m.ServerName, m.MediaID, m.CreatedTS, nullable(m.ContentType), nullable(m.UploadName), m.Length, m.SHA256,
+		m.Authenticated, m.LastAccessTS)
+	if err != nil {
+		return false, fmt.Errorf("insert remote media %s/%s: %w", m.ServerName, m.MediaID, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("insert remote media %s/%s: %w", m.ServerName, m.MediaID, err)
+	}
+	return n == 1, nil
+}
+
+// touch records an access to cached remote media.
+func (s *metaStore) touch(ctx context.Context, server, id string, now int64) error {
+	if _, err := s.db.Exec(ctx, `UPDATE media SET last_access_ts = $1 WHERE server_name = $2 AND media_id = $3`,
+		now, server, id); err != nil {
+		return fmt.Errorf("record access to media %s/%s: %w", server, id, err)
+	}
+	return nil
+}
+
+// staleRemote lists up to limit cached remote items (server, id) last
+// served before beforeMS that the purge may delete.
+func (s *metaStore) staleRemote(ctx context.Context, local string, beforeMS int64, limit int) ([][2]string, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT server_name, media_id FROM media
+		WHERE last_access_ts IS NOT NULL AND last_access_ts < $1 AND server_name <> $2
+		AND quarantined_by IS NULL AND NOT safe_from_quarantine
+		ORDER BY last_access_ts LIMIT $3`, beforeMS, local, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list stale remote media: %w", err)
+	}
+	defer rows.Close()
+	var out [][2]string
+	for rows.Next() {
+		var k [2]string
+		if err := rows.Scan(&k[0], &k[1]); err != nil {
+			return nil, fmt.Errorf("list stale remote media: %w", err)
+		}
+		out = append(out, k)
 	}
 	return out, rows.Err()
 }

@@ -22,6 +22,8 @@ import (
 	"github.com/gen2brain/webp"
 
 	"ganglion/internal/accounts"
+	"ganglion/internal/events"
+	"ganglion/internal/federation/xmatrix"
 	"ganglion/internal/media"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/storage"
@@ -40,6 +42,9 @@ type env struct {
 	alice string       // access tokens
 	bob   string
 	admin string
+	// origin signs federation requests as originName; the repository's
+	// federation endpoints know its key.
+	origin events.SigningKey
 }
 
 func defaultSettings() media.Settings {
@@ -80,12 +85,15 @@ func newEnvAt(t testing.TB, db *storage.DB, dir string, prev *env, tweak func(*m
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	e := &env{t: t, db: db, dir: dir}
+	e := &env{t: t, db: db, dir: dir, origin: mustSigningKey(t)}
 	e.svc = media.NewService(db, store, cfg, log)
 	acc := accounts.NewService(db, accounts.Settings{ServerName: serverName, EnableRegistration: true,
 		RegistrationWithoutVerify: true, BcryptRounds: 4}, log)
 	mux := mxhttp.NewMux()
-	e.svc.Routes(mux, mxhttp.NewServer(log), acc)
+	srv := mxhttp.NewServer(log)
+	e.svc.Routes(mux, srv, acc)
+	e.svc.FederationRoutes(mux, srv, &xmatrix.Authenticator{ServerName: serverName,
+		Keys: staticKeys{originName: e.origin}, Log: log})
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer e.done.Add(1)
 		mux.ServeHTTP(w, r)

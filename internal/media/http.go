@@ -215,19 +215,37 @@ func (h *handlers) lookup(r *http.Request, legacy bool) (*Media, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := h.s.Get(r.Context(), r.PathValue("serverName"), r.PathValue("mediaId"), wait)
-	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrRemote), errors.Is(err, ErrQuarantined):
-		return nil, mxhttp.NotFound("Not found")
-	case errors.Is(err, ErrNotYetUpload):
-		return nil, mxhttp.WithCode(http.StatusGatewayTimeout, "M_NOT_YET_UPLOADED", "Media has not been uploaded yet")
-	case err != nil:
-		return nil, err
+	// The legacy endpoints fetch remote media only when asked to (their
+	// allow_remote) and when what they fetch could be served by them:
+	// under enable_authenticated_media it could not.
+	allowFetch := !legacy || (!h.s.cfg.AuthenticatedMedia && r.URL.Query().Get("allow_remote") != "false")
+	m, err := h.s.get(r.Context(), r.PathValue("serverName"), r.PathValue("mediaId"), wait, allowFetch)
+	if err != nil {
+		return nil, getErr(err)
 	}
 	if legacy && m.Authenticated {
 		return nil, mxhttp.NotFound("Not found")
 	}
 	return m, nil
+}
+
+// getErr maps the errors of Service.Get to the spec's answers (Synapse's
+// for a failed remote fetch).
+func getErr(err error) error {
+	switch {
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrRemote), errors.Is(err, ErrQuarantined):
+		return mxhttp.NotFound("Not found")
+	case errors.Is(err, ErrNotYetUpload):
+		return mxhttp.WithCode(http.StatusGatewayTimeout, "M_NOT_YET_UPLOADED", "Media has not been uploaded yet")
+	case errors.Is(err, ErrRemoteDenied):
+		return mxhttp.Forbidden("Federation denied with the media's server")
+	case errors.Is(err, ErrRemoteTooLarge):
+		return &mxhttp.Error{Status: http.StatusBadGateway, Code: "M_TOO_LARGE",
+			Message: "Remote media is larger than this server's max_upload_size", Cause: err}
+	case errors.Is(err, ErrRemoteFailed):
+		return &mxhttp.Error{Status: http.StatusBadGateway, Code: "M_UNKNOWN", Message: "Failed to fetch remote media", Cause: err}
+	}
+	return err
 }
 
 func (h *handlers) legacyDownload(w http.ResponseWriter, r *http.Request) error {

@@ -34,19 +34,13 @@ type Settings struct {
 	Preview          PreviewSettings
 }
 
-// RemoteFetcher fetches media of other servers. Federation does not exist
-// yet, so the service has none and answers 404 for remote media; wiring a
-// fetcher in is the seam for it.
-type RemoteFetcher interface {
-	Fetch(ctx context.Context, server, mediaID string) (*Media, error)
-}
-
 // Service is the media repository of one process.
 type Service struct {
-	cfg    Settings
-	meta   *metaStore
-	store  Store
-	remote RemoteFetcher
+	cfg   Settings
+	meta  *metaStore
+	store Store
+	// remote is nil until SetFederation: remote media is then 404.
+	remote *remoteCache
 	// preview is nil unless url_preview_enabled.
 	preview *previewer
 	log     *slog.Logger
@@ -70,10 +64,6 @@ func NewService(db *storage.DB, store Store, cfg Settings, log *slog.Logger) *Se
 	}
 	return s
 }
-
-// SetRemote wires the fetcher of other servers' media (federation); until
-// then remote media is answered 404.
-func (s *Service) SetRemote(f RemoteFetcher) { s.remote = f }
 
 // SetClock replaces the clock (tests of expiry).
 func (s *Service) SetClock(now func() time.Time) { s.now = now }
@@ -250,13 +240,16 @@ var (
 const pollInterval = 250 * time.Millisecond
 
 // Get returns the metadata of uploaded media, waiting up to wait for the
-// content of a reserved id.
+// content of a reserved id. Media of other servers comes from the cache,
+// fetched over federation first if need be.
 func (s *Service) Get(ctx context.Context, server, id string, wait time.Duration) (*Media, error) {
+	return s.get(ctx, server, id, wait, true)
+}
+
+// get is Get; allowFetch false serves remote media only from the cache.
+func (s *Service) get(ctx context.Context, server, id string, wait time.Duration, allowFetch bool) (*Media, error) {
 	if server != s.cfg.ServerName {
-		if s.remote == nil {
-			return nil, ErrRemote
-		}
-		return s.remote.Fetch(ctx, server, id)
+		return s.getRemote(ctx, server, id, allowFetch)
 	}
 	if !ValidMediaID(id) {
 		return nil, ErrNotFound

@@ -1,8 +1,11 @@
 // Package media is the media repository: uploads (plain and MSC2246
 // asynchronous), downloads, thumbnails, the media config, the admin media
-// APIs and the cleanup of unused reserved ids. File contents go to a Store,
-// addressed by their SHA-256 and always streamed; metadata lives in the
-// database (tables media and media_thumbnails).
+// APIs and the cleanup of unused reserved ids; over federation, the
+// authenticated media endpoints other servers download our media from,
+// and the cache of other servers' media (remote.go). File contents go to
+// a Store, addressed by their SHA-256 and always streamed; metadata lives
+// in the database (tables media and media_thumbnails, remote media under
+// its server's name).
 package media
 
 import (

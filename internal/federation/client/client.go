@@ -237,49 +237,101 @@ func (c *Client) Do(ctx context.Context, req Request) error {
 }
 
 func (c *Client) do(ctx context.Context, req Request) error {
-	if _, err := servername.Parse(req.Destination); err != nil {
+	resp, cancel, err := c.send(ctx, req)
+	if err != nil {
 		return err
 	}
+	defer cancel()
+	defer resp.Body.Close()
+	limit := c.maxResponse
+	if req.MaxResponseBytes > 0 {
+		limit = req.MaxResponseBytes
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return fmt.Errorf("read response: %w", err)
+	}
+	if int64(len(data)) > limit {
+		return fmt.Errorf("%w (limit %d bytes)", ErrResponseTooLarge, limit)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return httpError(req.Destination, resp.StatusCode, data)
+	}
+	if req.Out != nil {
+		if err := json.Unmarshal(data, req.Out); err != nil {
+			return fmt.Errorf("decode response: %w", err)
+		}
+	}
+	return nil
+}
+
+// httpError builds the error of a non-2xx answer from its body.
+func httpError(destination string, status int, data []byte) *HTTPError {
+	he := &HTTPError{Destination: destination, Status: status}
+	var e struct {
+		Errcode string `json:"errcode"`
+		Error   string `json:"error"`
+	}
+	if json.Unmarshal(data, &e) == nil {
+		he.Errcode, he.Message = e.Errcode, e.Error
+	}
+	return he
+}
+
+// send checks, signs and sends req and returns the response with its body
+// unread, and the cancel function of the request's timeout, which the
+// caller calls once done with the body.
+func (c *Client) send(ctx context.Context, req Request) (*http.Response, context.CancelFunc, error) {
+	if _, err := servername.Parse(req.Destination); err != nil {
+		return nil, nil, err
+	}
 	if c.whitelist != nil && !c.whitelist[req.Destination] {
-		return ErrNotWhitelisted
+		return nil, nil, ErrNotWhitelisted
 	}
 	if !strings.HasPrefix(req.Path, "/_matrix/") {
-		return fmt.Errorf("path %q does not start with /_matrix/", req.Path)
+		return nil, nil, fmt.Errorf("path %q does not start with /_matrix/", req.Path)
 	}
 	// The path goes into the request line as it is (it is what is
 	// signed), so it must already be escaped.
 	if i := strings.IndexFunc(req.Path, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '#' || r > 0x7e }); i >= 0 {
-		return fmt.Errorf("path %q is not escaped (byte %d)", req.Path, i)
+		return nil, nil, fmt.Errorf("path %q is not escaped (byte %d)", req.Path, i)
 	}
 	timeout := c.timeout
 	if req.Timeout > 0 {
 		timeout = req.Timeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	resp, err := c.sendWithin(ctx, req)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	return resp, cancel, nil
+}
 
+func (c *Client) sendWithin(ctx context.Context, req Request) (*http.Response, error) {
 	var body []byte
 	if req.Body != nil {
 		raw, err := json.Marshal(req.Body)
 		if err != nil {
-			return fmt.Errorf("encode body: %w", err)
+			return nil, fmt.Errorf("encode body: %w", err)
 		}
 		// Lenient: a body may carry events of old room versions with
 		// numbers strict canonical JSON refuses.
 		if body, err = canonicaljson.Canonicalize(raw, false); err != nil {
-			return fmt.Errorf("encode body: %w", err)
+			return nil, fmt.Errorf("encode body: %w", err)
 		}
 	}
 
 	res, err := c.resolver.Resolve(ctx, req.Destination)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	pathPart, query, _ := strings.Cut(req.Path, "?")
 	u := &urlParts{host: urlHost(req.Destination), opaque: pathPart, query: query}
 	hreq, err := http.NewRequestWithContext(context.WithValue(ctx, resolvedKey{}, res), req.Method, u.String(), nil)
 	if err != nil {
-		return fmt.Errorf("build request: %w", err)
+		return nil, fmt.Errorf("build request: %w", err)
 	}
 	// Opaque keeps the path byte for byte as signed.
 	hreq.URL.Opaque, hreq.URL.RawQuery = pathPart, query
@@ -299,7 +351,7 @@ func (c *Client) do(ctx context.Context, req Request) error {
 		p, err := xmatrix.Sign(xmatrix.Request{Method: req.Method, URI: req.Path, Origin: c.serverName,
 			Destination: req.Destination, Content: content}, c.key)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		hreq.Header.Set("Authorization", p.Format())
 	}
@@ -312,37 +364,9 @@ func (c *Client) do(ctx context.Context, req Request) error {
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return err
+		return nil, err
 	}
-	defer resp.Body.Close()
-	limit := c.maxResponse
-	if req.MaxResponseBytes > 0 {
-		limit = req.MaxResponseBytes
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		return fmt.Errorf("read response: %w", err)
-	}
-	if int64(len(data)) > limit {
-		return fmt.Errorf("%w (limit %d bytes)", ErrResponseTooLarge, limit)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		he := &HTTPError{Destination: req.Destination, Status: resp.StatusCode}
-		var e struct {
-			Errcode string `json:"errcode"`
-			Error   string `json:"error"`
-		}
-		if json.Unmarshal(data, &e) == nil {
-			he.Errcode, he.Message = e.Errcode, e.Error
-		}
-		return he
-	}
-	if req.Out != nil {
-		if err := json.Unmarshal(data, req.Out); err != nil {
-			return fmt.Errorf("decode response: %w", err)
-		}
-	}
-	return nil
+	return resp, nil
 }
 
 // GetJSON fetches path from serverName without signing (the key endpoints
