@@ -181,19 +181,23 @@ func testFederationChat(t *testing.T, p *fedPair) {
 	away := numbered("while bob is away", 3)
 	sendAll(t, ctx, alice, room, away)
 	tls[carol].waitFor(t, ctx, deliveryLimit, "while bob", away, true)
+	tls[bob].pull(t, ctx)
+	if got := tls[bob].bodies("while bob"); len(got) > 0 {
+		t.Errorf("bob, who left, got %q in a joined room's timeline", got)
+	}
 
-	// And rejoins by id through A; messages flow both ways again.
+	// And rejoins by id through A; messages flow both ways again. (His
+	// first sync after the rejoin may carry recent history, which he is
+	// allowed to see: a new follower starts after it.)
 	joinRemote(t, ctx, bob, room.String(), p.a.name)
 	waitMembership(t, ctx, alice, room, bob.UserID, event.MembershipJoin)
+	tls[bob] = followRoom(t, ctx, bob, room)
 	back := []string{"after the rejoin 00"}
 	send(t, ctx, alice, room, back[0], p.unique("back"))
 	send(t, ctx, bob, room, "after the rejoin 01", p.unique("back"))
 	back = append(back, "after the rejoin 01")
 	for _, c := range clients {
 		tls[c].waitFor(t, ctx, deliveryLimit, "after the rejoin", back, true)
-	}
-	for _, b := range tls[bob].bodies("while bob") {
-		t.Errorf("bob's timeline holds %q, sent while he was not in the room", b)
 	}
 }
 
@@ -249,7 +253,7 @@ func testFederationDestinationDown(t *testing.T, p *fedPair) {
 	// Down for a while: A's sender has failed and retried several times.
 	testutil.EventuallyState(t, 60*time.Second, func() (bool, string) {
 		n := p.b.gate.attempts() - tries
-		return n >= 4, fmt.Sprintf("%d connection attempts reached B's address while it was down, want 4", n)
+		return n >= 8, fmt.Sprintf("%d connection attempts reached B's address while it was down, want 8", n)
 	})
 	p.startB(t)
 
