@@ -2,8 +2,11 @@ package e2e_test
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
 	"sync"
 	"testing"
@@ -36,11 +39,82 @@ func TestFederationTwoHomeservers(t *testing.T) {
 		p.wantKeys(t, ctx, p.a, p.b)
 		p.wantKeys(t, ctx, p.b, p.a)
 	})
+	t.Run("harness", func(t *testing.T) { testFederationHarness(t, p) })
 	t.Run("profile", func(t *testing.T) { testFederationProfile(t, p) })
 	t.Run("chat", func(t *testing.T) { testFederationChat(t, p) })
 	t.Run("sender_killed", func(t *testing.T) { testFederationSenderKilled(t, p) })
 	t.Run("destination_down", func(t *testing.T) { testFederationDestinationDown(t, p) })
 	t.Run("partition", func(t *testing.T) { testFederationPartition(t, p) })
+}
+
+// testFederationHarness checks the suite's own machinery, as a remote
+// server sees it: each name answers over TLS with a certificate the test
+// CA signed; a partition makes both names unreachable and healing it
+// makes them answer again; B stopped is unreachable (connection attempts
+// still counted at its gate), and restarted it answers under the same
+// name with the same signing key and its users intact.
+func testFederationHarness(t *testing.T, p *fedPair) {
+	ctx := fedContext(t)
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: p.ca.Pool(), MinVersion: tls.VersionTLS12}, DisableKeepAlives: true}}
+	keyOf := func(s *fedServer) (string, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+s.name+"/_matrix/key/v2/server", nil)
+		if err != nil {
+			return "", err
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		var body struct {
+			ServerName string         `json:"server_name"`
+			VerifyKeys map[string]any `json:"verify_keys"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			return "", fmt.Errorf("%d: %w", resp.StatusCode, err)
+		}
+		if body.ServerName != s.name || len(body.VerifyKeys) == 0 {
+			return "", fmt.Errorf("%d: server_name %q, verify_keys %v", resp.StatusCode, body.ServerName, body.VerifyKeys)
+		}
+		return fmt.Sprint(body.VerifyKeys), nil
+	}
+	reachable := func(s *fedServer, want bool) {
+		t.Helper()
+		testutil.EventuallyState(t, 30*time.Second, func() (bool, string) {
+			_, err := keyOf(s)
+			return (err == nil) == want, fmt.Sprintf("GET https://%s/_matrix/key/v2/server: %v (want reachable: %v)", s.name, err, want)
+		})
+	}
+	keyB, err := keyOf(p.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reachable(p.a, true)
+
+	p.partition()
+	reachable(p.a, false)
+	reachable(p.b, false)
+	p.heal()
+	reachable(p.a, true)
+	reachable(p.b, true)
+
+	user := p.unique("harness-b")
+	p.b.register(t, ctx, user)
+	p.stopB(t)
+	tries := p.b.gate.attempts()
+	reachable(p.b, false)
+	if p.b.gate.attempts() == tries {
+		t.Error("the gate counted no connection attempt while B was down")
+	}
+	p.startB(t)
+	reachable(p.b, true)
+	if k, err := keyOf(p.b); err != nil || k != keyB {
+		t.Errorf("after the restart B publishes %v (%v), want the same key %v", k, err, keyB)
+	}
+	if _, err := p.b.login(t, ctx, user, password(user)); err != nil {
+		t.Errorf("after the restart %s cannot log in on B: %v", user, err)
+	}
 }
 
 // testFederationProfile: a user's profile on one server, as users of the
