@@ -564,8 +564,8 @@ func waitMembership(t testing.TB, ctx context.Context, c *mautrix.Client, room i
 }
 
 // joinRemote joins room (an id or an alias) as c, retrying while the join
-// fails with an error a remote join can give transiently (the resident
-// server not yet reachable after a restart).
+// fails with an error a remote join can give transiently (a server error,
+// or the resident server not yet reachable after a restart).
 func joinRemote(t testing.TB, ctx context.Context, c *mautrix.Client, room string, via ...string) id.RoomID {
 	t.Helper()
 	var resp *mautrix.RespJoinRoom
@@ -578,8 +578,11 @@ func joinRemote(t testing.TB, ctx context.Context, c *mautrix.Client, room strin
 		}
 		last = err
 		var he mautrix.HTTPError
-		// A refusal is final: fail at once rather than at the deadline.
-		if errors.As(err, &he) && he.Response != nil && he.Response.StatusCode == http.StatusForbidden {
+		// A 4xx other than 429 is the servers' final answer: fail at once
+		// rather than at the deadline. (5xx and transport errors are
+		// retried: a server just restarted.)
+		if errors.As(err, &he) && he.Response != nil && he.Response.StatusCode >= 400 && he.Response.StatusCode < 500 &&
+			he.Response.StatusCode != http.StatusTooManyRequests {
 			t.Fatalf("%s: join %s via %v: %v", c.UserID, room, via, err)
 		}
 		return false, fmt.Sprintf("%s: join %s via %v: %v", c.UserID, room, via, last)
