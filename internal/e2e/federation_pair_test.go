@@ -464,24 +464,7 @@ func (rt *roomTimeline) bodies(prefix string) []string {
 // they came in want's order.
 func (rt *roomTimeline) waitFor(t testing.TB, ctx context.Context, within time.Duration, prefix string, want []string, ordered bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		got := rt.bodies(prefix)
-		missing := 0
-		for _, w := range want {
-			if !slices.Contains(got, w) {
-				missing++
-			}
-		}
-		if missing == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: after %v, %d of %d messages %q… have not arrived in %s; have %q (limited syncs: %d)",
-				rt.c.UserID, within, missing, len(want), prefix, rt.room, got, rt.limited)
-		}
-		rt.pull(t, ctx)
-	}
+	rt.waitArrived(t, ctx, within, prefix, want)
 	// One more sync: a duplicate sent right behind the last original
 	// would show up now.
 	rt.pull(t, ctx)
@@ -505,6 +488,30 @@ func (rt *roomTimeline) waitFor(t testing.TB, ctx context.Context, within time.D
 		if n != 1 {
 			t.Errorf("%s: event %s arrived %d times", rt.c.UserID, id, n)
 		}
+	}
+}
+
+// waitArrived pulls until every body of want was collected, failing the
+// test after within; it judges nothing else (waitFor does).
+func (rt *roomTimeline) waitArrived(t testing.TB, ctx context.Context, within time.Duration, prefix string, want []string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		got := rt.bodies(prefix)
+		missing := 0
+		for _, w := range want {
+			if !slices.Contains(got, w) {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: after %v, %d of %d messages %q… have not arrived in %s; have %q (limited syncs: %d)",
+				rt.c.UserID, within, missing, len(want), prefix, rt.room, got, rt.limited)
+		}
+		rt.pull(t, ctx)
 	}
 }
 

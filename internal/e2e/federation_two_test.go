@@ -44,7 +44,10 @@ func TestFederationTwoHomeservers(t *testing.T) {
 	t.Run("chat", func(t *testing.T) { testFederationChat(t, p) })
 	t.Run("sender_killed", func(t *testing.T) { testFederationSenderKilled(t, p) })
 	t.Run("destination_down", func(t *testing.T) { testFederationDestinationDown(t, p) })
-	t.Run("partition", func(t *testing.T) { testFederationPartition(t, p) })
+	// State resolution v2 (room version 10, the default) and v2.1
+	// (room version 12, whose creators are not in the power levels).
+	t.Run("partition", func(t *testing.T) { testFederationPartition(t, p, "10") })
+	t.Run("partition_v12", func(t *testing.T) { testFederationPartition(t, p, "12") })
 }
 
 // testFederationHarness checks the suite's own machinery, as a remote
@@ -212,8 +215,11 @@ func testFederationChat(t *testing.T, p *fedPair) {
 		sender := clients[i%len(clients)]
 		send(t, ctx, sender, room, body, p.unique("lock"))
 		for _, c := range clients {
-			tls[c].waitFor(t, ctx, deliveryLimit, "lockstep", lock[:i+1], true)
+			tls[c].waitArrived(t, ctx, deliveryLimit, "lockstep", lock[:i+1])
 		}
+	}
+	for _, c := range clients {
+		tls[c].waitFor(t, ctx, deliveryLimit, "lockstep", lock, true)
 	}
 
 	// Burst: alice (A) and bob (B) send at once.
@@ -337,25 +343,41 @@ func testFederationDestinationDown(t *testing.T, p *fedPair) {
 	at.waitFor(t, ctx, deliveryLimit, "bob is back", []string{"bob is back"}, true)
 }
 
-// testFederationPartition: a room with two users on each server, alice (A)
-// and bob (B) both at power 100. The servers are cut off each other; on
+// testFederationPartition: a room of roomVersion with two users on each
+// server, alice (A, the creator) and bob (B) both at power 100 (in room
+// version 12 alice's is the creator's, above any level). The servers are cut off each other; on
 // each side the local admin changes the power levels and removes a member
 // of the other server (alice kicks dave of B, bob bans carol of A), and
 // both sides send messages. After the partition heals, both servers
 // resolve the forked state to the same current state: the same event for
 // every (type, state_key) in GET /rooms/{roomId}/state on both, with both
 // removals in it.
-func testFederationPartition(t *testing.T, p *fedPair) {
+func testFederationPartition(t *testing.T, p *fedPair, roomVersion string) {
 	ctx := fedContext(t)
 	alice := p.a.register(t, ctx, p.unique("part-alice"))
 	carol := p.a.register(t, ctx, p.unique("part-carol"))
 	bob := p.b.register(t, ctx, p.unique("part-bob"))
 	dave := p.b.register(t, ctx, p.unique("part-dave"))
+	// Room version 12 refuses creators in the power levels' users.
+	v12 := roomVersion == "12"
+	users := func(extra id.UserID) map[string]any {
+		u := map[string]any{bob.UserID.String(): 100}
+		if !v12 {
+			u[alice.UserID.String()] = 100
+		}
+		if extra != "" {
+			u[extra.String()] = 50
+		}
+		return u
+	}
+	initial := map[id.UserID]int{bob.UserID: 100}
+	if !v12 {
+		initial[alice.UserID] = 100
+	}
 	room := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{
-		Preset: "public_chat",
-		PowerLevelOverride: &event.PowerLevelsEventContent{
-			Users: map[id.UserID]int{alice.UserID: 100, bob.UserID: 100},
-		},
+		Preset:             "public_chat",
+		RoomVersion:        id.RoomVersion(roomVersion),
+		PowerLevelOverride: &event.PowerLevelsEventContent{Users: initial},
 	})
 	join(t, ctx, carol, room.String())
 	joinRemote(t, ctx, bob, room.String(), p.a.name)
@@ -375,8 +397,8 @@ func testFederationPartition(t *testing.T, p *fedPair) {
 			p.heal()
 		}
 	}()
-	plA := map[string]any{"users": map[string]any{alice.UserID.String(): 100, bob.UserID.String(): 100, carol.UserID.String(): 50}}
-	plB := map[string]any{"users": map[string]any{alice.UserID.String(): 100, bob.UserID.String(): 100, dave.UserID.String(): 50}}
+	plA := map[string]any{"users": users(carol.UserID)}
+	plB := map[string]any{"users": users(dave.UserID)}
 	evPLA, err := alice.SendStateEvent(ctx, room, event.StatePowerLevels, "", plA)
 	if err != nil {
 		t.Fatalf("alice sets power levels in the partition: %v", err)
