@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -279,6 +280,20 @@ func testFederationChat(t *testing.T, p *fedPair) {
 	back = append(back, "after the rejoin 01")
 	for _, c := range clients {
 		tls[c].waitFor(t, ctx, deliveryLimit, "after the rejoin", back, true)
+	}
+
+	// On A, B's transactions came through the router to one generic
+	// worker: inbound /send is sticky by origin, so one server's
+	// transactions are processed in order by one process.
+	f := p.a.fleet
+	inbound, err := f.front.requestsPerBackend(f, func(labels string) bool {
+		return strings.Contains(labels, `class="federation_inbound"`)
+	})
+	if err != nil {
+		t.Fatalf("router metrics: %v", err)
+	}
+	if len(inbound) != 1 {
+		t.Errorf("B's transactions reached A's workers %v through the router, want all on one worker", inbound)
 	}
 }
 
