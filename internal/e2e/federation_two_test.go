@@ -332,7 +332,9 @@ func testFederationSenderKilled(t *testing.T, p *fedPair) {
 // testFederationDestinationDown: B is stopped while alice (A) sends; A's
 // sender keeps trying (connections reach B's address and fail); B starts
 // again on the same port and database and bob receives every message
-// exactly once, in order, and B's own traffic to A resumes.
+// exactly once, in order, and B's own traffic to A resumes. Then A is
+// cut off while bob sends, and gets everything once, in order, when it
+// is reachable again.
 func testFederationDestinationDown(t *testing.T, p *fedPair) {
 	ctx := fedContext(t)
 	alice, bob, room := p.twoPartyRoom(t, ctx, "down")
@@ -356,6 +358,27 @@ func testFederationDestinationDown(t *testing.T, p *fedPair) {
 	bt.waitFor(t, ctx, deliveryLimit, "", slices.Concat(before, during), true)
 	send(t, ctx, bob, room, "bob is back", p.unique("back"))
 	at.waitFor(t, ctx, deliveryLimit, "bob is back", []string{"bob is back"}, true)
+
+	// The other way: A unreachable (its gate cut, the fleet running) while
+	// bob sends; B's sender (the monolith's, queue on SQLite) retries
+	// until A answers again.
+	p.a.gate.cut()
+	healed := false
+	defer func() {
+		if !healed {
+			p.a.gate.heal()
+		}
+	}()
+	tries = p.a.gate.attempts()
+	fromB := numbered("while A is unreachable", 5)
+	sendAll(t, ctx, bob, room, fromB)
+	testutil.EventuallyState(t, 60*time.Second, func() (bool, string) {
+		n := p.a.gate.attempts() - tries
+		return n >= 8, fmt.Sprintf("%d connection attempts reached A's address while it was cut off, want 8", n)
+	})
+	p.a.gate.heal()
+	healed = true
+	at.waitFor(t, ctx, deliveryLimit, "while A is unreachable", fromB, true)
 }
 
 // testFederationPartition: a room of roomVersion with two users on each
