@@ -49,7 +49,7 @@ var allScenarios = []string{scSend, scFanout, scInitialSync, scJoin, scMessages,
 // extraScenarios run only when named: push_send compares server
 // configurations rather than measure one; search and userdir have a setup
 // far larger than their measured phase.
-var extraScenarios = []string{scPushSend, scSearch, scUserdir}
+var extraScenarios = []string{scPushSend, scSearch, scUserdir, scFederation}
 
 // Registration modes.
 const (
@@ -91,6 +91,10 @@ type options struct {
 	searchSenders, searchQueries       int
 	userdirUsers, userdirRooms         int
 	userdirQueries                     int
+	// federation: the second homeserver and the offered load.
+	remoteURL          string
+	federationMessages int
+	federationRate     float64
 
 	// Report mode: render these JSON-lines files as markdown and exit.
 	reportFiles []string
@@ -207,6 +211,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.userdirRooms, "userdir-rooms", 10, "userdir: public rooms the users are split across")
 	fs.IntVar(&o.userdirQueries, "userdir-queries", 200, "userdir: user directory searches measured, one at a time")
 
+	fs.StringVar(&o.remoteURL, "remote-url", "", "federation: base URL of a second homeserver that federates with the first -url; its user joins the first's room over federation and /syncs for the messages")
+	fs.IntVar(&o.federationMessages, "federation-messages", 1000, "federation: messages sent on the first server (each one's send-to-remote-sync time is a sample)")
+	fs.Float64Var(&o.federationRate, "federation-rate", 100, "federation: messages per second offered, paced")
+
 	fs.StringVar(&report, "report", "", "render these JSON-lines result files (comma-separated) as markdown on stdout and exit")
 	fs.Float64Var(&o.pgbenchTPS, "pgbench-tps", 0, "with -report: PostgreSQL's single-row insert rate measured by pgbench, for the send target")
 	if err := fs.Parse(args); err != nil {
@@ -301,6 +309,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			bad("-%s: must be positive, got %s", d.name, d.v)
 		}
 	}
+	if o.remoteURL != "" {
+		pu, err := url.Parse(o.remoteURL)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			bad("-remote-url: %q is not an http(s) base URL", o.remoteURL)
+		}
+		o.remoteURL = strings.TrimRight(o.remoteURL, "/")
+	}
+	if o.federationRate <= 0 {
+		bad("-federation-rate: must be positive, got %v", o.federationRate)
+	}
 	if o.progress < 0 {
 		bad("-progress: must not be negative")
 	}
@@ -322,6 +340,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		{"search-messages", o.searchMessages}, {"search-rooms", o.searchRooms},
 		{"search-senders", o.searchSenders}, {"search-queries", o.searchQueries},
 		{"userdir-users", o.userdirUsers}, {"userdir-rooms", o.userdirRooms}, {"userdir-queries", o.userdirQueries},
+		{"federation-messages", o.federationMessages},
 	} {
 		if n.v < 1 {
 			bad("-%s: must be at least 1, got %d", n.name, n.v)

@@ -205,6 +205,16 @@ func notes(r *Result) string {
 		if v, ok := num(e, "directory_catch_up_s"); ok {
 			add("directory caught up in %.1f s", v)
 		}
+	case scFederation:
+		missed, _ := num(e, "missed")
+		dups, _ := num(e, "duplicates")
+		add("missed %.0f, duplicates %.0f", missed, dups)
+		if v, ok := num(e, "offered_rate_per_s"); ok {
+			add("offered %.0f/s", v)
+		}
+		if p, ok := p50Of(e, "send_latency_ms"); ok {
+			add("send p50 %.1f ms", p)
+		}
 	case scRegister:
 		if l, ok := num(e, "logins_per_s"); ok {
 			add("logins %.1f/s", l)
@@ -447,6 +457,13 @@ func writeTargets(w io.Writer, labels []string, byLabel map[string][]*Result, pg
 			rows = append(rows, row{fmt.Sprintf("userdir p50 < 20 ms (%.0f users)", n), l,
 				fmt.Sprintf("%.1f ms (p99 %.1f)", r.LatencyMS.P50, r.LatencyMS.P99), yes(r.LatencyMS.P50 < 20 && n >= 10000)})
 		}
+		// Issue 15: messages sent on one server reach a syncing client on
+		// the other.
+		if r := find(l, scFederation); r != nil && r.LatencyMS != nil {
+			missed, _ := num(r.Extra, "missed")
+			rows = append(rows, row{fmt.Sprintf("federation p50 < 100 ms at %v messages/s, none missed", r.Params["rate_per_s"]), l,
+				fmt.Sprintf("%.1f ms (p99 %.1f), %.0f missed", r.LatencyMS.P50, r.LatencyMS.P99, missed), yes(r.LatencyMS.P50 < 100 && missed == 0)})
+		}
 		// Issue 13: media through the router, with little memory.
 		if r := find(l, scMedia); r != nil && l == "fleet" {
 			up, _ := num(r.Extra, "upload_mib_per_s")
@@ -463,7 +480,8 @@ func writeTargets(w io.Writer, labels []string, byLabel map[string][]*Result, pg
 				peak = max(peak, r.PeakRSSMiB)
 			}
 		}
-		if peak > 0 {
+		// The federation pair's figure sums two servers: not comparable.
+		if peak > 0 && l != scFederation {
 			rows = append(rows, row{"peak server RSS < 100 MiB", l, fmt.Sprintf("%.0f MiB", peak), yes(peak < 100)})
 		}
 		if fleet && l != "fleet-direct" {

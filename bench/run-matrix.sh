@@ -4,7 +4,10 @@
 #
 #   bench/run-matrix.sh                         monolith on SQLite and on PostgreSQL, every scenario, default sizes
 #   bench/run-matrix.sh --small                 small sizes: checks that everything runs (figures mean little)
-#   bench/run-matrix.sh --targets postgres      only these deployments (comma-separated: sqlite, postgres, postgres-nopush, postgres-nometrics, fleet, fleet-direct)
+#   bench/run-matrix.sh --targets postgres      only these deployments (comma-separated: sqlite, postgres, postgres-nopush, postgres-nometrics, fleet, fleet-direct, federation)
+#   bench/run-matrix.sh --targets federation    issue 15: two PostgreSQL monoliths federating over TLS (a throw-away CA made
+#                                               with openssl), messages sent on the first at 100/s reach a client syncing
+#                                               on the second (-scenario federation; run only when named)
 #   bench/run-matrix.sh --pprof                 also save CPU and heap profiles of every scenario (the
 #                                               monoliths' metrics listener then also names the pprof resource)
 #   bench/run-matrix.sh -- -scenario send,fanout -fanout-members 1000
@@ -61,7 +64,11 @@ pg_data=""
 pg_port=""
 run_as=()
 server_pid=""
+other_pid="" # the first server of the federation pair while server_pid is the second
 redis_pid=""
+server_name="bench.localhost"
+extra_listener=""
+fed_remote_url=""
 root=$PWD
 results=()
 failed=()
@@ -75,6 +82,10 @@ cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
 	stop_server
+	if [[ -n "$other_pid" ]]; then
+		server_pid=$other_pid other_pid=""
+		stop_server
+	fi
 	[[ -n "$redis_pid" ]] && kill "$redis_pid" 2>/dev/null
 	if [[ -n "$pg_data" && -f "$pg_data/postmaster.pid" ]]; then
 		(cd "$tmp" && "${run_as[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -m immediate -w stop >/dev/null 2>&1) || true
@@ -251,6 +262,8 @@ start_monolith() {
 
 # write_config PATH PORT METRICS_PORT DATABASE_JSON DIR [EXTRA_JSON_MEMBERS].
 # JSON is YAML. EXTRA_JSON_MEMBERS ("key": value, …) are added to the config.
+# $server_name is the server name; $extra_listener, if set, one more
+# listener (a JSON object).
 # Profiles are served only on a listener naming the pprof resource, so
 # --pprof adds it to the metrics listener.
 write_config() {
@@ -259,13 +272,14 @@ write_config() {
 	[[ $want_pprof == 1 ]] && metrics_names='"metrics", "pprof"'
 	cat >"$1" <<EOF
 {
-  "server_name": "bench.localhost",
+  "server_name": "$server_name",
   "public_baseurl": "http://127.0.0.1:$2/",
   "listeners": [
     {"port": $2, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false, "x_forwarded": false,
      "resources": [{"names": ["client"], "compress": false}]},
     {"port": $3, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
-     "resources": [{"names": [$metrics_names], "compress": false}]}
+     "resources": [{"names": [$metrics_names], "compress": false}]}${extra_listener:+,
+    $extra_listener}
   ],
 ${6:+  $6,
 }
@@ -323,7 +337,8 @@ if [[ $small == 1 ]]; then
 		-sync-rooms 5 -sync-events 20 -sync-repeats 3 -join-users 100 -join-batch 20
 		-messages-events 300 -register-users 10 -logins 10
 		-keys-users 20 -keys-repeats 10 -media-mib 2 -media-repeats 2
-		-search-messages 2000 -search-queries 40 -userdir-users 300 -userdir-queries 40)
+		-search-messages 2000 -search-queries 40 -userdir-users 300 -userdir-queries 40
+		-federation-messages 100)
 fi
 
 # run_target NAME URLS PIDS [PPROF_URLS]: every scenario against a running
@@ -336,6 +351,11 @@ run_target() {
 	if [[ $name == fleet-direct ]]; then
 		args+=(-scenario send,fanout,initial_sync,join,messages,register,keys_query,keys_claim)
 	fi
+	# The federation pair: users of the first server send, a user of the
+	# second receives.
+	if [[ $name == federation ]]; then
+		args+=(-scenario federation -remote-url "$fed_remote_url")
+	fi
 	if [[ $want_pprof == 1 && -n "$pprof" ]]; then
 		args+=(-pprof "$pprof" -pprof-dir "$tmp/profiles")
 	fi
@@ -347,13 +367,55 @@ run_target() {
 	results+=("$tmp/$name.jsonl")
 	# The scale check: 1,000 members long-polling one room, a few
 	# messages, no errors (PostgreSQL deployments, full-size runs only).
-	if [[ $small == 0 && $name != sqlite && ${#extra[@]} == 0 ]]; then
+	if [[ $small == 0 && $name != sqlite && $name != federation && ${#extra[@]} == 0 ]]; then
 		log "$name: fanout with 1000 members"
 		if ! "$tmp/bench" "${args[@]}" -scenario fanout -fanout-members 1000 -fanout-messages 10 >"$tmp/$name-1000.jsonl"; then
 			failed+=("$name (1000 members)")
 		fi
 		results+=("$tmp/$name-1000.jsonl")
 	fi
+}
+
+# make_test_ca DIR: a throw-away CA (ca.crt) and a certificate for
+# 127.0.0.1 signed by it (tls.crt, tls.key), for the federation pair.
+make_test_ca() {
+	local d=$1
+	command -v openssl >/dev/null || die "openssl is needed for the federation target's test CA (Debian: apt-get install openssl)"
+	mkdir -p "$d"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=Ganglion bench CA" \
+		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+		-keyout "$d/ca.key" -out "$d/ca.crt" >"$d/openssl.log" 2>&1 || { cat "$d/openssl.log" >&2; die "openssl: CA"; }
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+		-keyout "$d/tls.key" -out "$d/tls.csr" >>"$d/openssl.log" 2>&1 || { cat "$d/openssl.log" >&2; die "openssl: key"; }
+	printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n' >"$d/ext.cnf"
+	openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+		-extfile "$d/ext.cnf" -out "$d/tls.crt" >>"$d/openssl.log" 2>&1 || { cat "$d/openssl.log" >&2; die "openssl: certificate"; }
+}
+
+# start_federation_pair: two PostgreSQL monoliths, federation-a and
+# federation-b, each named by the IP and port of its TLS federation
+# listener (so neither needs DNS), trusting the test CA, loopback allowed
+# (private ranges are denied by default) and retrying a failed
+# destination quickly. Sets SERVER_URLS (the first's client URL),
+# fed_remote_url (the second's), SERVER_PIDS (both) and other_pid.
+start_federation_pair() {
+	local ca="$tmp/federation-ca" names=() urls=() pids=() i fport
+	make_test_ca "$ca"
+	for i in a b; do
+		fport=$(free_port)
+		server_name="127.0.0.1:$fport"
+		extra_listener="{\"port\": $fport, \"bind_addresses\": [\"127.0.0.1\"], \"type\": \"http\", \"tls\": true, \"resources\": [{\"names\": [\"federation\", \"keys\"]}]}"
+		start_monolith "federation-$i" postgres "\"tls_certificate_path\": \"$ca/tls.crt\", \"tls_private_key_path\": \"$ca/tls.key\",
+  \"federation_custom_ca_list\": [\"$ca/ca.crt\"], \"ip_range_whitelist\": [\"127.0.0.1\"], \"trusted_key_servers\": [],
+  \"federation\": {\"destination_min_retry_interval\": \"1s\", \"destination_max_retry_interval\": \"10s\"}"
+		names+=("$server_name")
+		urls+=("$SERVER_URLS")
+		pids+=("$server_pid")
+		[[ $i == a ]] && other_pid=$server_pid server_pid=""
+	done
+	server_name="bench.localhost" extra_listener=""
+	SERVER_URLS=${urls[0]} fed_remote_url=${urls[1]} SERVER_PIDS="${pids[0]},${pids[1]}"
+	log "federation: ${names[0]} (${urls[0]}) sends to ${names[1]} (${urls[1]})"
 }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/gbench.XXXXXX")
@@ -424,7 +486,14 @@ for t in "${target_list[@]}"; do
 		kill "$redis_pid" 2>/dev/null || true
 		wait "$redis_pid" 2>/dev/null || true
 		;;
-	*) die "unknown target $t (want sqlite, postgres, fleet or fleet-direct)" ;;
+	federation)
+		start_federation_pair
+		run_target "$t" "$SERVER_URLS" "$SERVER_PIDS" ""
+		stop_server
+		server_pid=$other_pid other_pid=""
+		stop_server
+		;;
+	*) die "unknown target $t (want sqlite, postgres, postgres-nopush, postgres-nometrics, fleet, fleet-direct or federation)" ;;
 	esac
 done
 

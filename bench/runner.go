@@ -49,6 +49,7 @@ var scenarioFuncs = map[string]func(*scenarioRun, context.Context) error{
 	scMedia:       (*scenarioRun).media,
 	scSearch:      (*scenarioRun).search,
 	scUserdir:     (*scenarioRun).userdir,
+	scFederation:  (*scenarioRun).federation,
 }
 
 // runScenario runs one scenario, bounded by -scenario-timeout. A setup

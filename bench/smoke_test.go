@@ -341,8 +341,9 @@ func wantNum(t *testing.T, r *Result, key string, want float64) {
 
 // startMonolith runs a Ganglion monolith in-process on SQLite, as
 // internal/e2e's harness does, and returns its base URL. It stops (and
-// its Run is awaited) when the test ends.
-func startMonolith(t *testing.T) string {
+// its Run is awaited) when the test ends. edits change the config
+// document before it is written.
+func startMonolith(t *testing.T, edits ...func(cfg map[string]any)) string {
 	t.Helper()
 	dir := t.TempDir()
 	logs := &lockedBuffer{}
@@ -374,6 +375,9 @@ func startMonolith(t *testing.T) string {
 			"rc_room_creation":                         fast,
 			"rc_presence":                              map[string]any{"per_user": fast},
 			"rc_user_directory":                        fast,
+		}
+		for _, edit := range edits {
+			edit(cfgDoc)
 		}
 		// JSON is YAML, and encoding/json cannot write a document that
 		// means something else.

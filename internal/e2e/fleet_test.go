@@ -76,6 +76,10 @@ type fleet struct {
 	next atomic.Uint64
 	// front, if set, is the router or nginx all requests go through.
 	front *front
+	// routerPools are pools the front's router section gets on top of
+	// the usual ones (the federation suites send federation traffic to
+	// the generic workers).
+	routerPools map[string][]string
 	// db is the database section every process shares.
 	db map[string]any
 	// lastSettle is what the last settle check saw (stream positions per

@@ -59,15 +59,19 @@ func (f *fleet) routerSection(port int) map[string]any {
 		}
 	}
 	workers := clientWorkers()
+	pools := map[string]any{
+		"sync":   workers,
+		"client": workers,
+		"events": workers,
+		"media":  []string{instMedia},
+	}
+	for name, members := range f.routerPools {
+		pools[name] = members
+	}
 	return map[string]any{"router": map[string]any{
 		"listen":    map[string]any{"port": port, "bind_address": "127.0.0.1", "x_forwarded": false},
 		"instances": instances,
-		"pools": map[string]any{
-			"sync":   workers,
-			"client": workers,
-			"events": workers,
-			"media":  []string{instMedia},
-		},
+		"pools":     pools,
 		// Fast active checks: after a fleet restart the harness waits for
 		// the router to see every backend up again.
 		"health_check_interval": "100ms",
