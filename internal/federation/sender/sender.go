@@ -257,11 +257,16 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 	touched := map[string]bool{}
 	for _, se := range evs {
 		ev := se.Event
+		if serverOf(ev.Sender()) != s.opts.ServerName {
+			// Only our own events are ours to send. Another server's event
+			// may have moved the room's membership beyond itself (a
+			// resolved fork, the state a join brought), so the room's
+			// servers are looked up again.
+			s.forgetRoom(ev.RoomID())
+			continue
+		}
 		if ev.Type() == "m.room.member" {
 			s.forgetRoom(ev.RoomID())
-		}
-		if serverOf(ev.Sender()) != s.opts.ServerName {
-			continue // only our own events are ours to send
 		}
 		dests, err := s.roomServers(ctx, ev.RoomID())
 		if err != nil {
