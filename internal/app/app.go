@@ -28,6 +28,7 @@ import (
 	"ganglion/internal/config"
 	"ganglion/internal/dehydrated"
 	"ganglion/internal/events"
+	"ganglion/internal/federation/client"
 	"ganglion/internal/federation/serverkeys"
 	"ganglion/internal/filters"
 	"ganglion/internal/forwarded"
@@ -67,6 +68,12 @@ type Process struct {
 	tracer *tracing.Tracer
 	// serverKeys finds other servers' signing keys (and serves ours).
 	serverKeys *serverkeys.Keyring
+	// fedClient is the outbound federation client wireFederation built.
+	fedClient *client.Client
+	// remoteWriter stores events other servers built (rooms.RemoteWriter);
+	// nil until the remote event path exists, and PUT /send then answers
+	// each PDU with an error.
+	remoteWriter rooms.RemoteWriter
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -476,7 +483,7 @@ func (p *Process) wire(ctx context.Context) error {
 	if err := p.wireFederation(mux, srv, key, roomStore, receiptsStore, typingReader, presSvc); err != nil {
 		return err
 	}
-	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc)
+	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc, p.remoteWriter)
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}
