@@ -90,13 +90,16 @@ type inboundEDU struct {
 }
 
 // parseTransaction decodes and checks a transaction body: a body that is
-// not a JSON object is M_NOT_JSON; one of the wrong shape, without an
+// not JSON is M_NOT_JSON; JSON that is not an object or of the wrong shape, without an
 // origin, or with more PDUs or EDUs than the spec allows is M_BAD_JSON
 // (Synapse answers the count limits with a bare 400 too).
 func parseTransaction(body []byte) (*inboundTxn, error) {
 	body = bytes.TrimSpace(body)
-	if len(body) == 0 || body[0] != '{' || !json.Valid(body) {
+	if !json.Valid(body) {
 		return nil, mxhttp.NotJSON("Content not JSON.")
+	}
+	if body[0] != '{' {
+		return nil, mxhttp.BadJSON("Content must be a JSON object.")
 	}
 	var txn inboundTxn
 	if err := json.Unmarshal(body, &txn); err != nil {
