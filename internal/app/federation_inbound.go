@@ -38,5 +38,5 @@ func (p *Process) wireInboundFederation(mux *mxhttp.Mux, srv *mxhttp.Server, roo
 		Fetch:    p.fedClient,
 		Verifier: p.serverKeys,
 		DB:       p.db,
-	}).Routes(mux, srv, auth)
+	}).RegisterMetrics(p.metrics.Registerer()).Routes(mux, srv, auth)
 }

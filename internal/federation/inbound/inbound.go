@@ -52,6 +52,7 @@ type Server struct {
 	keys     Keys // nil: the device and key endpoints are not mounted
 	edus     map[string]EDUHandler
 	send     *sendHandler // nil: PUT /send is not mounted
+	metrics  *sendMetrics // nil: not counted
 	log      *slog.Logger
 }
 

@@ -226,6 +226,15 @@ func (s *Server) processTxn(ctx context.Context, from string, txn *inboundTxn) (
 	}()
 	results, err := s.processPDUs(ctx, from, txn.PDUs)
 	<-edusDone
+	if err == nil {
+		for _, r := range results {
+			if r.Error == "" {
+				s.metrics.pdu("accepted")
+			} else {
+				s.metrics.pdu("error")
+			}
+		}
+	}
 	return results, err
 }
 
@@ -237,15 +246,20 @@ func (s *Server) dispatchEDUs(ctx context.Context, from string, edus []json.RawM
 		var e inboundEDU
 		if err := json.Unmarshal(raw, &e); err != nil {
 			s.log.Info("dropped malformed EDU", "origin", from, "index", i, "err", err)
+			s.metrics.edu("malformed")
 			continue
 		}
 		h := s.edus[e.Type]
 		if h == nil {
+			s.metrics.edu("ignored")
 			continue
 		}
 		if err := s.runEDU(ctx, h, from, e.Content); err != nil {
 			s.log.Warn("EDU not handled", "origin", from, "edu_type", e.Type, "err", err)
+			s.metrics.edu("failed")
+			continue
 		}
+		s.metrics.edu("handled")
 	}
 }
 
@@ -279,6 +293,7 @@ func (s *Server) processPDUs(ctx context.Context, from string, pdus []json.RawMe
 			if id == "" {
 				// Without an id nothing in the answer can name it.
 				s.log.Info("dropped PDU", "origin", from, "index", i, "err", err)
+				s.metrics.pdu("dropped")
 				continue
 			}
 			results[id] = pduResult{Error: err.Error()}

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"ganglion/internal/events"
 	"ganglion/internal/federation/inbound"
 	"ganglion/internal/federation/serverkeys"
@@ -782,7 +784,9 @@ func TestFederationSendEDUs(t *testing.T) {
 		type got struct{ origin, content string }
 		var mu sync.Mutex
 		var typing []got
+		reg := prometheus.NewRegistry()
 		sf := newSendFixture(t, db, true, func(s *inbound.Server) {
+			s.RegisterMetrics(reg)
 			s.HandleEDU("m.typing", func(_ context.Context, origin string, content json.RawMessage) error {
 				mu.Lock()
 				defer mu.Unlock()
@@ -807,6 +811,24 @@ func TestFederationSendEDUs(t *testing.T) {
 		defer mu.Unlock()
 		if len(typing) != 1 || typing[0].origin != remote || !strings.Contains(typing[0].content, `"typing":true`) {
 			t.Errorf("typing handler got %v", typing)
+		}
+		counts := map[string]float64{}
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				counts[mf.GetName()+"/"+m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+		wantCounts := map[string]float64{
+			"ganglion_federation_inbound_pdus_total/accepted": 1,
+			"ganglion_federation_inbound_edus_total/handled":  1, "ganglion_federation_inbound_edus_total/failed": 2,
+			"ganglion_federation_inbound_edus_total/ignored": 1, "ganglion_federation_inbound_edus_total/malformed": 1,
+		}
+		if fmt.Sprint(counts) != fmt.Sprint(wantCounts) {
+			t.Errorf("counters %v, want %v", counts, wantCounts)
 		}
 	})
 }
