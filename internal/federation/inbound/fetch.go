@@ -23,6 +23,9 @@ type FetchLimits struct {
 	MissingEventsCalls int
 	// StateCalls is the number of state_ids fallbacks.
 	StateCalls int
+	// AuthCalls is the number of event_auth requests (auth chains of
+	// events with unknown auth events).
+	AuthCalls int
 	// Parallel is how many single events are fetched at once.
 	Parallel int
 }
@@ -36,6 +39,9 @@ func (l *FetchLimits) defaults() {
 	}
 	if l.StateCalls <= 0 {
 		l.StateCalls = 5
+	}
+	if l.AuthCalls <= 0 {
+		l.AuthCalls = 20
 	}
 	if l.Parallel <= 0 {
 		l.Parallel = 8
@@ -57,12 +63,12 @@ const (
 
 // fetchBudget is what is left of a transaction's FetchLimits.
 type fetchBudget struct {
-	mu                           sync.Mutex
-	events, missingCalls, states int
+	mu                                  sync.Mutex
+	events, missingCalls, states, auths int
 }
 
 func newFetchBudget(l FetchLimits) *fetchBudget {
-	return &fetchBudget{events: l.Events, missingCalls: l.MissingEventsCalls, states: l.StateCalls}
+	return &fetchBudget{events: l.Events, missingCalls: l.MissingEventsCalls, states: l.StateCalls, auths: l.AuthCalls}
 }
 
 var errBudget = errors.New("transaction fetch limit reached")
@@ -88,6 +94,9 @@ type roomFetch struct {
 	roomID string
 	rv     *events.RoomVersion
 	budget *fetchBudget
+	// chains are the auth chains fetched so far, by event: an event tried
+	// again (after its gap is filled) does not cost another request.
+	chains map[string][]*events.Event
 }
 
 // persist stores evs (the transaction's PDUs of the room) and returns the
@@ -237,7 +246,10 @@ func (rf *roomFetch) missingAuth(ctx context.Context, evs []*events.Event) ([]*e
 		if !gap {
 			continue
 		}
-		chain, err := rf.eventAuth(ctx, ev.EventID())
+		chain, ok := rf.chains[ev.EventID()]
+		if !ok {
+			chain, err = rf.eventAuth(ctx, ev.EventID())
+		}
 		if err != nil {
 			// The persister rejects the event for its unknown auth events.
 			rf.s.log.Info("auth chain not fetched", "origin", rf.origin, "event_id", ev.EventID(), "err", err)
@@ -446,6 +458,9 @@ func (rf *roomFetch) stateEvents(ctx context.Context, eventID string, want map[s
 
 // eventAuth fetches the auth chain of an event from the origin.
 func (rf *roomFetch) eventAuth(ctx context.Context, eventID string) ([]*events.Event, error) {
+	if err := rf.budget.take(&rf.budget.auths, 1); err != nil {
+		return nil, err
+	}
 	var resp struct {
 		AuthChain []json.RawMessage `json:"auth_chain"`
 	}
@@ -465,6 +480,10 @@ func (rf *roomFetch) eventAuth(ctx context.Context, eventID string) ([]*events.E
 		}
 		out = append(out, e)
 	}
+	if rf.chains == nil {
+		rf.chains = map[string][]*events.Event{}
+	}
+	rf.chains[eventID] = out
 	return out, nil
 }
 

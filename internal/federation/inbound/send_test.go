@@ -401,6 +401,12 @@ func TestFederationSendBadBodies(t *testing.T) {
 			t.Errorf("%d batches stored from refused transactions", n)
 		}
 
+		// A body past the federation body limit (10 MiB).
+		huge := txn(nil)
+		huge["padding"] = strings.Repeat("x", 10<<20)
+		code, out = sf.do("PUT", sendPath("b8"), huge, remote)
+		want(t, "oversize body", code, out, 413, "M_TOO_LARGE")
+
 		// Exactly 50 PDUs and 100 EDUs are fine.
 		code, out = sf.do("PUT", sendPath("b7"), txn(many[:50], edus[:100]...), remote)
 		if r := results(t, code, out); len(r) != 1 || r[ev.EventID()]["error"] != nil {
@@ -747,12 +753,22 @@ func TestFederationSendMissingAuthEvents(t *testing.T) {
 func TestFederationSendFetchBounded(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		sf := newSendFixture(t, db, true, nil)
-		// 50 PDUs, each after its own gap that nothing fills: the state
-		// fallback is tried a bounded number of times.
+		// 50 PDUs, each after its own gap that nothing fills and with an
+		// auth event nobody serves: get_missing_events, the state fallback
+		// and auth chains are tried a bounded number of times.
 		var pdus []*events.Event
 		for i := range 50 {
-			sf.remoteMessage(fmt.Sprint("gap", i), "$unknown"+fmt.Sprint(i))
-			pdus = append(pdus, sf.remoteMessage(fmt.Sprint("p", i)))
+			gap := sf.remoteMessage(fmt.Sprint("gap", i), "$unknown"+fmt.Sprint(i))
+			sf.depth++
+			p, err := events.Build(events.ProtoEvent{
+				RoomID: sf.room, Sender: bob, Type: "m.room.message", Content: raw(map[string]any{"body": fmt.Sprint("p", i)}),
+				PrevEvents: []string{gap.EventID()}, AuthEvents: []string{sf.id["create"], sf.id["power levels"], "$noauth" + fmt.Sprint(i)},
+				Depth: sf.depth, OriginServerTS: 1_700_000_000_000,
+			}, sf.rv, sf.keys[remote], remote)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pdus = append(pdus, p)
 		}
 		r := sf.sendOK(sendPath("x1"), txn(pduList(pdus...)))
 		failed := 0
@@ -764,17 +780,20 @@ func TestFederationSendFetchBounded(t *testing.T) {
 		if failed != 50 {
 			t.Errorf("%d of 50 unfillable PDUs failed: %v", failed, r)
 		}
-		gme, states := 0, 0
+		gme, states, auths := 0, 0, 0
 		for _, c := range sf.fetch.requests() {
 			switch {
 			case strings.Contains(c, "/get_missing_events/"):
 				gme++
 			case strings.Contains(c, "/state_ids/"):
 				states++
+			case strings.Contains(c, "/event_auth/"):
+				auths++
 			}
 		}
-		if gme > 10 || states > 5 {
-			t.Errorf("%d get_missing_events and %d state_ids requests for one transaction, want at most 10 and 5", gme, states)
+		if gme != 10 || states != 5 || auths != 20 {
+			t.Errorf("%d get_missing_events, %d state_ids and %d event_auth requests for one transaction, want the limits 10, 5 and 20",
+				gme, states, auths)
 		}
 	})
 }
