@@ -146,7 +146,7 @@ func (s *Server) putSend(w http.ResponseWriter, r *http.Request) error {
 	if txn.Origin != from {
 		return mxhttp.Forbidden("Transaction origin %s is not the authenticated server %s", txn.Origin, from)
 	}
-	unlock, err := s.send.locks.lock(ctx, from)
+	unlock, err := s.send.locks.lock(ctx, from, txnID)
 	if err != nil {
 		return err
 	}

@@ -598,6 +598,38 @@ func TestFederationSendIdempotentAcrossWorkers(t *testing.T) {
 	})
 }
 
+// An origin's transactions are processed one at a time: another
+// transaction meanwhile is refused with 429 (as Synapse), other origins
+// are not held back.
+func TestFederationSendOneTransactionAtATime(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		sf := newSendFixture(t, db, true, nil)
+		ev := sf.remoteMessage("slow")
+		sf.remoteW.block = make(chan struct{})
+		firstDone := make(chan int, 1)
+		go func() {
+			code, _ := doWith(t, sf.h, sf.fixture, "PUT", sendPath("o1"), txn(pduList(ev)))
+			firstDone <- code
+		}()
+		testutil.Eventually(t, 10*time.Second, "first transaction processing", func() bool { return len(sf.remoteW.recorded()) == 1 })
+		other := sf.remoteMessage("next")
+		code, out := sf.do("PUT", sendPath("o2"), txn(pduList(other)), remote)
+		want(t, "second transaction while the first is processed", code, out, 429, "M_UNKNOWN")
+		strangerTxn := txn(nil)
+		strangerTxn["origin"] = stranger
+		if code, out := sf.do("PUT", sendPath("o1"), strangerTxn, stranger); code != 200 {
+			t.Errorf("another origin held back: %d %v", code, out)
+		}
+		close(sf.remoteW.block)
+		if code := <-firstDone; code != 200 {
+			t.Errorf("first transaction: %d", code)
+		}
+		if r := sf.sendOK(sendPath("o2"), txn(pduList(other))); r[other.EventID()] == nil || r[other.EventID()]["error"] != nil {
+			t.Errorf("second transaction after the first: %v", r)
+		}
+	})
+}
+
 // doWith sends a request signed by remote.test to handler h; a []byte
 // body is sent as it is.
 func doWith(t *testing.T, h http.Handler, f *fixture, method, uri string, body any) (int, map[string]any) {

@@ -5,9 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
+	"ganglion/internal/mxhttp"
 	"ganglion/internal/storage"
 )
 
@@ -132,10 +134,12 @@ func (t *txnStore) forwardExtremities(ctx context.Context, roomID string, limit 
 	return out, nil
 }
 
-// originLocks serialises the transactions of one origin (the spec has a
-// sender wait for each answer before the next transaction; a retry of a
-// transaction still being processed must wait for its answer) without
-// holding back other origins.
+// originLocks lets one transaction of an origin be processed at a time
+// without holding back other origins. The spec has a sender wait for each
+// answer before its next transaction, so another transaction while one is
+// processed is refused (429, as Synapse), and only copies of the
+// transaction being processed (a retry after a timeout) wait for it, a
+// few at most: waiting requests hold their bodies.
 type originLocks struct {
 	mu sync.Mutex
 	m  map[string]*originLock
@@ -143,19 +147,33 @@ type originLocks struct {
 
 type originLock struct {
 	ch    chan struct{}
+	txnID string
 	users int
 }
 
-// lock waits for origin's lock, or for ctx.
-func (l *originLocks) lock(ctx context.Context, origin string) (func(), error) {
+// maxTxnWaiters bounds the copies of a transaction waiting for it.
+const maxTxnWaiters = 4
+
+// errBusy refuses a transaction while another one of the origin is being
+// processed.
+func errBusy() error {
+	return mxhttp.WithCode(http.StatusTooManyRequests, "M_UNKNOWN", "Too many concurrent transactions")
+}
+
+// lock waits for origin's lock for txnID, or for ctx.
+func (l *originLocks) lock(ctx context.Context, origin, txnID string) (func(), error) {
 	l.mu.Lock()
 	if l.m == nil {
 		l.m = map[string]*originLock{}
 	}
 	ol := l.m[origin]
 	if ol == nil {
-		ol = &originLock{ch: make(chan struct{}, 1)}
+		ol = &originLock{ch: make(chan struct{}, 1), txnID: txnID}
 		l.m[origin] = ol
+	}
+	if ol.txnID != txnID || ol.users > maxTxnWaiters {
+		l.mu.Unlock()
+		return nil, errBusy()
 	}
 	ol.users++
 	l.mu.Unlock()
