@@ -630,6 +630,38 @@ func TestFederationSendOneTransactionAtATime(t *testing.T) {
 	})
 }
 
+// Answers older than a day are pruned: a transaction id that old may be
+// processed again.
+func TestFederationSendPrunesOldAnswers(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		sf := newSendFixture(t, db, true, nil)
+		// The fixture's clock is 1_700_000_000_000.
+		for txnID, ts := range map[string]int64{"old": 1_700_000_000_000 - 25*3600*1000, "recent": 1_700_000_000_000 - 23*3600*1000} {
+			if _, err := db.Exec(t.Context(), `INSERT INTO federation_inbound_txns (origin, txn_id, claimed_ts, response) VALUES ($1, $2, $3, '{"pdus":{}}')`,
+				remote, txnID, ts); err != nil {
+				t.Fatal(err)
+			}
+		}
+		sf.sendOK(sendPath("p1"), txn(nil))
+		var ids []string
+		rows, err := db.Reader().QueryContext(t.Context(), `SELECT txn_id FROM federation_inbound_txns ORDER BY txn_id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		if !slices.Equal(ids, []string{"p1", "recent"}) {
+			t.Errorf("kept answers %v, want p1 and recent", ids)
+		}
+	})
+}
+
 // doWith sends a request signed by remote.test to handler h; a []byte
 // body is sent as it is.
 func doWith(t *testing.T, h http.Handler, f *fixture, method, uri string, body any) (int, map[string]any) {
