@@ -169,6 +169,9 @@ func outcomeError(r rooms.RemoteResult) string {
 		return "rejected"
 	case rooms.RemoteMissingPrev:
 		return "prev events missing"
+	case "":
+		// No result for the event: it was not stored.
+		return "not stored"
 	}
 	if r.Error != "" {
 		return r.Error
