@@ -189,6 +189,9 @@ func (rs *remoteServer) handler() http.Handler {
 	mux.HandleFunc("GET /_matrix/federation/v1/state_ids/{room}", func(w http.ResponseWriter, r *http.Request) {
 		_ = mxhttp.WriteJSON(w, 200, map[string]any{"pdu_ids": rs.stateIDs, "auth_chain_ids": rs.authChain})
 	})
+	mux.HandleFunc("GET /_matrix/federation/v1/state/{room}", func(w http.ResponseWriter, r *http.Request) {
+		_ = mxhttp.WriteJSON(w, 200, map[string]any{"pdus": nonEmpty(pdusOf(rs.stateIDs)), "auth_chain": nonEmpty(pdusOf(rs.authChain))})
+	})
 	mux.HandleFunc("GET /_matrix/federation/v1/event_auth/{room}/{id}", func(w http.ResponseWriter, r *http.Request) {
 		_ = mxhttp.WriteJSON(w, 200, map[string]any{"auth_chain": nonEmpty(pdusOf(rs.authChain))})
 	})
@@ -781,6 +784,65 @@ func TestFederationSendStateFallback(t *testing.T) {
 		}) ||
 			!slices.Contains(reqs, "GET /_matrix/federation/v1/event/"+url.PathEscape(name.EventID())) {
 			t.Errorf("requests %v, want state_ids at the PDU and the unknown state event", reqs)
+		}
+	})
+}
+
+// More unknown state events than are worth fetching one by one come in
+// one /state request.
+func TestFederationSendStateFallbackMany(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		sf := newSendFixture(t, db, true, nil)
+		sf.remoteMessage("unknown", "$unknown")
+		state := []string{sf.id["create"], sf.id["alice join"], sf.id["power levels"], sf.id["join rules"], sf.id["history"]}
+		var unknown []string
+		for i := range 60 {
+			u := fmt.Sprintf("@u%d:%s", i, remote)
+			sf.depth++
+			ev, err := events.Build(events.ProtoEvent{
+				RoomID: sf.room, Sender: u, Type: "m.room.member", StateKey: &u, Content: raw(map[string]any{"membership": "join"}),
+				PrevEvents: []string{sf.last}, AuthEvents: []string{sf.id["create"], sf.id["power levels"], sf.id["join rules"]},
+				Depth: sf.depth, OriginServerTS: 1_700_000_000_000,
+			}, sf.rv, sf.keys[remote], remote)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sf.rs.events[ev.EventID()] = ev
+			state = append(state, ev.EventID())
+			unknown = append(unknown, ev.EventID())
+		}
+		p := sf.remoteMessage("p")
+		sf.rs.stateIDs = state
+		sf.rs.authChain = []string{sf.id["create"], sf.id["alice join"], sf.id["power levels"], sf.id["join rules"]}
+
+		r := sf.sendOK(sendPath("sm1"), txn(pduList(p)))
+		if e, ok := r[p.EventID()]; !ok || e["error"] != nil {
+			t.Fatalf("PDU after a gap: %v", r)
+		}
+		bs := sf.remoteW.recorded()
+		final := bs[len(bs)-1]
+		var outliers []string
+		for _, o := range final.Outliers {
+			ev, err := events.Parse(o, sf.rv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			outliers = append(outliers, ev.EventID())
+		}
+		slices.Sort(outliers)
+		slices.Sort(unknown)
+		if !slices.Equal(outliers, unknown) || !slices.Equal(final.PDUs[0].StateBefore, state) {
+			t.Errorf("final batch: %d outliers, state before %d ids; want the 60 unknown members and the %d state ids",
+				len(outliers), len(final.PDUs[0].StateBefore), len(state))
+		}
+		for _, c := range sf.fetch.requests() {
+			if strings.HasPrefix(c, "GET /_matrix/federation/v1/event/") {
+				t.Errorf("state fetched one by one: %s", c)
+				break
+			}
+		}
+		if !slices.ContainsFunc(sf.fetch.requests(), func(c string) bool { return strings.HasPrefix(c, "GET /_matrix/federation/v1/state/") }) {
+			t.Errorf("no /state request: %v", sf.fetch.requests())
 		}
 	})
 }
