@@ -162,6 +162,8 @@ type remoteServer struct {
 	missing   []string // get_missing_events answer
 	stateIDs  []string // state_ids answer
 	authChain []string // state_ids and event_auth answers
+	// hang makes get_missing_events wait until the request is cancelled.
+	hang bool
 }
 
 func (rs *remoteServer) handler() http.Handler {
@@ -184,6 +186,11 @@ func (rs *remoteServer) handler() http.Handler {
 		_ = mxhttp.WriteJSON(w, 200, map[string]any{"origin": remote, "origin_server_ts": 1, "pdus": []json.RawMessage{ev.JSON()}})
 	})
 	mux.HandleFunc("POST /_matrix/federation/v1/get_missing_events/{room}", func(w http.ResponseWriter, r *http.Request) {
+		if rs.hang {
+			<-r.Context().Done()
+			http.Error(w, `{"errcode":"M_UNKNOWN"}`, 500)
+			return
+		}
 		_ = mxhttp.WriteJSON(w, 200, map[string]any{"events": nonEmpty(pdusOf(rs.missing))})
 	})
 	mux.HandleFunc("GET /_matrix/federation/v1/state_ids/{room}", func(w http.ResponseWriter, r *http.Request) {
@@ -213,6 +220,8 @@ type sendFixture struct {
 	rv      *events.RoomVersion
 	depth   int64
 	last    string // the latest event id (prev of the next remote event)
+	// deadline is the handlers' processing deadline (0: the default).
+	deadline time.Duration
 }
 
 // newSendFixture is the fixture's room with PUT /send served, PDUs going
@@ -239,7 +248,7 @@ func (sf *sendFixture) newHandler(db *storage.DB, withRemote bool, setup func(*i
 		rw = sf.remoteW
 	}
 	s := inbound.New(inbound.Config{ServerName: server, Now: func() time.Time { return time.UnixMilli(1_700_000_000_000) }},
-		sf.svc, profiles{}, log).WithSend(inbound.SendOptions{Remote: rw, Fetch: sf.fetch, Verifier: verifier{sf.finder}, DB: db})
+		sf.svc, profiles{}, log).WithSend(inbound.SendOptions{Remote: rw, Fetch: sf.fetch, Verifier: verifier{sf.finder}, DB: db, Deadline: sf.deadline})
 	if setup != nil {
 		setup(s)
 	}
@@ -920,6 +929,23 @@ func TestFederationSendFetchBounded(t *testing.T) {
 		if gme != 10 || states != 5 || auths != 20 {
 			t.Errorf("%d get_missing_events, %d state_ids and %d event_auth requests for one transaction, want the limits 10, 5 and 20",
 				gme, states, auths)
+		}
+	})
+}
+
+// A transaction's processing ends at its deadline, whatever the origin
+// does: the PDUs not stored by then are answered with an error.
+func TestFederationSendDeadline(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		sf := newSendFixture(t, db, true, nil)
+		sf.deadline = 200 * time.Millisecond
+		sf.h = sf.newHandler(db, true, nil)
+		sf.remoteMessage("unknown", "$unknown")
+		p := sf.remoteMessage("p")
+		sf.rs.hang = true
+		r := sf.sendOK(sendPath("d1"), txn(pduList(p)))
+		if e := r[p.EventID()]; e == nil || !strings.Contains(fmt.Sprint(e["error"]), "in time") {
+			t.Errorf("PDU whose fetch outlived the deadline: %v", r)
 		}
 	})
 }
