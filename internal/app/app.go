@@ -488,7 +488,7 @@ func (p *Process) wire(ctx context.Context) error {
 	if err := p.wireFederation(mux, srv, key, roomStore, receiptsStore, typingReader, presSvc); err != nil {
 		return err
 	}
-	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc)
+	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc, p.remoteWriter)
 	roomSvc.SetBackfiller(&backfill.Backfiller{ServerName: cfg.ServerName, DB: db, Client: p.federationClient, Keys: p.serverKeys,
 		Writer: p.remoteWriter, Log: log.With("module", "federation.backfill")})
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {

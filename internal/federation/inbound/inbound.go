@@ -51,6 +51,8 @@ type Server struct {
 	profiles Profiles
 	keys     Keys // nil: the device and key endpoints are not mounted
 	edus     map[string]EDUHandler
+	send     *sendHandler // nil: PUT /send is not mounted
+	metrics  *sendMetrics // nil: not counted
 	log      *slog.Logger
 }
 
@@ -83,6 +85,9 @@ func (s *Server) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, auth *xmatrix.Authe
 	mux.Handle("GET "+p+"/query/directory", h(s.queryDirectory))
 	mux.Handle("GET "+p+"/publicRooms", h(s.publicRoomsGet))
 	mux.Handle("POST "+p+"/publicRooms", h(s.publicRoomsPost))
+	if s.send != nil {
+		mux.Handle("PUT "+p+"/send/{txnId}", h(s.putSend))
+	}
 	if s.keys != nil {
 		mux.Handle("GET "+p+"/user/devices/{userId}", h(s.userDevices))
 		mux.Handle("POST "+p+"/user/keys/query", h(s.userKeysQuery))
