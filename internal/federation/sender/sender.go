@@ -272,8 +272,11 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 		if err != nil {
 			return from, nil, err
 		}
-		if ev.Type() == "m.room.member" && ev.StateKey() != nil {
-			// A kicked, banned or departing server is told too.
+		if ev.Type() == "m.room.member" && ev.StateKey() != nil && ev.Membership() != "invite" {
+			// A kicked, banned or departing server is told too. An invite
+			// already reached the invitee's server through /invite; sent
+			// again by /send to a server not in the room, it would be asked
+			// about (get_missing_events) and refused.
 			if t := serverOf(*ev.StateKey()); t != "" && t != s.opts.ServerName && !slices.Contains(dests, t) {
 				dests = append(dests[:len(dests):len(dests)], t)
 			}
