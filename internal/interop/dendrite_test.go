@@ -1,0 +1,196 @@
+package interop_test
+
+import (
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"testing"
+
+	"ganglion/internal/events"
+	"ganglion/internal/federation/client"
+	"ganglion/internal/federation/serverkeys"
+	"ganglion/internal/testutil/testca"
+)
+
+// serverKeys fetches a server's own key answer over TLS (trusting only the
+// test CA) and checks it is about that server and signed by its own keys.
+func serverKeys(t *testing.T, c *http.Client, base, serverName string) *serverkeys.Response {
+	t.Helper()
+	ctx := testContext(t)
+	code, _, raw := getJSON(t, ctx, c, base+serverkeys.PathServer)
+	if code != http.StatusOK {
+		t.Fatalf("GET %s%s: %d %s", base, serverkeys.PathServer, code, truncate(raw))
+	}
+	r, err := serverkeys.ParseResponse(raw)
+	if err != nil {
+		t.Fatalf("%s's key answer: %v", serverName, err)
+	}
+	if r.ServerName != serverName || len(r.VerifyKeys) == 0 {
+		t.Fatalf("%s's key answer is about %q with %d keys: %s", serverName, r.ServerName, len(r.VerifyKeys), raw)
+	}
+	if err := r.CheckSelfSigned(); err != nil {
+		t.Fatalf("%s's key answer: %v", serverName, err)
+	}
+	return r
+}
+
+// notaryEntry finds the entry about server in a notary answer, checks it
+// carries exactly want's keys, is signed by server with them and by the
+// notary with notaryKeys, and returns it.
+func notaryEntry(t *testing.T, raw []byte, server string, want *serverkeys.Response, notary string, notaryKeys map[string]ed25519.PublicKey) {
+	t.Helper()
+	var out struct {
+		ServerKeys []json.RawMessage `json:"server_keys"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatalf("notary answer of %s: %v: %s", notary, err, truncate(raw))
+	}
+	for _, e := range out.ServerKeys {
+		r, err := serverkeys.ParseResponse(e)
+		if err != nil {
+			t.Fatalf("notary %s's entry: %v: %s", notary, err, e)
+		}
+		if r.ServerName != server {
+			continue
+		}
+		if len(r.VerifyKeys) != len(want.VerifyKeys) {
+			t.Fatalf("notary %s lists keys %v for %s, the server itself %v", notary, r.VerifyKeys, server, want.VerifyKeys)
+		}
+		for kid, pub := range want.VerifyKeys {
+			if !pub.Equal(r.VerifyKeys[kid]) {
+				t.Fatalf("notary %s has %s of %s as %x, the server itself %x", notary, kid, server, r.VerifyKeys[kid], pub)
+			}
+		}
+		if err := r.CheckSelfSigned(); err != nil {
+			t.Fatalf("notary %s's entry for %s: %v", notary, server, err)
+		}
+		signed := false
+		for kid, pub := range notaryKeys {
+			if err := events.VerifyJSON(r.Raw, notary, kid, pub); err != nil {
+				t.Fatalf("notary %s's entry for %s: its own signature with %s: %v", notary, server, kid, err)
+			}
+			signed = true
+		}
+		if !signed {
+			t.Fatalf("notary %s's entry for %s carries no signature of the notary", notary, server)
+		}
+		return
+	}
+	t.Fatalf("notary %s has no entry for %s: %s", notary, server, truncate(raw))
+}
+
+// TestDendriteServerKeys: each server fetches the other's signing keys over
+// TLS and serves them as a notary. Ganglion's keyring fetches Dendrite's
+// (GET /_matrix/key/v2/query/{dendrite} on Ganglion) and checks Dendrite's
+// signature before serving them with its own; Dendrite does the same for
+// Ganglion's (POST /_matrix/key/v2/query on Dendrite). Both answers hold the
+// very keys each server publishes itself.
+func TestDendriteServerKeys(t *testing.T) {
+	ca := testca.New(t)
+	g := startGanglion(t, ca)
+	d := startDendrite(t, ca)
+	ctx := testContext(t)
+	fed := tlsClient(ca)
+
+	gKeys := serverKeys(t, fed, g.clientURL, g.serverName)
+	dKeys := serverKeys(t, fed, d.fedURL, d.serverName)
+	if !gKeys.VerifyKeys[g.key.ID].Equal(g.key.Public()) {
+		t.Fatalf("Ganglion publishes %v, its signing key is %s", gKeys.VerifyKeys, g.key.ID)
+	}
+
+	// Ganglion as the notary of Dendrite's keys.
+	code, _, raw := getJSON(t, ctx, fed, g.clientURL+serverkeys.PathQuery+"/"+url.PathEscape(d.serverName))
+	if code != http.StatusOK {
+		t.Fatalf("Ganglion notary query for Dendrite: %d %s", code, truncate(raw))
+	}
+	notaryEntry(t, raw, d.serverName, dKeys, g.serverName, gKeys.VerifyKeys)
+
+	// Dendrite as the notary of Ganglion's keys.
+	body, _ := json.Marshal(map[string]any{"server_keys": map[string]any{g.serverName: map[string]any{}}})
+	resp, err := fed.Post(d.fedURL+serverkeys.PathQuery, "application/json", strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatalf("Dendrite notary query: %v", err)
+	}
+	defer resp.Body.Close()
+	raw, err = io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("Dendrite notary query for Ganglion: %d %v %s", resp.StatusCode, err, truncate(raw))
+	}
+	notaryEntry(t, raw, g.serverName, gKeys, d.serverName, dKeys.VerifyKeys)
+}
+
+// TestDendriteProfileQueries: signed federation requests both ways.
+// Dendrite's client API looks up a Ganglion user's profile, which Dendrite
+// does with a federation query/profile signed with X-Matrix: Ganglion
+// checks the signature with the key its keyring fetched from Dendrite and
+// answers. Ganglion's federation client, signing with Ganglion's key, asks
+// Dendrite for a Dendrite user's profile: Dendrite fetches Ganglion's key
+// to check the request and answers. A request signed with a key Ganglion
+// never published is refused by Dendrite.
+func TestDendriteProfileQueries(t *testing.T) {
+	ca := testca.New(t)
+	g := startGanglion(t, ca)
+	d := startDendrite(t, ca)
+	ctx := testContext(t)
+
+	alice := g.register(t, ctx, "alice")
+	if err := alice.SetDisplayName(ctx, "Alice of Ganglion"); err != nil {
+		t.Fatal(err)
+	}
+	bob := d.register(t, ctx, "bob")
+	if err := bob.SetDisplayName(ctx, "Bob of Dendrite"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Dendrite → Ganglion.
+	p, err := bob.GetProfile(ctx, alice.UserID)
+	if err != nil {
+		t.Fatalf("Dendrite's client API: profile of %s: %v", alice.UserID, err)
+	}
+	if p.DisplayName != "Alice of Ganglion" {
+		t.Fatalf("Dendrite says %s's displayname is %q", alice.UserID, p.DisplayName)
+	}
+	// A user Ganglion does not have: Dendrite relays Ganglion's 404.
+	if _, err := bob.GetProfile(ctx, g.userID("nobody")); err == nil {
+		t.Fatalf("Dendrite found a profile for a user Ganglion does not have")
+	}
+
+	// Ganglion → Dendrite, with Ganglion's own key.
+	loopback := client.IPFilter{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}
+	fc, err := client.New(client.Options{ServerName: g.serverName, Key: g.key, RootCAs: ca.Pool(), IPFilter: loopback})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.CloseIdleConnections()
+	var prof struct {
+		DisplayName string `json:"displayname"`
+	}
+	path := "/_matrix/federation/v1/query/profile?user_id=" + url.QueryEscape(bob.UserID.String())
+	if err := fc.SignedGetJSON(ctx, d.serverName, path, &prof); err != nil {
+		t.Fatalf("query Dendrite for %s's profile: %v", bob.UserID, err)
+	}
+	if prof.DisplayName != "Bob of Dendrite" {
+		t.Fatalf("Dendrite answered %s's displayname as %q", bob.UserID, prof.DisplayName)
+	}
+
+	// The same request signed with a key Ganglion does not publish.
+	forged, err := events.GenerateSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc2, err := client.New(client.Options{ServerName: g.serverName, Key: forged, RootCAs: ca.Pool(), IPFilter: loopback})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc2.CloseIdleConnections()
+	err = fc2.SignedGetJSON(ctx, d.serverName, path, &prof)
+	var he *client.HTTPError
+	if !errors.As(err, &he) || (he.Status != http.StatusUnauthorized && he.Status != http.StatusForbidden) {
+		t.Fatalf("Dendrite answered a request signed with an unpublished key of %s with %v, want 401 or 403", g.serverName, err)
+	}
+}
