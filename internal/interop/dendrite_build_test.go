@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -28,16 +29,18 @@ var dendriteCommands = []string{"dendrite", "generate-keys", "generate-config"}
 const dendriteBuildTimeout = 15 * time.Minute
 
 // dendriteBinDir is where the built binaries are kept between runs:
-// GANGLION_DENDRITE_BIN if set, else beside Go's build cache in the user's
-// cache directory, keyed by version so a version bump rebuilds.
-func dendriteBinDir(t testing.TB) string {
+// GANGLION_DENDRITE_BIN if set, else ganglion-dendrite/VERSION beside Go's
+// build cache (whatever keeps that between CI runs can keep this too), else
+// in the temporary directory. Keyed by version, so a version bump rebuilds.
+func dendriteBinDir(t testing.TB, goBin string) string {
 	t.Helper()
 	if d := os.Getenv("GANGLION_DENDRITE_BIN"); d != "" {
 		return d
 	}
-	base, err := os.UserCacheDir()
-	if err != nil {
-		t.Fatalf("no cache directory for the Dendrite build (set GANGLION_DENDRITE_BIN): %v", err)
+	base := os.TempDir()
+	out, err := exec.Command(goBin, "env", "GOCACHE").Output()
+	if cache := strings.TrimSpace(string(out)); err == nil && filepath.IsAbs(cache) {
+		base = filepath.Dir(cache)
 	}
 	return filepath.Join(base, "ganglion-dendrite", dendriteVersion)
 }
@@ -49,7 +52,11 @@ func dendriteBinDir(t testing.TB) string {
 // A failed build fails the test; it never skips.
 func buildDendrite(t testing.TB) string {
 	t.Helper()
-	dir := dendriteBinDir(t)
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("building Dendrite needs the go command on PATH: %v", err)
+	}
+	dir := dendriteBinDir(t, goBin)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatalf("create the Dendrite binary directory: %v", err)
 	}
@@ -68,10 +75,6 @@ func buildDendrite(t testing.TB) string {
 	marker := filepath.Join(dir, ".complete")
 	if _, err := os.Stat(marker); err == nil && dendriteBinariesPresent(dir) {
 		return dir
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("building Dendrite needs the go command on PATH: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), dendriteBuildTimeout)
 	defer cancel()
