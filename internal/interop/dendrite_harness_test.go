@@ -187,8 +187,10 @@ type ganglion struct {
 
 // startGanglion starts Ganglion with server_name 127.0.0.1:PORT, a
 // certificate from ca for 127.0.0.1, ca trusted for outbound federation
-// (federation_custom_ca_list) and loopback allowed (ip_range_whitelist:
-// the default ip_range_blacklist covers 127.0.0.0/8).
+// (federation_custom_ca_list), loopback allowed (ip_range_whitelist: the
+// default ip_range_blacklist covers 127.0.0.0/8), no notary
+// (trusted_key_servers: keys come from the servers themselves) and its
+// public room directory open to other servers.
 func startGanglion(t *testing.T, ca *testca.CA) *ganglion {
 	t.Helper()
 	dir := t.TempDir()
@@ -216,6 +218,8 @@ func startGanglion(t *testing.T, ca *testca.CA) *ganglion {
 			"federation_custom_ca_list": []string{caPath},
 			"ip_range_whitelist":        []string{"127.0.0.1"},
 			"trusted_key_servers":       []any{},
+			// Dendrite's users list Ganglion's public rooms.
+			"allow_public_rooms_over_federation": true,
 			"database": map[string]any{"name": "sqlite3",
 				"args": map[string]any{"database": filepath.Join(dir, "homeserver.db")}},
 			"signing_key_path":                         filepath.Join(dir, "signing.key"),

@@ -2,15 +2,21 @@ package interop_test
 
 import (
 	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+
+	"ganglion/internal/canonicaljson"
 	"ganglion/internal/events"
 	"ganglion/internal/federation/client"
 	"ganglion/internal/federation/serverkeys"
@@ -192,5 +198,145 @@ func TestDendriteProfileQueries(t *testing.T) {
 	var he *client.HTTPError
 	if !errors.As(err, &he) || (he.Status != http.StatusUnauthorized && he.Status != http.StatusForbidden) {
 		t.Fatalf("Dendrite answered a request signed with an unpublished key of %s with %v, want 401 or 403", g.serverName, err)
+	}
+}
+
+// TestDendriteReadsGanglionDirectory: Dendrite's users resolve a Ganglion
+// room alias (Dendrite asks Ganglion's federation query/directory) and
+// list Ganglion's public rooms (Dendrite asks Ganglion's federation
+// publicRooms); an alias Ganglion does not have is not found.
+func TestDendriteReadsGanglionDirectory(t *testing.T) {
+	ca := testca.New(t)
+	g := startGanglion(t, ca)
+	d := startDendrite(t, ca)
+	ctx := testContext(t)
+
+	alice := g.register(t, ctx, "alice")
+	created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Visibility: "public",
+		RoomAliasName: "interop", Name: "Interop lobby", Topic: "shared with Dendrite"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob := d.register(t, ctx, "bob")
+
+	alias := id.NewRoomAlias("interop", g.serverName)
+	res, err := bob.ResolveAlias(ctx, alias)
+	if err != nil {
+		t.Fatalf("Dendrite resolves %s: %v", alias, err)
+	}
+	if res.RoomID != created.RoomID || !slices.Contains(res.Servers, g.serverName) {
+		t.Fatalf("Dendrite resolves %s to %s via %v, want %s via %s", alias, res.RoomID, res.Servers, created.RoomID, g.serverName)
+	}
+	if _, err := bob.ResolveAlias(ctx, id.NewRoomAlias("missing", g.serverName)); err == nil {
+		t.Fatalf("Dendrite resolved an alias Ganglion does not have")
+	}
+
+	rooms, err := bob.PublicRooms(ctx, &mautrix.ReqPublicRooms{Server: g.serverName, Limit: 10})
+	if err != nil {
+		t.Fatalf("Dendrite lists %s's public rooms: %v", g.serverName, err)
+	}
+	i := slices.IndexFunc(rooms.Chunk, func(r *mautrix.PublicRoomInfo) bool { return r.RoomID == created.RoomID })
+	if i < 0 {
+		t.Fatalf("Dendrite's list of %s's public rooms lacks %s: %+v", g.serverName, created.RoomID, rooms.Chunk)
+	}
+	r := rooms.Chunk[i]
+	if r.Name != "Interop lobby" || r.Topic != "shared with Dendrite" || r.CanonicalAlias != alias || r.NumJoinedMembers != 1 {
+		t.Fatalf("Dendrite lists %s as %+v", created.RoomID, r)
+	}
+}
+
+// signedObject signs obj (without "signatures" and "unsigned") as the
+// device key keyID of user, the way clients sign device and one-time keys.
+func signedObject(t *testing.T, obj map[string]any, user id.UserID, keyID string, priv ed25519.PrivateKey) map[string]any {
+	t.Helper()
+	unsigned := map[string]any{}
+	for k, v := range obj {
+		if k != "signatures" && k != "unsigned" {
+			unsigned[k] = v
+		}
+	}
+	raw, err := json.Marshal(unsigned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	canon, err := canonicaljson.Canonicalize(raw, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := base64.RawStdEncoding.EncodeToString(ed25519.Sign(priv, canon))
+	obj["signatures"] = map[string]any{user.String(): map[string]any{keyID: sig}}
+	return obj
+}
+
+// TestDendriteQueriesGanglionKeys: a Dendrite user's /keys/query and
+// /keys/claim for a Ganglion user make Dendrite call Ganglion's federation
+// user/keys/query and user/keys/claim; Dendrite hands back the device keys
+// and the one-time key the Ganglion user uploaded, signatures intact.
+func TestDendriteQueriesGanglionKeys(t *testing.T) {
+	ca := testca.New(t)
+	g := startGanglion(t, ca)
+	d := startDendrite(t, ca)
+	ctx := testContext(t)
+
+	alice := g.register(t, ctx, "alice")
+	bob := d.register(t, ctx, "bob")
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := alice.DeviceID.String()
+	edKey := base64.RawStdEncoding.EncodeToString(pub)
+	curveKey := base64.RawStdEncoding.EncodeToString(make([]byte, 32))
+	deviceKeys := signedObject(t, map[string]any{
+		"user_id":    alice.UserID.String(),
+		"device_id":  dev,
+		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"},
+		"keys":       map[string]any{"ed25519:" + dev: edKey, "curve25519:" + dev: curveKey},
+	}, alice.UserID, "ed25519:"+dev, priv)
+	otk := signedObject(t, map[string]any{"key": base64.RawStdEncoding.EncodeToString(pub[:])}, alice.UserID, "ed25519:"+dev, priv)
+	var uploaded struct {
+		Counts map[string]int `json:"one_time_key_counts"`
+	}
+	if _, err := alice.MakeRequest(ctx, http.MethodPost, alice.BuildClientURL("v3", "keys", "upload"), map[string]any{
+		"device_keys":   deviceKeys,
+		"one_time_keys": map[string]any{"signed_curve25519:AAAAAQ": otk},
+	}, &uploaded); err != nil {
+		t.Fatalf("upload %s's keys to Ganglion: %v", alice.UserID, err)
+	}
+	if uploaded.Counts["signed_curve25519"] != 1 {
+		t.Fatalf("Ganglion counts %v one-time keys after the upload", uploaded.Counts)
+	}
+
+	q, err := bob.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{alice.UserID: {}}, Timeout: 10000})
+	if err != nil {
+		t.Fatalf("Dendrite's /keys/query for %s: %v", alice.UserID, err)
+	}
+	if len(q.Failures) != 0 {
+		t.Fatalf("Dendrite's /keys/query for %s failed for %v", alice.UserID, q.Failures)
+	}
+	got, ok := q.DeviceKeys[alice.UserID][alice.DeviceID]
+	if !ok {
+		t.Fatalf("Dendrite's /keys/query has no device %s of %s: %+v", dev, alice.UserID, q.DeviceKeys)
+	}
+	if got.Keys[id.NewDeviceKeyID(id.KeyAlgorithmEd25519, alice.DeviceID)] != edKey || got.UserID != alice.UserID {
+		t.Fatalf("Dendrite has %s's device %s as %+v", alice.UserID, dev, got)
+	}
+	wantSig := deviceKeys["signatures"].(map[string]any)[alice.UserID.String()].(map[string]any)["ed25519:"+dev]
+	if gotSig := got.Signatures[alice.UserID][id.NewKeyID(id.KeyAlgorithmEd25519, dev)]; gotSig != wantSig {
+		t.Fatalf("Dendrite hands back %s's device keys signed %q, uploaded signed %q", alice.UserID, gotSig, wantSig)
+	}
+
+	c, err := bob.ClaimKeys(ctx, &mautrix.ReqClaimKeys{OneTimeKeys: mautrix.OneTimeKeysRequest{
+		alice.UserID: {alice.DeviceID: id.KeyAlgorithmSignedCurve25519}}, Timeout: 10000})
+	if err != nil {
+		t.Fatalf("Dendrite's /keys/claim for %s: %v", alice.UserID, err)
+	}
+	if len(c.Failures) != 0 {
+		t.Fatalf("Dendrite's /keys/claim for %s failed for %v", alice.UserID, c.Failures)
+	}
+	keys := c.OneTimeKeys[alice.UserID][alice.DeviceID]
+	k, ok := keys[id.KeyID("signed_curve25519:AAAAAQ")]
+	if len(keys) != 1 || !ok || k.Key != id.Curve25519(otk["key"].(string)) {
+		t.Fatalf("Dendrite's claim of %s's one-time key gave %+v", alice.UserID, keys)
 	}
 }
