@@ -461,3 +461,82 @@ func TestDendriteRemoteProfiles(t *testing.T) {
 			fmt.Sprintf("Dendrite has %s as %+v (%v)", alice.UserID, m, err)
 	})
 }
+
+// TestDendriteRemoteKeys: Ganglion's client API answers /keys/query and
+// /keys/claim for a Dendrite user by asking Dendrite; once the two share a
+// room, a new device of the Dendrite user reaches Ganglion as an
+// m.device_list_update EDU: the Ganglion user's sync lists the Dendrite
+// user in device_lists.changed and /keys/query then has both devices.
+func TestDendriteRemoteKeys(t *testing.T) {
+	p := startPair(t)
+	ctx := testContext(t)
+	alice := user(t, ctx, &p.g.homeserver, "alice", "Alice G")
+	bob := user(t, ctx, &p.d.homeserver, "bob", "Bob D")
+	up := uploadKeys(t, ctx, "Dendrite", bob)
+
+	q, err := alice.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{bob.UserID: {}}, Timeout: 10000})
+	if err != nil {
+		t.Fatalf("Ganglion's /keys/query for %s: %v", bob.UserID, err)
+	}
+	if len(q.Failures) != 0 {
+		t.Fatalf("Ganglion's /keys/query for %s failed for %v", bob.UserID, q.Failures)
+	}
+	if got := q.DeviceKeys[bob.UserID][bob.DeviceID].Keys[id.NewDeviceKeyID(id.KeyAlgorithmEd25519, bob.DeviceID)]; got != up.edKey {
+		t.Fatalf("Ganglion gives %s's ed25519 key as %q, want %q (%+v)", bob.UserID, got, up.edKey, q.DeviceKeys)
+	}
+	c, err := alice.ClaimKeys(ctx, &mautrix.ReqClaimKeys{OneTimeKeys: mautrix.OneTimeKeysRequest{
+		bob.UserID: {bob.DeviceID: id.KeyAlgorithmSignedCurve25519}}, Timeout: 10000})
+	if err != nil || len(c.Failures) != 0 {
+		t.Fatalf("Ganglion's /keys/claim for %s: %v %v", bob.UserID, err, c)
+	}
+	if k := c.OneTimeKeys[bob.UserID][bob.DeviceID][id.KeyID("signed_curve25519:AAAAAQ")]; k.Key != id.Curve25519(up.otk["key"].(string)) {
+		t.Fatalf("Ganglion's claim of %s's one-time key gave %+v", bob.UserID, c.OneTimeKeys)
+	}
+
+	roomID := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if _, err := alice.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	waitInvite(t, ctx, bob, roomID)
+	if _, err := bob.JoinRoomByID(ctx, roomID); err != nil {
+		t.Fatal(err)
+	}
+	waitMembership(t, ctx, alice, roomID, bob.UserID, event.MembershipJoin)
+	first, err := alice.SyncRequest(ctx, 0, "", "", false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A second device for bob, with keys.
+	bob2, err := mautrix.NewClient(p.d.clientURL, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob2.Client = p.d.http
+	if _, err := bob2.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypePassword, StoreCredentials: true,
+		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "bob"}, Password: password("bob")}); err != nil {
+		t.Fatalf("log bob in on Dendrite again: %v", err)
+	}
+	up2 := uploadKeys(t, ctx, "Dendrite", bob2)
+
+	// The sync must say bob's devices changed, and /keys/query must then
+	// list the new device: either may come first.
+	since, sawChange := first.NextBatch, false
+	eventually(t, func() (bool, string) {
+		resp, err := alice.SyncRequest(ctx, 0, since, "", false, "")
+		if err != nil {
+			return false, fmt.Sprintf("sync: %v", err)
+		}
+		since = resp.NextBatch
+		sawChange = sawChange || slices.Contains(resp.DeviceLists.Changed, bob.UserID)
+		q, err := alice.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{bob.UserID: {}}, Timeout: 10000})
+		if err != nil {
+			return false, fmt.Sprintf("/keys/query: %v", err)
+		}
+		devs := q.DeviceKeys[bob.UserID]
+		got := devs[bob2.DeviceID].Keys[id.NewDeviceKeyID(id.KeyAlgorithmEd25519, bob2.DeviceID)]
+		return sawChange && got == up2.edKey && len(devs) == 2,
+			fmt.Sprintf("device_lists.changed listed %s: %v; Ganglion has %s's devices as %+v, want %s and %s",
+				bob.UserID, sawChange, bob.UserID, devs, bob.DeviceID, bob2.DeviceID)
+	})
+}

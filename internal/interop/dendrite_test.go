@@ -1,6 +1,7 @@
 package interop_test
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
@@ -268,6 +269,48 @@ func signedObject(t *testing.T, obj map[string]any, user id.UserID, keyID string
 	return obj
 }
 
+// uploaded is what uploadKeys uploaded.
+type uploaded struct {
+	dev        string
+	edKey      string         // the device's ed25519 key, unpadded base64
+	deviceKeys map[string]any // the signed device keys
+	otk        map[string]any // the signed one-time key signed_curve25519:AAAAAQ
+}
+
+// uploadKeys uploads signed device keys and one signed_curve25519 one-time
+// key for c's device, as an encrypting client would (the curve25519 keys
+// are placeholders: nothing here encrypts).
+func uploadKeys(t *testing.T, ctx context.Context, server string, c *mautrix.Client) uploaded {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := c.DeviceID.String()
+	keyID := "ed25519:" + dev
+	u := uploaded{dev: dev, edKey: base64.RawStdEncoding.EncodeToString(pub)}
+	u.deviceKeys = signedObject(t, map[string]any{
+		"user_id":    c.UserID.String(),
+		"device_id":  dev,
+		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"},
+		"keys":       map[string]any{keyID: u.edKey, "curve25519:" + dev: base64.RawStdEncoding.EncodeToString(make([]byte, 32))},
+	}, c.UserID, keyID, priv)
+	u.otk = signedObject(t, map[string]any{"key": base64.RawStdEncoding.EncodeToString(pub)}, c.UserID, keyID, priv)
+	var resp struct {
+		Counts map[string]int `json:"one_time_key_counts"`
+	}
+	if _, err := c.MakeRequest(ctx, http.MethodPost, c.BuildClientURL("v3", "keys", "upload"), map[string]any{
+		"device_keys":   u.deviceKeys,
+		"one_time_keys": map[string]any{"signed_curve25519:AAAAAQ": u.otk},
+	}, &resp); err != nil {
+		t.Fatalf("upload %s's keys to %s: %v", c.UserID, server, err)
+	}
+	if resp.Counts["signed_curve25519"] != 1 {
+		t.Fatalf("%s counts %v one-time keys after the upload", server, resp.Counts)
+	}
+	return u
+}
+
 // TestDendriteQueriesGanglionKeys: a Dendrite user's /keys/query and
 // /keys/claim for a Ganglion user make Dendrite call Ganglion's federation
 // user/keys/query and user/keys/claim; Dendrite hands back the device keys
@@ -280,32 +323,9 @@ func TestDendriteQueriesGanglionKeys(t *testing.T) {
 
 	alice := g.register(t, ctx, "alice")
 	bob := d.register(t, ctx, "bob")
-	pub, priv, err := ed25519.GenerateKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev := alice.DeviceID.String()
-	edKey := base64.RawStdEncoding.EncodeToString(pub)
-	curveKey := base64.RawStdEncoding.EncodeToString(make([]byte, 32))
-	deviceKeys := signedObject(t, map[string]any{
-		"user_id":    alice.UserID.String(),
-		"device_id":  dev,
-		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"},
-		"keys":       map[string]any{"ed25519:" + dev: edKey, "curve25519:" + dev: curveKey},
-	}, alice.UserID, "ed25519:"+dev, priv)
-	otk := signedObject(t, map[string]any{"key": base64.RawStdEncoding.EncodeToString(pub[:])}, alice.UserID, "ed25519:"+dev, priv)
-	var uploaded struct {
-		Counts map[string]int `json:"one_time_key_counts"`
-	}
-	if _, err := alice.MakeRequest(ctx, http.MethodPost, alice.BuildClientURL("v3", "keys", "upload"), map[string]any{
-		"device_keys":   deviceKeys,
-		"one_time_keys": map[string]any{"signed_curve25519:AAAAAQ": otk},
-	}, &uploaded); err != nil {
-		t.Fatalf("upload %s's keys to Ganglion: %v", alice.UserID, err)
-	}
-	if uploaded.Counts["signed_curve25519"] != 1 {
-		t.Fatalf("Ganglion counts %v one-time keys after the upload", uploaded.Counts)
-	}
+	up := uploadKeys(t, ctx, "Ganglion", alice)
+	dev, edKey, otk := up.dev, up.edKey, up.otk
+	deviceKeys := up.deviceKeys
 
 	q, err := bob.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{alice.UserID: {}}, Timeout: 10000})
 	if err != nil {
@@ -338,5 +358,95 @@ func TestDendriteQueriesGanglionKeys(t *testing.T) {
 	k, ok := keys[id.KeyID("signed_curve25519:AAAAAQ")]
 	if len(keys) != 1 || !ok || k.Key != id.Curve25519(otk["key"].(string)) {
 		t.Fatalf("Dendrite's claim of %s's one-time key gave %+v", alice.UserID, keys)
+	}
+}
+
+// TestDendriteAnswersGanglionFederationClient: Ganglion's federation
+// client, signing as Ganglion, reads Dendrite's directory, public rooms,
+// device list and keys (GET and POST requests, whose X-Matrix signature
+// covers the body); Dendrite checks each against the key it fetches from
+// Ganglion and answers.
+func TestDendriteAnswersGanglionFederationClient(t *testing.T) {
+	ca := testca.New(t)
+	g := startGanglion(t, ca)
+	d := startDendrite(t, ca)
+	ctx := testContext(t)
+
+	bob := d.register(t, ctx, "bob")
+	created, err := bob.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Visibility: "public",
+		RoomAliasName: "dlobby", Name: "Dendrite lobby"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := uploadKeys(t, ctx, "Dendrite", bob)
+
+	fc, err := client.New(client.Options{ServerName: g.serverName, Key: g.key, RootCAs: ca.Pool(),
+		IPFilter: client.IPFilter{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.CloseIdleConnections()
+	const fed = "/_matrix/federation/v1"
+
+	alias := id.NewRoomAlias("dlobby", d.serverName)
+	var dir struct {
+		RoomID  id.RoomID `json:"room_id"`
+		Servers []string  `json:"servers"`
+	}
+	if err := fc.SignedGetJSON(ctx, d.serverName, fed+"/query/directory?room_alias="+url.QueryEscape(alias.String()), &dir); err != nil {
+		t.Fatalf("query Dendrite's directory for %s: %v", alias, err)
+	}
+	if dir.RoomID != created.RoomID || !slices.Contains(dir.Servers, d.serverName) {
+		t.Fatalf("Dendrite resolves %s to %s via %v, want %s", alias, dir.RoomID, dir.Servers, created.RoomID)
+	}
+
+	var rooms mautrix.RespPublicRooms
+	if err := fc.SignedGetJSON(ctx, d.serverName, fed+"/publicRooms?limit=10", &rooms); err != nil {
+		t.Fatalf("Dendrite's public rooms: %v", err)
+	}
+	if !slices.ContainsFunc(rooms.Chunk, func(r *mautrix.PublicRoomInfo) bool {
+		return r.RoomID == created.RoomID && r.Name == "Dendrite lobby"
+	}) {
+		t.Fatalf("Dendrite's public rooms lack %s: %+v", created.RoomID, rooms.Chunk)
+	}
+
+	var devices struct {
+		UserID  id.UserID `json:"user_id"`
+		Devices []struct {
+			DeviceID string         `json:"device_id"`
+			Keys     map[string]any `json:"keys"`
+		} `json:"devices"`
+	}
+	if err := fc.SignedGetJSON(ctx, d.serverName, fed+"/user/devices/"+url.PathEscape(bob.UserID.String()), &devices); err != nil {
+		t.Fatalf("Dendrite's user/devices of %s: %v", bob.UserID, err)
+	}
+	if devices.UserID != bob.UserID || len(devices.Devices) != 1 || devices.Devices[0].DeviceID != up.dev {
+		t.Fatalf("Dendrite lists %s's devices as %+v, want the one device %s", bob.UserID, devices, up.dev)
+	}
+
+	var q struct {
+		DeviceKeys map[string]map[string]struct {
+			Keys map[string]string `json:"keys"`
+		} `json:"device_keys"`
+	}
+	body := map[string]any{"device_keys": map[string]any{bob.UserID.String(): []string{}}}
+	if err := fc.SignedPostJSON(ctx, d.serverName, fed+"/user/keys/query", body, &q); err != nil {
+		t.Fatalf("Dendrite's user/keys/query for %s: %v", bob.UserID, err)
+	}
+	if got := q.DeviceKeys[bob.UserID.String()][up.dev].Keys["ed25519:"+up.dev]; got != up.edKey {
+		t.Fatalf("Dendrite's user/keys/query gives %s's ed25519 key as %q, want %q (%+v)", bob.UserID, got, up.edKey, q)
+	}
+
+	var c struct {
+		OneTimeKeys map[string]map[string]map[string]struct {
+			Key string `json:"key"`
+		} `json:"one_time_keys"`
+	}
+	body = map[string]any{"one_time_keys": map[string]any{bob.UserID.String(): map[string]string{up.dev: "signed_curve25519"}}}
+	if err := fc.SignedPostJSON(ctx, d.serverName, fed+"/user/keys/claim", body, &c); err != nil {
+		t.Fatalf("Dendrite's user/keys/claim for %s: %v", bob.UserID, err)
+	}
+	if got := c.OneTimeKeys[bob.UserID.String()][up.dev]["signed_curve25519:AAAAAQ"].Key; got != up.otk["key"] {
+		t.Fatalf("Dendrite's user/keys/claim gives %s's one-time key as %q, want %q (%+v)", bob.UserID, got, up.otk["key"], c)
 	}
 }
