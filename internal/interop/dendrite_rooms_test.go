@@ -9,6 +9,8 @@ package interop_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/url"
 	"slices"
 	"testing"
 
@@ -148,9 +150,17 @@ func createRoom(t *testing.T, ctx context.Context, c *mautrix.Client, req *mautr
 	return resp.RoomID
 }
 
+// joinVia joins roomID through the server via. The server is named both
+// as via (the spec's parameter since v1.12) and as server_name (the older
+// one, the only one Dendrite v0.13.8 reads).
 func joinVia(t *testing.T, ctx context.Context, c *mautrix.Client, roomID id.RoomID, via string) {
 	t.Helper()
-	resp, err := c.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{via}})
+	u := c.BuildURLWithFullQuery(mautrix.ClientURLPath{"v3", "join", roomID.String()}, func(q url.Values) {
+		q.Set("via", via)
+		q.Set("server_name", via)
+	})
+	var resp mautrix.RespJoinRoom
+	_, err := c.MakeRequest(ctx, http.MethodPost, u, struct{}{}, &resp)
 	if err != nil {
 		t.Fatalf("%s joins %s via %s: %v", c.UserID, roomID, via, err)
 	}
