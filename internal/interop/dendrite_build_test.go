@@ -76,6 +76,9 @@ func buildDendrite(t testing.TB) string {
 	if _, err := os.Stat(marker); err == nil && dendriteBinariesPresent(dir) {
 		return dir
 	}
+	if err := os.Remove(marker); err != nil && !os.IsNotExist(err) {
+		t.Fatalf("clear the Dendrite build marker: %v", err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), dendriteBuildTimeout)
 	defer cancel()
 	args := []string{"install"}
@@ -88,6 +91,7 @@ func buildDendrite(t testing.TB) string {
 	// then uses its pure-Go SQLite driver and the build needs no C compiler.
 	cmd.Dir = t.TempDir()
 	cmd.Env = append(os.Environ(), "GOBIN="+dir, "CGO_ENABLED=0", "GOWORK=off", "GOFLAGS=")
+	setDeathSignal(cmd)
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
