@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"slices"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -549,4 +550,87 @@ func TestDendriteRemoteKeys(t *testing.T) {
 			fmt.Sprintf("device_lists.changed listed %s: %v; Ganglion has %s's devices as %+v, want %s and %s",
 				bob.UserID, sawChange, bob.UserID, devs, bob.DeviceID, bob2.DeviceID)
 	})
+}
+
+// waitEphemeral syncs c incrementally from since until an ephemeral event
+// of typ in roomID satisfies cond.
+func waitEphemeral(t *testing.T, ctx context.Context, c *mautrix.Client, roomID id.RoomID, since, typ, what string, cond func(content map[string]any) bool) {
+	t.Helper()
+	eventually(t, func() (bool, string) {
+		resp, err := c.SyncRequest(ctx, 0, since, "", false, "")
+		if err != nil {
+			return false, fmt.Sprintf("%s sync: %v", c.UserID, err)
+		}
+		since = resp.NextBatch
+		if jr := resp.Rooms.Join[roomID]; jr != nil {
+			for _, ev := range jr.Ephemeral.Events {
+				if ev.Type.Type == typ && cond(ev.Content.Raw) {
+					return true, ""
+				}
+			}
+		}
+		return false, fmt.Sprintf("%s's syncs have not shown %s", c.UserID, what)
+	})
+}
+
+// typingIncludes is a waitEphemeral condition on m.typing.
+func typingIncludes(user id.UserID) func(map[string]any) bool {
+	return func(c map[string]any) bool {
+		ids, _ := c["user_ids"].([]any)
+		return slices.Contains(ids, any(user.String()))
+	}
+}
+
+// receiptBy is a waitEphemeral condition on m.receipt.
+func receiptBy(user id.UserID, eventID id.EventID) func(map[string]any) bool {
+	return func(c map[string]any) bool {
+		byType, _ := c[eventID.String()].(map[string]any)
+		byUser, _ := byType["m.read"].(map[string]any)
+		_, ok := byUser[user.String()]
+		return ok
+	}
+}
+
+// TestDendriteTypingAndReceipts: in a shared room, typing notifications
+// and read receipts cross both ways as EDUs (m.typing, m.receipt) and show
+// in the other server's sync.
+func TestDendriteTypingAndReceipts(t *testing.T) {
+	p := startPair(t)
+	ctx := testContext(t)
+	alice := user(t, ctx, &p.g.homeserver, "alice", "Alice G")
+	bob := user(t, ctx, &p.d.homeserver, "bob", "Bob D")
+	roomID := createRoom(t, ctx, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	joinVia(t, ctx, bob, roomID, p.g.serverName)
+	waitMembership(t, ctx, alice, roomID, bob.UserID, event.MembershipJoin)
+	fromAlice := sendText(t, ctx, alice, roomID, "read me, bob")
+	waitMessage(t, ctx, bob, roomID, alice.UserID, "read me, bob")
+	fromBob := sendText(t, ctx, bob, roomID, "read me, alice")
+	waitMessage(t, ctx, alice, roomID, bob.UserID, "read me, alice")
+
+	aliceSync, err := alice.SyncRequest(ctx, 0, "", "", false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobSync, err := bob.SyncRequest(ctx, 0, "", "", false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := bob.UserTyping(ctx, roomID, true, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitEphemeral(t, ctx, alice, roomID, aliceSync.NextBatch, "m.typing", "bob typing", typingIncludes(bob.UserID))
+	if _, err := alice.UserTyping(ctx, roomID, true, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitEphemeral(t, ctx, bob, roomID, bobSync.NextBatch, "m.typing", "alice typing", typingIncludes(alice.UserID))
+
+	if err := bob.SendReceipt(ctx, roomID, fromAlice, event.ReceiptTypeRead, map[string]any{}); err != nil {
+		t.Fatal(err)
+	}
+	waitEphemeral(t, ctx, alice, roomID, aliceSync.NextBatch, "m.receipt", "bob's receipt", receiptBy(bob.UserID, fromAlice))
+	if err := alice.SendReceipt(ctx, roomID, fromBob, event.ReceiptTypeRead, map[string]any{}); err != nil {
+		t.Fatal(err)
+	}
+	waitEphemeral(t, ctx, bob, roomID, bobSync.NextBatch, "m.receipt", "alice's receipt", receiptBy(alice.UserID, fromBob))
 }
