@@ -168,6 +168,26 @@ func joinVia(t *testing.T, ctx context.Context, c *mautrix.Client, roomID id.Roo
 	if resp.RoomID != roomID {
 		t.Fatalf("%s joined %s, asked for %s", c.UserID, resp.RoomID, roomID)
 	}
+	waitJoined(t, ctx, c, roomID)
+}
+
+// joinByID joins roomID the user was invited to (through the inviting
+// server).
+func joinByID(t *testing.T, ctx context.Context, c *mautrix.Client, roomID id.RoomID) {
+	t.Helper()
+	if _, err := c.JoinRoomByID(ctx, roomID); err != nil {
+		t.Fatalf("%s joins %s: %v", c.UserID, roomID, err)
+	}
+	waitJoined(t, ctx, c, roomID)
+}
+
+// waitJoined waits until c's own server shows c joined to roomID. Dendrite
+// answers a join before its room server has taken in the room's state (a
+// message sent at once can meet "Room does not exist"), so the tests wait
+// for this before using the room there.
+func waitJoined(t *testing.T, ctx context.Context, c *mautrix.Client, roomID id.RoomID) {
+	t.Helper()
+	waitMembership(t, ctx, c, roomID, c.UserID, event.MembershipJoin)
 }
 
 // wantRoomVersion checks c sees roomID's create event with version rv.
@@ -295,9 +315,7 @@ func TestDendriteInvites(t *testing.T) {
 				}
 				waitInvite(t, ctx, bob, roomID)
 				waitMembership(t, ctx, alice, roomID, bob.UserID, event.MembershipInvite)
-				if _, err := bob.JoinRoomByID(ctx, roomID); err != nil {
-					t.Fatalf("%s accepts the invite: %v", bob.UserID, err)
-				}
+				joinByID(t, ctx, bob, roomID)
 				waitMembership(t, ctx, alice, roomID, bob.UserID, event.MembershipJoin)
 				converse(t, ctx, alice, bob, roomID)
 			})
@@ -310,9 +328,7 @@ func TestDendriteInvites(t *testing.T) {
 				if !slices.ContainsFunc(state, func(ev *event.Event) bool { return ev.Type == event.StateCreate }) {
 					t.Errorf("Ganglion's invite to %s carries no create event in its stripped state (%d events)", roomID, len(state))
 				}
-				if _, err := alice.JoinRoomByID(ctx, roomID); err != nil {
-					t.Fatalf("%s accepts the invite: %v", alice.UserID, err)
-				}
+				joinByID(t, ctx, alice, roomID)
 				waitMembership(t, ctx, bob, roomID, alice.UserID, event.MembershipJoin)
 				wantRoomVersion(t, ctx, alice, roomID, rv)
 				converse(t, ctx, bob, alice, roomID)
@@ -509,10 +525,13 @@ func TestDendriteRemoteKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitInvite(t, ctx, bob, roomID)
-	if _, err := bob.JoinRoomByID(ctx, roomID); err != nil {
-		t.Fatal(err)
-	}
+	joinByID(t, ctx, bob, roomID)
 	waitMembership(t, ctx, alice, roomID, bob.UserID, event.MembershipJoin)
+	// Dendrite learns which servers are in the room asynchronously after
+	// the join; a message of bob's reaching Ganglion shows it counts
+	// Ganglion in, so the device list update below is sent there too.
+	sendText(t, ctx, bob, roomID, "hello from dendrite")
+	waitMessage(t, ctx, alice, roomID, bob.UserID, "hello from dendrite")
 	first, err := alice.SyncRequest(ctx, 0, "", "", false, "")
 	if err != nil {
 		t.Fatal(err)
