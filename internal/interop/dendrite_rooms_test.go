@@ -1,10 +1,12 @@
 package interop_test
 
 // Rooms shared between Ganglion and Dendrite: joins both ways, messages,
-// invites, leaves, rejections, backfill and remote profiles, in room
-// versions 10 and 11. These need Ganglion's federation joins (make_join /
-// send_join both ways), /send, /invite, make_leave / send_leave, the
-// persister's remote-event path and the client API's remote profiles.
+// invites, leaves, rejections, backfill, remote profiles and keys, device
+// list updates, typing and receipts, in room versions 10 and 11. These
+// need Ganglion's federation joins (make_join / send_join both ways),
+// /send, /invite, make_leave / send_leave, the persister's remote-event
+// path, the EDU receivers, the client API's remote profiles and keys, and
+// backfill from other servers.
 
 import (
 	"context"
