@@ -35,6 +35,17 @@ type RemotePDU struct {
 	// send_join answer's state), for an event whose prev events are
 	// unknown here. Each id must be stored or among the batch's Outliers.
 	StateBefore []string `json:"state_before,omitempty"`
+	// OutOfBand marks a membership event of a local user in a room this
+	// server has no state of (or none it can build on): an invite received
+	// through /invite (with unsigned.invite_room_state, to keep), or the
+	// leave rejecting it and a knock, built by a resident server through
+	// make_leave/make_knock. Its auth events are not here, so it is not
+	// auth-checked (its signatures were: the sender's server's and ours);
+	// it becomes the user's current membership in the room (current_state
+	// and the state log, so sync lists it under invite/knock/leave) at a
+	// new stream position, without becoming a forward extremity. (fedjoin
+	// needs this of PersistRemote; see its report.)
+	OutOfBand bool `json:"out_of_band,omitempty"`
 }
 
 // Outcomes of a remote event.

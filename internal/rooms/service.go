@@ -51,7 +51,10 @@ type Service struct {
 	appservices Appservices
 	// noticeRooms, when set, guards server notices rooms (notices.go).
 	noticeRooms NoticeRooms
-	now         func() time.Time
+	// remote, when set, does the membership handshakes with other
+	// servers (fedmembership.go).
+	remote RemoteMembership
+	now    func() time.Time
 }
 
 func NewService(cfg Config, store *Store, writer EventWriter, acc *accounts.Service, reg *streams.Registry,
@@ -469,8 +472,17 @@ func (s *Service) ChangeMembership(ctx context.Context, req *accounts.Requester,
 			if !exists {
 				return "", mxhttp.NotFound("Unknown user %s", ch.Target)
 			}
+		} else if s.remote == nil {
+			return "", mxhttp.Forbidden("Inviting users on other servers needs federation, which this server does not run")
 		} else {
-			return "", mxhttp.Forbidden("Inviting users on other servers needs federation, which this server does not run yet")
+			// The invitee's server co-signs the invite before it is
+			// persisted (fedmembership.go).
+			return s.remote.Invite(ctx, req.UserID, roomID, ch.Target, mustJSON(c))
+		}
+	}
+	if membership == "leave" && ch.Target == req.UserID {
+		if id, done, err := s.leaveRemotely(ctx, req.UserID, roomID, c); done || err != nil {
+			return id, err
 		}
 	}
 	content := mustJSON(c)

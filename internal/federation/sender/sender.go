@@ -255,19 +255,27 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 	}
 	var queued []row
 	touched := map[string]bool{}
+	relayed, err := s.relayedEvents(ctx, evs)
+	if err != nil {
+		return from, nil, err
+	}
 	for _, se := range evs {
 		ev := se.Event
 		if ev.Type() == "m.room.member" {
 			s.forgetRoom(ev.RoomID())
 		}
-		if serverOf(ev.Sender()) != s.opts.ServerName {
-			continue // only our own events are ours to send
+		origin, relay := relayed[ev.EventID()]
+		if serverOf(ev.Sender()) != s.opts.ServerName && !relay {
+			continue // only our own events, and those we relay as a resident server, are ours to send
 		}
 		dests, err := s.roomServers(ctx, ev.RoomID())
 		if err != nil {
 			return from, nil, err
 		}
-		if ev.Type() == "m.room.member" && ev.StateKey() != nil {
+		if relay {
+			dests = slices.DeleteFunc(slices.Clone(dests), func(d string) bool { return d == origin })
+		}
+		if ev.Type() == "m.room.member" && ev.StateKey() != nil && !relay {
 			// A kicked, banned or departing server is told too.
 			if t := serverOf(*ev.StateKey()); t != "" && t != s.opts.ServerName && !slices.Contains(dests, t) {
 				dests = append(dests[:len(dests):len(dests)], t)
