@@ -28,6 +28,7 @@ import (
 	"ganglion/internal/config"
 	"ganglion/internal/dehydrated"
 	"ganglion/internal/events"
+	"ganglion/internal/federation/client"
 	"ganglion/internal/federation/serverkeys"
 	"ganglion/internal/filters"
 	"ganglion/internal/forwarded"
@@ -67,6 +68,8 @@ type Process struct {
 	tracer *tracing.Tracer
 	// serverKeys finds other servers' signing keys (and serves ours).
 	serverKeys *serverkeys.Keyring
+	// fedClient is the outbound federation client (wireFederation).
+	fedClient *client.Client
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -477,6 +480,7 @@ func (p *Process) wire(ctx context.Context) error {
 		return err
 	}
 	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc)
+	p.wireFederationMembership(mux, srv, key, roomSvc, eventWriter, acc)
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ func (p *Process) wireFederation(mux *mxhttp.Mux, srv *mxhttp.Server, key events
 	if err != nil {
 		return fmt.Errorf("federation client: %w", err)
 	}
+	p.fedClient = fc
 	p.onShutdown = append(p.onShutdown, func(context.Context) error { fc.CloseIdleConnections(); return nil })
 	if err := p.wireServerKeys(mux, srv, key, fc, fc); err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"ganglion/internal/accounts"
 	"ganglion/internal/events"
 	"ganglion/internal/federation/serverkeys"
+	"ganglion/internal/federation/xmatrix"
 	"ganglion/internal/mxhttp"
 	"ganglion/internal/rooms"
 	"ganglion/internal/storage"
@@ -41,6 +42,15 @@ type Users interface {
 func (s *Server) WithMembership(m Membership) *Server {
 	s.member = &m
 	return s
+}
+
+// MembershipRoutes mounts only the membership handshakes (Routes mounts
+// them too when WithMembership was called): for a process that wires them
+// apart from the read side.
+func (s *Server) MembershipRoutes(mux *mxhttp.Mux, srv *mxhttp.Server, auth *xmatrix.Authenticator) {
+	if s.member != nil {
+		s.membershipRoutes(mux, func(f mxhttp.HandlerFunc) http.Handler { return srv.Handle(auth.Auth(f)) })
+	}
 }
 
 func (s *Server) membershipRoutes(mux *mxhttp.Mux, h func(f mxhttp.HandlerFunc) http.Handler) {
