@@ -269,7 +269,7 @@ func (p *Process) wire(ctx context.Context) error {
 	roomSvc := rooms.NewService(rooms.Config{ServerName: cfg.ServerName, DefaultRoomVersion: cfg.DefaultRoomVersion},
 		roomStore, eventWriter, acc, reg, rl(cfg.RCMessage), log)
 	roomLimits := rooms.Limits{
-		JoinsLocal: rl(cfg.RCJoins.Local), JoinsPerRoom: rl(cfg.RCJoinsPerRoom),
+		JoinsLocal: rl(cfg.RCJoins.Local), JoinsRemote: rl(cfg.RCJoins.Remote), JoinsPerRoom: rl(cfg.RCJoinsPerRoom),
 		InvitesPerRoom: rl(cfg.RCInvites.PerRoom), InvitesPerUser: rl(cfg.RCInvites.PerUser),
 		InvitesPerIssuer: rl(cfg.RCInvites.PerIssuer), RoomCreation: rl(cfg.RCRoomCreation),
 	}

@@ -291,6 +291,11 @@ func (s *Service) joinOrKnockRemotely(ctx context.Context, req *accounts.Request
 	if err := s.checkMessageRate(req); err != nil {
 		return "", true, err
 	}
+	if ch.Membership == "join" && !req.RateLimitExempt {
+		if err := takeAll(take{s.limits.JoinsRemote, req.UserID, 1}); err != nil {
+			return "", true, err
+		}
+	}
 	c, err := s.memberContent(ctx, ch, ch.Membership)
 	if err != nil {
 		return "", true, err

@@ -226,3 +226,21 @@ func TestFederationClientMembershipWithoutFederation(t *testing.T) {
 		}
 	})
 }
+
+// rc_joins.remote limits joins through other servers per user.
+func TestFederationClientRemoteJoinsAreRateLimited(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		f := newRemoteFixture(t, db, true)
+		f.svc.SetLimits(rooms.Limits{JoinsRemote: ratelimit.New(ratelimit.Rule{PerSecond: 0.001, BurstCount: 1}, nil)})
+		if code, body := f.post("/join/"+url.PathEscape("!one:remote.test"), `{}`); code != 200 {
+			t.Fatalf("first remote join: %d %v", code, body)
+		}
+		code, body := f.post("/join/"+url.PathEscape("!two:remote.test"), `{}`)
+		if code != 429 || body["errcode"] != "M_LIMIT_EXCEEDED" {
+			t.Errorf("second remote join: %d %v, want 429 M_LIMIT_EXCEEDED", code, body)
+		}
+		if got := f.remote.take(); len(got) != 1 {
+			t.Errorf("remote joins attempted: %v, want only the first", got)
+		}
+	})
+}
