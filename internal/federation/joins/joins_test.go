@@ -435,3 +435,44 @@ func TestFederationRemoteLeaveKnockAndAlias(t *testing.T) {
 		wantErr(t, "unknown remote alias", err, 404, "M_NOT_FOUND")
 	})
 }
+
+// Room version 12: the room id is the create event's hash, and the create
+// event is implied rather than listed in auth_events.
+func TestFederationRemoteJoinRoomVersion12(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		w := newWorld(t, db)
+		ctx := t.Context()
+		rv, _ := events.LookupRoomVersion("12")
+		create := rooms.Draft{Type: "m.room.create", StateKey: ptr(""), Sender: ann, RoomVersion: "12",
+			Content: raw(map[string]any{"room_version": "12"}), OriginServerTS: 1_700_000_000_000}
+		cid, err := events.EventIDOf(events.ProtoEvent{Sender: ann, Type: create.Type, StateKey: create.StateKey, Content: create.Content,
+			PrevEvents: []string{}, AuthEvents: []string{}, Depth: 1, OriginServerTS: create.OriginServerTS}, rv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		room := "!" + cid[1:]
+		w.send(w.pRemote, room, create,
+			rooms.Draft{Type: "m.room.member", StateKey: ptr(ann), Sender: ann, Content: raw(map[string]any{"membership": "join"})},
+			rooms.Draft{Type: "m.room.power_levels", StateKey: ptr(""), Sender: ann, Content: raw(map[string]any{})},
+			rooms.Draft{Type: "m.room.join_rules", StateKey: ptr(""), Sender: ann, Content: raw(map[string]any{"join_rule": "public"})})
+
+		id, err := w.joiner.Join(ctx, bob, room, []string{remote}, raw(map[string]any{"membership": "join"}))
+		if err != nil {
+			t.Fatalf("join: %v", err)
+		}
+		b := w.wLocal.last(t)
+		if b.RoomVersion != "12" {
+			t.Errorf("room version %q", b.RoomVersion)
+		}
+		join, err := events.Parse(b.PDUs[0].Event, rv)
+		if err != nil || join.EventID() != id {
+			t.Fatalf("persisted join: %v", err)
+		}
+		if slices.Contains(join.AuthEventIDs(), cid) {
+			t.Errorf("a v12 join lists the create event in auth_events: %v", join.AuthEventIDs())
+		}
+		if !slices.Contains(b.PDUs[0].StateBefore, cid) {
+			t.Errorf("state before the join %v lacks the create event", b.PDUs[0].StateBefore)
+		}
+	})
+}
