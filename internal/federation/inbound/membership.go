@@ -63,6 +63,7 @@ func (s *Server) membershipRoutes(mux *mxhttp.Mux, h func(f mxhttp.HandlerFunc) 
 	mux.Handle("PUT "+v1+"/send_leave/{roomId}/{eventId}", h(s.sendMembership("leave", true)))
 	mux.Handle("PUT "+v2+"/send_leave/{roomId}/{eventId}", h(s.sendMembership("leave", false)))
 	mux.Handle("PUT "+v1+"/send_knock/{roomId}/{eventId}", h(s.sendMembership("knock", false)))
+	mux.Handle("PUT "+v1+"/invite/{roomId}/{eventId}", h(s.putInviteV1))
 	mux.Handle("PUT "+v2+"/invite/{roomId}/{eventId}", h(s.putInvite))
 }
 
@@ -415,62 +416,120 @@ func (s *Server) putInvite(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	ctx := r.Context()
-	roomID, eventID := r.PathValue("roomId"), r.PathValue("eventId")
 	var req inviteRequest
 	if err := mxhttp.DecodeJSON(r, &req); err != nil {
 		return err
-	}
-	if len(req.Event) == 0 {
-		return mxhttp.BadJSON("Missing event")
 	}
 	rv, ok := events.LookupRoomVersion(req.RoomVersion)
 	if !ok {
 		return incompatibleVersion(req.RoomVersion)
 	}
+	signed, err := s.invite(r.Context(), from, r.PathValue("roomId"), r.PathValue("eventId"), rv, req.Event, req.InviteRoomState)
+	if err != nil {
+		return err
+	}
+	return mxhttp.WriteJSON(w, http.StatusOK, map[string]any{"event": json.RawMessage(signed.JSON())})
+}
+
+// PUT /_matrix/federation/v1/invite/{roomId}/{eventId}
+//
+// The deprecated form, for room versions 1 and 2 only (the body names no
+// version): the body is the event, with the stripped state in its
+// unsigned.invite_room_state, and the answer is [200, {"event": …}].
+func (s *Server) putInviteV1(w http.ResponseWriter, r *http.Request) error {
+	from, err := origin(r)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	roomID := r.PathValue("roomId")
+	raw, err := mxhttp.ReadBody(r, mxhttp.DefaultMaxBody)
+	if err != nil {
+		return err
+	}
+	rv, _ := events.LookupRoomVersion("1")
 	known, err := s.store.RoomExists(ctx, roomID)
 	if err != nil {
 		return err
 	}
 	if known {
-		stored, err := s.store.RoomVersion(ctx, roomID)
-		if err != nil {
+		if rv, err = s.store.RoomVersion(ctx, roomID); err != nil {
 			return err
 		}
+	}
+	if rv.ID != "1" && rv.ID != "2" {
+		return incompatibleVersion(rv.ID)
+	}
+	var body struct {
+		Unsigned struct {
+			InviteRoomState []json.RawMessage `json:"invite_room_state"`
+		} `json:"unsigned"`
+	}
+	if err := json.Unmarshal(raw, &body); err != nil {
+		return mxhttp.BadJSON("Invalid event: %v", err)
+	}
+	signed, err := s.invite(ctx, from, roomID, r.PathValue("eventId"), rv, raw, body.Unsigned.InviteRoomState)
+	if err != nil {
+		return err
+	}
+	return mxhttp.WriteJSON(w, http.StatusOK, []any{200, map[string]any{"event": json.RawMessage(signed.JSON())}})
+}
+
+// invite checks, co-signs and keeps the invite of a local user that origin
+// sent, in a room of version rv.
+func (s *Server) invite(ctx context.Context, from, roomID, eventID string, rv *events.RoomVersion, raw json.RawMessage,
+	strippedState []json.RawMessage) (*events.Event, error) {
+	if len(raw) == 0 {
+		return nil, mxhttp.BadJSON("Missing event")
+	}
+	known, err := s.store.RoomExists(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if known {
+		stored, err := s.store.RoomVersion(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
 		if stored.ID != rv.ID {
-			return mxhttp.BadJSON("Room %s has version %s here, not %s", roomID, stored.ID, rv.ID)
+			return nil, mxhttp.BadJSON("Room %s has version %s here, not %s", roomID, stored.ID, rv.ID)
 		}
 		aclEv, err := s.store.CurrentStateEvent(ctx, roomID, "m.room.server_acl", "")
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if aclEv != nil && !parseServerACL(aclEv.Event.Content()).allows(from) {
-			return mxhttp.Forbidden("Server %s is banned from room %s by its server ACL", from, roomID)
+			return nil, mxhttp.Forbidden("Server %s is banned from room %s by its server ACL", from, roomID)
 		}
 	}
-	ev, err := s.remoteEvent(ctx, req.Event, rv, roomID, eventID, from, "invite", nil)
+	// Our own copy of the stripped state goes into unsigned below; what the
+	// sender put there is not signed and not kept.
+	ev, err := s.remoteEvent(ctx, raw, rv, roomID, eventID, from, "invite", nil)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	if ev, err = ev.WithUnsigned(nil); err != nil {
+		return nil, err
 	}
 	invitee := *ev.StateKey()
 	if _, server, ok := accounts.SplitUserID(invitee); !ok || server != s.cfg.ServerName {
-		return mxhttp.BadJSON("The invitee %s is not a user of this server", invitee)
+		return nil, mxhttp.BadJSON("The invitee %s is not a user of this server", invitee)
 	}
 	exists, err := s.member.Users.KnownUser(ctx, invitee)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !exists {
-		return mxhttp.NotFound("Unknown user %s", invitee)
+		return nil, mxhttp.NotFound("Unknown user %s", invitee)
 	}
 	signed, err := s.sign(ev)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := s.keepInvite(ctx, signed, req.InviteRoomState); err != nil {
-		return err
+	if err := s.keepInvite(ctx, signed, strippedState); err != nil {
+		return nil, err
 	}
-	return mxhttp.WriteJSON(w, http.StatusOK, map[string]any{"event": json.RawMessage(signed.JSON())})
+	return signed, nil
 }
 
 // keepInvite persists a co-signed invite of a local user. In a room this
@@ -488,9 +547,6 @@ func (s *Server) keepInvite(ctx context.Context, ev *events.Event, strippedState
 			strippedState = []json.RawMessage{}
 		}
 		u := map[string]json.RawMessage{}
-		if len(ev.Unsigned()) > 0 {
-			_ = json.Unmarshal(ev.Unsigned(), &u)
-		}
 		st, err := json.Marshal(strippedState)
 		if err != nil {
 			return fmt.Errorf("invite_room_state: %w", err)

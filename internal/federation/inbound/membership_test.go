@@ -519,3 +519,57 @@ func TestFederationInviteOfALocalUser(t *testing.T) {
 		}
 	})
 }
+
+// The deprecated v1 invite: room versions 1 and 2 only, the stripped state
+// in the event's unsigned, the answer [200, {"event": …}].
+func TestFederationInviteV1(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		f := newMembershipFixture(t, db)
+		rv1, _ := events.LookupRoomVersion("1")
+		dave := "@dave:" + server
+		old := "!old:" + remote
+		inv, err := events.Build(events.ProtoEvent{RoomID: old, Sender: carol, Type: "m.room.member", StateKey: &dave,
+			Content: raw(map[string]any{"membership": "invite"}), PrevEvents: []string{"$prev:" + remote}, AuthEvents: []string{"$create:" + remote},
+			Depth: 3, OriginServerTS: 1_700_000_000_000,
+			Unsigned: raw(map[string]any{"invite_room_state": []any{map[string]any{"type": "m.room.name", "state_key": "", "sender": carol,
+				"content": map[string]any{"name": "Old"}}}})}, rv1, f.keys[remote], remote)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := "/_matrix/federation/v1/invite/" + url.PathEscape(old) + "/" + url.PathEscape(inv.EventID())
+		code, b := f.do("PUT", path, inv.JSON(), remote)
+		var ans []json.RawMessage
+		if code != 200 || json.Unmarshal(b, &ans) != nil || len(ans) != 2 || string(ans[0]) != "200" {
+			t.Fatalf("v1 invite: %d %s", code, b)
+		}
+		var body struct {
+			Event json.RawMessage `json:"event"`
+		}
+		_ = json.Unmarshal(ans[1], &body)
+		signed, err := events.Parse(body.Event, rv1)
+		if err != nil || signed.EventID() != inv.EventID() {
+			t.Fatalf("v1 invite answered %s: %v", body.Event, err)
+		}
+		if err := events.VerifyEventSignature(signed, server, f.our.ID, f.our.Public()); err != nil {
+			t.Errorf("not signed by us: %v", err)
+		}
+		batch := f.w.last(t)
+		kept, err := events.Parse(batch.PDUs[0].Event, rv1)
+		if err != nil || batch.RoomVersion != "1" || !batch.PDUs[0].OutOfBand {
+			t.Fatalf("kept %+v: %v", batch, err)
+		}
+		var u struct {
+			State []map[string]any `json:"invite_room_state"`
+		}
+		if json.Unmarshal(kept.Unsigned(), &u) != nil || len(u.State) != 1 || u.State[0]["type"] != "m.room.name" {
+			t.Errorf("kept invite lacks the stripped state: %s", kept.JSON())
+		}
+
+		// A room of a later version needs v2.
+		pub := f.rooms["public"]
+		code, b = f.do("PUT", "/_matrix/federation/v1/invite/"+url.PathEscape(pub)+"/"+url.PathEscape(inv.EventID()), inv.JSON(), remote)
+		if code != 400 || !bytes.Contains(b, []byte("M_INCOMPATIBLE_ROOM_VERSION")) {
+			t.Errorf("v1 invite into a v10 room: %d %s", code, b)
+		}
+	})
+}
