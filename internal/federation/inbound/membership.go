@@ -275,6 +275,8 @@ func (s *Server) persistOne(ctx context.Context, ev *events.Event, batch rooms.R
 		return nil
 	case rooms.RemoteRejected, rooms.RemoteSoftFailed:
 		return mxhttp.Forbidden("The event is not allowed in the room: %s", res[0].Error)
+	case rooms.RemoteMissingPrev:
+		return &missingPrevError{ids: res[0].Missing}
 	}
 	return errors.New("persist " + ev.EventID() + ": outcome " + res[0].Outcome + " " + res[0].Error)
 }
@@ -320,6 +322,10 @@ func (s *Server) sendMembership(membership string, v1 bool) mxhttp.HandlerFunc {
 			}
 		}
 		if err := s.persist(ctx, ev, from); err != nil {
+			var missing *missingPrevError
+			if errors.As(err, &missing) {
+				return mxhttp.BadJSON("The event's prev events are unknown here: %v", missing.ids)
+			}
 			return err
 		}
 		var body any = struct{}{}
@@ -562,5 +568,19 @@ func (s *Server) keepInvite(ctx context.Context, ev *events.Event, strippedState
 		}
 		pdu = rooms.RemotePDU{Event: withState.JSON(), OutOfBand: true}
 	}
-	return s.persistOne(ctx, ev, rooms.RemoteBatch{RoomVersion: ev.Version().ID, PDUs: []rooms.RemotePDU{pdu}})
+	err = s.persistOne(ctx, ev, rooms.RemoteBatch{RoomVersion: ev.Version().ID, PDUs: []rooms.RemotePDU{pdu}})
+	var missing *missingPrevError
+	if hosted && errors.As(err, &missing) {
+		// The inviting server built the invite on events that have not
+		// reached us yet: it sends the invite to the room's servers, us
+		// among them, and /send fetches what is missing then.
+		s.log.Info("invite kept for /send: its prev events are not here yet", "event_id", ev.EventID(), "missing", missing.ids)
+		return nil
+	}
+	return err
 }
+
+// missingPrevError is a RemoteMissingPrev outcome.
+type missingPrevError struct{ ids []string }
+
+func (e *missingPrevError) Error() string { return fmt.Sprintf("prev events missing: %v", e.ids) }

@@ -400,6 +400,10 @@ func TestFederationMakeLeaveSendLeaveAndKnock(t *testing.T) {
 		if code != 200 || string(b) != "[200,{}]" {
 			t.Errorf("v1 send_leave: %d %s", code, b)
 		}
+		f.w.outcome = rooms.RemoteMissingPrev
+		code, body = f.doJSON("PUT", sendPath("leave", "v2", f.rooms["public"], leave.EventID()), leave.JSON(), remote)
+		want(t, "send_leave on unknown prev events", code, body, 400, "M_BAD_JSON")
+		f.w.outcome = rooms.RemotePersisted
 		code, body = f.doJSON("GET", makePath("leave", f.rooms["public"], "@x:"+stranger), nil, remote)
 		want(t, "make_leave of another server's user", code, body, 403, "M_FORBIDDEN")
 
@@ -487,9 +491,13 @@ func TestFederationInviteOfALocalUser(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Built on events that have not reached us: it comes again
+		// through /send, which fetches them; the invite is still signed.
+		f.w.outcome = rooms.RemoteMissingPrev
 		if code, body = f.doJSON("PUT", invitePath(pub, inPub.EventID()), req(inPub, "10"), remote); code != 200 {
 			t.Fatalf("invite into a room we are in: %d %v", code, body)
 		}
+		f.w.outcome = rooms.RemotePersisted
 		if b := f.w.last(t); b.PDUs[0].OutOfBand {
 			t.Error("an invite into a room we are in was kept out of band")
 		}
