@@ -199,12 +199,16 @@ func newWorld(t *testing.T, db *storage.DB) *world {
 
 // remoteRoom creates a room on remote.test with ann in it.
 func (w *world) remoteRoom(name, joinRule string) string {
+	return w.remoteRoomOf("10", name, joinRule)
+}
+
+func (w *world) remoteRoomOf(version, name, joinRule string) string {
 	w.t.Helper()
 	id := "!" + name + ":" + remote
 	w.rooms[name] = id
 	w.send(w.pRemote, id,
-		rooms.Draft{Type: "m.room.create", StateKey: ptr(""), Sender: ann, RoomVersion: "10",
-			Content: raw(map[string]any{"creator": ann, "room_version": "10"})},
+		rooms.Draft{Type: "m.room.create", StateKey: ptr(""), Sender: ann, RoomVersion: version,
+			Content: raw(map[string]any{"creator": ann, "room_version": version})},
 		rooms.Draft{Type: "m.room.member", StateKey: ptr(ann), Sender: ann, Content: raw(map[string]any{"membership": "join"})},
 		rooms.Draft{Type: "m.room.power_levels", StateKey: ptr(""), Sender: ann, Content: raw(map[string]any{"users": map[string]int{ann: 100}})},
 		rooms.Draft{Type: "m.room.join_rules", StateKey: ptr(""), Sender: ann, Content: raw(map[string]any{"join_rule": joinRule})},
@@ -473,6 +477,28 @@ func TestFederationRemoteJoinRoomVersion12(t *testing.T) {
 		}
 		if !slices.Contains(b.PDUs[0].StateBefore, cid) {
 			t.Errorf("state before the join %v lacks the create event", b.PDUs[0].StateBefore)
+		}
+	})
+}
+
+// Room version 1: references are [id, hashes] pairs and ids name their
+// server.
+func TestFederationRemoteJoinRoomVersion1(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		w := newWorld(t, db)
+		room := w.remoteRoomOf("1", "old", "public")
+		id, err := w.joiner.Join(t.Context(), bob, room, []string{remote}, raw(map[string]any{"membership": "join"}))
+		if err != nil {
+			t.Fatalf("join: %v", err)
+		}
+		rv, _ := events.LookupRoomVersion("1")
+		b := w.wLocal.last(t)
+		join, err := events.Parse(b.PDUs[0].Event, rv)
+		if err != nil || join.EventID() != id || b.RoomVersion != "1" {
+			t.Fatalf("persisted %s (%v)", b.PDUs[0].Event, err)
+		}
+		if len(join.PrevEventIDs()) != 1 || len(join.AuthEventIDs()) != 3 || len(b.PDUs[0].StateBefore) != 5 {
+			t.Errorf("join refs prev %v auth %v, state %v", join.PrevEventIDs(), join.AuthEventIDs(), b.PDUs[0].StateBefore)
 		}
 	})
 }
