@@ -53,6 +53,7 @@ type Server struct {
 	edus     map[string]EDUHandler
 	send     *sendHandler // nil: PUT /send is not mounted
 	metrics  *sendMetrics // nil: not counted
+	member   *Membership  // nil: the membership handshakes are not mounted
 	log      *slog.Logger
 }
 
@@ -87,6 +88,9 @@ func (s *Server) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, auth *xmatrix.Authe
 	mux.Handle("POST "+p+"/publicRooms", h(s.publicRoomsPost))
 	if s.send != nil {
 		mux.Handle("PUT "+p+"/send/{txnId}", h(s.putSend))
+	}
+	if s.member != nil {
+		s.membershipRoutes(mux, h)
 	}
 	if s.keys != nil {
 		mux.Handle("GET "+p+"/user/devices/{userId}", h(s.userDevices))
@@ -234,6 +238,13 @@ func (s *Server) stateBefore(r *http.Request) (state, chain []*rooms.StoredEvent
 	if err != nil {
 		return nil, nil, err
 	}
+	return s.stateAndChainBefore(ctx, se)
+}
+
+// stateAndChainBefore is the room's state before the event and that
+// state's auth chain.
+func (s *Server) stateAndChainBefore(ctx context.Context, se *rooms.StoredEvent) (state, chain []*rooms.StoredEvent, err error) {
+	roomID := se.Event.RoomID()
 	// The state at an event is the state before it.
 	state, err = s.store.StateBeforeEvent(ctx, se.Event.EventID())
 	if err != nil {
