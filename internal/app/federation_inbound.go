@@ -25,10 +25,14 @@ func (p *Process) wireInboundFederation(mux *mxhttp.Mux, srv *mxhttp.Server, roo
 		DomainWhitelist: cfg.FederationDomains(),
 		Log:             log,
 	}
-	inbound.New(inbound.Config{
+	in := inbound.New(inbound.Config{
 		ServerName:         cfg.ServerName,
 		AllowProfileLookup: cfg.ProfileLookupOverFederation(),
 		AllowPublicRooms:   cfg.AllowPublicRoomsOverFederation,
 		AllowDeviceNames:   cfg.AllowDeviceNameLookupOverFederation,
-	}, roomSvc, acc, log).WithKeys(keysSvc).Routes(mux, srv, auth)
+	}, roomSvc, acc, log).WithKeys(keysSvc)
+	if p.fed.edus != nil {
+		p.fed.edus.Register(in)
+	}
+	in.Routes(mux, srv, auth)
 }

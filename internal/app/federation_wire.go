@@ -28,6 +28,7 @@ func (p *Process) wireFederation(mux *mxhttp.Mux, srv *mxhttp.Server, key events
 		return fmt.Errorf("federation client: %w", err)
 	}
 	p.onShutdown = append(p.onShutdown, func(context.Context) error { fc.CloseIdleConnections(); return nil })
+	p.fed.client = fc
 	if err := p.wireServerKeys(mux, srv, key, fc, fc); err != nil {
 		return err
 	}

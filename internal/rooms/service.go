@@ -51,7 +51,10 @@ type Service struct {
 	appservices Appservices
 	// noticeRooms, when set, guards server notices rooms (notices.go).
 	noticeRooms NoticeRooms
-	now         func() time.Time
+	// remoteAliases, when set, resolves other servers' aliases over
+	// federation (remotealias.go).
+	remoteAliases RemoteDirectory
+	now           func() time.Time
 }
 
 func NewService(cfg Config, store *Store, writer EventWriter, acc *accounts.Service, reg *streams.Registry,
