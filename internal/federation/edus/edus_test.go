@@ -120,6 +120,9 @@ type fixture struct {
 	td       *todevice.Service
 	pres     *presence.LocalWriter
 	keys     *keys.Service
+	tdw      *todevice.LocalWriter
+	kw       *keys.LocalWriter
+	store    *rooms.Store
 	fed      *fakeFed
 	acc      *accounts.Service
 	h        *edus.Handlers
@@ -179,6 +182,7 @@ func newFixture(t *testing.T, db *storage.DB) *fixture {
 		t.Fatal(err)
 	}
 	f.keys = keys.NewService(db, reg, kw, server, discard)
+	f.tdw, f.kw, f.store = tdw, kw, store
 	f.keys.SetFederation(f.fed)
 	f.acc = accounts.NewService(db, accounts.Settings{ServerName: server, BcryptRounds: 4}, discard)
 	for _, d := range []string{"PHONE", "LAPTOP"} {
