@@ -132,9 +132,6 @@ func (s *Service) takeQueryAnswer(ctx context.Context, asked map[string][]string
 		if k := a.SelfSigningKeys[u]; cs[KeySelfSigning] != nil {
 			res.SelfSigningKeys[u] = k
 		}
-		if len(asked[u]) > 0 && len(cs) == 0 && len(devices) == 0 {
-			continue
-		}
 		if err := s.fillCache(ctx, u, devices, cs); err != nil {
 			s.log.Warn("cache remote device keys", "user_id", u, "err", err)
 		}
