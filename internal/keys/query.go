@@ -75,6 +75,11 @@ func (s *Service) QueryKeysTimeout(ctx context.Context, requester string, want m
 			return nil, err
 		}
 	}
+	for _, u := range cached {
+		if res.DeviceKeys[u] == nil {
+			res.DeviceKeys[u] = map[string]json.RawMessage{}
+		}
+	}
 	localUsers := users
 	users = append(users, cached...)
 	if len(users) == 0 {
