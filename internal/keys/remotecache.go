@@ -89,8 +89,11 @@ func (s *Service) RemoteListState(ctx context.Context, userID string) (RemoteLis
 	return l, nil
 }
 
-// MarkRemoteStale records that a followed list missed updates we could
-// not fetch: queries ask the user's server until a resync succeeds.
+// MarkRemoteStale records that a followed list may have missed updates
+// (a resync failed; or, for the remote-event path to call, the user joined
+// a room we are in, after a time when no room was shared and their server
+// sent us nothing): queries ask the user's server, and the next update
+// resyncs, until a resync succeeds.
 func (s *Service) MarkRemoteStale(ctx context.Context, userID string) error {
 	if _, err := s.db.Exec(ctx, `UPDATE remote_device_lists SET stale = TRUE WHERE user_id = $1`, userID); err != nil {
 		return fmt.Errorf("mark device list of %s stale: %w", userID, err)
@@ -320,13 +323,19 @@ func (s *Service) hasCachedDevices(ctx context.Context, users []string) (map[str
 	return out, nil
 }
 
-// followedFresh returns which of users have a followed, fresh device list:
-// queries about them are answered from the cache, as Synapse does for the
-// users it shares a room with (their server keeps the list up to date with
-// m.device_list_update).
+// followedFresh returns which of users have a followed, fresh device list
+// and still share a joined room with a local user: queries about them are
+// answered from the cache, as Synapse does for the users it shares a room
+// with (their server keeps the list up to date with m.device_list_update,
+// which it stops sending when no room is shared any more).
 func (s *Service) followedFresh(ctx context.Context, users []string) (map[string]bool, error) {
 	list, _ := json.Marshal(users)
-	rows, err := s.db.Reader().QueryContext(ctx, `SELECT user_id FROM remote_device_lists WHERE NOT stale AND user_id IN (`+s.stringList(1)+`)`, string(list))
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT r.user_id FROM remote_device_lists r
+		WHERE NOT r.stale AND r.user_id IN (`+s.stringList(1)+`) AND EXISTS (
+			SELECT 1 FROM current_state them JOIN current_state us ON us.room_id = them.room_id
+			WHERE them.type = 'm.room.member' AND them.state_key = r.user_id AND them.membership = 'join'
+			AND us.type = 'm.room.member' AND us.membership = 'join' AND us.state_key LIKE $2)`,
+		string(list), "%:"+s.serverName)
 	if err != nil {
 		return nil, fmt.Errorf("followed device lists: %w", err)
 	}

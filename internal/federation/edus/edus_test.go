@@ -123,6 +123,7 @@ type fixture struct {
 	tdw      *todevice.LocalWriter
 	kw       *keys.LocalWriter
 	store    *rooms.Store
+	p        *rooms.Persister
 	fed      *fakeFed
 	acc      *accounts.Service
 	h        *edus.Handlers
@@ -182,7 +183,7 @@ func newFixture(t *testing.T, db *storage.DB) *fixture {
 		t.Fatal(err)
 	}
 	f.keys = keys.NewService(db, reg, kw, server, discard)
-	f.tdw, f.kw, f.store = tdw, kw, store
+	f.tdw, f.kw, f.store, f.p = tdw, kw, store, p
 	f.keys.SetFederation(f.fed)
 	f.acc = accounts.NewService(db, accounts.Settings{ServerName: server, BcryptRounds: 4}, discard)
 	for _, d := range []string{"PHONE", "LAPTOP"} {
@@ -664,6 +665,18 @@ func TestFederationRemoteKeysQuery(t *testing.T) {
 		}
 		if f.fed.count(remote, queryPath) != asked || res.DeviceKeys[bob]["B1"] == nil {
 			t.Fatalf("followed user: asked %d times more, answer %+v", f.fed.count(remote, queryPath)-asked, res)
+		}
+		// Once bob shares no room with us his server stops telling us about
+		// his devices: the cache is no longer trusted without asking.
+		if _, err := f.p.SendEvents(t.Context(), f.room, []rooms.Draft{{Type: "m.room.member", StateKey: ptr(bob), Sender: bob,
+			Content: raw(map[string]any{"membership": "leave"})}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.keys.QueryKeysTimeout(t.Context(), alice, map[string][]string{bob: {}}, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if f.fed.count(remote, queryPath) != asked+1 {
+			t.Fatal("a user sharing no room any more was answered from the cache without asking")
 		}
 	})
 }
