@@ -123,6 +123,14 @@ func (s *Service) ApplyRemoteCrossSigning(ctx context.Context, userID string, cr
 	return s.w.Update(ctx, Update{UserID: userID, CrossSigningKeys: crossSigning})
 }
 
+// AnnounceRemote tells local users sharing a room with a remote user that
+// the user's devices changed, without changing the cache: after a failed
+// resync their clients query again, and the stale list sends that query to
+// the user's server.
+func (s *Service) AnnounceRemote(ctx context.Context, userID string, deviceIDs []string) error {
+	return s.w.Update(ctx, Update{UserID: userID, DeviceIDs: deviceIDs})
+}
+
 // applyRemoteTx stores a remote change (in the writer's transaction).
 func applyRemoteTx(ctx context.Context, tx *sql.Tx, userID string, c RemoteChange, now int64) error {
 	if c.Resync {

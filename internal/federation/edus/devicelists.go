@@ -64,7 +64,7 @@ func (h *Handlers) DeviceListUpdate(ctx context.Context, origin string, content 
 		return nil // seen: a retried transaction, or covered by a resync
 	}
 	if !follows || len(e.PrevID) == 0 || slices.ContainsFunc(e.PrevID, func(p int64) bool { return p != state.StreamID }) {
-		return h.resync(ctx, e.UserID)
+		return h.resync(ctx, e.UserID, e.DeviceID)
 	}
 	dev := keys.RemoteDevice{DeviceID: e.DeviceID, DisplayName: e.DisplayName, Deleted: e.Deleted}
 	if !e.Deleted && len(e.Keys) > 0 && string(e.Keys) != "null" {
@@ -83,12 +83,17 @@ func (h *Handlers) DeviceListUpdate(ctx context.Context, origin string, content 
 // resync fetches the user's whole list, within ResyncTimeout: the
 // transaction being handled waits for it. A failed resync leaves the list
 // stale (queries then ask the user's server) and is retried by the next
-// update.
-func (h *Handlers) resync(ctx context.Context, userID string) error {
+// update; the change is still announced, so local clients query again
+// rather than keep using the devices they know.
+func (h *Handlers) resync(ctx context.Context, userID, deviceID string) error {
 	rctx, cancel := context.WithTimeout(ctx, h.opts.ResyncTimeout)
 	defer cancel()
-	if err := h.d.Keys.ResyncRemote(rctx, userID); err != nil {
-		return fmt.Errorf("m.device_list_update: %w", err)
+	err := h.d.Keys.ResyncRemote(rctx, userID)
+	if err == nil {
+		return nil
 	}
-	return nil
+	if aErr := h.d.Keys.AnnounceRemote(ctx, userID, []string{deviceID}); aErr != nil {
+		h.log.Warn("announce a device list change", "user_id", userID, "err", aErr)
+	}
+	return fmt.Errorf("m.device_list_update: %w", err)
 }

@@ -62,6 +62,7 @@ type DeviceLists interface {
 	ApplyRemote(ctx context.Context, userID string, c keys.RemoteChange, crossSigning map[string]json.RawMessage) error
 	ApplyRemoteCrossSigning(ctx context.Context, userID string, crossSigning map[string]json.RawMessage) error
 	ResyncRemote(ctx context.Context, userID string) error
+	AnnounceRemote(ctx context.Context, userID string, deviceIDs []string) error
 	RemoteCrossSigning(userID string, given map[string]json.RawMessage) map[string]json.RawMessage
 }
 

@@ -536,8 +536,12 @@ func TestFederationEDUDeviceList(t *testing.T) {
 		// A gap whose resync fails leaves the list stale: queries ask
 		// remote.test again rather than trust the cache.
 		f.fed.handle(remote, devicesPath, nil)
+		tok = f.reg.CurrentToken()
 		if err := f.edu(remote, edus.DeviceList, update("B5", 12, []int64{11}, false)); err == nil {
 			t.Fatal("a failed resync reported success")
+		}
+		if got := changedForAlice(tok); !slices.Contains(got, bob) {
+			t.Fatalf("a change whose resync failed was not announced: %v", got)
 		}
 		st, err := f.keys.RemoteListState(t.Context(), bob)
 		if err != nil || !st.Stale {
