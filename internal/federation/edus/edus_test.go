@@ -715,3 +715,27 @@ func TestFederationRemoteKeysClaim(t *testing.T) {
 		}
 	})
 }
+
+// Malformed EDUs are refused with an error, never a panic, and change
+// nothing.
+func TestFederationEDUMalformed(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		f := newFixture(t, db)
+		bad := []string{`[]`, `"x"`, `null`, `{"user_id":5}`, `{"user_id":"bob"}`, `{"push":"x"}`, `{"messages":[]}`,
+			`{"!r:x":{"m.read":{"@bob:remote.test":{"event_ids":"e"}}}}`, `{"user_id":"@bob:remote.test","device_id":"D","stream_id":"1"}`,
+			`{"sender":"@bob:remote.test","type":"m.x","message_id":"","messages":{}}`}
+		pos := f.reg.CurrentToken().String()
+		for typ, h := range f.handlers() {
+			for _, b := range bad {
+				// An m.presence object without push is an empty EDU.
+				empty := b == `null` || (typ == edus.Presence && strings.HasPrefix(b, "{") && !strings.Contains(b, "push"))
+				if err := h(t.Context(), remote, json.RawMessage(b)); err == nil && !empty {
+					t.Errorf("%s %s: accepted", typ, b)
+				}
+			}
+		}
+		if f.reg.CurrentToken().String() != pos || len(f.typing.Typing(f.room)) != 0 {
+			t.Fatal("a malformed EDU changed something")
+		}
+	})
+}
