@@ -233,13 +233,26 @@ func (r *remoteRun) authMap(ctx context.Context, ev *events.Event, state StateID
 // checkAuthEvents applies the auth rules to ev against its own auth
 // events. missing lists auth events not stored here; reason is set when
 // the rules reject it.
-func (r *remoteRun) checkAuthEvents(ctx context.Context, ev *events.Event) (missing []string, reason string, err error) {
+// authIDs are the events ev's auth depends on: its auth_events and, from
+// room version 12, the create event its room id names.
+func (r *remoteRun) authIDs(ev *events.Event) []string {
 	ids := slices.Clone(ev.AuthEventIDs())
-	createID := ""
-	if r.rv.RoomIDFromCreate && ev.Type() != "m.room.create" {
-		createID = "$" + strings.TrimPrefix(r.roomID, "!")
-		ids = append(ids, createID)
+	if id := r.impliedCreate(ev); id != "" {
+		ids = append(ids, id)
 	}
+	return ids
+}
+
+func (r *remoteRun) impliedCreate(ev *events.Event) string {
+	if r.rv.RoomIDFromCreate && ev.Type() != "m.room.create" {
+		return "$" + strings.TrimPrefix(r.roomID, "!")
+	}
+	return ""
+}
+
+func (r *remoteRun) checkAuthEvents(ctx context.Context, ev *events.Event) (missing []string, reason string, err error) {
+	ids := r.authIDs(ev)
+	createID := r.impliedCreate(ev)
 	if err := r.load(ctx, ids); err != nil {
 		return nil, "", err
 	}
@@ -321,7 +334,7 @@ func (r *remoteRun) outliers(ctx context.Context, raws []json.RawMessage) ([]Rem
 		for _, i := range slices.Sorted(maps.Keys(pending)) {
 			ev := pending[i]
 			waiting := false
-			for _, a := range ev.AuthEventIDs() {
+			for _, a := range r.authIDs(ev) {
 				if inBatch[a] {
 					waiting = true
 				}
