@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"ganglion/internal/config"
+	"ganglion/internal/federation/serveracl"
 	"ganglion/internal/rooms"
 	"ganglion/internal/storage"
 	"ganglion/internal/streams"
@@ -257,7 +258,7 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 	touched := map[string]bool{}
 	for _, se := range evs {
 		ev := se.Event
-		if ev.Type() == "m.room.member" {
+		if ev.Type() == "m.room.member" || ev.Type() == "m.room.server_acl" {
 			s.forgetRoom(ev.RoomID())
 		}
 		if serverOf(ev.Sender()) != s.opts.ServerName {
@@ -270,7 +271,13 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 		if ev.Type() == "m.room.member" && ev.StateKey() != nil {
 			// A kicked, banned or departing server is told too.
 			if t := serverOf(*ev.StateKey()); t != "" && t != s.opts.ServerName && !slices.Contains(dests, t) {
-				dests = append(dests[:len(dests):len(dests)], t)
+				ok, err := s.aclAllows(ctx, ev.RoomID(), t)
+				if err != nil {
+					return from, nil, err
+				}
+				if ok {
+					dests = append(dests[:len(dests):len(dests)], t)
+				}
 			}
 		}
 		for _, d := range dests {
@@ -308,7 +315,9 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 }
 
 // roomServers lists the servers other than ours with a joined member in
-// the room, as of now.
+// the room, as of now, that the room's server ACL allows: a denied server
+// gets none of the room's events or EDUs (Synapse does the same since
+// 1.94), though its users may still be joined.
 func (s *Sender) roomServers(ctx context.Context, roomID string) ([]string, error) {
 	s.mu.Lock()
 	cached, ok := s.servers[roomID]
@@ -320,9 +329,13 @@ func (s *Sender) roomServers(ctx context.Context, roomID string) ([]string, erro
 	if err != nil {
 		return nil, err
 	}
+	acl, err := s.roomACL(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
 	var out []string
 	for _, m := range members {
-		if d := serverOf(m); d != "" && d != s.opts.ServerName && !slices.Contains(out, d) {
+		if d := serverOf(m); d != "" && d != s.opts.ServerName && !slices.Contains(out, d) && (acl == nil || acl.Allows(d)) {
 			out = append(out, d)
 		}
 	}
@@ -330,6 +343,28 @@ func (s *Sender) roomServers(ctx context.Context, roomID string) ([]string, erro
 	s.servers[roomID] = out
 	s.mu.Unlock()
 	return out, nil
+}
+
+// roomACL is the room's current server ACL; nil when it has none.
+func (s *Sender) roomACL(ctx context.Context, roomID string) (*serveracl.ACL, error) {
+	ev, err := s.store.CurrentStateEvent(ctx, roomID, "m.room.server_acl", "")
+	if err != nil {
+		return nil, fmt.Errorf("server ACL of %s: %w", roomID, err)
+	}
+	if ev == nil {
+		return nil, nil
+	}
+	acl := serveracl.Parse(ev.Event.Content())
+	return &acl, nil
+}
+
+// aclAllows reports whether the room's server ACL lets dest take part.
+func (s *Sender) aclAllows(ctx context.Context, roomID, dest string) (bool, error) {
+	acl, err := s.roomACL(ctx, roomID)
+	if err != nil || acl == nil {
+		return err == nil, err
+	}
+	return acl.Allows(dest), nil
 }
 
 func (s *Sender) forgetRoom(roomID string) {
