@@ -83,6 +83,8 @@ func (s *Server) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, auth *xmatrix.Authe
 	mux.Handle("GET "+p+"/query/directory", h(s.queryDirectory))
 	mux.Handle("GET "+p+"/publicRooms", h(s.publicRoomsGet))
 	mux.Handle("POST "+p+"/publicRooms", h(s.publicRoomsPost))
+	mux.Handle("GET "+p+"/hierarchy/{roomId}", h(s.getHierarchy))
+	mux.Handle("GET "+p+"/timestamp_to_event/{roomId}", h(s.getTimestampToEvent))
 	if s.keys != nil {
 		mux.Handle("GET "+p+"/user/devices/{userId}", h(s.userDevices))
 		mux.Handle("POST "+p+"/user/keys/query", h(s.userKeysQuery))
