@@ -28,6 +28,7 @@ import (
 	"ganglion/internal/config"
 	"ganglion/internal/dehydrated"
 	"ganglion/internal/events"
+	"ganglion/internal/federation/client"
 	"ganglion/internal/federation/serverkeys"
 	"ganglion/internal/filters"
 	"ganglion/internal/forwarded"
@@ -67,6 +68,8 @@ type Process struct {
 	tracer *tracing.Tracer
 	// serverKeys finds other servers' signing keys (and serves ours).
 	serverKeys *serverkeys.Keyring
+	// fedClient is the outbound federation client (wireFederation).
+	fedClient *client.Client
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -473,10 +476,11 @@ func (p *Process) wire(ctx context.Context) error {
 	p.wireDirectoryAndSearch(mux, srv, acc, roomSvc, persister, rl(cfg.RCUserDirectory))
 	infoRoutes(mux, srv, cfg, acc)
 	p.wireReportsNoticesVoIP(mux, srv, acc, roomSvc, adSvc.Writer(), rl(cfg.RCReports))
-	if err := p.wireFederation(mux, srv, key, roomStore, receiptsStore, typingReader, presSvc); err != nil {
+	if err := p.wireFederation(mux, srv, key, roomStore, receiptsStore, typingReader, presSvc, rpcClient, rpcServer); err != nil {
 		return err
 	}
 	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc)
+	p.wireOpenID(mux, srv, db, acc)
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}
@@ -537,6 +541,9 @@ func resourceOf(path string) string {
 	case strings.HasPrefix(path, "/_matrix/client"), strings.HasPrefix(path, "/_synapse/admin"),
 		strings.HasPrefix(path, "/_synapse/client"):
 		return "client"
+	case path == "/_matrix/federation/v1/openid/userinfo":
+		// Synapse's openid resource is this one endpoint.
+		return "openid"
 	case strings.HasPrefix(path, "/_matrix/federation"):
 		return "federation"
 	case strings.HasPrefix(path, "/_matrix/key"):
@@ -569,7 +576,8 @@ func (p *Process) listenerHandler(l config.Listener) http.Handler {
 		for _, n := range r.Names {
 			allowed[n] = true
 			if n == "federation" {
-				allowed["keys"] = true // Synapse's federation resource includes keys
+				allowed["keys"] = true   // Synapse's federation resource includes keys
+				allowed["openid"] = true // and the OpenID userinfo endpoint
 			}
 		}
 	}

@@ -30,5 +30,5 @@ func (p *Process) wireInboundFederation(mux *mxhttp.Mux, srv *mxhttp.Server, roo
 		AllowProfileLookup: cfg.ProfileLookupOverFederation(),
 		AllowPublicRooms:   cfg.AllowPublicRoomsOverFederation,
 		AllowDeviceNames:   cfg.AllowDeviceNameLookupOverFederation,
-	}, roomSvc, acc, log).WithKeys(keysSvc).Routes(mux, srv, auth)
+	}, roomSvc, acc, log).WithKeys(keysSvc).WithForwarder(p.fedClient).Routes(mux, srv, auth)
 }

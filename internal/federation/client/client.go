@@ -70,6 +70,36 @@ type Options struct {
 	// Now is the clock for the .well-known cache; nil means time.Now.
 	Now func() time.Time
 	Log *slog.Logger
+	// Via, when set, sends every request through another process instead
+	// of connecting to the destination from this one
+	// (outbound_federation_restricted_to): the request is built and
+	// signed here, and the proxy resolves, dials (with its own IP filter)
+	// and returns the answer.
+	Via Proxy
+}
+
+// Proxy carries a request built and signed by one process to another,
+// which sends it (Client.Forward) and returns the destination's answer.
+type Proxy interface {
+	Forward(ctx context.Context, req ProxiedRequest) (*ProxiedResponse, error)
+}
+
+// ProxiedRequest is a federation request ready to send: the body as
+// signed and the Authorization header ("" for unsigned requests).
+type ProxiedRequest struct {
+	Method           string `json:"method"`
+	Destination      string `json:"destination"`
+	Path             string `json:"path"`
+	Body             []byte `json:"body,omitempty"`
+	Authorization    string `json:"authorization,omitempty"`
+	TimeoutMS        int64  `json:"timeout_ms"`
+	MaxResponseBytes int64  `json:"max_response_bytes"`
+}
+
+// ProxiedResponse is the destination's answer to a ProxiedRequest.
+type ProxiedResponse struct {
+	Status int    `json:"status"`
+	Body   []byte `json:"body"`
 }
 
 // Client sends federation requests. It is safe for concurrent use and
@@ -87,6 +117,7 @@ type Client struct {
 	timeout       time.Duration
 	maxResponse   int64
 	userAgent     string
+	via           Proxy
 	now           func() time.Time
 	log           *slog.Logger
 }
@@ -99,7 +130,7 @@ func New(o Options) (*Client, error) {
 	c := &Client{
 		serverName: o.ServerName, key: o.Key, whitelist: o.DomainWhitelist,
 		httpsPort: o.WellKnownPort, timeout: o.RequestTimeout, maxResponse: o.MaxResponseBytes,
-		userAgent: version.UserAgent(), now: o.Now, log: o.Log,
+		userAgent: version.UserAgent(), now: o.Now, log: o.Log, via: o.Via,
 	}
 	if c.httpsPort == 0 {
 		c.httpsPort = 443
@@ -159,10 +190,16 @@ func New(o Options) (*Client, error) {
 	return c, nil
 }
 
+// Option adjusts what NewFromConfig builds beyond the config.
+type Option func(*Options)
+
+// WithVia sends every request through a proxy (Options.Via).
+func WithVia(p Proxy) Option { return func(o *Options) { o.Via = p } }
+
 // NewFromConfig builds the Client of a process from its config.
-func NewFromConfig(cfg *config.Config, key events.SigningKey, log *slog.Logger) (*Client, error) {
+func NewFromConfig(cfg *config.Config, key events.SigningKey, log *slog.Logger, opts ...Option) (*Client, error) {
 	block, allow := cfg.FederationIPRanges()
-	return New(Options{
+	o := Options{
 		ServerName:         cfg.ServerName,
 		Key:                key,
 		IPFilter:           IPFilter{Block: block, Allow: allow},
@@ -170,7 +207,11 @@ func NewFromConfig(cfg *config.Config, key events.SigningKey, log *slog.Logger) 
 		InsecureSkipVerify: !cfg.FederationVerifiesCertificates(),
 		RootCAs:            cfg.FederationCAPool(),
 		Log:                log,
-	})
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return New(o)
 }
 
 // CloseIdleConnections closes the kept-alive connections (at shutdown).
@@ -237,19 +278,8 @@ func (c *Client) Do(ctx context.Context, req Request) error {
 }
 
 func (c *Client) do(ctx context.Context, req Request) error {
-	if _, err := servername.Parse(req.Destination); err != nil {
+	if err := c.checkRequest(req.Destination, req.Path); err != nil {
 		return err
-	}
-	if c.whitelist != nil && !c.whitelist[req.Destination] {
-		return ErrNotWhitelisted
-	}
-	if !strings.HasPrefix(req.Path, "/_matrix/") {
-		return fmt.Errorf("path %q does not start with /_matrix/", req.Path)
-	}
-	// The path goes into the request line as it is (it is what is
-	// signed), so it must already be escaped.
-	if i := strings.IndexFunc(req.Path, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '#' || r > 0x7e }); i >= 0 {
-		return fmt.Errorf("path %q is not escaped (byte %d)", req.Path, i)
 	}
 	timeout := c.timeout
 	if req.Timeout > 0 {
@@ -270,27 +300,7 @@ func (c *Client) do(ctx context.Context, req Request) error {
 			return fmt.Errorf("encode body: %w", err)
 		}
 	}
-
-	res, err := c.resolver.Resolve(ctx, req.Destination)
-	if err != nil {
-		return err
-	}
-	pathPart, query, _ := strings.Cut(req.Path, "?")
-	u := &urlParts{host: urlHost(req.Destination), opaque: pathPart, query: query}
-	hreq, err := http.NewRequestWithContext(context.WithValue(ctx, resolvedKey{}, res), req.Method, u.String(), nil)
-	if err != nil {
-		return fmt.Errorf("build request: %w", err)
-	}
-	// Opaque keeps the path byte for byte as signed.
-	hreq.URL.Opaque, hreq.URL.RawQuery = pathPart, query
-	hreq.Host = res.Host
-	hreq.Header.Set("User-Agent", c.userAgent)
-	if body != nil {
-		hreq.Body = io.NopCloser(bytes.NewReader(body))
-		hreq.ContentLength = int64(len(body))
-		hreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-		hreq.Header.Set("Content-Type", "application/json")
-	}
+	var auth string
 	if !req.Unsigned {
 		var content json.RawMessage
 		if body != nil {
@@ -301,33 +311,33 @@ func (c *Client) do(ctx context.Context, req Request) error {
 		if err != nil {
 			return err
 		}
-		hreq.Header.Set("Authorization", p.Format())
+		auth = p.Format()
 	}
-
-	resp, err := c.http.Do(hreq)
-	if err != nil {
-		// Do names the request itself; url.Error's URL, built from the
-		// opaque path, would only confuse.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return err
-	}
-	defer resp.Body.Close()
 	limit := c.maxResponse
 	if req.MaxResponseBytes > 0 {
 		limit = req.MaxResponseBytes
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		return fmt.Errorf("read response: %w", err)
+
+	var status int
+	var data []byte
+	if c.via != nil {
+		resp, err := c.via.Forward(ctx, ProxiedRequest{Method: req.Method, Destination: req.Destination, Path: req.Path,
+			Body: body, Authorization: auth, TimeoutMS: timeout.Milliseconds(), MaxResponseBytes: limit})
+		if err != nil {
+			return fmt.Errorf("through the outbound federation proxy: %w", err)
+		}
+		status, data = resp.Status, resp.Body
+		if int64(len(data)) > limit {
+			return fmt.Errorf("%w (limit %d bytes)", ErrResponseTooLarge, limit)
+		}
+	} else {
+		var err error
+		if status, data, err = c.roundTrip(ctx, req.Method, req.Destination, req.Path, body, auth, limit); err != nil {
+			return err
+		}
 	}
-	if int64(len(data)) > limit {
-		return fmt.Errorf("%w (limit %d bytes)", ErrResponseTooLarge, limit)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		he := &HTTPError{Destination: req.Destination, Status: resp.StatusCode}
+	if status < 200 || status > 299 {
+		he := &HTTPError{Destination: req.Destination, Status: status}
 		var e struct {
 			Errcode string `json:"errcode"`
 			Error   string `json:"error"`
@@ -343,6 +353,98 @@ func (c *Client) do(ctx context.Context, req Request) error {
 		}
 	}
 	return nil
+}
+
+// checkRequest refuses destinations that are not server names or not in
+// the whitelist, and paths that are not escaped federation paths.
+func (c *Client) checkRequest(destination, path string) error {
+	if _, err := servername.Parse(destination); err != nil {
+		return err
+	}
+	if c.whitelist != nil && !c.whitelist[destination] {
+		return ErrNotWhitelisted
+	}
+	if !strings.HasPrefix(path, "/_matrix/") {
+		return fmt.Errorf("path %q does not start with /_matrix/", path)
+	}
+	// The path goes into the request line as it is (it is what is
+	// signed), so it must already be escaped.
+	if i := strings.IndexFunc(path, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '#' || r > 0x7e }); i >= 0 {
+		return fmt.Errorf("path %q is not escaped (byte %d)", path, i)
+	}
+	return nil
+}
+
+// Forward sends a request another process built and signed (the serving
+// side of Proxy): this process resolves and connects, with its own IP
+// filter and whitelist, and returns whatever status the destination
+// answered. An error means no answer came.
+func (c *Client) Forward(ctx context.Context, req ProxiedRequest) (*ProxiedResponse, error) {
+	if err := c.checkRequest(req.Destination, req.Path); err != nil {
+		return nil, fmt.Errorf("federation %s %s%s: %w", req.Method, req.Destination, pathOnly(req.Path), err)
+	}
+	timeout := c.timeout
+	if req.TimeoutMS > 0 {
+		timeout = min(timeout, time.Duration(req.TimeoutMS)*time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	limit := c.maxResponse
+	if req.MaxResponseBytes > 0 {
+		limit = min(limit, req.MaxResponseBytes)
+	}
+	status, data, err := c.roundTrip(ctx, req.Method, req.Destination, req.Path, req.Body, req.Authorization, limit)
+	if err != nil {
+		return nil, fmt.Errorf("federation %s %s%s: %w", req.Method, req.Destination, pathOnly(req.Path), err)
+	}
+	return &ProxiedResponse{Status: status, Body: data}, nil
+}
+
+// roundTrip sends one request to the destination over TLS and reads the
+// answer (at most limit bytes of body).
+func (c *Client) roundTrip(ctx context.Context, method, destination, path string, body []byte, auth string, limit int64) (int, []byte, error) {
+	res, err := c.resolver.Resolve(ctx, destination)
+	if err != nil {
+		return 0, nil, err
+	}
+	pathPart, query, _ := strings.Cut(path, "?")
+	u := &urlParts{host: urlHost(destination), opaque: pathPart, query: query}
+	hreq, err := http.NewRequestWithContext(context.WithValue(ctx, resolvedKey{}, res), method, u.String(), nil)
+	if err != nil {
+		return 0, nil, fmt.Errorf("build request: %w", err)
+	}
+	// Opaque keeps the path byte for byte as signed.
+	hreq.URL.Opaque, hreq.URL.RawQuery = pathPart, query
+	hreq.Host = res.Host
+	hreq.Header.Set("User-Agent", c.userAgent)
+	if body != nil {
+		hreq.Body = io.NopCloser(bytes.NewReader(body))
+		hreq.ContentLength = int64(len(body))
+		hreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		hreq.Header.Set("Content-Type", "application/json")
+	}
+	if auth != "" {
+		hreq.Header.Set("Authorization", auth)
+	}
+	resp, err := c.http.Do(hreq)
+	if err != nil {
+		// Do names the request itself; url.Error's URL, built from the
+		// opaque path, would only confuse.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return 0, nil, fmt.Errorf("read response: %w", err)
+	}
+	if int64(len(data)) > limit {
+		return 0, nil, fmt.Errorf("%w (limit %d bytes)", ErrResponseTooLarge, limit)
+	}
+	return resp.StatusCode, data, nil
 }
 
 // GetJSON fetches path from serverName without signing (the key endpoints
