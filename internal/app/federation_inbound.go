@@ -31,4 +31,5 @@ func (p *Process) wireInboundFederation(mux *mxhttp.Mux, srv *mxhttp.Server, roo
 		AllowPublicRooms:   cfg.AllowPublicRoomsOverFederation,
 		AllowDeviceNames:   cfg.AllowDeviceNameLookupOverFederation,
 	}, roomSvc, acc, log).WithKeys(keysSvc).WithForwarder(p.fedClient).Routes(mux, srv, auth)
+	roomSvc.SetRemoteHierarchy(remoteHierarchy{p.fedClient})
 }

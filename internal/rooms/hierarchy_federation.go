@@ -21,7 +21,7 @@ type FederationHierarchy struct {
 // restricted room is visible to them.
 type FederationHierarchyRoom struct {
 	PublicRoom
-	ChildrenState  []StrippedState `json:"children_state,omitempty"`
+	ChildrenState  []StrippedState `json:"children_state"`
 	AllowedRoomIDs []string        `json:"allowed_room_ids,omitempty"`
 }
 
@@ -79,7 +79,9 @@ func (s *Service) federationRoomSummary(ctx context.Context, origin, roomID stri
 	if err != nil {
 		return room, false, err
 	}
-	room.PublicRoom, room.AllowedRoomIDs = pr, allowed
+	// A child's own children are not listed (as in Synapse): the asking
+	// server asks for a child space's hierarchy when it walks into it.
+	room.PublicRoom, room.AllowedRoomIDs, room.ChildrenState = pr, allowed, []StrippedState{}
 	return room, true, nil
 }
 

@@ -51,7 +51,10 @@ type Service struct {
 	appservices Appservices
 	// noticeRooms, when set, guards server notices rooms (notices.go).
 	noticeRooms NoticeRooms
-	now         func() time.Time
+	// remoteHierarchy, when set, describes rooms of a space this server
+	// does not have (hierarchy_remote.go).
+	remoteHierarchy RemoteHierarchy
+	now             func() time.Time
 }
 
 func NewService(cfg Config, store *Store, writer EventWriter, acc *accounts.Service, reg *streams.Registry,
