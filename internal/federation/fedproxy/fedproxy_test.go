@@ -213,3 +213,35 @@ func TestOutboundFederationThroughProxy(t *testing.T) {
 		t.Errorf("remote's last request %q", last)
 	}
 }
+
+// The proxy endpoint refuses calls that name no request, with the
+// replication RPC's Matrix error, and sends nothing.
+func TestFederationProxyEndpointBadInput(t *testing.T) {
+	ca := testca.New(t)
+	const secret = "s3cret"
+	proxy := proxyInstance(t, ca, secret)
+	reg, err := streams.NewRegistry("worker1", streams.AllDefs(), nil, streams.NewNotifier())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rpc := replication.NewClient(replication.InstanceLookup(map[string]config.InstanceLocation{"proxy1": proxy}), secret, "worker1", reg,
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	t.Cleanup(rpc.CloseIdleConnections)
+	for _, body := range []any{map[string]any{}, map[string]any{"method": "GET", "destination": "x.test"}} {
+		var me *mxhttp.Error
+		err := rpc.Call(t.Context(), "proxy1", fedproxy.Endpoint, nil, body, nil, replication.WithStreamPositions())
+		if !errors.As(err, &me) || me.Status != 400 || me.Code != "M_MISSING_PARAM" {
+			t.Errorf("body %v: %v, want 400 M_MISSING_PARAM", body, err)
+		}
+	}
+	// A destination that is no server name is the proxy client's refusal,
+	// reported in the answer.
+	var out struct {
+		Error string `json:"error"`
+	}
+	if err := rpc.Call(t.Context(), "proxy1", fedproxy.Endpoint, nil,
+		client.ProxiedRequest{Method: "GET", Destination: "not a name", Path: "/_matrix/federation/v1/version"}, &out,
+		replication.WithStreamPositions()); err != nil || out.Error == "" {
+		t.Errorf("bad destination: %v %+v", err, out)
+	}
+}
