@@ -14,9 +14,10 @@ import (
 )
 
 // The space hierarchy (spec: "GET /hierarchy") walks m.space.child state
-// breadth first from a root room over the rooms this server knows (remote
-// rooms need federation and are skipped). It lives beside the public room
-// directory because each room's summary is the directory's entry.
+// breadth first from a root room over the rooms this server knows, and
+// rooms it does not have as their via servers describe them
+// (hierarchy_remote.go). It lives beside the public room directory because
+// each room's summary is the directory's entry.
 
 // HierarchyRoom is one room of a hierarchy page.
 type HierarchyRoom struct {

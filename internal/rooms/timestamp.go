@@ -69,7 +69,8 @@ func (h *roomHandlers) timestampToEvent(w http.ResponseWriter, r *http.Request, 
 // those the timeline's user may see; nil when there is none. Events with
 // the same timestamp are taken in stream order. Only this server's copy
 // of the room is searched (Synapse also asks other servers when its own
-// copy has a gap; there is no federation to ask).
+// copy has a gap, and pulls the event it is told about; that needs the
+// remote event persisted, which is not done here).
 func (t *Timeline) ClosestToTimestamp(ctx context.Context, ts int64, forwards bool) (*TimestampEvent, error) {
 	return t.s.closestToTimestamp(ctx, t.roomID, ts, forwards, t.v.CanSee)
 }
