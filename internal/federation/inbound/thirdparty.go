@@ -100,6 +100,9 @@ func (s *Server) validExchange(roomID string, ev *memberEventDict) error {
 	return nil
 }
 
+// maxOnBindInvites bounds the invites of one 3pid/onbind call.
+const maxOnBindInvites = 100
+
 // onBindRequest is 3pid/onbind's body.
 type onBindRequest struct {
 	Address string `json:"address"`
@@ -133,6 +136,11 @@ func (s *Server) onBind(w http.ResponseWriter, r *http.Request) error {
 	}
 	if _, srv, ok := accounts.SplitUserID(req.MXID); !ok || srv != s.cfg.ServerName {
 		return mxhttp.InvalidParam("%s is not a user of this server", req.MXID)
+	}
+	// The endpoint is unauthenticated and each invite may cost a request
+	// to another server: one call may not make this server send many.
+	if len(req.Invites) > maxOnBindInvites {
+		return mxhttp.InvalidParam("At most %d invites per bind", maxOnBindInvites)
 	}
 	ctx := r.Context()
 	for _, inv := range req.Invites {

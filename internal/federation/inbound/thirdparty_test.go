@@ -208,6 +208,7 @@ func TestFederationInboundOnBind(t *testing.T) {
 		}{
 			{"remote mxid", map[string]any{"address": "a@b", "medium": "email", "mxid": "@x:" + remote}, 400, "M_INVALID_PARAM"},
 			{"no mxid", map[string]any{"address": "a@b", "medium": "email"}, 400, "M_MISSING_PARAM"},
+			{"too many invites", map[string]any{"address": "a@b", "medium": "email", "mxid": dave, "invites": make([]any, 101)}, 400, "M_INVALID_PARAM"},
 			{"invites not a list", map[string]any{"address": "a@b", "medium": "email", "mxid": dave, "invites": "x"}, 400, "M_BAD_JSON"},
 		} {
 			code, resp := f.do("PUT", "/_matrix/federation/v1/3pid/onbind", c.body, "")
