@@ -488,7 +488,7 @@ func (p *Process) wire(ctx context.Context) error {
 	p.wireDirectoryAndSearch(mux, srv, acc, roomSvc, persister, rl(cfg.RCUserDirectory))
 	infoRoutes(mux, srv, cfg, acc)
 	p.wireReportsNoticesVoIP(mux, srv, acc, roomSvc, adSvc.Writer(), rl(cfg.RCReports))
-	if err := p.wireFederation(mux, srv, key, roomStore, receiptsStore, typingReader, presSvc); err != nil {
+	if err := p.wireFederation(mux, srv, key, roomStore, receiptsStore, typingReader, presSvc, rpcClient, rpcServer); err != nil {
 		return err
 	}
 	p.wireFederationEDUs(federationEDUDeps{typing: typingWriter, receipts: receiptsWriter, presence: presWriter,
@@ -497,6 +497,7 @@ func (p *Process) wire(ctx context.Context) error {
 	roomSvc.SetBackfiller(&backfill.Backfiller{ServerName: cfg.ServerName, DB: db, Client: p.federationClient, Keys: p.serverKeys,
 		Writer: p.remoteWriter, Log: log.With("module", "federation.backfill")})
 	p.wireFederationMembership(mux, srv, key, roomSvc, eventWriter, acc)
+	p.wireOpenID(mux, srv, db, acc)
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}
@@ -557,6 +558,9 @@ func resourceOf(path string) string {
 	case strings.HasPrefix(path, "/_matrix/client"), strings.HasPrefix(path, "/_synapse/admin"),
 		strings.HasPrefix(path, "/_synapse/client"):
 		return "client"
+	case path == "/_matrix/federation/v1/openid/userinfo":
+		// Synapse's openid resource is this one endpoint.
+		return "openid"
 	case strings.HasPrefix(path, "/_matrix/federation"):
 		return "federation"
 	case strings.HasPrefix(path, "/_matrix/key"):
@@ -589,7 +593,8 @@ func (p *Process) listenerHandler(l config.Listener) http.Handler {
 		for _, n := range r.Names {
 			allowed[n] = true
 			if n == "federation" {
-				allowed["keys"] = true // Synapse's federation resource includes keys
+				allowed["keys"] = true   // Synapse's federation resource includes keys
+				allowed["openid"] = true // and the OpenID userinfo endpoint
 			}
 		}
 	}

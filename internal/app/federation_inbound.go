@@ -38,9 +38,10 @@ func (p *Process) wireInboundFederation(mux *mxhttp.Mux, srv *mxhttp.Server, roo
 		Fetch:    p.federationClient,
 		Verifier: p.serverKeys,
 		DB:       p.db,
-	}).RegisterMetrics(p.metrics.Registerer())
+	}).RegisterMetrics(p.metrics.Registerer()).WithForwarder(p.federationClient)
 	if p.fed.edus != nil {
 		p.fed.edus.Register(in)
 	}
 	in.Routes(mux, srv, auth)
+	roomSvc.SetRemoteHierarchy(remoteHierarchy{p.federationClient})
 }

@@ -9,8 +9,10 @@ import (
 
 	"ganglion/internal/events"
 	"ganglion/internal/federation/client"
+	"ganglion/internal/federation/fedproxy"
 	"ganglion/internal/federation/sender"
 	"ganglion/internal/mxhttp"
+	"ganglion/internal/replication"
 	"ganglion/internal/rooms"
 )
 
@@ -20,12 +22,30 @@ import (
 // federation_sender_instances, the federation sender with the EDUs of
 // the typing, receipts, presence (when presence.enabled), device_lists and
 // to_device streams.
+//
+// With outbound_federation_restricted_to, the named instances serve the
+// outbound proxy on their replication listener and every other process's
+// client sends through them (rpc and rpcServer are nil without a fleet).
 func (p *Process) wireFederation(mux *mxhttp.Mux, srv *mxhttp.Server, key events.SigningKey, store *rooms.Store,
-	receiptRows sender.ReceiptRows, typingReader sender.TypingReader, presenceRows sender.PresenceRows) error {
+	receiptRows sender.ReceiptRows, typingReader sender.TypingReader, presenceRows sender.PresenceRows,
+	rpc *replication.Client, rpcServer *replication.Server) error {
 	cfg := p.cfg
-	fc, err := client.NewFromConfig(cfg, key, p.log.With("module", "federation.client"))
+	restricted := cfg.OutboundFederationRestrictedTo
+	proxy := len(restricted) > 0 && slices.Contains(restricted, cfg.InstanceName())
+	var opts []client.Option
+	if len(restricted) > 0 && !proxy {
+		if rpc == nil {
+			return fmt.Errorf("outbound_federation_restricted_to names %v, which %s can only reach over replication (redis.enabled)",
+				restricted, cfg.InstanceName())
+		}
+		opts = append(opts, client.WithVia(fedproxy.NewVia(rpc, restricted)))
+	}
+	fc, err := client.NewFromConfig(cfg, key, p.log.With("module", "federation.client"), opts...)
 	if err != nil {
 		return fmt.Errorf("federation client: %w", err)
+	}
+	if proxy && rpcServer != nil {
+		fedproxy.Serve(rpcServer, fc)
 	}
 	p.onShutdown = append(p.onShutdown, func(context.Context) error { fc.CloseIdleConnections(); return nil })
 	p.federationClient = fc

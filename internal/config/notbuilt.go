@@ -33,7 +33,6 @@ func NotBuilt() map[string]string {
 
 		"media_storage_providers": media,
 
-		"outbound_federation_restricted_to":             federation,
 		"federation_client_minimum_tls_version":         federation,
 		"federation_certificate_verification_whitelist": federation,
 

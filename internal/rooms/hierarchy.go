@@ -14,9 +14,10 @@ import (
 )
 
 // The space hierarchy (spec: "GET /hierarchy") walks m.space.child state
-// breadth first from a root room over the rooms this server knows (remote
-// rooms need federation and are skipped). It lives beside the public room
-// directory because each room's summary is the directory's entry.
+// breadth first from a root room over the rooms this server knows, and
+// rooms it does not have as their via servers describe them
+// (hierarchy_remote.go). It lives beside the public room directory because
+// each room's summary is the directory's entry.
 
 // HierarchyRoom is one room of a hierarchy page.
 type HierarchyRoom struct {
@@ -87,6 +88,7 @@ func (h *roomHandlers) hierarchy(w http.ResponseWriter, r *http.Request, req *ac
 // content has a non-empty via.
 type spaceChild struct {
 	roomID    string
+	via       []string
 	order     string
 	suggested bool
 	ts        int64
@@ -152,29 +154,40 @@ func (s *Service) Hierarchy(ctx context.Context, req *accounts.Requester, roomID
 	type queued struct {
 		roomID string
 		depth  int
+		via    []string
 	}
 	resp := &HierarchyResponse{Rooms: []HierarchyRoom{}}
-	queue := []queued{{roomID, 0}}
+	queue := []queued{{roomID, 0, nil}}
+	remote := remoteRooms{}
 	seen := map[string]bool{roomID: true}
 	shown, visited := 0, 0
 	for len(queue) > 0 && visited < maxHierarchyRooms {
 		cur := queue[0]
 		queue = queue[1:]
 		visited++
+		var remoteRoom *FederationHierarchyRoom
 		if cur.roomID != roomID {
 			if ok, err := s.store.RoomExists(ctx, cur.roomID); err != nil {
 				return nil, err
 			} else if !ok {
-				continue // a remote room: no federation to ask
-			}
-			if ok, err := s.roomAccessible(ctx, req.UserID, cur.roomID); err != nil {
+				// A room this server does not have: its summary and
+				// children come from a server named by the via.
+				if remoteRoom, err = s.remoteHierarchyRoom(ctx, req.UserID, cur.roomID, cur.via, hr.SuggestedOnly, remote); err != nil {
+					return nil, err
+				}
+				if remoteRoom == nil {
+					continue
+				}
+			} else if ok, err := s.roomAccessible(ctx, req.UserID, cur.roomID); err != nil {
 				return nil, err
 			} else if !ok {
 				continue
 			}
 		}
-		children, err := s.spaceChildren(ctx, cur.roomID, hr.SuggestedOnly)
-		if err != nil {
+		var children []spaceChild
+		if remoteRoom != nil {
+			children = childrenOf(remoteRoom.ChildrenState, hr.SuggestedOnly)
+		} else if children, err = s.spaceChildren(ctx, cur.roomID, hr.SuggestedOnly); err != nil {
 			return nil, err
 		}
 		if shown >= offset {
@@ -182,8 +195,10 @@ func (s *Service) Hierarchy(ctx context.Context, req *accounts.Requester, roomID
 				resp.NextBatch = hierarchyToken(shown, hr)
 				break
 			}
-			pr, err := s.publicRoom(ctx, cur.roomID)
-			if err != nil {
+			var pr PublicRoom
+			if remoteRoom != nil {
+				pr = remoteRoom.PublicRoom
+			} else if pr, err = s.publicRoom(ctx, cur.roomID); err != nil {
 				return nil, err
 			}
 			room := HierarchyRoom{PublicRoom: pr, ChildrenState: make([]StrippedState, 0, len(children))}
@@ -199,7 +214,7 @@ func (s *Service) Hierarchy(ctx context.Context, req *accounts.Requester, roomID
 		for _, c := range children {
 			if !seen[c.roomID] {
 				seen[c.roomID] = true
-				queue = append(queue, queued{c.roomID, cur.depth + 1})
+				queue = append(queue, queued{c.roomID, cur.depth + 1, c.via})
 			}
 		}
 	}
@@ -267,10 +282,26 @@ func (s *Service) spaceChildren(ctx context.Context, roomID string, suggestedOnl
 	if err != nil {
 		return nil, fmt.Errorf("load space children of %s: %w", roomID, err)
 	}
-	var out []spaceChild
+	var states []StrippedState
 	for _, se := range evs {
 		ev := se.Event
-		if se.RedactedBy != "" || ev.StateKey() == nil || !validRoomID(*ev.StateKey()) {
+		if se.RedactedBy != "" || ev.StateKey() == nil {
+			continue
+		}
+		states = append(states, StrippedState{Type: ev.Type(), StateKey: *ev.StateKey(), Content: ev.Content(),
+			Sender: ev.Sender(), OriginServerTS: ev.OriginServerTS()})
+	}
+	return childrenOf(states, suggestedOnly), nil
+}
+
+// childrenOf picks the valid m.space.child entries of a room's state (its
+// own, or the children_state another server sent) in the spec's order: by
+// their order key (absent last), then by the event's origin_server_ts,
+// then by room id.
+func childrenOf(states []StrippedState, suggestedOnly bool) []spaceChild {
+	var out []spaceChild
+	for _, st := range states {
+		if st.Type != "m.space.child" || !validRoomID(st.StateKey) {
 			continue
 		}
 		var c struct {
@@ -278,7 +309,7 @@ func (s *Service) spaceChildren(ctx context.Context, roomID string, suggestedOnl
 			Order     any      `json:"order"`
 			Suggested bool     `json:"suggested"`
 		}
-		if json.Unmarshal(ev.Content(), &c) != nil || len(c.Via) == 0 {
+		if json.Unmarshal(st.Content, &c) != nil || len(c.Via) == 0 {
 			continue // no via: the child was removed
 		}
 		if suggestedOnly && !c.Suggested {
@@ -288,9 +319,8 @@ func (s *Service) spaceChildren(ctx context.Context, roomID string, suggestedOnl
 		if !validOrder(order) {
 			order = ""
 		}
-		out = append(out, spaceChild{roomID: *ev.StateKey(), order: order, suggested: c.Suggested, ts: ev.OriginServerTS(),
-			state: StrippedState{Type: ev.Type(), StateKey: *ev.StateKey(), Content: ev.Content(), Sender: ev.Sender(),
-				OriginServerTS: ev.OriginServerTS()}})
+		out = append(out, spaceChild{roomID: st.StateKey, via: c.Via, order: order, suggested: c.Suggested,
+			ts: st.OriginServerTS, state: st})
 	}
 	slices.SortFunc(out, func(a, b spaceChild) int {
 		switch {
@@ -308,7 +338,7 @@ func (s *Service) spaceChildren(ctx context.Context, roomID string, suggestedOnl
 		}
 		return strings.Compare(a.roomID, b.roomID)
 	})
-	return out, nil
+	return out
 }
 
 // validOrder is the spec's rule for m.space.child's order: at most 50

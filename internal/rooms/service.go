@@ -61,7 +61,10 @@ type Service struct {
 	// remoteAliases, when set, resolves other servers' aliases over
 	// federation (remotealias.go).
 	remoteAliases RemoteDirectory
-	now           func() time.Time
+	// remoteHierarchy, when set, describes rooms of a space this server
+	// does not have (hierarchy_remote.go).
+	remoteHierarchy RemoteHierarchy
+	now             func() time.Time
 }
 
 // Backfiller fetches a room's history from other servers: at most about

@@ -69,9 +69,22 @@ func (h *roomHandlers) timestampToEvent(w http.ResponseWriter, r *http.Request, 
 // those the timeline's user may see; nil when there is none. Events with
 // the same timestamp are taken in stream order. Only this server's copy
 // of the room is searched (Synapse also asks other servers when its own
-// copy has a gap; there is no federation to ask).
+// copy has a gap, and pulls the event it is told about; that needs the
+// remote event persisted, which is not done here).
 func (t *Timeline) ClosestToTimestamp(ctx context.Context, ts int64, forwards bool) (*TimestampEvent, error) {
-	s := t.s
+	return t.s.closestToTimestamp(ctx, t.roomID, ts, forwards, t.v.CanSee)
+}
+
+// ClosestToTimestampForServer is ClosestToTimestamp for another server
+// (GET /_matrix/federation/v1/timestamp_to_event), which the caller has
+// let into the room: any event counts, as the server may fetch each one
+// (redacted where it could not see it).
+func (s *Service) ClosestToTimestampForServer(ctx context.Context, roomID string, ts int64, forwards bool) (*TimestampEvent, error) {
+	// Outliers (negative stream orderings) are not part of the timeline.
+	return s.closestToTimestamp(ctx, roomID, ts, forwards, func(se *StoredEvent) bool { return se.StreamOrdering > 0 })
+}
+
+func (s *Service) closestToTimestamp(ctx context.Context, roomID string, ts int64, forwards bool, canSee func(*StoredEvent) bool) (*TimestampEvent, error) {
 	cmp, order := ">", "ASC"
 	if !forwards {
 		cmp, order = "<", "DESC"
@@ -86,16 +99,16 @@ func (t *Timeline) ClosestToTimestamp(ctx context.Context, ts int64, forwards bo
 		rows, err := s.store.db.Reader().QueryContext(ctx, `SELECT `+eventColumns+` FROM events e
 			WHERE e.room_id = $1 AND (e.origin_server_ts `+cmp+` $2 OR (e.origin_server_ts = $2 AND e.stream_ordering `+cmp+` $3))
 			ORDER BY e.origin_server_ts `+order+`, e.stream_ordering `+order+` LIMIT $4`,
-			t.roomID, curTS, curSO, timestampScanBatch)
+			roomID, curTS, curSO, timestampScanBatch)
 		if err != nil {
-			return nil, fmt.Errorf("find event by timestamp in %s: %w", t.roomID, err)
+			return nil, fmt.Errorf("find event by timestamp in %s: %w", roomID, err)
 		}
 		evs, err := s.store.scanEvents(ctx, rows)
 		if err != nil {
-			return nil, fmt.Errorf("find event by timestamp in %s: %w", t.roomID, err)
+			return nil, fmt.Errorf("find event by timestamp in %s: %w", roomID, err)
 		}
 		for _, se := range evs {
-			if t.v.CanSee(se) {
+			if canSee(se) {
 				return &TimestampEvent{EventID: se.Event.EventID(), OriginServerTS: se.Event.OriginServerTS()}, nil
 			}
 			curTS, curSO = se.Event.OriginServerTS(), se.StreamOrdering

@@ -268,6 +268,10 @@ func spec() []Class {
 				"^/_matrix/federation/v1/user/devices/",
 				"^/_matrix/key/v2/query",
 				"^/_matrix/federation/v1/hierarchy/",
+				// Not in the v1.83 list (main there), but they only read
+				// the database or send through the room's persister.
+				"^/_matrix/federation/v1/openid/userinfo$",
+				"^/_matrix/federation/v1/3pid/onbind$",
 				// Listed by Synapse's workers document after v1.83.
 				"^/_matrix/federation/v1/version$",
 			},

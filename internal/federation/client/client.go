@@ -70,6 +70,36 @@ type Options struct {
 	// Now is the clock for the .well-known cache; nil means time.Now.
 	Now func() time.Time
 	Log *slog.Logger
+	// Via, when set, sends every request through another process instead
+	// of connecting to the destination from this one
+	// (outbound_federation_restricted_to): the request is built and
+	// signed here, and the proxy resolves, dials (with its own IP filter)
+	// and returns the answer.
+	Via Proxy
+}
+
+// Proxy carries a request built and signed by one process to another,
+// which sends it (Client.Forward) and returns the destination's answer.
+type Proxy interface {
+	Forward(ctx context.Context, req ProxiedRequest) (*ProxiedResponse, error)
+}
+
+// ProxiedRequest is a federation request ready to send: the body as
+// signed and the Authorization header ("" for unsigned requests).
+type ProxiedRequest struct {
+	Method           string `json:"method"`
+	Destination      string `json:"destination"`
+	Path             string `json:"path"`
+	Body             []byte `json:"body,omitempty"`
+	Authorization    string `json:"authorization,omitempty"`
+	TimeoutMS        int64  `json:"timeout_ms"`
+	MaxResponseBytes int64  `json:"max_response_bytes"`
+}
+
+// ProxiedResponse is the destination's answer to a ProxiedRequest.
+type ProxiedResponse struct {
+	Status int    `json:"status"`
+	Body   []byte `json:"body"`
 }
 
 // Client sends federation requests. It is safe for concurrent use and
@@ -87,6 +117,7 @@ type Client struct {
 	timeout       time.Duration
 	maxResponse   int64
 	userAgent     string
+	via           Proxy
 	now           func() time.Time
 	log           *slog.Logger
 }
@@ -99,7 +130,7 @@ func New(o Options) (*Client, error) {
 	c := &Client{
 		serverName: o.ServerName, key: o.Key, whitelist: o.DomainWhitelist,
 		httpsPort: o.WellKnownPort, timeout: o.RequestTimeout, maxResponse: o.MaxResponseBytes,
-		userAgent: version.UserAgent(), now: o.Now, log: o.Log,
+		userAgent: version.UserAgent(), now: o.Now, log: o.Log, via: o.Via,
 	}
 	if c.httpsPort == 0 {
 		c.httpsPort = 443
@@ -159,10 +190,16 @@ func New(o Options) (*Client, error) {
 	return c, nil
 }
 
+// Option adjusts what NewFromConfig builds beyond the config.
+type Option func(*Options)
+
+// WithVia sends every request through a proxy (Options.Via).
+func WithVia(p Proxy) Option { return func(o *Options) { o.Via = p } }
+
 // NewFromConfig builds the Client of a process from its config.
-func NewFromConfig(cfg *config.Config, key events.SigningKey, log *slog.Logger) (*Client, error) {
+func NewFromConfig(cfg *config.Config, key events.SigningKey, log *slog.Logger, opts ...Option) (*Client, error) {
 	block, allow := cfg.FederationIPRanges()
-	return New(Options{
+	o := Options{
 		ServerName:         cfg.ServerName,
 		Key:                key,
 		IPFilter:           IPFilter{Block: block, Allow: allow},
@@ -170,7 +207,11 @@ func NewFromConfig(cfg *config.Config, key events.SigningKey, log *slog.Logger) 
 		InsecureSkipVerify: !cfg.FederationVerifiesCertificates(),
 		RootCAs:            cfg.FederationCAPool(),
 		Log:                log,
-	})
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return New(o)
 }
 
 // CloseIdleConnections closes the kept-alive connections (at shutdown).
@@ -237,25 +278,57 @@ func (c *Client) Do(ctx context.Context, req Request) error {
 }
 
 func (c *Client) do(ctx context.Context, req Request) error {
-	resp, cancel, err := c.send(ctx, req)
+	if err := c.checkRequest(req.Destination, req.Path); err != nil {
+		return err
+	}
+	timeout := c.timeout
+	if req.Timeout > 0 {
+		timeout = req.Timeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	var body []byte
+	if req.Body != nil {
+		raw, err := json.Marshal(req.Body)
+		if err != nil {
+			return fmt.Errorf("encode body: %w", err)
+		}
+		// Lenient: a body may carry events of old room versions with
+		// numbers strict canonical JSON refuses.
+		if body, err = canonicaljson.Canonicalize(raw, false); err != nil {
+			return fmt.Errorf("encode body: %w", err)
+		}
+	}
+	auth, err := c.authorization(req, body)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	defer resp.Body.Close()
 	limit := c.maxResponse
 	if req.MaxResponseBytes > 0 {
 		limit = req.MaxResponseBytes
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		return fmt.Errorf("read response: %w", err)
+
+	var status int
+	var data []byte
+	if c.via != nil {
+		resp, err := c.via.Forward(ctx, ProxiedRequest{Method: req.Method, Destination: req.Destination, Path: req.Path,
+			Body: body, Authorization: auth, TimeoutMS: timeout.Milliseconds(), MaxResponseBytes: limit})
+		if err != nil {
+			return fmt.Errorf("through the outbound federation proxy: %w", err)
+		}
+		status, data = resp.Status, resp.Body
+		if int64(len(data)) > limit {
+			return fmt.Errorf("%w (limit %d bytes)", ErrResponseTooLarge, limit)
+		}
+	} else {
+		var err error
+		if status, data, err = c.roundTrip(ctx, req.Method, req.Destination, req.Path, body, auth, limit); err != nil {
+			return err
+		}
 	}
-	if int64(len(data)) > limit {
-		return fmt.Errorf("%w (limit %d bytes)", ErrResponseTooLarge, limit)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return httpError(req.Destination, resp.StatusCode, data)
+	if status < 200 || status > 299 {
+		return httpError(req.Destination, status, data)
 	}
 	if req.Out != nil {
 		if err := json.Unmarshal(data, req.Out); err != nil {
@@ -278,30 +351,53 @@ func httpError(destination string, status int, data []byte) *HTTPError {
 	return he
 }
 
-// send checks, signs and sends req and returns the response with its body
+// authorization is req's X-Matrix header ("" for unsigned requests).
+func (c *Client) authorization(req Request, body []byte) (string, error) {
+	if req.Unsigned {
+		return "", nil
+	}
+	var content json.RawMessage
+	if body != nil {
+		content = body
+	}
+	p, err := xmatrix.Sign(xmatrix.Request{Method: req.Method, URI: req.Path, Origin: c.serverName,
+		Destination: req.Destination, Content: content}, c.key)
+	if err != nil {
+		return "", err
+	}
+	return p.Format(), nil
+}
+
+// send checks, signs and sends req directly (never through an outbound
+// proxy: the answer is streamed) and returns the response with its body
 // unread, and the cancel function of the request's timeout, which the
 // caller calls once done with the body.
 func (c *Client) send(ctx context.Context, req Request) (*http.Response, context.CancelFunc, error) {
-	if _, err := servername.Parse(req.Destination); err != nil {
+	if err := c.checkRequest(req.Destination, req.Path); err != nil {
 		return nil, nil, err
-	}
-	if c.whitelist != nil && !c.whitelist[req.Destination] {
-		return nil, nil, ErrNotWhitelisted
-	}
-	if !strings.HasPrefix(req.Path, "/_matrix/") {
-		return nil, nil, fmt.Errorf("path %q does not start with /_matrix/", req.Path)
-	}
-	// The path goes into the request line as it is (it is what is
-	// signed), so it must already be escaped.
-	if i := strings.IndexFunc(req.Path, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '#' || r > 0x7e }); i >= 0 {
-		return nil, nil, fmt.Errorf("path %q is not escaped (byte %d)", req.Path, i)
 	}
 	timeout := c.timeout
 	if req.Timeout > 0 {
 		timeout = req.Timeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
-	resp, err := c.sendWithin(ctx, req)
+	var body []byte
+	if req.Body != nil {
+		raw, err := json.Marshal(req.Body)
+		if err == nil {
+			body, err = canonicaljson.Canonicalize(raw, false)
+		}
+		if err != nil {
+			cancel()
+			return nil, nil, fmt.Errorf("encode body: %w", err)
+		}
+	}
+	auth, err := c.authorization(req, body)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	resp, err := c.exchange(ctx, req.Method, req.Destination, req.Path, body, auth)
 	if err != nil {
 		cancel()
 		return nil, nil, err
@@ -309,27 +405,79 @@ func (c *Client) send(ctx context.Context, req Request) (*http.Response, context
 	return resp, cancel, nil
 }
 
-func (c *Client) sendWithin(ctx context.Context, req Request) (*http.Response, error) {
-	var body []byte
-	if req.Body != nil {
-		raw, err := json.Marshal(req.Body)
-		if err != nil {
-			return nil, fmt.Errorf("encode body: %w", err)
-		}
-		// Lenient: a body may carry events of old room versions with
-		// numbers strict canonical JSON refuses.
-		if body, err = canonicaljson.Canonicalize(raw, false); err != nil {
-			return nil, fmt.Errorf("encode body: %w", err)
-		}
+// checkRequest refuses destinations that are not server names or not in
+// the whitelist, and paths that are not escaped federation paths.
+func (c *Client) checkRequest(destination, path string) error {
+	if _, err := servername.Parse(destination); err != nil {
+		return err
 	}
+	if c.whitelist != nil && !c.whitelist[destination] {
+		return ErrNotWhitelisted
+	}
+	if !strings.HasPrefix(path, "/_matrix/") {
+		return fmt.Errorf("path %q does not start with /_matrix/", path)
+	}
+	// The path goes into the request line as it is (it is what is
+	// signed), so it must already be escaped.
+	if i := strings.IndexFunc(path, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '#' || r > 0x7e }); i >= 0 {
+		return fmt.Errorf("path %q is not escaped (byte %d)", path, i)
+	}
+	return nil
+}
 
-	res, err := c.resolver.Resolve(ctx, req.Destination)
+// Forward sends a request another process built and signed (the serving
+// side of Proxy): this process resolves and connects, with its own IP
+// filter and whitelist, and returns whatever status the destination
+// answered. An error means no answer came.
+func (c *Client) Forward(ctx context.Context, req ProxiedRequest) (*ProxiedResponse, error) {
+	if err := c.checkRequest(req.Destination, req.Path); err != nil {
+		return nil, fmt.Errorf("federation %s %s%s: %w", req.Method, req.Destination, pathOnly(req.Path), err)
+	}
+	timeout := c.timeout
+	if req.TimeoutMS > 0 {
+		timeout = min(timeout, time.Duration(req.TimeoutMS)*time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	limit := c.maxResponse
+	if req.MaxResponseBytes > 0 {
+		limit = min(limit, req.MaxResponseBytes)
+	}
+	status, data, err := c.roundTrip(ctx, req.Method, req.Destination, req.Path, req.Body, req.Authorization, limit)
+	if err != nil {
+		return nil, fmt.Errorf("federation %s %s%s: %w", req.Method, req.Destination, pathOnly(req.Path), err)
+	}
+	return &ProxiedResponse{Status: status, Body: data}, nil
+}
+
+// roundTrip sends one request to the destination over TLS and reads the
+// answer (at most limit bytes of body).
+func (c *Client) roundTrip(ctx context.Context, method, destination, path string, body []byte, auth string, limit int64) (int, []byte, error) {
+	resp, err := c.exchange(ctx, method, destination, path, body, auth)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return 0, nil, fmt.Errorf("read response: %w", err)
+	}
+	if int64(len(data)) > limit {
+		return 0, nil, fmt.Errorf("%w (limit %d bytes)", ErrResponseTooLarge, limit)
+	}
+	return resp.StatusCode, data, nil
+}
+
+// exchange sends one request to the destination over TLS and returns the
+// response with its body unread.
+func (c *Client) exchange(ctx context.Context, method, destination, path string, body []byte, auth string) (*http.Response, error) {
+	res, err := c.resolver.Resolve(ctx, destination)
 	if err != nil {
 		return nil, err
 	}
-	pathPart, query, _ := strings.Cut(req.Path, "?")
-	u := &urlParts{host: urlHost(req.Destination), opaque: pathPart, query: query}
-	hreq, err := http.NewRequestWithContext(context.WithValue(ctx, resolvedKey{}, res), req.Method, u.String(), nil)
+	pathPart, query, _ := strings.Cut(path, "?")
+	u := &urlParts{host: urlHost(destination), opaque: pathPart, query: query}
+	hreq, err := http.NewRequestWithContext(context.WithValue(ctx, resolvedKey{}, res), method, u.String(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}
@@ -343,19 +491,9 @@ func (c *Client) sendWithin(ctx context.Context, req Request) (*http.Response, e
 		hreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 		hreq.Header.Set("Content-Type", "application/json")
 	}
-	if !req.Unsigned {
-		var content json.RawMessage
-		if body != nil {
-			content = body
-		}
-		p, err := xmatrix.Sign(xmatrix.Request{Method: req.Method, URI: req.Path, Origin: c.serverName,
-			Destination: req.Destination, Content: content}, c.key)
-		if err != nil {
-			return nil, err
-		}
-		hreq.Header.Set("Authorization", p.Format())
+	if auth != "" {
+		hreq.Header.Set("Authorization", auth)
 	}
-
 	resp, err := c.http.Do(hreq)
 	if err != nil {
 		// Do names the request itself; url.Error's URL, built from the

@@ -54,7 +54,10 @@ type Server struct {
 	send     *sendHandler // nil: PUT /send is not mounted
 	metrics  *sendMetrics // nil: not counted
 	member   *Membership  // nil: the membership handshakes are not mounted
-	log      *slog.Logger
+	// forward sends 3pid/onbind's exchanges for rooms this server is not
+	// in to the rooms' servers (thirdparty.go); nil: they are dropped.
+	forward Forwarder
+	log     *slog.Logger
 }
 
 // New builds the endpoints over the rooms domain's read side.
@@ -92,6 +95,11 @@ func (s *Server) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, auth *xmatrix.Authe
 	if s.member != nil {
 		s.membershipRoutes(mux, h)
 	}
+	mux.Handle("GET "+p+"/hierarchy/{roomId}", h(s.getHierarchy))
+	mux.Handle("GET "+p+"/timestamp_to_event/{roomId}", h(s.getTimestampToEvent))
+	mux.Handle("PUT "+p+"/exchange_third_party_invite/{roomId}", h(s.exchangeThirdPartyInvite))
+	// Called by identity servers, which have no X-Matrix key.
+	mux.Handle("PUT "+p+"/3pid/onbind", srv.Handle(s.onBind))
 	if s.keys != nil {
 		mux.Handle("GET "+p+"/user/devices/{userId}", h(s.userDevices))
 		mux.Handle("POST "+p+"/user/keys/query", h(s.userKeysQuery))

@@ -1003,4 +1003,3 @@ func TestFederationSendEDUs(t *testing.T) {
 		}
 	})
 }
-

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"ganglion/internal/config"
+	"ganglion/internal/federation/serveracl"
 	"ganglion/internal/rooms"
 	"ganglion/internal/storage"
 	"ganglion/internal/streams"
@@ -270,7 +271,7 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 			s.forgetRoom(ev.RoomID())
 			continue
 		}
-		if ev.Type() == "m.room.member" || relay {
+		if ev.Type() == "m.room.member" || ev.Type() == "m.room.server_acl" || relay {
 			s.forgetRoom(ev.RoomID())
 		}
 		dests, err := s.roomServers(ctx, ev.RoomID())
@@ -286,7 +287,13 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 			// again by /send to a server not in the room, it would be asked
 			// about (get_missing_events) and refused.
 			if t := serverOf(*ev.StateKey()); t != "" && t != s.opts.ServerName && !slices.Contains(dests, t) {
-				dests = append(dests[:len(dests):len(dests)], t)
+				ok, err := s.aclAllows(ctx, ev.RoomID(), t)
+				if err != nil {
+					return from, nil, err
+				}
+				if ok {
+					dests = append(dests[:len(dests):len(dests)], t)
+				}
 			}
 		}
 		for _, d := range dests {
@@ -324,7 +331,9 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 }
 
 // roomServers lists the servers other than ours with a joined member in
-// the room, as of now.
+// the room, as of now, that the room's server ACL allows: a denied server
+// gets none of the room's events or EDUs (Synapse does the same since
+// 1.94), though its users may still be joined.
 func (s *Sender) roomServers(ctx context.Context, roomID string) ([]string, error) {
 	s.mu.Lock()
 	cached, ok := s.servers[roomID]
@@ -336,9 +345,13 @@ func (s *Sender) roomServers(ctx context.Context, roomID string) ([]string, erro
 	if err != nil {
 		return nil, err
 	}
+	acl, err := s.roomACL(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
 	var out []string
 	for _, m := range members {
-		if d := serverOf(m); d != "" && d != s.opts.ServerName && !slices.Contains(out, d) {
+		if d := serverOf(m); d != "" && d != s.opts.ServerName && !slices.Contains(out, d) && (acl == nil || acl.Allows(d)) {
 			out = append(out, d)
 		}
 	}
@@ -346,6 +359,28 @@ func (s *Sender) roomServers(ctx context.Context, roomID string) ([]string, erro
 	s.servers[roomID] = out
 	s.mu.Unlock()
 	return out, nil
+}
+
+// roomACL is the room's current server ACL; nil when it has none.
+func (s *Sender) roomACL(ctx context.Context, roomID string) (*serveracl.ACL, error) {
+	ev, err := s.store.CurrentStateEvent(ctx, roomID, "m.room.server_acl", "")
+	if err != nil {
+		return nil, fmt.Errorf("server ACL of %s: %w", roomID, err)
+	}
+	if ev == nil {
+		return nil, nil
+	}
+	acl := serveracl.Parse(ev.Event.Content())
+	return &acl, nil
+}
+
+// aclAllows reports whether the room's server ACL lets dest take part.
+func (s *Sender) aclAllows(ctx context.Context, roomID, dest string) (bool, error) {
+	acl, err := s.roomACL(ctx, roomID)
+	if err != nil || acl == nil {
+		return err == nil, err
+	}
+	return acl.Allows(dest), nil
 }
 
 func (s *Sender) forgetRoom(roomID string) {

@@ -1,11 +1,11 @@
-package inbound
+package serveracl
 
 import (
 	"encoding/json"
 	"testing"
 )
 
-func TestFederationInboundACLMatching(t *testing.T) {
+func TestServerACLMatching(t *testing.T) {
 	cases := []struct {
 		acl    string
 		server string
@@ -31,7 +31,7 @@ func TestFederationInboundACLMatching(t *testing.T) {
 		{`{"allow": ["*"]}`, "not a server", false},
 	}
 	for _, c := range cases {
-		if got := parseServerACL(json.RawMessage(c.acl)).allows(c.server); got != c.want {
+		if got := Parse(json.RawMessage(c.acl)).Allows(c.server); got != c.want {
 			t.Errorf("ACL %s allows %q = %v, want %v", c.acl, c.server, got, c.want)
 		}
 	}
