@@ -50,25 +50,33 @@ func testFederationACL(t *testing.T, p *fedPair, home, away *fedServer) {
 		t.Fatalf("set the server ACL: %v", err)
 	}
 
-	// Home's events in the ACL'd room stay home; a later message in the
-	// open room reaches away, after them in home's queue to away.
-	send(t, ctx, admin, acled, "acl denied from home", p.unique("acl"))
+	// Home's events in the ACL'd room stay home; a message in the open
+	// room, sent after them, reaches away. (The monolith's queue to a
+	// destination is in order, so there its arrival proves the first was
+	// never sent; the fleet's two persisters may order rooms differently,
+	// so there it bounds the wait, and a late copy would show up in the
+	// next test's pulls rather than here.)
+	deniedHome := send(t, ctx, admin, acled, "acl denied from home", p.unique("acl"))
 	send(t, ctx, admin, open, "open from home", p.unique("acl"))
 	memberOpen.waitFor(t, ctx, deliveryLimit, "open from home", []string{"open from home"}, true)
 	memberACL.pull(t, ctx)
 	if got := memberACL.bodies("acl denied"); len(got) > 0 {
 		t.Errorf("%s received %q from a room whose ACL denies its server", member.UserID, got)
 	}
+	_, err = member.GetEvent(ctx, acled, deniedHome)
+	wantMatrixError(t, err, 404, "M_NOT_FOUND")
 
 	// Away's events in the ACL'd room are refused by home (away may keep
 	// them: it need not know of the ACL); the open room's are accepted.
-	send(t, ctx, member, acled, "acl denied from away", p.unique("acl"))
+	deniedAway := send(t, ctx, member, acled, "acl denied from away", p.unique("acl"))
 	send(t, ctx, member, open, "open from away", p.unique("acl"))
 	adminOpen.waitFor(t, ctx, deliveryLimit, "open from away", []string{"open from away"}, true)
 	adminACL.pull(t, ctx)
 	if got := adminACL.bodies("acl denied"); len(got) > 0 {
 		t.Errorf("%s accepted %q from a server the room's ACL denies", admin.UserID, got)
 	}
+	_, err = admin.GetEvent(ctx, acled, deniedAway)
+	wantMatrixError(t, err, 404, "M_NOT_FOUND")
 
 	// A new join from away is refused; the open room still takes one.
 	if _, err := late.JoinRoom(ctx, acled.String(), &mautrix.ReqJoinRoom{Via: []string{home.name}}); err == nil {
