@@ -278,7 +278,7 @@ func (p *Process) wire(ctx context.Context) error {
 	roomSvc := rooms.NewService(rooms.Config{ServerName: cfg.ServerName, DefaultRoomVersion: cfg.DefaultRoomVersion},
 		roomStore, eventWriter, acc, reg, rl(cfg.RCMessage), log)
 	roomLimits := rooms.Limits{
-		JoinsLocal: rl(cfg.RCJoins.Local), JoinsPerRoom: rl(cfg.RCJoinsPerRoom),
+		JoinsLocal: rl(cfg.RCJoins.Local), JoinsRemote: rl(cfg.RCJoins.Remote), JoinsPerRoom: rl(cfg.RCJoinsPerRoom),
 		InvitesPerRoom: rl(cfg.RCInvites.PerRoom), InvitesPerUser: rl(cfg.RCInvites.PerUser),
 		InvitesPerIssuer: rl(cfg.RCInvites.PerIssuer), RoomCreation: rl(cfg.RCRoomCreation),
 	}
@@ -488,9 +488,10 @@ func (p *Process) wire(ctx context.Context) error {
 	if err := p.wireFederation(mux, srv, key, roomStore, receiptsStore, typingReader, presSvc); err != nil {
 		return err
 	}
-	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc)
+	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc, p.remoteWriter)
 	roomSvc.SetBackfiller(&backfill.Backfiller{ServerName: cfg.ServerName, DB: db, Client: p.federationClient, Keys: p.serverKeys,
 		Writer: p.remoteWriter, Log: log.With("module", "federation.backfill")})
+	p.wireFederationMembership(mux, srv, key, roomSvc, eventWriter, acc)
 	if err := p.wireMedia(mux, srv, acc, lk); err != nil {
 		return err
 	}

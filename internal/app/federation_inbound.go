@@ -11,12 +11,15 @@ import (
 
 // wireInboundFederation mounts the federation endpoints other servers
 // read rooms, profiles, aliases, the room directory and
-// local users' devices and keys through, behind X-Matrix
-// authentication with the keyring wireFederation built. Every process
-// mounts them; listeners serve them where they have the federation
-// resource and the routing table gives them to the process's role
-// (federation_read: main and generic workers).
-func (p *Process) wireInboundFederation(mux *mxhttp.Mux, srv *mxhttp.Server, roomSvc *rooms.Service, acc *accounts.Service, keysSvc *keys.Service) {
+// local users' devices and keys through, and push transactions to
+// (PUT /send: its PDUs go to remote, its EDUs to the handlers registered
+// with HandleEDU), behind X-Matrix authentication with the keyring
+// wireFederation built. Every process mounts them; listeners serve them
+// where they have the federation resource and the routing table gives
+// them to the process's role (federation_read: main and generic workers;
+// federation_inbound, /send, sticky by origin).
+func (p *Process) wireInboundFederation(mux *mxhttp.Mux, srv *mxhttp.Server, roomSvc *rooms.Service, acc *accounts.Service,
+	keysSvc *keys.Service, remote rooms.RemoteWriter) {
 	cfg := p.cfg
 	log := p.log.With("module", "federation.inbound")
 	auth := &xmatrix.Authenticator{
@@ -30,5 +33,10 @@ func (p *Process) wireInboundFederation(mux *mxhttp.Mux, srv *mxhttp.Server, roo
 		AllowProfileLookup: cfg.ProfileLookupOverFederation(),
 		AllowPublicRooms:   cfg.AllowPublicRoomsOverFederation,
 		AllowDeviceNames:   cfg.AllowDeviceNameLookupOverFederation,
-	}, roomSvc, acc, log).WithKeys(keysSvc).Routes(mux, srv, auth)
+	}, roomSvc, acc, log).WithKeys(keysSvc).WithSend(inbound.SendOptions{
+		Remote:   remote,
+		Fetch:    p.federationClient,
+		Verifier: p.serverKeys,
+		DB:       p.db,
+	}).RegisterMetrics(p.metrics.Registerer()).Routes(mux, srv, auth)
 }

@@ -137,7 +137,7 @@ func (c *Config) RateLimitKeys() []RateLimitKey {
 		{"rc_login.account", c.RCLogin.Account, true, "POST /login; per account"},
 		{"rc_login.failed_attempts", c.RCLogin.FailedAttempts, true, "failed POST /login; per account"},
 		{"rc_joins.local", c.RCJoins.Local, true, "joining a room this server is in; per user (re-joins while joined are not counted)"},
-		{"rc_joins.remote", c.RCJoins.Remote, false, "joins over federation (federation is not implemented)"},
+		{"rc_joins.remote", c.RCJoins.Remote, true, "joining a room through another server (make_join/send_join); per user"},
 		{"rc_joins_per_room", c.RCJoinsPerRoom, true, "joins to one room; per room"},
 		{"rc_invites.per_room", c.RCInvites.PerRoom, true, "invites, including createRoom's invite list; per room"},
 		{"rc_invites.per_user", c.RCInvites.PerUser, true, "invites; per invited user"},

@@ -85,7 +85,8 @@ type reasonBody struct {
 // doJoin joins req's user to roomID. With copyBody the request body's keys
 // go into the member event, as Synapse does for /join/{roomIdOrAlias}
 // (/rooms/{roomId}/join takes only the reason).
-func (h *roomHandlers) doJoin(w http.ResponseWriter, r *http.Request, req *accounts.Requester, roomID string, copyBody bool) error {
+func (h *roomHandlers) doJoin(w http.ResponseWriter, r *http.Request, req *accounts.Requester, roomID string, copyBody bool,
+	hint []string) error {
 	raw, err := mxhttp.ReadBody(r, mxhttp.DefaultMaxBody)
 	if err != nil {
 		return err
@@ -100,12 +101,18 @@ func (h *roomHandlers) doJoin(w http.ResponseWriter, r *http.Request, req *accou
 			return err
 		}
 	}
+	if _, done, err := h.s.joinOrKnockRemotely(r.Context(), req, roomID, ch, hint); done || err != nil {
+		if err != nil {
+			return err
+		}
+		return mxhttp.WriteJSON(w, 200, map[string]string{"room_id": roomID})
+	}
 	ok, err := h.s.store.RoomExists(r.Context(), roomID)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return mxhttp.NotFound("No known servers to join %s via; joining remote rooms needs federation", roomID)
+		return mxhttp.NotFound("No known servers to join %s via", roomID)
 	}
 	if _, err := h.s.ChangeMembership(r.Context(), req, roomID, ch); err != nil {
 		return err
@@ -118,39 +125,51 @@ func (h *roomHandlers) joinRoomID(w http.ResponseWriter, r *http.Request, req *a
 	if !validRoomID(roomID) {
 		return mxhttp.InvalidParam("Invalid room id")
 	}
-	return h.doJoin(w, r, req, roomID, false)
+	return h.doJoin(w, r, req, roomID, false, viaServers(r.URL.Query()))
 }
 
-func (h *roomHandlers) resolveTarget(r *http.Request, idOrAlias string) (string, error) {
+// resolveTarget resolves /join's and /knock's roomIdOrAlias, with the
+// servers to reach the room through when it is not hosted here: the
+// client's via and server_name, and a remote alias's servers.
+func (h *roomHandlers) resolveTarget(r *http.Request, idOrAlias string) (string, []string, error) {
+	hint := viaServers(r.URL.Query())
 	if strings.HasPrefix(idOrAlias, "#") {
-		if _, _, err := splitAlias(idOrAlias); err != nil {
-			return "", err
+		_, server, err := splitAlias(idOrAlias)
+		if err != nil {
+			return "", nil, err
+		}
+		if server != h.s.cfg.ServerName && h.s.remote != nil {
+			roomID, servers, err := h.s.remote.QueryAlias(r.Context(), idOrAlias)
+			if err != nil {
+				return "", nil, err
+			}
+			return roomID, append(servers, hint...), nil
 		}
 		roomID, err := h.s.resolveAliasAsking(r.Context(), idOrAlias)
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
 		if roomID == "" {
-			return "", mxhttp.NotFound("Room alias %s not found", idOrAlias)
+			return "", nil, mxhttp.NotFound("Room alias %s not found", idOrAlias)
 		}
-		return roomID, nil
+		return roomID, hint, nil
 	}
 	if !validRoomID(idOrAlias) {
-		return "", mxhttp.InvalidParam("%q is not a room id or alias", idOrAlias)
+		return "", nil, mxhttp.InvalidParam("%q is not a room id or alias", idOrAlias)
 	}
-	return idOrAlias, nil
+	return idOrAlias, hint, nil
 }
 
 func (h *roomHandlers) join(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
-	roomID, err := h.resolveTarget(r, r.PathValue("roomIdOrAlias"))
+	roomID, hint, err := h.resolveTarget(r, r.PathValue("roomIdOrAlias"))
 	if err != nil {
 		return err
 	}
-	return h.doJoin(w, r, req, roomID, true)
+	return h.doJoin(w, r, req, roomID, true, hint)
 }
 
 func (h *roomHandlers) knock(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
-	roomID, err := h.resolveTarget(r, r.PathValue("roomIdOrAlias"))
+	roomID, hint, err := h.resolveTarget(r, r.PathValue("roomIdOrAlias"))
 	if err != nil {
 		return err
 	}
@@ -158,14 +177,21 @@ func (h *roomHandlers) knock(w http.ResponseWriter, r *http.Request, req *accoun
 	if err := mxhttp.DecodeJSON(r, &body); err != nil {
 		return err
 	}
+	ch := MembershipChange{Target: req.UserID, Membership: "knock", Reason: body.Reason}
+	if _, done, err := h.s.joinOrKnockRemotely(r.Context(), req, roomID, ch, hint); done || err != nil {
+		if err != nil {
+			return err
+		}
+		return mxhttp.WriteJSON(w, 200, map[string]string{"room_id": roomID})
+	}
 	// As for joins: a room this server is not in could only be knocked on
 	// over federation.
 	if ok, err := h.s.store.RoomExists(r.Context(), roomID); err != nil {
 		return err
 	} else if !ok {
-		return mxhttp.NotFound("No known servers to knock on %s via; knocking on remote rooms needs federation", roomID)
+		return mxhttp.NotFound("No known servers to knock on %s via", roomID)
 	}
-	if _, err := h.s.ChangeMembership(r.Context(), req, roomID, MembershipChange{Target: req.UserID, Membership: "knock", Reason: body.Reason}); err != nil {
+	if _, err := h.s.ChangeMembership(r.Context(), req, roomID, ch); err != nil {
 		return err
 	}
 	return mxhttp.WriteJSON(w, 200, map[string]string{"room_id": roomID})

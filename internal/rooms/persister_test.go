@@ -468,9 +468,6 @@ func FuzzParseRoomToken(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if pos < 0 {
-			t.Fatalf("%q parsed to negative %d", tok, pos)
-		}
 		if back, err := rooms.ParseRoomToken(rooms.FormatRoomToken(pos)); err != nil || back != pos {
 			t.Fatalf("%q → %d does not round-trip: %d %v", tok, pos, back, err)
 		}

@@ -13,6 +13,7 @@ import (
 // limiter allows everything.
 type Limits struct {
 	JoinsLocal       *ratelimit.Limiter // rc_joins.local, per joining user
+	JoinsRemote      *ratelimit.Limiter // rc_joins.remote, per user joining through another server
 	JoinsPerRoom     *ratelimit.Limiter // rc_joins_per_room, per room
 	InvitesPerRoom   *ratelimit.Limiter // rc_invites.per_room, per room (per creator for createRoom's invite list, as Synapse)
 	InvitesPerUser   *ratelimit.Limiter // rc_invites.per_user, per invited user

@@ -55,7 +55,10 @@ type Service struct {
 	// from other servers in the room (/messages at the start of what we
 	// have).
 	backfiller Backfiller
-	now        func() time.Time
+	// remote, when set, does the membership handshakes with other
+	// servers (fedmembership.go).
+	remote RemoteMembership
+	now    func() time.Time
 }
 
 // Backfiller fetches a room's history from other servers: at most about
@@ -483,8 +486,17 @@ func (s *Service) ChangeMembership(ctx context.Context, req *accounts.Requester,
 			if !exists {
 				return "", mxhttp.NotFound("Unknown user %s", ch.Target)
 			}
+		} else if s.remote == nil {
+			return "", mxhttp.Forbidden("Inviting users on other servers needs federation, which this server does not run")
 		} else {
-			return "", mxhttp.Forbidden("Inviting users on other servers needs federation, which this server does not run yet")
+			// The invitee's server co-signs the invite before it is
+			// persisted (fedmembership.go).
+			return s.remote.Invite(ctx, req.UserID, roomID, ch.Target, mustJSON(c))
+		}
+	}
+	if membership == "leave" && ch.Target == req.UserID {
+		if id, done, err := s.leaveRemotely(ctx, req.UserID, roomID, c); done || err != nil {
+			return id, err
 		}
 	}
 	content := mustJSON(c)

@@ -484,3 +484,34 @@ func (s *Store) StateResetsIn(ctx context.Context, roomID string, from, to int64
 	}
 	return out, nil
 }
+
+// KnownEvents tells which of the ids this server has stored in any form:
+// in the timeline, as outliers, or as rejected or soft-failed events (so
+// a federation handler does not fetch them again).
+func (s *Store) KnownEvents(ctx context.Context, ids []string) (map[string]bool, error) {
+	out := make(map[string]bool, len(ids))
+	const chunk = 200
+	for i := 0; i < len(ids); i += chunk {
+		part := ids[i:min(i+chunk, len(ids))]
+		args, in := storage.AppendIn(nil, part)
+		rows, err := s.db.Reader().QueryContext(ctx, `SELECT event_id FROM events WHERE event_id IN (`+in+`)
+			UNION SELECT event_id FROM event_rejections WHERE event_id IN (`+in+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("look events up: %w", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("look events up: %w", err)
+			}
+			out[id] = true
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, fmt.Errorf("look events up: %w", err)
+		}
+	}
+	return out, nil
+}

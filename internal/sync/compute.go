@@ -771,6 +771,15 @@ func (s *Service) strippedState(ctx context.Context, roomID, userID string, m me
 	if err != nil {
 		return nil, err
 	}
+	if len(evs) == 0 && own != nil {
+		// A room known only through an invite another server sent: its
+		// stripped state is what that server sent with the invite, kept
+		// in the invite's unsigned.
+		if st := remoteStrippedState(own.Event.Unsigned()); st != nil {
+			return append(st, StrippedEvent{Type: own.Event.Type(), StateKey: userID, Sender: own.Event.Sender(),
+				Content: own.Event.Content()}), nil
+		}
+	}
 	if own != nil {
 		evs = append(evs, own)
 	}

@@ -51,6 +51,9 @@ type Server struct {
 	profiles Profiles
 	keys     Keys // nil: the device and key endpoints are not mounted
 	edus     map[string]EDUHandler
+	send     *sendHandler // nil: PUT /send is not mounted
+	metrics  *sendMetrics // nil: not counted
+	member   *Membership  // nil: the membership handshakes are not mounted
 	log      *slog.Logger
 }
 
@@ -83,6 +86,12 @@ func (s *Server) Routes(mux *mxhttp.Mux, srv *mxhttp.Server, auth *xmatrix.Authe
 	mux.Handle("GET "+p+"/query/directory", h(s.queryDirectory))
 	mux.Handle("GET "+p+"/publicRooms", h(s.publicRoomsGet))
 	mux.Handle("POST "+p+"/publicRooms", h(s.publicRoomsPost))
+	if s.send != nil {
+		mux.Handle("PUT "+p+"/send/{txnId}", h(s.putSend))
+	}
+	if s.member != nil {
+		s.membershipRoutes(mux, h)
+	}
 	if s.keys != nil {
 		mux.Handle("GET "+p+"/user/devices/{userId}", h(s.userDevices))
 		mux.Handle("POST "+p+"/user/keys/query", h(s.userKeysQuery))
@@ -229,6 +238,13 @@ func (s *Server) stateBefore(r *http.Request) (state, chain []*rooms.StoredEvent
 	if err != nil {
 		return nil, nil, err
 	}
+	return s.stateAndChainBefore(ctx, se)
+}
+
+// stateAndChainBefore is the room's state before the event and that
+// state's auth chain.
+func (s *Server) stateAndChainBefore(ctx context.Context, se *rooms.StoredEvent) (state, chain []*rooms.StoredEvent, err error) {
+	roomID := se.Event.RoomID()
 	// The state at an event is the state before it.
 	state, err = s.store.StateBeforeEvent(ctx, se.Event.EventID())
 	if err != nil {

@@ -255,20 +255,36 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 	}
 	var queued []row
 	touched := map[string]bool{}
+	relayed, err := s.relayedEvents(ctx, evs)
+	if err != nil {
+		return from, nil, err
+	}
 	for _, se := range evs {
 		ev := se.Event
-		if ev.Type() == "m.room.member" {
+		origin, relay := relayed[ev.EventID()]
+		if serverOf(ev.Sender()) != s.opts.ServerName && !relay {
+			// Only our own events, and those we relay as a resident server,
+			// are ours to send. Another server's event may have moved the
+			// room's membership beyond itself (a resolved fork, the state a
+			// join brought), so the room's servers are looked up again.
 			s.forgetRoom(ev.RoomID())
+			continue
 		}
-		if serverOf(ev.Sender()) != s.opts.ServerName {
-			continue // only our own events are ours to send
+		if ev.Type() == "m.room.member" || relay {
+			s.forgetRoom(ev.RoomID())
 		}
 		dests, err := s.roomServers(ctx, ev.RoomID())
 		if err != nil {
 			return from, nil, err
 		}
-		if ev.Type() == "m.room.member" && ev.StateKey() != nil {
-			// A kicked, banned or departing server is told too.
+		if relay {
+			dests = slices.DeleteFunc(slices.Clone(dests), func(d string) bool { return d == origin })
+		}
+		if ev.Type() == "m.room.member" && ev.StateKey() != nil && !relay && ev.Membership() != "invite" {
+			// A kicked, banned or departing server is told too. An invite
+			// already reached the invitee's server through /invite; sent
+			// again by /send to a server not in the room, it would be asked
+			// about (get_missing_events) and refused.
 			if t := serverOf(*ev.StateKey()); t != "" && t != s.opts.ServerName && !slices.Contains(dests, t) {
 				dests = append(dests[:len(dests):len(dests)], t)
 			}
