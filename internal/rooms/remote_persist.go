@@ -230,15 +230,25 @@ func (r *remoteRun) authMap(ctx context.Context, ev *events.Event, state StateID
 	return m, nil
 }
 
+// authDeps are the events ev's auth check reads: its auth events and, in
+// a room version whose room id is the create event's hash (v12+), the
+// create event, which those leave out.
+func (r *remoteRun) authDeps(ev *events.Event) []string {
+	ids := slices.Clone(ev.AuthEventIDs())
+	if r.rv.RoomIDFromCreate && ev.Type() != "m.room.create" {
+		ids = append(ids, "$"+strings.TrimPrefix(r.roomID, "!"))
+	}
+	return ids
+}
+
 // checkAuthEvents applies the auth rules to ev against its own auth
 // events. missing lists auth events not stored here; reason is set when
 // the rules reject it.
 func (r *remoteRun) checkAuthEvents(ctx context.Context, ev *events.Event) (missing []string, reason string, err error) {
-	ids := slices.Clone(ev.AuthEventIDs())
+	ids := r.authDeps(ev)
 	createID := ""
 	if r.rv.RoomIDFromCreate && ev.Type() != "m.room.create" {
-		createID = "$" + strings.TrimPrefix(r.roomID, "!")
-		ids = append(ids, createID)
+		createID = ids[len(ids)-1]
 	}
 	if err := r.load(ctx, ids); err != nil {
 		return nil, "", err
@@ -321,7 +331,7 @@ func (r *remoteRun) outliers(ctx context.Context, raws []json.RawMessage) ([]Rem
 		for _, i := range slices.Sorted(maps.Keys(pending)) {
 			ev := pending[i]
 			waiting := false
-			for _, a := range ev.AuthEventIDs() {
+			for _, a := range r.authDeps(ev) {
 				if inBatch[a] {
 					waiting = true
 				}

@@ -22,9 +22,12 @@ import (
 	"ganglion/internal/storage"
 )
 
-// Fetcher is the signed federation client.
+// Fetcher is the federation client. /backfill and /event_auth are
+// federation endpoints: the request must carry our X-Matrix signature
+// (the unsigned GetJSON is for the key endpoints only), or the remote
+// answers 401.
 type Fetcher interface {
-	GetJSON(ctx context.Context, serverName, path string, out any) error
+	SignedGetJSON(ctx context.Context, destination, path string, out any) error
 }
 
 // Verifier checks event signatures (the keyring).
@@ -135,7 +138,7 @@ type pduList struct {
 func (b *Backfiller) from(ctx context.Context, server, roomID string, rv *events.RoomVersion, oldest string, n int) (int, error) {
 	var resp pduList
 	path := "/_matrix/federation/v1/backfill/" + url.PathEscape(roomID) + "?v=" + url.QueryEscape(oldest) + "&limit=" + strconv.Itoa(n)
-	if err := b.Client.GetJSON(ctx, server, path, &resp); err != nil {
+	if err := b.Client.SignedGetJSON(ctx, server, path, &resp); err != nil {
 		return 0, err
 	}
 	pdus := b.check(ctx, roomID, rv, resp.PDUs, n)
@@ -160,7 +163,7 @@ func (b *Backfiller) from(ctx context.Context, server, roomID string, rv *events
 				AuthChain []json.RawMessage `json:"auth_chain"`
 			}
 			p := "/_matrix/federation/v1/event_auth/" + url.PathEscape(roomID) + "/" + url.PathEscape(r.EventID)
-			if err := b.Client.GetJSON(ctx, server, p, &chain); err != nil {
+			if err := b.Client.SignedGetJSON(ctx, server, p, &chain); err != nil {
 				b.Log.Info("could not fetch the auth chain of a backfilled event", "event_id", r.EventID, "err", err)
 				continue
 			}

@@ -91,7 +91,7 @@ type fakeRemote struct {
 	down     bool
 }
 
-func (f *fakeRemote) GetJSON(ctx context.Context, server, path string, out any) error {
+func (f *fakeRemote) SignedGetJSON(ctx context.Context, server, path string, out any) error {
 	f.asked = append(f.asked, server+" "+path)
 	if f.down {
 		return errors.New("connection refused")
