@@ -444,8 +444,7 @@ func (h *handlers) localProfile(r *http.Request) (*Profile, error) {
 	if _, server, ok := SplitUserID(userID); !ok {
 		return nil, mxhttp.InvalidParam("Invalid user id")
 	} else if server != h.s.cfg.ServerName {
-		// Federation profile queries arrive with the federation issue.
-		return nil, mxhttp.NotFound("Profile not found")
+		return h.s.remoteProfile(r.Context(), userID)
 	}
 	p, err := h.s.GetProfile(r.Context(), userID)
 	if err == nil && p == nil && h.s.appservices != nil && h.s.appservices.QueryUser(r.Context(), userID) {

@@ -104,6 +104,9 @@ type Service struct {
 	now          func() time.Time
 	deactivated  DeactivationHook
 	appservices  Appservices
+	// remoteProfiles asks other servers for their users' profiles (nil
+	// without federation).
+	remoteProfiles RemoteProfiles
 }
 
 func NewService(db *storage.DB, cfg Settings, log *slog.Logger) *Service {

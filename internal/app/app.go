@@ -75,6 +75,8 @@ type Process struct {
 	// federationClient is the outbound federation client wireFederation
 	// built (the media repository fetches remote media with it).
 	federationClient *client.Client
+	// fed holds what federation_edus.go shares between wiring steps.
+	fed fedParts
 
 	// runners are the long-running modules (timers, periodic jobs); they
 	// run under Run's context and stop with it.
@@ -378,7 +380,7 @@ func (p *Process) wire(ctx context.Context) error {
 	switch {
 	case !tracked:
 	case reg.IsWriter(streams.Presence):
-		lw, err := presence.NewLocalWriter(ctx, db, reg, roomStore, presence.WriterOptions{}, log)
+		lw, err := presence.NewLocalWriter(ctx, db, reg, roomStore, presence.WriterOptions{ServerName: cfg.ServerName}, log)
 		if err != nil {
 			return err
 		}
@@ -387,6 +389,7 @@ func (p *Process) wire(ctx context.Context) error {
 		p.onShutdown = append(p.onShutdown, lw.Flush)
 		if fleet {
 			presence.Serve(rpcServer, lw, lw.Position)
+			presence.ServeFederation(rpcServer, lw)
 			tracker := presence.NewSyncTracker(lw)
 			replicator.OnUserSync = tracker.UserSync
 			replicator.OnClearUserSync = tracker.Clear
@@ -488,6 +491,8 @@ func (p *Process) wire(ctx context.Context) error {
 	if err := p.wireFederation(mux, srv, key, roomStore, receiptsStore, typingReader, presSvc); err != nil {
 		return err
 	}
+	p.wireFederationEDUs(federationEDUDeps{typing: typingWriter, receipts: receiptsWriter, presence: presWriter,
+		toDevice: tdWriter, keys: keysSvc, rooms: roomStore, accounts: acc, roomSvc: roomSvc})
 	p.wireInboundFederation(mux, srv, roomSvc, acc, keysSvc, p.remoteWriter)
 	roomSvc.SetBackfiller(&backfill.Backfiller{ServerName: cfg.ServerName, DB: db, Client: p.federationClient, Keys: p.serverKeys,
 		Writer: p.remoteWriter, Log: log.With("module", "federation.backfill")})

@@ -28,7 +28,7 @@ func (p *Process) wireInboundFederation(mux *mxhttp.Mux, srv *mxhttp.Server, roo
 		DomainWhitelist: cfg.FederationDomains(),
 		Log:             log,
 	}
-	inbound.New(inbound.Config{
+	in := inbound.New(inbound.Config{
 		ServerName:         cfg.ServerName,
 		AllowProfileLookup: cfg.ProfileLookupOverFederation(),
 		AllowPublicRooms:   cfg.AllowPublicRoomsOverFederation,
@@ -38,5 +38,9 @@ func (p *Process) wireInboundFederation(mux *mxhttp.Mux, srv *mxhttp.Server, roo
 		Fetch:    p.federationClient,
 		Verifier: p.serverKeys,
 		DB:       p.db,
-	}).RegisterMetrics(p.metrics.Registerer()).Routes(mux, srv, auth)
+	}).RegisterMetrics(p.metrics.Registerer())
+	if p.fed.edus != nil {
+		p.fed.edus.Register(in)
+	}
+	in.Routes(mux, srv, auth)
 }

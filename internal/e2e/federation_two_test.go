@@ -284,6 +284,9 @@ func testFederationChat(t *testing.T, p *fedPair) {
 	tls[bob] = followRoom(t, ctx, bob, room)
 	back := []string{"after the rejoin 00"}
 	send(t, ctx, alice, room, back[0], p.unique("back"))
+	// Bob answers what he saw: until alice's message reached B, his own
+	// would come first there, rightly.
+	tls[bob].waitArrived(t, ctx, deliveryLimit, "after the rejoin", back)
 	send(t, ctx, bob, room, "after the rejoin 01", p.unique("back"))
 	back = append(back, "after the rejoin 01")
 	for _, c := range clients {
@@ -319,7 +322,7 @@ func testFederationSenderKilled(t *testing.T, p *fedPair) {
 	f := p.a.fleet
 	sendAll(t, ctx, alice, room, bodies[:5])
 	// The first messages are out: the sender is mid-stream.
-	bt.waitFor(t, ctx, deliveryLimit, "stream", bodies[:1], false)
+	bt.waitArrived(t, ctx, deliveryLimit, "stream", bodies[:1])
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -443,8 +446,20 @@ func testFederationPartition(t *testing.T, p *fedPair, roomVersion string) {
 			p.heal()
 		}
 	}()
-	plA := map[string]any{"users": users(carol.UserID)}
-	plB := map[string]any{"users": users(dave.UserID)}
+	// Each side changes only the users of the current power levels (in
+	// v12 the room's creator set m.room.tombstone above 100, which a
+	// user at 100 may not lower).
+	var current map[string]any
+	if err := alice.StateEvent(ctx, room, event.StatePowerLevels, "", &current); err != nil {
+		t.Fatalf("read the power levels: %v", err)
+	}
+	withUsers := func(u map[string]any) map[string]any {
+		out := maps.Clone(current)
+		out["users"] = u
+		return out
+	}
+	plA := withUsers(users(carol.UserID))
+	plB := withUsers(users(dave.UserID))
 	evPLA, err := alice.SendStateEvent(ctx, room, event.StatePowerLevels, "", plA)
 	if err != nil {
 		t.Fatalf("alice sets power levels in the partition: %v", err)

@@ -40,6 +40,9 @@ type Update struct {
 	// drained change is announced exactly once, however many processes
 	// drain it.
 	Drain bool `json:"drain,omitempty"`
+	// Remote is a change of another server's user's cached device list
+	// (internal/federation/edus, resyncs); DeviceIDs names the devices.
+	Remote *RemoteChange `json:"remote,omitempty"`
 }
 
 // Signature is one uploaded signature of a device or cross-signing key.
@@ -140,6 +143,11 @@ func (w *LocalWriter) Update(ctx context.Context, u Update) error {
 		}
 		if u.DeleteCrossSigning {
 			if err := deleteCrossSigningTx(ctx, tx, u.UserID); err != nil {
+				return err
+			}
+		}
+		if u.Remote != nil {
+			if err := applyRemoteTx(ctx, tx, u.UserID, *u.Remote, w.now().UnixMilli()); err != nil {
 				return err
 			}
 		}

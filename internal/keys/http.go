@@ -112,7 +112,7 @@ func (s *Service) query(w http.ResponseWriter, r *http.Request, req *accounts.Re
 		}
 		want[userID] = devices
 	}
-	res, err := s.QueryKeys(r.Context(), req.UserID, want)
+	res, err := s.QueryKeysTimeout(r.Context(), req.UserID, want, RemoteTimeout(body.Timeout))
 	if err != nil {
 		return err
 	}
@@ -143,7 +143,7 @@ func (s *Service) claim(w http.ResponseWriter, r *http.Request, req *accounts.Re
 			}
 		}
 	}
-	res, err := s.ClaimKeys(r.Context(), body.OneTimeKeys)
+	res, err := s.ClaimKeysTimeout(r.Context(), body.OneTimeKeys, RemoteTimeout(body.Timeout))
 	if err != nil {
 		return err
 	}

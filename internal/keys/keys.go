@@ -45,6 +45,9 @@ type Service struct {
 	serverName string
 	log        *slog.Logger
 	now        func() time.Time
+	// fed asks other servers about their users (SetFederation); nil
+	// without federation.
+	fed Federation
 }
 
 // NewService builds the service; w is the device_lists writer (local,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"ganglion/internal/storage"
 )
@@ -35,24 +36,52 @@ type QueryResult struct {
 
 // QueryKeys returns the device keys of the requested users' devices (an
 // empty list means every device). Devices without keys and unknown devices
-// are left out; users of other servers are answered by a failure for
-// their server (no federation yet).
-//
-// Three queries answer for all users at once (signatures, device keys,
-// cross-signing keys): a client's first query after joining a room names
-// every member, and a round trip per user made it scale with the room.
+// are left out. Users of other servers are asked over federation (see
+// QueryKeysTimeout) with the default timeout.
 func (s *Service) QueryKeys(ctx context.Context, requester string, want map[string][]string) (*QueryResult, error) {
+	return s.QueryKeysTimeout(ctx, requester, want, DefaultRemoteTimeout)
+}
+
+// QueryKeysTimeout is QueryKeys giving other servers timeout to answer.
+// Remote users whose device list we follow are answered from the cache;
+// the others' servers are asked in parallel, and a server that fails is
+// listed in failures under its name (its users with cached devices are
+// answered from the cache). Without federation every remote server is a
+// failure.
+//
+// Three queries answer for all local users at once (signatures, device
+// keys, cross-signing keys): a client's first query after joining a room
+// names every member, and a round trip per user made it scale with the
+// room.
+func (s *Service) QueryKeysTimeout(ctx context.Context, requester string, want map[string][]string, timeout time.Duration) (*QueryResult, error) {
 	res := &QueryResult{DeviceKeys: map[string]map[string]json.RawMessage{}, Failures: map[string]json.RawMessage{},
 		MasterKeys: map[string]json.RawMessage{}, SelfSigningKeys: map[string]json.RawMessage{}, UserSigningKeys: map[string]json.RawMessage{}}
 	users := make([]string, 0, len(want))
+	remote := map[string][]string{}
 	for userID := range want {
 		if local, err := s.localUser(userID); err == nil && local {
 			users = append(users, userID)
 			res.DeviceKeys[userID] = map[string]json.RawMessage{}
+		} else if err == nil && s.fed != nil {
+			remote[userID] = want[userID]
 		} else if err == nil {
 			remoteFailure(res.Failures, userID)
 		}
 	}
+	var cached []string
+	if len(remote) > 0 {
+		var err error
+		if cached, err = s.queryRemote(ctx, remote, timeout, res); err != nil {
+			return nil, err
+		}
+	}
+	for _, u := range cached {
+		if res.DeviceKeys[u] == nil {
+			res.DeviceKeys[u] = map[string]json.RawMessage{}
+		}
+	}
+	localUsers := users
+	users = append(users, cached...)
 	if len(users) == 0 {
 		return res, nil
 	}
@@ -61,8 +90,16 @@ func (s *Service) QueryKeys(ctx context.Context, requester string, want map[stri
 	if err != nil {
 		return nil, err
 	}
-	if err := s.deviceKeysOf(ctx, string(list), want, sigs, res.DeviceKeys); err != nil {
-		return nil, err
+	if len(localUsers) > 0 {
+		localList, _ := json.Marshal(localUsers)
+		if err := s.deviceKeysOf(ctx, string(localList), want, sigs, res.DeviceKeys); err != nil {
+			return nil, err
+		}
+	}
+	if len(cached) > 0 {
+		if err := s.cachedDeviceKeysOf(ctx, cached, want, sigs, res.DeviceKeys); err != nil {
+			return nil, err
+		}
 	}
 	rows, err := s.db.Reader().QueryContext(ctx, `SELECT user_id, key_type, key_json FROM e2e_cross_signing_keys
 		WHERE user_id IN (`+s.stringList(1)+`)`, string(list))
@@ -103,10 +140,10 @@ func (s *Service) QueryKeys(ctx context.Context, requester string, want map[stri
 }
 
 // remoteFailure records, in a /keys/query or /keys/claim answer, that the
-// server of a remote user could not be asked: Ganglion has no federation
-// yet, so every remote server is unreachable, as Synapse reports one it
-// cannot contact (503 under the server name, the rest of the answer
-// intact). A client's timeout has nothing to wait for.
+// server of a remote user could not be asked: without federation (no
+// SetFederation) every remote server is unreachable, as Synapse reports
+// one it cannot contact (503 under the server name, the rest of the
+// answer intact). A client's timeout has nothing to wait for.
 func remoteFailure(failures map[string]json.RawMessage, userID string) {
 	_, server, _ := strings.Cut(userID[1:], ":")
 	failures[server] = json.RawMessage(`{"status":503,"message":"Federation is not available on this server"}`)
@@ -200,10 +237,18 @@ type ClaimResult struct {
 	Failures    map[string]json.RawMessage                       `json:"failures"`
 }
 
-// ClaimKeys hands out one key per requested device and algorithm: the
-// device's oldest one-time key, deleted as it is handed out, or else its
-// fallback key, which stays (marked used). Devices with neither are left
-// out.
+// ClaimKeys is ClaimKeysTimeout with the default timeout for other
+// servers.
+func (s *Service) ClaimKeys(ctx context.Context, want map[string]map[string]string) (*ClaimResult, error) {
+	return s.ClaimKeysTimeout(ctx, want, DefaultRemoteTimeout)
+}
+
+// ClaimKeysTimeout hands out one key per requested device and algorithm:
+// the device's oldest one-time key, deleted as it is handed out, or else
+// its fallback key, which stays (marked used). Devices with neither are
+// left out. Keys of remote users are claimed from their servers, in
+// parallel, each within timeout; a server that fails is listed in
+// failures (every remote server, without federation).
 //
 // All devices are claimed in one transaction of two statements: a DELETE
 // of each device's oldest row RETURNING them, then an UPDATE marking the
@@ -215,12 +260,15 @@ type ClaimResult struct {
 // unclaimed keys remain. The fallback rows are locked in key order, so two
 // claims of overlapping device sets cannot deadlock. SQLite has one
 // writer, which serialises claims.
-func (s *Service) ClaimKeys(ctx context.Context, want map[string]map[string]string) (*ClaimResult, error) {
+func (s *Service) ClaimKeysTimeout(ctx context.Context, want map[string]map[string]string, timeout time.Duration) (*ClaimResult, error) {
 	res := &ClaimResult{OneTimeKeys: map[string]map[string]map[string]json.RawMessage{}, Failures: map[string]json.RawMessage{}}
 	var reqs [][3]string
+	remote := map[string]map[string]string{}
 	for userID, devices := range want {
 		if local, err := s.localUser(userID); err != nil || !local {
-			if err == nil {
+			if err == nil && s.fed != nil {
+				remote[userID] = devices
+			} else if err == nil {
 				remoteFailure(res.Failures, userID)
 			}
 			continue
@@ -228,6 +276,9 @@ func (s *Service) ClaimKeys(ctx context.Context, want map[string]map[string]stri
 		for deviceID, alg := range devices {
 			reqs = append(reqs, [3]string{userID, deviceID, alg})
 		}
+	}
+	if len(remote) > 0 {
+		s.claimRemote(ctx, remote, timeout, res)
 	}
 	if len(reqs) == 0 {
 		return res, nil

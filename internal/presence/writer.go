@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,6 +64,9 @@ type WriterOptions struct {
 	Now func() time.Time
 	// CheckInterval is how often Run looks for timed-out users.
 	CheckInterval time.Duration
+	// ServerName, when set, keeps other servers' users (whose presence
+	// their servers report, SetRemotePresence) out of the local timers.
+	ServerName string
 }
 
 // FlushInterval is how often refreshed last-active and last-sync times are
@@ -134,6 +138,9 @@ func NewLocalWriter(ctx context.Context, db *storage.DB, reg *streams.Registry, 
 		}
 		if msg.Valid {
 			s.statusMsg = &msg.String
+		}
+		if opts.ServerName != "" && !strings.HasSuffix(userID, ":"+opts.ServerName) {
+			continue
 		}
 		w.users[userID] = &s
 	}

@@ -453,8 +453,16 @@ func (h *roomHandlers) aliases(w http.ResponseWriter, r *http.Request, req *acco
 
 func (h *roomHandlers) getAlias(w http.ResponseWriter, r *http.Request) error {
 	alias := r.PathValue("alias")
-	if _, _, err := splitAlias(alias); err != nil {
+	_, aliasServer, err := splitAlias(alias)
+	if err != nil {
 		return err
+	}
+	if aliasServer != h.s.cfg.ServerName && h.s.remoteAliases != nil {
+		roomID, servers, err := h.s.remoteAliases.RemoteAlias(r.Context(), alias)
+		if err != nil {
+			return err
+		}
+		return mxhttp.WriteJSON(w, 200, map[string]any{"room_id": roomID, "servers": servers})
 	}
 	roomID, err := h.s.resolveAliasAsking(r.Context(), alias)
 	if err != nil {

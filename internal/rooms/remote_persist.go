@@ -230,26 +230,29 @@ func (r *remoteRun) authMap(ctx context.Context, ev *events.Event, state StateID
 	return m, nil
 }
 
-// authDeps are the events ev's auth check reads: its auth events and, in
-// a room version whose room id is the create event's hash (v12+), the
-// create event, which those leave out.
-func (r *remoteRun) authDeps(ev *events.Event) []string {
+// checkAuthEvents applies the auth rules to ev against its own auth
+// events. missing lists auth events not stored here; reason is set when
+// the rules reject it.
+// authIDs are the events ev's auth depends on: its auth_events and, from
+// room version 12, the create event its room id names.
+func (r *remoteRun) authIDs(ev *events.Event) []string {
 	ids := slices.Clone(ev.AuthEventIDs())
-	if r.rv.RoomIDFromCreate && ev.Type() != "m.room.create" {
-		ids = append(ids, "$"+strings.TrimPrefix(r.roomID, "!"))
+	if id := r.impliedCreate(ev); id != "" {
+		ids = append(ids, id)
 	}
 	return ids
 }
 
-// checkAuthEvents applies the auth rules to ev against its own auth
-// events. missing lists auth events not stored here; reason is set when
-// the rules reject it.
-func (r *remoteRun) checkAuthEvents(ctx context.Context, ev *events.Event) (missing []string, reason string, err error) {
-	ids := r.authDeps(ev)
-	createID := ""
+func (r *remoteRun) impliedCreate(ev *events.Event) string {
 	if r.rv.RoomIDFromCreate && ev.Type() != "m.room.create" {
-		createID = ids[len(ids)-1]
+		return "$" + strings.TrimPrefix(r.roomID, "!")
 	}
+	return ""
+}
+
+func (r *remoteRun) checkAuthEvents(ctx context.Context, ev *events.Event) (missing []string, reason string, err error) {
+	ids := r.authIDs(ev)
+	createID := r.impliedCreate(ev)
 	if err := r.load(ctx, ids); err != nil {
 		return nil, "", err
 	}
@@ -331,7 +334,7 @@ func (r *remoteRun) outliers(ctx context.Context, raws []json.RawMessage) ([]Rem
 		for _, i := range slices.Sorted(maps.Keys(pending)) {
 			ev := pending[i]
 			waiting := false
-			for _, a := range r.authDeps(ev) {
+			for _, a := range r.authIDs(ev) {
 				if inBatch[a] {
 					waiting = true
 				}

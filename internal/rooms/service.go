@@ -58,7 +58,10 @@ type Service struct {
 	// remote, when set, does the membership handshakes with other
 	// servers (fedmembership.go).
 	remote RemoteMembership
-	now    func() time.Time
+	// remoteAliases, when set, resolves other servers' aliases over
+	// federation (remotealias.go).
+	remoteAliases RemoteDirectory
+	now           func() time.Time
 }
 
 // Backfiller fetches a room's history from other servers: at most about
