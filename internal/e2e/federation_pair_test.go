@@ -31,7 +31,8 @@ import (
 // different server names, talking to each other over TLS on loopback with
 // certificates from a CA the test makes.
 //
-// Server names are IP literals with explicit ports ("127.0.0.1:PORT"), so
+// Server names are IP literals with explicit ports ("127.0.0.1:PORT" for the
+// fleet, "127.0.0.2:PORT" for the monolith: distinct hosts for ACLs), so
 // the spec's resolution connects to that address directly (no
 // .well-known, no SRV, no DNS) and checks the certificate's IP SAN. The
 // port behind each name is a gate the test holds: a listener in the test
@@ -50,6 +51,14 @@ import (
 // Both trust only the test CA (federation_custom_ca_list), allow loopback
 // (ip_range_whitelist; private ranges are denied by default) and retry
 // a failed destination quickly (federation.destination_*_retry_interval).
+
+// hostA and hostB are the hosts of the two server names: two loopback
+// addresses, so that what matches a server name without its port (server
+// ACLs) tells the servers apart.
+const (
+	hostA = "127.0.0.1"
+	hostB = "127.0.0.2"
+)
 
 // fedSenders are the fleet's federation sender workers.
 var fedSenders = []string{"fed1", "fed2"}
@@ -81,7 +90,7 @@ func federationOptions(caPath, name string) []configOption {
 	return []configOption{
 		withKey("server_name", name),
 		withKey("federation_custom_ca_list", []string{caPath}),
-		withKey("ip_range_whitelist", []string{"127.0.0.1"}),
+		withKey("ip_range_whitelist", []string{hostA, hostB}),
 		withKey("federation", map[string]any{
 			"destination_min_retry_interval": "100ms",
 			"destination_max_retry_interval": "500ms",
@@ -101,13 +110,13 @@ func startFedPair(t *testing.T) *fedPair {
 	caPath := p.ca.WriteCA(t, t.TempDir())
 
 	// The gates first: the server names carry their ports.
-	gateA := newFedGate(t)
-	gateB := newFedGate(t)
+	gateA := newFedGate(t, hostA)
+	gateB := newFedGate(t, hostB)
 
 	// The monolith: its own TLS listener on a fixed loopback port (kept
 	// across restarts), reached through gate B.
 	certDir := t.TempDir()
-	cert, key := p.ca.WriteServerCert(t, certDir, "127.0.0.1")
+	cert, key := p.ca.WriteServerCert(t, certDir, hostB)
 	tlsPort := fleetPort(t)
 	monoOpts := append(federationOptions(caPath, gateB.name),
 		withKey("tls_certificate_path", cert),
@@ -130,7 +139,7 @@ func startFedPair(t *testing.T) *fedPair {
 		"federation_inbound": clientWorkers(),
 	}
 	f.front = startFront(t, f, "router")
-	gateA.serveTLS(t, p.ca.ServerTLS(t, "127.0.0.1"), f.front.url)
+	gateA.serveTLS(t, p.ca.ServerTLS(t, hostA), f.front.url)
 	p.a = &fedServer{
 		server: &server{
 			engine: engineFleetRouter,
@@ -229,7 +238,7 @@ type fedGate struct {
 	accepted int // connections accepted, cut or not: attempts to reach the server
 }
 
-func newFedGate(t *testing.T) *fedGate {
+func newFedGate(t *testing.T, host string) *fedGate {
 	t.Helper()
 	var ln net.Listener
 	var err error
@@ -237,7 +246,7 @@ func newFedGate(t *testing.T) *fedGate {
 		// Below the ephemeral range: the name must stay this server's for
 		// the whole test, and fleetPort's ports do not collide with the
 		// fleets' own.
-		if ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", fleetPort(t))); err == nil {
+		if ln, err = net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(fleetPort(t)))); err == nil {
 			break
 		}
 	}

@@ -49,6 +49,14 @@ func TestFederationTwoHomeservers(t *testing.T) {
 	// (room version 12, whose creators are not in the power levels).
 	t.Run("partition", func(t *testing.T) { testFederationPartition(t, p, "10") })
 	t.Run("partition_v12", func(t *testing.T) { testFederationPartition(t, p, "12") })
+	// Issues #15/#16 suites on the same pair: every room version both
+	// ways, history by backfill, server ACLs each way, end-to-end
+	// encryption across the servers.
+	t.Run("room_versions", func(t *testing.T) { testFederationRoomVersions(t, p) })
+	t.Run("backfill", func(t *testing.T) { testFederationBackfill(t, p) })
+	t.Run("acl_a_denies_b", func(t *testing.T) { testFederationACL(t, p, p.a, p.b) })
+	t.Run("acl_b_denies_a", func(t *testing.T) { testFederationACL(t, p, p.b, p.a) })
+	t.Run("e2ee", func(t *testing.T) { testFederationE2EE(t, p) })
 }
 
 // testFederationHarness checks the suite's own machinery, as a remote

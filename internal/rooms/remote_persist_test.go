@@ -562,3 +562,31 @@ func TestPersistRemoteOutOfBandInvite(t *testing.T) {
 		}
 	})
 }
+
+// TestPersistRemoteJoinsNewRoomV12: in room version 12 the create event is
+// in no event's auth_events (the room id is its hash), yet every auth check
+// reads it. A send_join answer listing it after the events it authorises
+// must still store them all: outliers wait for the batch's create event.
+func TestPersistRemoteJoinsNewRoomV12(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := ctxT(t)
+		p, _ := newPersister(t, db)
+		rem := newRemote(t, "12")
+		carol := "@carol:" + remoteServer
+		create := rem.build("", carol, "m.room.create", ptr(""), map[string]any{"room_version": "12"}, nil)
+		roomID := create.RoomID()
+		cj := rem.build(roomID, carol, "m.room.member", ptr(carol), map[string]any{"membership": "join"}, []*events.Event{create})
+		pl := rem.build(roomID, carol, "m.room.power_levels", ptr(""), map[string]any{"users": map[string]int{}}, []*events.Event{cj}, cj)
+		jr := rem.build(roomID, carol, "m.room.join_rules", ptr(""), map[string]any{"join_rule": "public"}, []*events.Event{pl}, cj, pl)
+		alice := "@alice:" + server
+		join := rem.build(roomID, alice, "m.room.member", ptr(alice), map[string]any{"membership": "join"}, []*events.Event{jr}, pl, jr)
+		res := persistRemote(t, ctx, p, roomID, rooms.RemoteBatch{RoomVersion: "12",
+			Outliers: []json.RawMessage{cj.JSON(), pl.JSON(), jr.JSON(), create.JSON()},
+			PDUs: []rooms.RemotePDU{{Event: join.JSON(),
+				StateBefore: []string{create.EventID(), cj.EventID(), pl.EventID(), jr.EventID()}}}})
+		for _, r := range res[:4] {
+			wantOutcome(t, r, rooms.RemoteOutlier)
+		}
+		wantOutcome(t, res[4], rooms.RemotePersisted)
+	})
+}
