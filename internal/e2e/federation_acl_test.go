@@ -60,7 +60,7 @@ func testFederationACL(t *testing.T, p *fedPair, home, away *fedServer) {
 	send(t, ctx, admin, open, "open from home", p.unique("acl"))
 	memberOpen.waitFor(t, ctx, deliveryLimit, "open from home", []string{"open from home"}, true)
 	memberACL.pull(t, ctx)
-	if got := memberACL.bodies("acl denied"); len(got) > 0 {
+	if got := memberACL.bodies("acl denied from home"); len(got) > 0 {
 		t.Errorf("%s received %q from a room whose ACL denies its server", member.UserID, got)
 	}
 	_, err = member.GetEvent(ctx, acled, deniedHome)
@@ -72,16 +72,16 @@ func testFederationACL(t *testing.T, p *fedPair, home, away *fedServer) {
 	send(t, ctx, member, open, "open from away", p.unique("acl"))
 	adminOpen.waitFor(t, ctx, deliveryLimit, "open from away", []string{"open from away"}, true)
 	adminACL.pull(t, ctx)
-	if got := adminACL.bodies("acl denied"); len(got) > 0 {
+	if got := adminACL.bodies("acl denied from away"); len(got) > 0 {
 		t.Errorf("%s accepted %q from a server the room's ACL denies", admin.UserID, got)
 	}
 	_, err = admin.GetEvent(ctx, acled, deniedAway)
 	wantMatrixError(t, err, 404, "M_NOT_FOUND")
 
-	// A new join from away is refused; the open room still takes one.
-	if _, err := late.JoinRoom(ctx, acled.String(), &mautrix.ReqJoinRoom{Via: []string{home.name}}); err == nil {
-		t.Errorf("%s joined a room whose ACL denies its server", late.UserID)
-	}
+	// A new join from away is refused by home. (Away still has a member
+	// in the room, so it builds the join itself, as it may: the ACL binds
+	// the servers that honour it, and home does not take the event.)
+	_, _ = late.JoinRoom(ctx, acled.String(), &mautrix.ReqJoinRoom{Via: []string{home.name}})
 	joinRemote(t, ctx, late, open.String(), home.name)
 	waitMembership(t, ctx, admin, open, late.UserID, event.MembershipJoin)
 	if m := memberships(t, ctx, admin, acled, mautrix.ReqMembers{})[late.UserID]; m == event.MembershipJoin {
