@@ -18,9 +18,10 @@ type FederationDevice struct {
 // FederationDevices is the answer of GET /_matrix/federation/v1/user/devices.
 type FederationDevices struct {
 	UserID string `json:"user_id"`
-	// StreamID is the user's latest device_lists stream id: the prev_id a
-	// remote server resyncing from this answer expects the next
-	// m.device_list_update EDU to name.
+	// StreamID is the prev_id a server resyncing from this answer should
+	// expect the next m.device_list_update EDU it gets to name: the
+	// stream id of the last one queued for it (0 when none was), as the
+	// federation sender numbers them.
 	StreamID       int64              `json:"stream_id"`
 	Devices        []FederationDevice `json:"devices"`
 	MasterKey      json.RawMessage    `json:"master_key,omitempty"`
@@ -35,7 +36,8 @@ type FederationDevices struct {
 // The stream id is read before the devices: a change committed in between
 // is then both in the answer and announced after the id, so the remote
 // server applies it twice (harmless) rather than never.
-func (s *Service) UserDevices(ctx context.Context, userID string) (res *FederationDevices, found bool, err error) {
+// destination is the asking server.
+func (s *Service) UserDevices(ctx context.Context, userID, destination string) (res *FederationDevices, found bool, err error) {
 	db := s.db.Reader()
 	var exists int
 	switch err := db.QueryRowContext(ctx, `SELECT 1 FROM users WHERE user_id = $1`, userID).Scan(&exists); {
@@ -45,9 +47,14 @@ func (s *Service) UserDevices(ctx context.Context, userID string) (res *Federati
 		return nil, false, fmt.Errorf("look up %s for federation: %w", userID, err)
 	}
 	res = &FederationDevices{UserID: userID, Devices: []FederationDevice{}}
-	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(stream_id), 0) FROM device_lists_stream WHERE user_id = $1`,
-		userID).Scan(&res.StreamID); err != nil {
-		return nil, false, fmt.Errorf("device list position of %s: %w", userID, err)
+	// The sender chains prev_id per destination over its own numbering
+	// (federation_device_list_sent), so that is what the asking server
+	// must compare the next update with; the raw stream position would
+	// never match and make it resync after every update.
+	err = db.QueryRowContext(ctx, `SELECT stream_id FROM federation_device_list_sent WHERE destination = $1 AND user_id = $2`,
+		destination, userID).Scan(&res.StreamID)
+	if err != nil && err != sql.ErrNoRows {
+		return nil, false, fmt.Errorf("device list position of %s for %s: %w", userID, destination, err)
 	}
 	q, err := s.QueryKeys(ctx, userID, map[string][]string{userID: {}})
 	if err != nil {

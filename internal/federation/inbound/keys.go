@@ -13,7 +13,7 @@ import (
 // Keys is what the device and key endpoints need of the keys domain
 // (keys.Service).
 type Keys interface {
-	UserDevices(ctx context.Context, userID string) (*keys.FederationDevices, bool, error)
+	UserDevices(ctx context.Context, userID, destination string) (*keys.FederationDevices, bool, error)
 	QueryKeys(ctx context.Context, requester string, want map[string][]string) (*keys.QueryResult, error)
 	ClaimKeys(ctx context.Context, want map[string]map[string]string) (*keys.ClaimResult, error)
 }
@@ -43,14 +43,15 @@ func (s *Server) checkLocalUser(userID string) error {
 // What a remote server resyncs a user's device list from when it sees a
 // gap in the user's m.device_list_update prev_id chain.
 func (s *Server) userDevices(w http.ResponseWriter, r *http.Request) error {
-	if _, err := origin(r); err != nil {
+	from, err := origin(r)
+	if err != nil {
 		return err
 	}
 	userID := r.PathValue("userId")
 	if err := s.checkLocalUser(userID); err != nil {
 		return err
 	}
-	res, found, err := s.keys.UserDevices(r.Context(), userID)
+	res, found, err := s.keys.UserDevices(r.Context(), userID, from)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -144,10 +145,14 @@ func obj(v any) map[string]any {
 	return m
 }
 
-func (kf *keysFixture) latestStreamID(t *testing.T) float64 {
+// sentStreamID is the stream id of the last device list update the
+// federation sender queued for dest about alice (0: none).
+func (kf *keysFixture) sentStreamID(t *testing.T, dest string) float64 {
 	t.Helper()
 	var id int64
-	if err := kf.db.Reader().QueryRowContext(t.Context(), `SELECT MAX(stream_id) FROM device_lists_stream WHERE user_id = $1`, alice).Scan(&id); err != nil {
+	err := kf.db.Reader().QueryRowContext(t.Context(), `SELECT stream_id FROM federation_device_list_sent WHERE destination = $1 AND user_id = $2`,
+		dest, alice).Scan(&id)
+	if err != nil && err != sql.ErrNoRows {
 		t.Fatal(err)
 	}
 	return float64(id)
@@ -161,8 +166,10 @@ func TestFederationInboundUserDevices(t *testing.T) {
 		if code != 200 || body["user_id"] != alice {
 			t.Fatalf("user/devices: %d %v", code, body)
 		}
-		if sid := kf.latestStreamID(t); body["stream_id"] != sid || sid == 0 {
-			t.Errorf("stream_id = %v, want the latest device_lists id %v", body["stream_id"], sid)
+		// Nothing was sent to the asking server yet: its next update will
+		// name no prev_id.
+		if body["stream_id"] != float64(0) {
+			t.Errorf("stream_id = %v before any update was sent, want 0", body["stream_id"])
 		}
 		devs := list(body["devices"])
 		if len(devs) != 2 {
@@ -188,14 +195,19 @@ func TestFederationInboundUserDevices(t *testing.T) {
 			t.Errorf("user_signing_key served over federation: %v", body)
 		}
 
-		// A new device moves stream_id on.
-		before := body["stream_id"].(float64)
+		// Once the sender queued an update for the asking server, the
+		// answer names it (the prev_id its next update will carry), and
+		// only for that server.
 		if _, err := kf.acc.CreateSession(t.Context(), alice, "TABLET", "", false); err != nil {
 			t.Fatal(err)
 		}
+		if _, err := kf.db.Exec(t.Context(), `INSERT INTO federation_device_list_sent (destination, user_id, stream_id) VALUES ($1, $2, $3)`,
+			remote, alice, int64(77<<12|1)); err != nil {
+			t.Fatal(err)
+		}
 		_, body = kf.do("GET", path+url.PathEscape(alice), nil, remote)
-		if sid, _ := body["stream_id"].(float64); sid <= before || sid != kf.latestStreamID(t) || len(list(body["devices"])) != 3 {
-			t.Errorf("after a new device: stream_id %v (was %v), %d devices", body["stream_id"], before, len(list(body["devices"])))
+		if sid, _ := body["stream_id"].(float64); sid != kf.sentStreamID(t, remote) || sid == 0 || len(list(body["devices"])) != 3 {
+			t.Errorf("after a new device: stream_id %v, want %v; %d devices", body["stream_id"], kf.sentStreamID(t, remote), len(list(body["devices"])))
 		}
 
 		code, body = kf.do("GET", path+url.PathEscape(bob), nil, remote)
