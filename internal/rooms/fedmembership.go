@@ -108,7 +108,7 @@ func (s *Service) MembershipEvent(ctx context.Context, roomID, sender, target st
 	}
 	ev, err := events.Build(events.ProtoEvent{
 		RoomID: roomID, Sender: sender, Type: "m.room.member", StateKey: &target, Content: content,
-		PrevEvents: prev, AuthEvents: authIDs, Depth: depth + 1, OriginServerTS: now.UnixMilli(),
+		PrevEvents: prev, AuthEvents: authIDs, Depth: min(depth+1, maxDepth), OriginServerTS: now.UnixMilli(),
 	}, rv, key, s.cfg.ServerName)
 	if err != nil {
 		if errors.Is(err, events.ErrEventTooLarge) {

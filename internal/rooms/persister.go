@@ -741,7 +741,7 @@ func (p *Persister) finalise(ctx context.Context, tx *sql.Tx, roomID string, wor
 		Content:        content,
 		PrevEvents:     work.extremities,
 		AuthEvents:     authIDs,
-		Depth:          work.depth + 1,
+		Depth:          min(work.depth+1, maxDepth),
 		OriginServerTS: p.now().UnixMilli(),
 		Redacts:        d.Redacts,
 	}
@@ -788,6 +788,11 @@ func (p *Persister) finalise(ctx context.Context, tx *sql.Tx, roomID string, wor
 	}
 	return ev, replaces, nil
 }
+
+// maxDepth caps the depth of the events we build: another server's event
+// may claim any depth, and one past canonical JSON's integer range would
+// make every later event of ours unbuildable.
+const maxDepth = 1<<53 - 1
 
 // insertColumns is the number of columns insert writes per event.
 const insertColumns = 16

@@ -21,6 +21,12 @@ import (
 
 var _ RemoteWriter = (*Persister)(nil)
 
+// Limits on a remote event's references, as Synapse's.
+const (
+	maxRemotePrevEvents = 20
+	maxRemoteAuthEvents = 10
+)
+
 // remoteRun is one PersistRemote transaction's working set.
 type remoteRun struct {
 	p      *Persister
@@ -348,8 +354,9 @@ func (r *remoteRun) outliers(ctx context.Context, raws []json.RawMessage) ([]Rem
 			}
 			switch {
 			case len(missing) > 0:
-				reason = "auth events not known: " + strings.Join(missing, ", ")
-				fallthrough
+				// Not judged, so not stored: a server that sent the event
+				// without its auth chain must not get it refused for good.
+				results[i].Outcome, results[i].Missing = RemoteMissingPrev, missing
 			case reason != "":
 				if err := r.reject(ctx, ev, reason, false); err != nil {
 					return nil, err
@@ -365,12 +372,11 @@ func (r *remoteRun) outliers(ctx context.Context, raws []json.RawMessage) ([]Rem
 			progress = true
 		}
 		if !progress {
-			// Auth events that name each other: none can be checked.
+			// Auth events that name each other: none can be checked, and
+			// none is stored (as with unknown auth events).
 			for i, ev := range pending {
-				if err := r.reject(ctx, ev, "auth events form a cycle", false); err != nil {
-					return nil, err
-				}
-				results[i].Outcome, results[i].Error = RemoteRejected, "auth events form a cycle"
+				results[i].Outcome, results[i].Error = RemoteMissingPrev, "auth events form a cycle"
+				results[i].Missing = r.authIDs(ev)
 				delete(pending, i)
 			}
 		}
@@ -470,6 +476,16 @@ func (r *remoteRun) resolve(ctx context.Context, ids []string) (StateIDs, *state
 	return res, first, nil
 }
 
+// lastPosition is the room's highest timeline position: the state log
+// there is the current state.
+func (r *remoteRun) lastPosition(ctx context.Context) (int64, error) {
+	var pos sql.NullInt64
+	if err := r.tx.QueryRowContext(ctx, `SELECT max(stream_ordering) FROM events WHERE room_id = $1`, r.roomID).Scan(&pos); err != nil {
+		return 0, fmt.Errorf("last position of %s: %w", r.roomID, err)
+	}
+	return pos.Int64, nil
+}
+
 // resolveWith resolves state with the states after the given events.
 func (r *remoteRun) resolveWith(ctx context.Context, state StateIDs, ids []string) (StateIDs, error) {
 	if len(ids) == 0 {
@@ -505,16 +521,37 @@ func (r *remoteRun) pdu(ctx context.Context, pdu RemotePDU) (RemoteResult, error
 	}
 	deOutlier := false
 	if se := r.known[ev.EventID()]; se != nil {
-		if !se.outlier {
+		switch {
+		case se.rejected != "":
+			// Judged before: the same verdict, never a success.
+			out.Outcome, out.Error = RemoteRejected, se.rejected
+			if se.softFailed {
+				out.Outcome = RemoteSoftFailed
+			}
+			return out, nil
+		case !se.outlier:
 			out.Outcome = RemoteDuplicate
 			out.StreamPos = se.pos
 			return out, nil
 		}
 		deOutlier = true // an outlier joins the timeline
 	}
+	if n, m := len(ev.PrevEventIDs()), len(ev.AuthEventIDs()); n > maxRemotePrevEvents || m > maxRemoteAuthEvents {
+		// Synapse's limits: a server may not make us resolve the states
+		// of hundreds of branches for one event.
+		out.Outcome, out.Error = RemoteRejected, fmt.Sprintf("event has %d prev events and %d auth events (at most %d and %d)",
+			n, m, maxRemotePrevEvents, maxRemoteAuthEvents)
+		return out, nil
+	}
 
-	if pdu.OutOfBand && len(r.ext) == 0 {
-		return r.outOfBand(ctx, ev)
+	if pdu.OutOfBand {
+		hosted, err := r.localJoined(ctx)
+		if err != nil {
+			return out, err
+		}
+		if len(r.ext) == 0 || !hosted {
+			return r.outOfBand(ctx, ev)
+		}
 	}
 
 	// 1. Against its own auth events.
@@ -551,11 +588,16 @@ func (r *remoteRun) pdu(ctx context.Context, pdu RemotePDU) (RemoteResult, error
 				missing = append(missing, id)
 				continue
 			}
-			if !se.ev.IsState() || se.ev.RoomID() != r.roomID {
-				out.Outcome, out.Error = RemoteRejected, "state_before names "+id+", not a state event of the room"
+			if !se.ev.IsState() || se.ev.RoomID() != r.roomID || (se.rejected != "" && !se.softFailed) {
+				out.Outcome, out.Error = RemoteRejected, "state_before names "+id+", not an accepted state event of the room"
 				return out, nil
 			}
-			before[eventauth.StateKey{Type: se.ev.Type(), StateKey: *se.ev.StateKey()}] = id
+			k := eventauth.StateKey{Type: se.ev.Type(), StateKey: *se.ev.StateKey()}
+			if _, dup := before[k]; dup {
+				out.Outcome, out.Error = RemoteRejected, fmt.Sprintf("state_before names two %s/%q events", k.Type, k.StateKey)
+				return out, nil
+			}
+			before[k] = id
 		}
 		if len(missing) > 0 {
 			out.Outcome, out.Missing = RemoteMissingPrev, missing
@@ -603,11 +645,9 @@ func (r *remoteRun) pdu(ctx context.Context, pdu RemotePDU) (RemoteResult, error
 		if deOutlier {
 			return out, nil
 		}
-		if err := r.reject(ctx, ev, out.Error, false); err != nil {
-			return out, err
-		}
-		// The state after a rejected event is the state before it.
-		return out, r.setState(ctx, ev.EventID(), before, base)
+		// No state is kept for it: an event building on a rejected one is
+		// sent with the state before it (/state_ids) or not at all.
+		return out, r.reject(ctx, ev, out.Error, false)
 	}
 
 	// 3. Against the current state: soft fail. As Synapse does, "current"
@@ -630,10 +670,23 @@ func (r *remoteRun) pdu(ctx context.Context, pdu RemotePDU) (RemoteResult, error
 	if err != nil {
 		return out, err
 	}
-	if err := eventauth.Check(ev, curAuth); err != nil && !deOutlier {
+	if err := eventauth.Check(ev, curAuth); err != nil {
+		// An event first stored as an outlier is judged like any other:
+		// a server must not get a banned user's message into the timeline
+		// by listing it in an auth chain first. (Its outlier row stays; the
+		// rejection row records the verdict.)
 		out.Outcome, out.Error = RemoteSoftFailed, notAllowed(err)
 		if err := r.reject(ctx, ev, out.Error, true); err != nil {
 			return out, err
+		}
+		if base == nil && mainLine {
+			// Its state is the current state plus itself: a delta over
+			// the state log, not a snapshot of the room.
+			pos, err := r.lastPosition(ctx)
+			if err != nil {
+				return out, err
+			}
+			base = &stateRef{ids: r.cur, logPos: pos}
 		}
 		return out, r.setState(ctx, ev.EventID(), after, base)
 	}
@@ -763,6 +816,22 @@ func (r *remoteRun) backfill(ctx context.Context, pdus []RemotePDU) ([]RemoteRes
 		res.Outcome, res.StreamPos = RemotePersisted, pos
 	}
 	return results, nil
+}
+
+// localJoined tells whether a user of ours is joined to the room now.
+func (r *remoteRun) localJoined(ctx context.Context) (bool, error) {
+	for k, id := range r.cur {
+		if k.Type != "m.room.member" || senderServer(k.StateKey) != r.p.serverName {
+			continue
+		}
+		if err := r.load(ctx, []string{id}); err != nil {
+			return false, err
+		}
+		if se := r.known[id]; se != nil && se.ev.Membership() == "join" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // outOfBand stores a local user's membership in a room we have no state

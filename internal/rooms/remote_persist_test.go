@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"slices"
+	"strings"
 	"testing"
 
 	"ganglion/internal/eventauth"
@@ -214,18 +215,21 @@ func TestPersistRemoteRejectsAndSoftFails(t *testing.T) {
 		// Eve never joined: her message fails against its auth events.
 		spam := rem.build(roomID, eve, "m.room.message", nil, map[string]any{"body": "spam"},
 			[]*events.Event{st["m.room.join_rules"]}, st["m.room.create"], st["m.room.power_levels"])
-		// An event naming an unknown auth event is not stored at all.
+		// An event naming a rejected auth event is rejected too.
 		ghost := rem.build(roomID, "@ghost:"+remoteServer, "m.room.member", ptr("@ghost:"+remoteServer), map[string]any{"membership": "join"},
 			[]*events.Event{st["m.room.join_rules"]}, st["m.room.create"], spam)
-		ghostAuth := ghost.AuthEventIDs()
 		res := persistRemote(t, ctx, p, roomID, rooms.RemoteBatch{PDUs: pduOf(spam)})
 		wantOutcome(t, res[0], rooms.RemoteRejected)
 		if se, _ := store.Event(ctx, spam.EventID()); se != nil {
 			t.Fatal("a rejected event is in the timeline")
 		}
+		// Sent again, it is still rejected: never "already stored".
+		wantOutcome(t, persistRemote(t, ctx, p, roomID, rooms.RemoteBatch{PDUs: pduOf(spam)})[0], rooms.RemoteRejected)
 		res = persistRemote(t, ctx, p, roomID, rooms.RemoteBatch{PDUs: pduOf(ghost)})
-		wantOutcome(t, res[0], rooms.RemoteRejected) // its auth event was rejected
-		_ = ghostAuth
+		wantOutcome(t, res[0], rooms.RemoteRejected)
+		if !strings.Contains(res[0].Error, "was rejected") {
+			t.Fatalf("ghost rejected for %q, want its rejected auth event", res[0].Error)
+		}
 
 		// Bob joins, then alice bans him; his message built before he saw
 		// the ban passes against the state before it but not the current
@@ -249,6 +253,26 @@ func TestPersistRemoteRejectsAndSoftFails(t *testing.T) {
 		if slices.Contains(ext, late.EventID()) || len(ext) != 1 {
 			t.Fatalf("extremities %v: a soft-failed event must not become one", ext)
 		}
+		wantOutcome(t, persistRemote(t, ctx, p, roomID, rooms.RemoteBatch{PDUs: pduOf(late)})[0], rooms.RemoteSoftFailed)
+
+		// Stored first as an outlier (listed in an auth chain), a banned
+		// user's event is still soft-failed when it comes as a PDU.
+		sly := rem.build(roomID, bob, "m.room.message", nil, map[string]any{"body": "through the side door"},
+			[]*events.Event{join}, st["m.room.create"], st["m.room.power_levels"], join)
+		res = persistRemote(t, ctx, p, roomID, rooms.RemoteBatch{Outliers: []json.RawMessage{sly.JSON()}, PDUs: pduOf(sly)})
+		wantOutcome(t, res[0], rooms.RemoteOutlier)
+		wantOutcome(t, res[1], rooms.RemoteSoftFailed)
+		if evs, err := store.RoomEvents(ctx, roomID, 1<<62, -1, true, 50); err != nil || hasEvent(evs, sly.EventID()) {
+			t.Fatalf("a soft-failed event entered the timeline through its outlier (err %v)", err)
+		}
+
+		// More prev events than Synapse allows: rejected without looking.
+		var many []*events.Event
+		for range 21 {
+			many = append(many, join)
+		}
+		wide := rem.build(roomID, bob, "m.room.message", nil, map[string]any{"body": "wide"}, many, st["m.room.create"], join)
+		wantOutcome(t, persistRemote(t, ctx, p, roomID, rooms.RemoteBatch{PDUs: pduOf(wide)})[0], rooms.RemoteRejected)
 	})
 }
 
@@ -267,6 +291,16 @@ func TestPersistRemoteMissingPrevAndStateBefore(t *testing.T) {
 			[]*events.Event{join}, st["m.room.create"], st["m.room.power_levels"], join)
 		next := rem.build(roomID, bob, "m.room.message", nil, map[string]any{"body": "after the gap"},
 			[]*events.Event{unseen}, st["m.room.create"], st["m.room.power_levels"], join)
+		// An outlier whose auth events are unknown is not judged, so not
+		// stored: once its auth chain comes, it is taken.
+		res0 := persistRemote(t, ctx, p, roomID, rooms.RemoteBatch{Outliers: []json.RawMessage{unseen.JSON()}})
+		if res0[0].Outcome != rooms.RemoteMissingPrev || !slices.Contains(res0[0].Missing, join.EventID()) {
+			t.Fatalf("outlier with an unknown auth event: %+v", res0[0])
+		}
+		var rejected int
+		if err := db.Reader().QueryRowContext(ctx, `SELECT count(*) FROM event_rejections WHERE event_id = $1`, unseen.EventID()).Scan(&rejected); err != nil || rejected != 0 {
+			t.Fatalf("an outlier with unknown auth events was recorded as rejected (%d, %v)", rejected, err)
+		}
 		// The join is sent as an outlier only (auth chain), so next's prev
 		// (unseen) is unknown.
 		res := persistRemote(t, ctx, p, roomID, rooms.RemoteBatch{Outliers: []json.RawMessage{join.JSON()}, PDUs: pduOf(next)})

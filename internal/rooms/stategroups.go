@@ -515,3 +515,18 @@ func (s *Store) KnownEvents(ctx context.Context, ids []string) (map[string]bool,
 	}
 	return out, nil
 }
+
+// HostsJoined tells whether a user of serverName is joined to the room:
+// another server's events are only taken for rooms we are in.
+func (s *Store) HostsJoined(ctx context.Context, roomID, serverName string) (bool, error) {
+	var one int
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT 1 FROM current_state WHERE room_id = $1 AND type = 'm.room.member'
+		AND membership = 'join' AND state_key LIKE $2 LIMIT 1`, roomID, "%:"+serverName).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("is %s in %s: %w", serverName, roomID, err)
+	}
+	return true, nil
+}

@@ -6,6 +6,7 @@
 package backfill
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -50,6 +51,8 @@ var _ rooms.Backfiller = (*Backfiller)(nil)
 const (
 	maxBackfill = 100
 	maxServers  = 3
+	// maxAuthFetches bounds the /event_auth requests one page makes.
+	maxAuthFetches = 5
 )
 
 // Backfill implements rooms.Backfiller.
@@ -139,7 +142,7 @@ func (b *Backfiller) from(ctx context.Context, server, roomID string, rv *events
 	if err := b.Client.SignedGetJSON(ctx, server, path, &resp); err != nil {
 		return 0, err
 	}
-	pdus := b.check(ctx, roomID, rv, resp.PDUs, n)
+	pdus := ancestors(b.check(ctx, roomID, rv, resp.PDUs, n), oldest)
 	if len(pdus) == 0 {
 		return 0, nil
 	}
@@ -151,12 +154,15 @@ func (b *Backfiller) from(ctx context.Context, server, roomID string, rv *events
 	// auth chains from the same server and try them again.
 	var retry []rooms.RemotePDU
 	var outliers []json.RawMessage
-	stored := 0
+	stored, fetches := 0, 0
 	for i, r := range res {
 		switch r.Outcome {
 		case rooms.RemotePersisted:
 			stored++
 		case rooms.RemoteMissingPrev:
+			if fetches++; fetches > maxAuthFetches {
+				continue
+			}
 			var chain struct {
 				AuthChain []json.RawMessage `json:"auth_chain"`
 			}
@@ -166,7 +172,7 @@ func (b *Backfiller) from(ctx context.Context, server, roomID string, rv *events
 				continue
 			}
 			for _, c := range b.check(ctx, roomID, rv, chain.AuthChain, maxBackfill) {
-				outliers = append(outliers, c.Event)
+				outliers = append(outliers, c.raw)
 			}
 			retry = append(retry, pdus[i])
 		}
@@ -185,11 +191,40 @@ func (b *Backfiller) from(ctx context.Context, server, roomID string, rv *events
 	return stored, nil
 }
 
+// ancestors keeps the events of an answer that are v or reachable from
+// it through prev_events within the answer (a server sends history, not
+// events of its choosing), newest first.
+func ancestors(evs []checkedEvent, v string) []rooms.RemotePDU {
+	order := slices.Clone(evs)
+	slices.SortStableFunc(order, func(a, b checkedEvent) int { return cmp.Compare(b.ev.Depth(), a.ev.Depth()) })
+	reach := map[string]bool{v: true}
+	var out []rooms.RemotePDU
+	// An event's prev events are older: one pass in descending depth
+	// reaches every ancestor.
+	for _, c := range order {
+		if !reach[c.ev.EventID()] {
+			continue
+		}
+		out = append(out, rooms.RemotePDU{Event: c.raw})
+		for _, p := range c.ev.PrevEventIDs() {
+			reach[p] = true
+		}
+	}
+	return out
+}
+
+// checkedEvent is an event of an answer that passed check: raw is what to
+// store (redacted when its content hash did not match).
+type checkedEvent struct {
+	ev  *events.Event
+	raw json.RawMessage
+}
+
 // check parses the events of another server's answer and keeps those of
 // the room with valid signatures; an event whose content hash does not
 // match is kept redacted, as the spec asks.
-func (b *Backfiller) check(ctx context.Context, roomID string, rv *events.RoomVersion, raws []json.RawMessage, n int) []rooms.RemotePDU {
-	var out []rooms.RemotePDU
+func (b *Backfiller) check(ctx context.Context, roomID string, rv *events.RoomVersion, raws []json.RawMessage, n int) []checkedEvent {
+	var out []checkedEvent
 	for _, raw := range raws[:min(len(raws), n)] {
 		ev, err := events.Parse(raw, rv)
 		if err != nil || ev.RoomID() != roomID {
@@ -206,7 +241,7 @@ func (b *Backfiller) check(ctx context.Context, roomID string, rv *events.RoomVe
 			}
 			raw = red
 		}
-		out = append(out, rooms.RemotePDU{Event: raw})
+		out = append(out, checkedEvent{ev: ev, raw: raw})
 	}
 	return out
 }

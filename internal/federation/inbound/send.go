@@ -346,6 +346,13 @@ func (s *Server) checkPDU(ctx context.Context, raw json.RawMessage) (ev *events.
 		if !ok {
 			return nil, pduErrorf("unknown room %s", roomID)
 		}
+		// A room known only through an invite or a departed user is not
+		// one others may build state in here.
+		if in, err := s.store.HostsJoined(ctx, roomID, s.cfg.ServerName); err != nil {
+			return nil, err
+		} else if !in {
+			return nil, pduErrorf("this server has no user joined to room %s", roomID)
+		}
 		return s.store.RoomVersion(ctx, roomID)
 	})
 	if err != nil {

@@ -269,6 +269,17 @@ func (j *Joiner) joinVia(ctx context.Context, server, userID, roomID string, con
 		if err != nil || signed.EventID() != ev.EventID() {
 			return "", clientError(server, "join", fmt.Errorf("send_join answered another event than %s", ev.EventID()))
 		}
+		// The event id covers only the redacted form: what the server
+		// sent back must still be our content, with valid signatures.
+		if err := events.CheckContentHash(signed); err != nil {
+			return "", clientError(server, "join", fmt.Errorf("send_join answered %s with altered content", ev.EventID()))
+		}
+		if err := serverkeys.VerifyEventSignatures(ctx, j.keys, signed); err != nil {
+			if ctx.Err() != nil {
+				return "", ctx.Err()
+			}
+			return "", clientError(server, "join", fmt.Errorf("send_join answered %s with bad signatures: %w", ev.EventID(), err))
+		}
 		ev = signed
 	}
 	state, err := j.checked(ctx, rv, ans.State)

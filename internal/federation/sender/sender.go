@@ -265,10 +265,13 @@ func (s *Sender) step(ctx context.Context, from, to int64) (int64, []string, err
 		origin, relay := relayed[ev.EventID()]
 		if serverOf(ev.Sender()) != s.opts.ServerName && !relay {
 			// Only our own events, and those we relay as a resident server,
-			// are ours to send. Another server's event may have moved the
-			// room's membership beyond itself (a resolved fork, the state a
-			// join brought), so the room's servers are looked up again.
-			s.forgetRoom(ev.RoomID())
+			// are ours to send. Another server's state event, or one that
+			// merges branches, may have moved the room's membership beyond
+			// itself (a resolved fork, the state a join brought), so the
+			// room's servers are looked up again.
+			if ev.IsState() || len(ev.PrevEventIDs()) > 1 {
+				s.forgetRoom(ev.RoomID())
+			}
 			continue
 		}
 		if ev.Type() == "m.room.member" || ev.Type() == "m.room.server_acl" || relay {
