@@ -137,7 +137,7 @@ instances:
     listeners: [{port: %d, resources: [client]}, {port: %d, resources: [replication, metrics]}]
   - name: worker1
     app: synapse.app.generic_worker
-    listeners: [{port: %d, resources: [client]}, {port: %d, resources: [replication, metrics]}]
+    listeners: [{port: %d, resources: [client, federation]}, {port: %d, resources: [replication, metrics]}]
     stream_writers: [typing]
   - name: router
     app: router
@@ -215,6 +215,14 @@ stop_timeout: 15s
 	eventually(t, 30*time.Second, "the router serves /versions from worker1", func() bool {
 		code, body := routerGet("/_matrix/client/versions")
 		return code == 200 && strings.Contains(body, `"versions"`) && backendRequests("worker1") > 0
+	})
+
+	// Other servers' requests too: the generated federation pools are the
+	// workers with a federation listener.
+	fedBefore := backendRequests("worker1")
+	eventually(t, 30*time.Second, "the router serves the federation API from worker1", func() bool {
+		code, body := routerGet("/_matrix/federation/v1/version")
+		return code == 200 && strings.Contains(body, `"server"`) && backendRequests("worker1") > fedBefore
 	})
 
 	// status, from the deployment file: both up, as JSON and as a table.

@@ -261,7 +261,7 @@ func (d *Deployment) routerDoc(in Instance, shared Shared) routerFileDoc {
 		m := in.Listeners[1]
 		sec.MetricsListen = &routerListenDoc{Port: m.Port, BindAddress: d.bind(m)}
 	}
-	var clientWorkers, mediaWorkers []string
+	var clientWorkers, mediaWorkers, fedWorkers []string
 	for _, other := range d.Instances {
 		if other.Role() == config.RoleRouter {
 			continue
@@ -282,6 +282,9 @@ func (d *Deployment) routerDoc(in Instance, shared Shared) routerFileDoc {
 			if slices.ContainsFunc(other.Listeners, func(ol Listener) bool { return slices.Contains(ol.Resources, "client") }) {
 				clientWorkers = append(clientWorkers, other.Name)
 			}
+			if slices.ContainsFunc(other.Listeners, func(ol Listener) bool { return slices.Contains(ol.Resources, "federation") }) {
+				fedWorkers = append(fedWorkers, other.Name)
+			}
 		case config.RoleMediaRepository:
 			mediaWorkers = append(mediaWorkers, other.Name)
 		}
@@ -295,6 +298,12 @@ func (d *Deployment) routerDoc(in Instance, shared Shared) routerFileDoc {
 		}
 		if len(mediaWorkers) > 0 {
 			sec.Pools["media"] = mediaWorkers
+		}
+		if len(fedWorkers) > 0 {
+			// Other servers' requests: reads spread, inbound /send sticky
+			// by origin (the routing table's policy for that class).
+			sec.Pools["federation"] = fedWorkers
+			sec.Pools["federation_inbound"] = fedWorkers
 		}
 	}
 	return routerFileDoc{App: config.RoleRouter, Name: in.Name, Router: sec}
