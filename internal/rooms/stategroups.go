@@ -385,14 +385,27 @@ func (s *Store) StateBeforeEvent(ctx context.Context, eventID string) ([]*Stored
 			return nil, err
 		}
 	case errors.Is(err, sql.ErrNoRows):
-		var ok bool
-		ids, ok, err = stateBeforeEvent(ctx, s.db.Reader(), nil, ev.Version(), ev, map[string]*storedEvent{})
-		if err != nil || !ok {
-			return nil, err
-		}
+		return s.StateFromPrevEvents(ctx, ev)
 	default:
 		return nil, fmt.Errorf("load state before %s: %w", eventID, err)
 	}
+	return s.stateEvents(ctx, ids)
+}
+
+// StateFromPrevEvents is the state before an event (stored or not) as its
+// prev events give it: the state after the one prev event, or the
+// resolution of the states after each. It is nil when a prev event's
+// state is not known here.
+func (s *Store) StateFromPrevEvents(ctx context.Context, ev *events.Event) ([]*StoredEvent, error) {
+	ids, ok, err := stateBeforeEvent(ctx, s.db.Reader(), nil, ev.Version(), ev, map[string]*storedEvent{})
+	if err != nil || !ok {
+		return nil, err
+	}
+	return s.stateEvents(ctx, ids)
+}
+
+// stateEvents loads a state's events.
+func (s *Store) stateEvents(ctx context.Context, ids StateIDs) ([]*StoredEvent, error) {
 	list := make([]string, 0, len(ids))
 	for _, id := range ids {
 		list = append(list, id)

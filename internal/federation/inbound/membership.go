@@ -1,12 +1,14 @@
 package inbound
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 
 	"ganglion/internal/accounts"
 	"ganglion/internal/events"
@@ -309,15 +311,24 @@ func (s *Server) sendMembership(membership string, v1 bool) mxhttp.HandlerFunc {
 				return s.sign(ev)
 			}
 		}
+		omit, err := omitMembers(r, membership, v1)
+		if err != nil {
+			return err
+		}
 		ev, err := s.remoteEvent(ctx, raw, rv, roomID, eventID, from, membership, cosign)
 		if err != nil {
 			return err
 		}
-		var state, chain []*rooms.StoredEvent
+		var state []*rooms.StoredEvent
 		if membership == "join" {
-			// Read before the join lands: the state its prev events
-			// (ours, from make_join) leave the room in.
-			if state, chain, err = s.stateAfterPrevEvents(ctx, ev); err != nil {
+			// The template's prev events must be ours.
+			if _, _, err = s.stateAfterPrevEvents(ctx, ev); err != nil {
+				return err
+			}
+			// Read before the join lands: the state before it as the
+			// room's DAG has it (the resolution of its prev events'
+			// states when they fork).
+			if state, err = s.store.StateFromPrevEvents(ctx, ev); err != nil {
 				return err
 			}
 		}
@@ -331,7 +342,7 @@ func (s *Server) sendMembership(membership string, v1 bool) mxhttp.HandlerFunc {
 		var body any = struct{}{}
 		switch membership {
 		case "join":
-			if body, err = s.joinAnswer(ev, state, chain); err != nil {
+			if body, err = s.joinAnswer(ctx, ev, state, omit); err != nil {
 				return err
 			}
 		case "knock":
@@ -389,9 +400,74 @@ func (s *Server) stateAfterPrevEvents(ctx context.Context, ev *events.Event) (st
 	return state, chain, nil
 }
 
-// joinAnswer is send_join's answer: the room's state before the join and
-// its auth chain, and the join (with our signature when we authorised it).
-func (s *Server) joinAnswer(join *events.Event, state, chain []*rooms.StoredEvent) (map[string]any, error) {
+// omitMembers reads send_join's omit_members (MSC3706, v2 only).
+func omitMembers(r *http.Request, membership string, v1 bool) (bool, error) {
+	v := r.URL.Query().Get("omit_members")
+	if membership != "join" || v1 || v == "" || v == "false" {
+		return false, nil
+	}
+	if v != "true" {
+		return false, mxhttp.InvalidParam("omit_members must be true or false")
+	}
+	return true, nil
+}
+
+// maxHeroes is how many members a nameless room's partial state keeps
+// (MSC3943): the ones a client names the room after.
+const maxHeroes = 5
+
+// joinAnswer is send_join's answer: the room's state before the join,
+// the auth chain of that state and of the join, and the join (with our
+// signature when we authorised it). With omit_members (MSC3706) the
+// state leaves out m.room.member events (but, in a room with neither a
+// name nor a canonical alias, the members it is named after, MSC3943),
+// the auth chain leaves out what the state holds, and servers_in_room
+// lists the servers with joined members.
+func (s *Server) joinAnswer(ctx context.Context, join *events.Event, state []*rooms.StoredEvent, omit bool) (map[string]any, error) {
+	var servers []string
+	if omit {
+		named := false
+		for _, se := range state {
+			if t := se.Event.Type(); t == "m.room.name" || t == "m.room.canonical_alias" {
+				named = true
+			}
+		}
+		var members, kept []*rooms.StoredEvent
+		for _, se := range state {
+			ev := se.Event
+			if ev.Type() != "m.room.member" {
+				kept = append(kept, se)
+				continue
+			}
+			if ev.Membership() == "join" {
+				if d := serverOf(*ev.StateKey()); d != "" && !slices.Contains(servers, d) {
+					servers = append(servers, d)
+				}
+			}
+			if !named && *ev.StateKey() != join.Sender() && (ev.Membership() == "join" || ev.Membership() == "invite") {
+				members = append(members, se)
+			}
+		}
+		slices.SortFunc(members, func(a, b *rooms.StoredEvent) int { return cmp.Compare(a.StreamOrdering, b.StreamOrdering) })
+		state = append(kept, members[:min(len(members), maxHeroes)]...)
+		if !slices.Contains(servers, s.cfg.ServerName) {
+			servers = append(servers, s.cfg.ServerName)
+		}
+		slices.Sort(servers)
+	}
+	roots := slices.Clone(join.AuthEventIDs())
+	inState := map[string]bool{}
+	for _, se := range state {
+		roots = append(roots, se.Event.AuthEventIDs()...)
+		inState[se.Event.EventID()] = true
+	}
+	chain, err := s.authChain(ctx, join.RoomID(), roots)
+	if err != nil {
+		return nil, err
+	}
+	if omit {
+		chain = slices.DeleteFunc(chain, func(se *rooms.StoredEvent) bool { return inState[se.Event.EventID()] })
+	}
 	sp, err := pdus(state, nil)
 	if err != nil {
 		return nil, err
@@ -400,8 +476,12 @@ func (s *Server) joinAnswer(join *events.Event, state, chain []*rooms.StoredEven
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"origin": s.cfg.ServerName, "state": sp, "auth_chain": cp,
-		"event": json.RawMessage(join.JSON()), "members_omitted": false}, nil
+	out := map[string]any{"origin": s.cfg.ServerName, "state": sp, "auth_chain": cp,
+		"event": json.RawMessage(join.JSON()), "members_omitted": omit}
+	if omit {
+		out["servers_in_room"] = servers
+	}
+	return out, nil
 }
 
 // inviteRequest is the body of PUT /v2/invite.
@@ -584,3 +664,11 @@ func (s *Server) keepInvite(ctx context.Context, ev *events.Event, strippedState
 type missingPrevError struct{ ids []string }
 
 func (e *missingPrevError) Error() string { return fmt.Sprintf("prev events missing: %v", e.ids) }
+
+// serverOf is the server part of a user id ("" when it has none).
+func serverOf(userID string) string {
+	if i := strings.IndexByte(userID, ':'); i >= 0 {
+		return userID[i+1:]
+	}
+	return ""
+}

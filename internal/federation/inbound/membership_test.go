@@ -295,6 +295,44 @@ func TestFederationMakeJoinSendJoin(t *testing.T) {
 			t.Errorf("v1 send_join: %d %s", code, b)
 		}
 
+		// omit_members (MSC3706): a named room's state without member
+		// events, the auth chain without what the state holds, and the
+		// servers in the room.
+		code, b = f.do("PUT", membershipSendPath("join", "v2", room, join.EventID())+"?omit_members=true", join.JSON(), remote)
+		var partial struct {
+			State          []json.RawMessage `json:"state"`
+			AuthChain      []json.RawMessage `json:"auth_chain"`
+			MembersOmitted bool              `json:"members_omitted"`
+			ServersInRoom  []string          `json:"servers_in_room"`
+		}
+		if code != 200 || json.Unmarshal(b, &partial) != nil || !partial.MembersOmitted {
+			t.Fatalf("send_join with omit_members: %d %s", code, b)
+		}
+		inState := map[string]bool{}
+		for _, p := range partial.State {
+			ev := pduOf(t, p)
+			inState[ev.EventID()] = true
+			if ev.Type() == "m.room.member" {
+				t.Errorf("partial state of a named room holds %s's membership", *ev.StateKey())
+			}
+		}
+		if len(partial.State) != len(wantState)-2 {
+			t.Errorf("partial state has %d events, want the %d that are not memberships", len(partial.State), len(wantState)-2)
+		}
+		for _, p := range partial.AuthChain {
+			if ev := pduOf(t, p); inState[ev.EventID()] {
+				t.Errorf("partial auth chain repeats %s (%s) of the state", ev.EventID(), ev.Type())
+			}
+		}
+		if len(partial.AuthChain) == 0 {
+			t.Error("partial auth chain is empty: alice's join, which authorises the state, belongs in it")
+		}
+		if !slices.Contains(partial.ServersInRoom, server) {
+			t.Errorf("servers_in_room %v lacks %s", partial.ServersInRoom, server)
+		}
+		code, body = f.doJSON("PUT", membershipSendPath("join", "v2", room, join.EventID())+"?omit_members=maybe", join.JSON(), remote)
+		want(t, "send_join with omit_members=maybe", code, body, 400, "M_INVALID_PARAM")
+
 		// Bad input.
 		code, body = f.doJSON("GET", makePath("join", room, dan)+"?ver=9", nil, remote)
 		want(t, "make_join without our version", code, body, 400, "M_INCOMPATIBLE_ROOM_VERSION")
