@@ -333,53 +333,65 @@ func (r *remoteRun) outliers(ctx context.Context, raws []json.RawMessage) ([]Rem
 		inBatch[ev.EventID()] = true
 	}
 	var store []*events.Event
-	// Each pass stores the outliers whose auth events are all known; what
-	// is left waits on another outlier of the batch or on nothing at all.
-	for len(pending) > 0 {
-		progress := false
-		for _, i := range slices.Sorted(maps.Keys(pending)) {
-			ev := pending[i]
-			waiting := false
-			for _, a := range r.authIDs(ev) {
-				if inBatch[a] {
-					waiting = true
-				}
+	// Auth events first (Kahn's order over the batch's own auth links): an
+	// outlier is judged once every auth event of it in the batch was; a
+	// join's auth chain of tens of thousands of events is one pass.
+	waits := map[int]int{}
+	dependents := map[string][]int{}
+	for _, i := range slices.Sorted(maps.Keys(pending)) {
+		ev := pending[i]
+		for _, a := range r.authIDs(ev) {
+			if inBatch[a] && a != ev.EventID() {
+				waits[i]++
+				dependents[a] = append(dependents[a], i)
 			}
-			if waiting {
-				continue
-			}
-			missing, reason, err := r.checkAuthEvents(ctx, ev)
-			if err != nil {
+		}
+	}
+	var ready []int
+	for _, i := range slices.Sorted(maps.Keys(pending)) {
+		if waits[i] == 0 {
+			ready = append(ready, i)
+		}
+	}
+	for len(ready) > 0 {
+		i := ready[0]
+		ready = ready[1:]
+		ev := pending[i]
+		if ev == nil {
+			continue // the same event twice in the batch
+		}
+		missing, reason, err := r.checkAuthEvents(ctx, ev)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case len(missing) > 0:
+			// Not judged, so not stored: a server that sent the event
+			// without its auth chain must not get it refused for good.
+			results[i].Outcome, results[i].Missing = RemoteMissingPrev, missing
+		case reason != "":
+			if err := r.reject(ctx, ev, reason, false); err != nil {
 				return nil, err
 			}
-			switch {
-			case len(missing) > 0:
-				// Not judged, so not stored: a server that sent the event
-				// without its auth chain must not get it refused for good.
-				results[i].Outcome, results[i].Missing = RemoteMissingPrev, missing
-			case reason != "":
-				if err := r.reject(ctx, ev, reason, false); err != nil {
-					return nil, err
-				}
-				results[i].Outcome, results[i].Error = RemoteRejected, reason
-			default:
-				r.known[ev.EventID()] = &storedEvent{ev: ev, pos: -1, outlier: true}
-				store = append(store, ev)
-				results[i].Outcome = RemoteOutlier
-			}
-			delete(pending, i)
-			delete(inBatch, ev.EventID())
-			progress = true
+			results[i].Outcome, results[i].Error = RemoteRejected, reason
+		default:
+			r.known[ev.EventID()] = &storedEvent{ev: ev, pos: -1, outlier: true}
+			store = append(store, ev)
+			results[i].Outcome = RemoteOutlier
 		}
-		if !progress {
-			// Auth events that name each other: none can be checked, and
-			// none is stored (as with unknown auth events).
-			for i, ev := range pending {
-				results[i].Outcome, results[i].Error = RemoteMissingPrev, "auth events form a cycle"
-				results[i].Missing = r.authIDs(ev)
-				delete(pending, i)
+		delete(pending, i)
+		delete(inBatch, ev.EventID())
+		for _, d := range dependents[ev.EventID()] {
+			if waits[d]--; waits[d] == 0 {
+				ready = append(ready, d)
 			}
 		}
+	}
+	// What is left names, through the batch, an auth event of its own:
+	// none can be checked, and none is stored (as with unknown auth events).
+	for i, ev := range pending {
+		results[i].Outcome, results[i].Error = RemoteMissingPrev, "auth events form a cycle"
+		results[i].Missing = r.authIDs(ev)
 	}
 	if len(store) == 0 {
 		return results, nil
