@@ -236,9 +236,6 @@ func (r *remoteRun) authMap(ctx context.Context, ev *events.Event, state StateID
 	return m, nil
 }
 
-// checkAuthEvents applies the auth rules to ev against its own auth
-// events. missing lists auth events not stored here; reason is set when
-// the rules reject it.
 // authIDs are the events ev's auth depends on: its auth_events and, from
 // room version 12, the create event its room id names.
 func (r *remoteRun) authIDs(ev *events.Event) []string {
@@ -249,6 +246,8 @@ func (r *remoteRun) authIDs(ev *events.Event) []string {
 	return ids
 }
 
+// impliedCreate is the id of the create event a v12+ room id names ("" in
+// earlier versions, and for the create event itself).
 func (r *remoteRun) impliedCreate(ev *events.Event) string {
 	if r.rv.RoomIDFromCreate && ev.Type() != "m.room.create" {
 		return "$" + strings.TrimPrefix(r.roomID, "!")
@@ -256,6 +255,9 @@ func (r *remoteRun) impliedCreate(ev *events.Event) string {
 	return ""
 }
 
+// checkAuthEvents applies the auth rules to ev against its own auth
+// events. missing lists auth events not stored here; reason is set when
+// the rules reject it.
 func (r *remoteRun) checkAuthEvents(ctx context.Context, ev *events.Event) (missing []string, reason string, err error) {
 	ids := r.authIDs(ev)
 	createID := r.impliedCreate(ev)
@@ -514,7 +516,11 @@ func (r *remoteRun) resolveWith(ctx context.Context, state StateIDs, ids []strin
 		}
 		sets = append(sets, ref.ids)
 	}
-	return stateres.Resolve(ctx, r.rv, sets, &dbFetcher{q: r.tx, rv: r.rv, known: r.known})
+	res, err := stateres.Resolve(ctx, r.rv, sets, &dbFetcher{q: r.tx, rv: r.rv, known: r.known})
+	if err != nil {
+		return nil, fmt.Errorf("resolve %d states of %s: %w", len(sets), r.roomID, err)
+	}
+	return res, nil
 }
 
 // pdu checks and stores one timeline event.
