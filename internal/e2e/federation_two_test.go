@@ -57,6 +57,48 @@ func TestFederationTwoHomeservers(t *testing.T) {
 	t.Run("acl_a_denies_b", func(t *testing.T) { testFederationACL(t, p, p.a, p.b) })
 	t.Run("acl_b_denies_a", func(t *testing.T) { testFederationACL(t, p, p.b, p.a) })
 	t.Run("e2ee", func(t *testing.T) { testFederationE2EE(t, p) })
+	t.Run("joined_room_sync_b", func(t *testing.T) { testFederationJoinedRoomSync(t, p, p.a, p.b) })
+	t.Run("joined_room_sync_a", func(t *testing.T) { testFederationJoinedRoomSync(t, p, p.b, p.a) })
+}
+
+// testFederationJoinedRoomSync: a user of joiner joins a room of home. The
+// join is the first event of the room joiner's timeline holds, and the
+// room's state came with it (as outliers, current state at the join's
+// position): the user's initial sync and an incremental sync from before
+// the join must both show that state (create, power levels, join rules,
+// the creator's membership), in the state block or the timeline.
+func testFederationJoinedRoomSync(t *testing.T, p *fedPair, home, joiner *fedServer) {
+	ctx := fedContext(t)
+	owner := home.register(t, ctx, p.unique("jrs-owner"))
+	guest := joiner.register(t, ctx, p.unique("jrs-guest"))
+	room := createRoom(t, ctx, owner, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "synced state"})
+	before := doSync(t, ctx, guest, syncParams{})
+	joinRemote(t, ctx, guest, room.String(), home.name)
+	waitMembership(t, ctx, guest, room, guest.UserID, event.MembershipJoin)
+
+	check := func(what string, resp *mautrix.RespSync) {
+		t.Helper()
+		jr, ok := resp.Rooms.Join[room]
+		if !ok {
+			t.Fatalf("%s: %s is not among the joined rooms", what, room)
+		}
+		have := map[string]bool{}
+		for _, evs := range [][]*event.Event{jr.State.Events, jr.Timeline.Events} {
+			for _, ev := range evs {
+				if ev.StateKey != nil {
+					have[ev.Type.Type+"|"+*ev.StateKey] = true
+				}
+			}
+		}
+		for _, k := range []string{"m.room.create|", "m.room.power_levels|", "m.room.join_rules|", "m.room.name|",
+			"m.room.member|" + owner.UserID.String(), "m.room.member|" + guest.UserID.String()} {
+			if !have[k] {
+				t.Errorf("%s of %s lacks %s (has %v)", what, guest.UserID, k, have)
+			}
+		}
+	}
+	check("the incremental sync since before the join", doSync(t, ctx, guest, syncParams{since: before.NextBatch}))
+	check("the initial sync", doSync(t, ctx, guest, syncParams{}))
 }
 
 // testFederationHarness checks the suite's own machinery, as a remote
