@@ -2,7 +2,6 @@ package app
 
 import (
 	"ganglion/internal/accounts"
-	"ganglion/internal/federation/client"
 	"ganglion/internal/federation/edus"
 	"ganglion/internal/federation/queries"
 	"ganglion/internal/keys"
@@ -16,8 +15,7 @@ import (
 // fedParts are the federation pieces one wiring step builds and a later
 // one uses.
 type fedParts struct {
-	client *client.Client // the outbound client (wireFederation)
-	edus   *edus.Handlers // inbound EDU handlers (wireFederationEDUs)
+	edus *edus.Handlers // inbound EDU handlers (wireFederationEDUs)
 }
 
 // federationEDUDeps are the writers inbound EDUs are handed to: local on
@@ -41,7 +39,7 @@ type federationEDUDeps struct {
 // presence.enabled, as Synapse does (and only where presence is tracked:
 // the untracked mode's writer records nothing).
 func (p *Process) wireFederationEDUs(d federationEDUDeps) {
-	fc := p.fed.client
+	fc := p.federationClient
 	if fc == nil {
 		return
 	}

@@ -49,7 +49,6 @@ func (p *Process) wireFederation(mux *mxhttp.Mux, srv *mxhttp.Server, key events
 	}
 	p.onShutdown = append(p.onShutdown, func(context.Context) error { fc.CloseIdleConnections(); return nil })
 	p.federationClient = fc
-	p.fed.client = fc
 	if err := p.wireServerKeys(mux, srv, key, fc, fc); err != nil {
 		return err
 	}

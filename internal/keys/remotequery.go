@@ -71,20 +71,9 @@ func (s *Service) queryRemote(ctx context.Context, remote map[string][]string, t
 		}
 	}
 	servers, grouped := byServer(ask)
-	answers := make([]remoteQueryAnswer, len(servers))
-	errs := make([]error, len(servers))
-	var wg sync.WaitGroup
-	for i, srv := range servers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cctx, cancel := context.WithTimeout(ctx, timeout)
-			defer cancel()
-			body := map[string]any{"device_keys": grouped[srv]}
-			errs[i] = s.fed.SignedPostJSON(cctx, srv, "/_matrix/federation/v1/user/keys/query", body, &answers[i])
-		}()
-	}
-	wg.Wait()
+	answers, errs := askEach[remoteQueryAnswer](ctx, servers, timeout, func(ctx context.Context, srv string, out *remoteQueryAnswer) error {
+		return s.fed.SignedPostJSON(ctx, srv, "/_matrix/federation/v1/user/keys/query", map[string]any{"device_keys": grouped[srv]}, out)
+	})
 	for i, srv := range servers {
 		if errs[i] != nil {
 			s.log.Info("remote key query failed", "server", srv, "err", errs[i])
@@ -146,20 +135,9 @@ func (s *Service) claimRemote(ctx context.Context, remote map[string]map[string]
 	type answer struct {
 		OneTimeKeys map[string]map[string]map[string]json.RawMessage `json:"one_time_keys"`
 	}
-	answers := make([]answer, len(servers))
-	errs := make([]error, len(servers))
-	var wg sync.WaitGroup
-	for i, srv := range servers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cctx, cancel := context.WithTimeout(ctx, timeout)
-			defer cancel()
-			body := map[string]any{"one_time_keys": grouped[srv]}
-			errs[i] = s.fed.SignedPostJSON(cctx, srv, "/_matrix/federation/v1/user/keys/claim", body, &answers[i])
-		}()
-	}
-	wg.Wait()
+	answers, errs := askEach[answer](ctx, servers, timeout, func(ctx context.Context, srv string, out *answer) error {
+		return s.fed.SignedPostJSON(ctx, srv, "/_matrix/federation/v1/user/keys/claim", map[string]any{"one_time_keys": grouped[srv]}, out)
+	})
 	for i, srv := range servers {
 		if errs[i] != nil {
 			s.log.Info("remote key claim failed", "server", srv, "err", errs[i])
@@ -177,4 +155,24 @@ func (s *Service) claimRemote(ctx context.Context, remote map[string]map[string]
 			}
 		}
 	}
+}
+
+// askEach asks every server at once, each within timeout, and returns
+// the answers and errors in the servers' order: one slow or dead server
+// costs the request its timeout, not the sum of them.
+func askEach[T any](ctx context.Context, servers []string, timeout time.Duration, ask func(ctx context.Context, srv string, out *T) error) ([]T, []error) {
+	answers := make([]T, len(servers))
+	errs := make([]error, len(servers))
+	var wg sync.WaitGroup
+	for i, srv := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			errs[i] = ask(cctx, srv, &answers[i])
+		}()
+	}
+	wg.Wait()
+	return answers, errs
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 
 	"ganglion/internal/accounts"
@@ -25,6 +26,27 @@ type TimestampEvent struct {
 	OriginServerTS int64  `json:"origin_server_ts"`
 }
 
+// TimestampQuery reads timestamp_to_event's ts and dir (the client and
+// the federation endpoint take the same).
+func TimestampQuery(q url.Values) (ts int64, forwards bool, err error) {
+	rawTS, ok := q["ts"]
+	if !ok || rawTS[0] == "" {
+		return 0, false, mxhttp.MissingParam("Missing ts")
+	}
+	if ts, err = strconv.ParseInt(rawTS[0], 10, 64); err != nil {
+		return 0, false, mxhttp.InvalidParam("ts must be an integer (milliseconds since the epoch)")
+	}
+	switch q.Get("dir") {
+	case "f":
+		return ts, true, nil
+	case "b":
+		return ts, false, nil
+	case "":
+		return 0, false, mxhttp.MissingParam("Missing dir")
+	}
+	return 0, false, mxhttp.InvalidParam("dir must be f or b")
+}
+
 func (h *roomHandlers) timestampToEvent(w http.ResponseWriter, r *http.Request, req *accounts.Requester) error {
 	roomID := r.PathValue("roomId")
 	if !validRoomID(roomID) {
@@ -35,31 +57,16 @@ func (h *roomHandlers) timestampToEvent(w http.ResponseWriter, r *http.Request, 
 	if err != nil {
 		return err
 	}
-	q := r.URL.Query()
-	rawTS, ok := q["ts"]
-	if !ok || rawTS[0] == "" {
-		return mxhttp.MissingParam("Missing ts")
-	}
-	ts, err := strconv.ParseInt(rawTS[0], 10, 64)
+	ts, forwards, err := TimestampQuery(r.URL.Query())
 	if err != nil {
-		return mxhttp.InvalidParam("ts must be an integer (milliseconds since the epoch)")
-	}
-	var forwards bool
-	switch q.Get("dir") {
-	case "f":
-		forwards = true
-	case "b":
-	case "":
-		return mxhttp.MissingParam("Missing dir")
-	default:
-		return mxhttp.InvalidParam("dir must be f or b")
+		return err
 	}
 	ev, err := t.ClosestToTimestamp(r.Context(), ts, forwards)
 	if err != nil {
 		return err
 	}
 	if ev == nil {
-		return mxhttp.NotFound("Unable to find event from %d in direction %s", ts, q.Get("dir"))
+		return mxhttp.NotFound("Unable to find event from %d in direction %s", ts, r.URL.Query().Get("dir"))
 	}
 	return mxhttp.WriteJSON(w, http.StatusOK, ev)
 }

@@ -127,12 +127,8 @@ func (s *Server) roomAccess(ctx context.Context, roomID, origin string) (*rooms.
 	if !ok {
 		return nil, mxhttp.NotFound("Unknown room %s", roomID)
 	}
-	aclEv, err := s.store.CurrentStateEvent(ctx, roomID, "m.room.server_acl", "")
-	if err != nil {
+	if err := s.checkACL(ctx, roomID, origin); err != nil {
 		return nil, err
-	}
-	if aclEv != nil && !parseServerACL(aclEv.Event.Content()).allows(origin) {
-		return nil, mxhttp.Forbidden("Server %s is banned from room %s by its server ACL", origin, roomID)
 	}
 	vis, err := s.rooms.ServerVisibilityFor(ctx, roomID, origin)
 	if err != nil {

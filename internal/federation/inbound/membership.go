@@ -108,12 +108,8 @@ func (s *Server) residentRoom(ctx context.Context, roomID, origin string) (*even
 	if !ok {
 		return nil, mxhttp.NotFound("This server is not in room %s", roomID)
 	}
-	aclEv, err := s.store.CurrentStateEvent(ctx, roomID, "m.room.server_acl", "")
-	if err != nil {
+	if err := s.checkACL(ctx, roomID, origin); err != nil {
 		return nil, err
-	}
-	if aclEv != nil && !parseServerACL(aclEv.Event.Content()).allows(origin) {
-		return nil, mxhttp.Forbidden("Server %s is banned from room %s by its server ACL", origin, roomID)
 	}
 	return s.store.RoomVersion(ctx, roomID)
 }
@@ -322,7 +318,7 @@ func (s *Server) sendMembership(membership string, v1 bool) mxhttp.HandlerFunc {
 		var state []*rooms.StoredEvent
 		if membership == "join" {
 			// The template's prev events must be ours.
-			if _, _, err = s.stateAfterPrevEvents(ctx, ev); err != nil {
+			if err = s.checkPrevEvents(ctx, ev); err != nil {
 				return err
 			}
 			// Read before the join lands: the state before it as the
@@ -359,45 +355,23 @@ func (s *Server) sendMembership(membership string, v1 bool) mxhttp.HandlerFunc {
 	}
 }
 
-// stateAfterPrevEvents is the room's state before ev, as the state after
-// the latest of its prev events (those of a make_join template are this
-// server's forward extremities), and that state's auth chain. A prev event
-// unknown here is a 400: the template came from us.
-//
-// With several prev events on forked branches the state before ev is
-// their resolution, which rooms.Store.StateBeforeEvent will give once
-// the event is persisted; the latest branch's state is what a linear room
-// (every template of a single persister) has.
-func (s *Server) stateAfterPrevEvents(ctx context.Context, ev *events.Event) (state, chain []*rooms.StoredEvent, err error) {
+// checkPrevEvents refuses a join whose prev events are not events of
+// the room stored here (a make_join template's are this server's forward
+// extremities): a 400, before anything is persisted.
+func (s *Server) checkPrevEvents(ctx context.Context, ev *events.Event) error {
 	prev, err := s.store.EventsByID(ctx, ev.PrevEventIDs())
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	var latest *rooms.StoredEvent
+	if len(ev.PrevEventIDs()) == 0 {
+		return mxhttp.BadJSON("The event has no prev events")
+	}
 	for _, id := range ev.PrevEventIDs() {
-		se := prev[id]
-		if se == nil || se.Event.RoomID() != ev.RoomID() {
-			return nil, nil, mxhttp.BadJSON("Unknown prev event %s", id)
-		}
-		if latest == nil || se.StreamOrdering > latest.StreamOrdering {
-			latest = se
+		if se := prev[id]; se == nil || se.Event.RoomID() != ev.RoomID() {
+			return mxhttp.BadJSON("Unknown prev event %s", id)
 		}
 	}
-	if latest == nil {
-		return nil, nil, mxhttp.BadJSON("The event has no prev events")
-	}
-	state, err = s.store.StateAt(ctx, ev.RoomID(), latest.StreamOrdering, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	var roots []string
-	for _, st := range state {
-		roots = append(roots, st.Event.AuthEventIDs()...)
-	}
-	if chain, err = s.authChain(ctx, ev.RoomID(), roots); err != nil {
-		return nil, nil, err
-	}
-	return state, chain, nil
+	return nil
 }
 
 // omitMembers reads send_join's omit_members (MSC3706, v2 only).
@@ -580,12 +554,8 @@ func (s *Server) invite(ctx context.Context, from, roomID, eventID string, rv *e
 		if stored.ID != rv.ID {
 			return nil, mxhttp.BadJSON("Room %s has version %s here, not %s", roomID, stored.ID, rv.ID)
 		}
-		aclEv, err := s.store.CurrentStateEvent(ctx, roomID, "m.room.server_acl", "")
-		if err != nil {
+		if err := s.checkACL(ctx, roomID, from); err != nil {
 			return nil, err
-		}
-		if aclEv != nil && !parseServerACL(aclEv.Event.Content()).allows(from) {
-			return nil, mxhttp.Forbidden("Server %s is banned from room %s by its server ACL", from, roomID)
 		}
 	}
 	// Our own copy of the stripped state goes into unsigned below; what the

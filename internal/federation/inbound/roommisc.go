@@ -3,9 +3,9 @@ package inbound
 import (
 	"context"
 	"net/http"
-	"strconv"
 
 	"ganglion/internal/mxhttp"
+	"ganglion/internal/rooms"
 )
 
 // checkACL refuses origin when the room's server ACL denies it (403, as
@@ -70,31 +70,16 @@ func (s *Server) getTimestampToEvent(w http.ResponseWriter, r *http.Request) err
 	if _, err := s.roomAccess(ctx, roomID, from); err != nil {
 		return err
 	}
-	q := r.URL.Query()
-	rawTS := q.Get("ts")
-	if rawTS == "" {
-		return mxhttp.MissingParam("Missing ts")
-	}
-	ts, err := strconv.ParseInt(rawTS, 10, 64)
+	ts, forwards, err := rooms.TimestampQuery(r.URL.Query())
 	if err != nil {
-		return mxhttp.InvalidParam("ts must be an integer (milliseconds since the epoch)")
-	}
-	var forwards bool
-	switch q.Get("dir") {
-	case "f":
-		forwards = true
-	case "b":
-	case "":
-		return mxhttp.MissingParam("Missing dir")
-	default:
-		return mxhttp.InvalidParam("dir must be f or b")
+		return err
 	}
 	ev, err := s.rooms.ClosestToTimestampForServer(ctx, roomID, ts, forwards)
 	if err != nil {
 		return err
 	}
 	if ev == nil {
-		return mxhttp.NotFound("Unable to find event from %d in direction %s", ts, q.Get("dir"))
+		return mxhttp.NotFound("Unable to find event from %d in direction %s", ts, r.URL.Query().Get("dir"))
 	}
 	return mxhttp.WriteJSON(w, http.StatusOK, ev)
 }
