@@ -255,6 +255,9 @@ func (p *Process) wire(ctx context.Context) error {
 	if err := roomStore.WatchMembershipFrom(ctx); err != nil {
 		return err
 	}
+	if err := roomStore.LoadStateResets(ctx); err != nil {
+		return err
+	}
 	reg.SetSource(streams.Events, rooms.NewEventsSource(db, roomStore))
 	var persister *rooms.Persister
 	if reg.IsWriter(streams.Events) {

@@ -302,6 +302,19 @@ func notAllowed(err error) string {
 	return err.Error()
 }
 
+// parse reads one event of the batch for the room's version; a malformed
+// event, or one of another room, comes back nil with its rejection.
+func (r *remoteRun) parse(raw json.RawMessage) (*events.Event, RemoteResult) {
+	ev, err := events.Parse(raw, r.rv)
+	if err != nil {
+		return nil, RemoteResult{Outcome: RemoteRejected, Error: err.Error()}
+	}
+	if ev.RoomID() != r.roomID {
+		return nil, RemoteResult{EventID: ev.EventID(), Outcome: RemoteRejected, Error: "event belongs to room " + ev.RoomID()}
+	}
+	return ev, RemoteResult{EventID: ev.EventID()}
+}
+
 // outliers stores events that are not part of the timeline, each checked
 // against its own auth events, in an order where auth events come first.
 func (r *remoteRun) outliers(ctx context.Context, raws []json.RawMessage) ([]RemoteResult, error) {
@@ -309,14 +322,8 @@ func (r *remoteRun) outliers(ctx context.Context, raws []json.RawMessage) ([]Rem
 	pending := map[int]*events.Event{}
 	var ids []string
 	for i, raw := range raws {
-		ev, err := events.Parse(raw, r.rv)
-		if err != nil {
-			results[i] = RemoteResult{Outcome: RemoteRejected, Error: err.Error()}
-			continue
-		}
-		results[i].EventID = ev.EventID()
-		if ev.RoomID() != r.roomID {
-			results[i].Outcome, results[i].Error = RemoteRejected, "event belongs to room "+ev.RoomID()
+		var ev *events.Event
+		if ev, results[i] = r.parse(raw); ev == nil {
 			continue
 		}
 		pending[i] = ev
@@ -525,13 +532,8 @@ func (r *remoteRun) resolveWith(ctx context.Context, state StateIDs, ids []strin
 
 // pdu checks and stores one timeline event.
 func (r *remoteRun) pdu(ctx context.Context, pdu RemotePDU) (RemoteResult, error) {
-	ev, err := events.Parse(pdu.Event, r.rv)
-	if err != nil {
-		return RemoteResult{Outcome: RemoteRejected, Error: err.Error()}, nil
-	}
-	out := RemoteResult{EventID: ev.EventID()}
-	if ev.RoomID() != r.roomID {
-		out.Outcome, out.Error = RemoteRejected, "event belongs to room "+ev.RoomID()
+	ev, out := r.parse(pdu.Event)
+	if ev == nil {
 		return out, nil
 	}
 	if err := r.load(ctx, []string{ev.EventID()}); err != nil {
@@ -768,14 +770,8 @@ func (r *remoteRun) backfill(ctx context.Context, pdus []RemotePDU) ([]RemoteRes
 	}
 	var todo []item
 	for i, pdu := range pdus {
-		ev, err := events.Parse(pdu.Event, r.rv)
-		if err != nil {
-			results[i] = RemoteResult{Outcome: RemoteRejected, Error: err.Error()}
-			continue
-		}
-		results[i].EventID = ev.EventID()
-		if ev.RoomID() != r.roomID {
-			results[i].Outcome, results[i].Error = RemoteRejected, "event belongs to room "+ev.RoomID()
+		var ev *events.Event
+		if ev, results[i] = r.parse(pdu.Event); ev == nil {
 			continue
 		}
 		todo = append(todo, item{i, ev})
@@ -951,7 +947,11 @@ func (r *remoteRun) setCurrent(ctx context.Context, next StateIDs, pos int64) er
 			}
 		}
 		r.changed[k] = pos
-		if se := r.known[id]; se == nil || se.pos != pos {
+		if se := r.known[id]; (se == nil || se.pos != pos) && r.resetAt != pos {
+			if _, err := r.tx.ExecContext(ctx, `INSERT INTO state_resets (room_id, stream_ordering) VALUES ($1, $2)
+				ON CONFLICT DO NOTHING`, r.roomID, pos); err != nil {
+				return fmt.Errorf("record state reset of %s: %w", r.roomID, err)
+			}
 			r.resetAt = max(r.resetAt, pos)
 		}
 	}

@@ -372,6 +372,14 @@ func TestPersistRemoteJoinsNewRoom(t *testing.T) {
 		// The four state events the join brought changed the current
 		// state at its position without being it: sync sends them with
 		// the state before a timeline that starts at the join.
+		if got, err := store.StateResetsIn(ctx, roomID, res[4].StreamPos, res[4].StreamPos); err != nil || len(got) != 0 {
+			t.Fatalf("a store that knows of no reset answered %d events (%v)", len(got), err)
+		}
+		// A process starting now learns of the room's reset from the
+		// database.
+		if err := store.LoadStateResets(ctx); err != nil {
+			t.Fatal(err)
+		}
 		resets, err := store.StateResetsIn(ctx, roomID, res[4].StreamPos, res[4].StreamPos)
 		if err != nil {
 			t.Fatal(err)

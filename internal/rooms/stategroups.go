@@ -423,6 +423,26 @@ func (s *Store) stateEvents(ctx context.Context, ids StateIDs) ([]*StoredEvent, 
 	return out, nil
 }
 
+// LoadStateResets learns, at start-up, the rooms whose current state was
+// ever reset (state_resets: one row per such position, few and small);
+// StateReset keeps it up to date after.
+func (s *Store) LoadStateResets(ctx context.Context) error {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT room_id, max(stream_ordering) FROM state_resets GROUP BY room_id`)
+	if err != nil {
+		return fmt.Errorf("load state resets: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var room string
+		var pos int64
+		if err := rows.Scan(&room, &pos); err != nil {
+			return fmt.Errorf("load state resets: %w", err)
+		}
+		s.StateReset(room, pos)
+	}
+	return rows.Err()
+}
+
 // StateReset records that at events position pos the room's current state
 // changed by more than the event there: a remote event resolved a fork or
 // brought the state of a room joined through another server. The
@@ -447,17 +467,16 @@ func (s *Store) StateReset(roomID string, pos int64) {
 // StateResetsIn returns the state entries that changed in [from, to]
 // without being the event at their position (see StateReset), the latest
 // per key: sync sends them with the state before a timeline covering
-// those positions, since no timeline event carries them. It answers
-// without a query when this process has watched since before from and
-// saw no reset in the room.
+// those positions, since no timeline event carries them. Rooms that never
+// had one (every room without remote events) cost no query: the store
+// knows them all, from LoadStateResets and StateReset.
 func (s *Store) StateResetsIn(ctx context.Context, roomID string, from, to int64) ([]*StoredEvent, error) {
-	if from >= s.watchedFrom.Load() {
-		v, ok := s.resets.Load(roomID)
-		if !ok || v.(*atomic.Int64).Load() < from {
-			return nil, nil
-		}
+	v, ok := s.resets.Load(roomID)
+	if !ok || v.(*atomic.Int64).Load() < from {
+		return nil, nil
 	}
 	rows, err := s.db.Reader().QueryContext(ctx, `SELECT sl.type, sl.state_key, sl.event_id, sl.stream_ordering FROM state_log sl
+		JOIN state_resets r ON r.room_id = sl.room_id AND r.stream_ordering = sl.stream_ordering
 		LEFT JOIN events e ON e.stream_ordering = sl.stream_ordering
 		WHERE sl.room_id = $1 AND sl.stream_ordering >= $2 AND sl.stream_ordering <= $3
 		AND (e.event_id IS NULL OR e.event_id <> sl.event_id)
